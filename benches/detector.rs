@@ -1,0 +1,181 @@
+//! Detector bench (`harness = false`, plain `std::time::Instant`): prints its figures.
+//!
+//! - fitting baselines for 10,000 hourly series of 8 weeks (target < 2 s on 2 cores),
+//! - evaluating one new bucket against a fitted baseline (target < 5 µs),
+//! - model state per series (target < 64 KB),
+//! - `detect` over the whole dev set (target < 3 s).
+//!
+//! Run with `cargo bench --bench detector`. The dev set is read from `KPIWATCH_DEV_DATA`, or
+//! from `../shared/data/kpi-dev` next to the crate; that part is skipped when it is missing.
+
+use std::error::Error;
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use kpiwatch::baseline::{Bucket, DetectorConfig, OnlineDetector};
+use kpiwatch::detect::{self, DetectOptions};
+use kpiwatch::kpi::{Direction, Kind, Sensitivity};
+
+const SERIES: usize = 10_000;
+const WEEKS: i64 = 8;
+const HOUR: i64 = 3600;
+/// 2026-03-02 00:00, a Monday.
+const T0: i64 = 1_772_409_600;
+
+/// Deterministic xorshift noise for generated series.
+struct Noise(u64);
+
+impl Noise {
+    fn uniform(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    fn normal(&mut self) -> f64 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+}
+
+/// An hourly count series of `WEEKS` weeks.
+fn series(seed: u64) -> Vec<Bucket> {
+    series_weeks(seed, WEEKS)
+}
+
+/// An hourly count series with daily and weekly seasonality and roughly Poisson noise.
+fn series_weeks(seed: u64, weeks: i64) -> Vec<Bucket> {
+    let mut noise = Noise(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let scale = 20.0 + 500.0 * noise.uniform();
+    (0..weeks * 168)
+        .map(|i| {
+            let ts = T0 + i * HOUR;
+            let hour = (i % 24) as f64;
+            let weekend = if (i / 24) % 7 >= 5 { 0.6 } else { 1.0 };
+            let mean = scale * weekend * (1.0 + 0.7 * ((hour - 9.0) / 24.0 * std::f64::consts::TAU).sin());
+            let value = (mean + mean.sqrt() * noise.normal()).round().max(0.0);
+            Bucket::new(ts, value)
+        })
+        .collect()
+}
+
+fn config() -> DetectorConfig {
+    DetectorConfig::new(Kind::Count, 3600)
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    // Generation is not timed: a pool of distinct series is fitted over and over.
+    let pool: Vec<Vec<Bucket>> = (0..64).map(series).collect();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+
+    let start = Instant::now();
+    let fitted: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let pool = &pool;
+                s.spawn(move || {
+                    let mut anomalies = 0usize;
+                    for i in (t..SERIES).step_by(threads) {
+                        let history = &pool[i % pool.len()];
+                        if let Ok(det) = OnlineDetector::warm(config(), history) {
+                            anomalies += usize::from(black_box(&det).state_bytes() > 0);
+                        }
+                    }
+                    anomalies
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+    });
+    let fit = start.elapsed();
+    let steps = SERIES as f64 * (WEEKS * 168) as f64;
+    println!(
+        "fit: {fitted} hourly series x {WEEKS} weeks on {threads} threads in {:.3} s ({:.0} ns per step)",
+        fit.as_secs_f64(),
+        fit.as_secs_f64() * 1e9 * threads as f64 / steps
+    );
+
+    // Probes are the week after the fitted history, from the same generator.
+    let det = OnlineDetector::warm(config(), &pool[0])?;
+    let next_week: Vec<Bucket> = series_weeks(0, WEEKS + 1)
+        .into_iter()
+        .skip((WEEKS * 168) as usize)
+        .collect();
+    let probes: Vec<Bucket> = next_week.iter().cycle().take(1000).copied().collect();
+    let rounds = 200;
+    let start = Instant::now();
+    let mut flagged = 0usize;
+    for _ in 0..rounds {
+        for b in &probes {
+            flagged += usize::from(black_box(det.evaluate(black_box(b))).anomaly);
+        }
+    }
+    let per = start.elapsed().as_secs_f64() / (rounds * probes.len()) as f64;
+    println!(
+        "evaluate: {:.0} ns per bucket ({flagged} of {} probes flagged)",
+        per * 1e9,
+        rounds * probes.len()
+    );
+
+    let mut stepper = det.clone();
+    let start = Instant::now();
+    for b in probes.iter().take(168) {
+        black_box(stepper.step(b));
+    }
+    println!(
+        "step: {:.0} ns per bucket",
+        start.elapsed().as_secs_f64() * 1e9 / 168.0
+    );
+
+    for (name, kind, interval) in [
+        ("hourly count", Kind::Count, 3600),
+        ("5-minute ratio", Kind::Ratio, 300),
+        ("1-minute count", Kind::Count, 60),
+    ] {
+        let det = OnlineDetector::new(DetectorConfig::new(kind, interval))?;
+        println!("state: {name}: {} bytes", det.state_bytes());
+    }
+
+    let data = std::env::var_os("KPIWATCH_DEV_DATA").map_or_else(
+        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/kpi-dev")),
+        PathBuf::from,
+    );
+    let mut inputs: Vec<PathBuf> = match std::fs::read_dir(&data) {
+        Ok(dir) => dir
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "csv"))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    inputs.sort();
+    if inputs.is_empty() {
+        println!("detect: skipped, no CSV files in {}", data.display());
+        return Ok(());
+    }
+    let out = std::env::temp_dir().join("kpiwatch-bench-detect.csv");
+    let start = Instant::now();
+    let mut rows = 0usize;
+    for input in &inputs {
+        let summary = detect::run(&DetectOptions {
+            input: input.clone(),
+            output: Some(out.clone()),
+            kind: None,
+            interval: None,
+            direction: Direction::Both,
+            sensitivity: Sensitivity::MEDIUM,
+            explain: false,
+        })?;
+        rows += summary.rows;
+    }
+    println!(
+        "detect: {} files, {rows} rows in {:.3} s",
+        inputs.len(),
+        start.elapsed().as_secs_f64()
+    );
+    // Best effort: a leftover temp file is harmless.
+    let _ = std::fs::remove_file(out);
+    Ok(())
+}

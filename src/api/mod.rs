@@ -1,0 +1,357 @@
+//! The HTTP API (axum): health, metrics and read-only JSON over KPIs, series and anomalies.
+//!
+//! [`router`] builds the whole `Router` from an [`AppState`], so tests can drive it without
+//! a socket. Handlers read through `store`; none run KPI SQL. Errors go through [`ApiError`]:
+//! 4xx bodies say what is wrong; 5xx bodies are opaque and the cause is logged once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Clock;
+use crate::kpi::KpiSpec;
+use crate::store::{AnomalyRow, EvaluationRow, ObservationRow, Store};
+use crate::telemetry::Metrics;
+
+/// What handlers share: handles only.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// State store.
+    pub store: Store,
+    /// KPI models by id.
+    pub specs: Arc<BTreeMap<String, KpiSpec>>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// The clock ("now" for default ranges).
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The API's error type.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 500; the message is logged, not returned.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<crate::store::Error> for ApiError {
+    fn from(e: crate::store::Error) -> Self {
+        ApiError::Internal(e.into())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        ApiError::BadRequest(e.body_text())
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match &self {
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
+            ApiError::Internal(error) => {
+                tracing::error!(message = "API request failed.", error = format!("{error:#}"));
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
+            }
+        };
+        (status, Json(ErrorBody { error: message })).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/kpis", get(list_kpis))
+        .route("/api/kpis/{id}/series", get(series))
+        .route("/api/anomalies", get(anomalies))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".to_owned()) })
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(error) => {
+            tracing::warn!(message = "Readiness check failed.", %error);
+            (StatusCode::SERVICE_UNAVAILABLE, "state store unavailable").into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Serialize)]
+struct KpiDto {
+    id: String,
+    title: String,
+    description: String,
+    kind: String,
+    interval: String,
+    source: String,
+    direction: String,
+    sensitivity: f64,
+    owner: Option<String>,
+    severity: String,
+    timezone: String,
+    labels: BTreeMap<String, String>,
+    origin: String,
+    /// ok | data_missing | query_error | pending (never run).
+    status: String,
+    last_run_at: Option<String>,
+    last_error: Option<String>,
+    data_until: Option<String>,
+}
+
+fn iso(secs: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp(secs, 0).map(|t| t.to_rfc3339())
+}
+
+async fn list_kpis(State(state): State<AppState>) -> ApiResult<Json<Vec<KpiDto>>> {
+    let rows: BTreeMap<String, _> = state
+        .store
+        .kpis()
+        .await?
+        .into_iter()
+        .map(|r| (r.id.clone(), r))
+        .collect();
+    let out = state
+        .specs
+        .values()
+        .map(|s| {
+            let row = rows.get(s.id.as_str());
+            KpiDto {
+                id: s.id.to_string(),
+                title: s.title.clone(),
+                description: s.description.clone(),
+                kind: s.kind.to_string(),
+                interval: s.interval.to_string(),
+                source: s.source.clone(),
+                direction: s.direction.to_string(),
+                sensitivity: s.sensitivity.get(),
+                owner: s.owner.clone(),
+                severity: s.severity.to_string(),
+                timezone: s.timezone.to_string(),
+                labels: s.labels.clone(),
+                origin: s.origin.clone(),
+                status: row
+                    .and_then(|r| r.last_status.clone())
+                    .unwrap_or_else(|| "pending".to_owned()),
+                last_run_at: row.and_then(|r| r.last_run_at).and_then(iso),
+                last_error: row.and_then(|r| r.last_error.clone()),
+                data_until: row.and_then(|r| r.fetched_until).and_then(iso),
+            }
+        })
+        .collect();
+    Ok(Json(out))
+}
+
+/// `from`/`to` as RFC 3339 or unix seconds.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RangeQuery {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+fn parse_instant(name: &str, s: &str) -> ApiResult<i64> {
+    if let Ok(secs) = s.parse::<i64>() {
+        return Ok(secs);
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp())
+        .map_err(|_| ApiError::BadRequest(format!("`{name}` must be RFC 3339 or unix seconds, got {s:?}")))
+}
+
+#[derive(Serialize)]
+struct PointDto {
+    ts: String,
+    value: f64,
+    denominator: Option<f64>,
+    #[serde(flatten)]
+    verdict: Option<EvaluationDto>,
+}
+
+#[derive(Serialize)]
+struct EvaluationDto {
+    band_value: Option<f64>,
+    expected: Option<f64>,
+    lower: Option<f64>,
+    upper: Option<f64>,
+    score: f64,
+    anomaly: bool,
+    status: String,
+}
+
+#[derive(Serialize)]
+struct SeriesDto {
+    dims: serde_json::Value,
+    points: Vec<PointDto>,
+}
+
+const MAX_POINTS: i64 = 50_000;
+
+async fn series(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<RangeQuery>, QueryRejection>,
+) -> ApiResult<Json<Vec<SeriesDto>>> {
+    let Query(range) = query?;
+    let spec = state
+        .specs
+        .get(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("no KPI {id:?}")))?;
+    let now = state.clock.now().timestamp();
+    let to = range
+        .to
+        .as_deref()
+        .map(|s| parse_instant("to", s))
+        .transpose()?
+        .unwrap_or(now);
+    let from = range
+        .from
+        .as_deref()
+        .map(|s| parse_instant("from", s))
+        .transpose()?
+        .unwrap_or(to - 86_400);
+    if from >= to {
+        return Err(ApiError::BadRequest("`from` must be before `to`".to_owned()));
+    }
+    if (to - from) / spec.interval.secs_i64() > MAX_POINTS {
+        return Err(ApiError::BadRequest(format!(
+            "the range holds more than {MAX_POINTS} buckets; narrow it"
+        )));
+    }
+    let mut out = Vec::new();
+    for s in state.store.series_of(&id).await? {
+        let obs: Vec<ObservationRow> = state.store.observations(s.id, from, to).await?;
+        let evals: BTreeMap<i64, EvaluationRow> = state
+            .store
+            .evaluations(s.id, from, to)
+            .await?
+            .into_iter()
+            .map(|e| (e.ts, e))
+            .collect();
+        let points = obs
+            .into_iter()
+            .map(|o| PointDto {
+                ts: iso(o.ts).unwrap_or_default(),
+                value: o.value,
+                denominator: o.denominator,
+                verdict: evals.get(&o.ts).map(|e| EvaluationDto {
+                    band_value: e.value,
+                    expected: e.expected,
+                    lower: e.lower,
+                    upper: e.upper,
+                    score: e.score,
+                    anomaly: e.anomaly,
+                    status: e.status.clone(),
+                }),
+            })
+            .collect();
+        out.push(SeriesDto {
+            dims: serde_json::from_str(&s.dims).unwrap_or(serde_json::Value::Null),
+            points,
+        });
+    }
+    Ok(Json(out))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnomalyQuery {
+    kpi: Option<String>,
+    since: Option<String>,
+    limit: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct AnomalyDto {
+    id: i64,
+    kpi: String,
+    dims: serde_json::Value,
+    ts: String,
+    value: f64,
+    expected: f64,
+    lower: f64,
+    upper: f64,
+    score: f64,
+    volume: f64,
+    seasonality: String,
+    /// False for anomalies found in backfilled history (recorded, not alerted).
+    live: bool,
+}
+
+impl From<AnomalyRow> for AnomalyDto {
+    fn from(a: AnomalyRow) -> Self {
+        AnomalyDto {
+            id: a.id,
+            kpi: a.kpi_id,
+            dims: serde_json::from_str(&a.dims).unwrap_or(serde_json::Value::Null),
+            ts: iso(a.ts).unwrap_or_default(),
+            value: a.value,
+            expected: a.expected,
+            lower: a.lower,
+            upper: a.upper,
+            score: a.score,
+            volume: a.volume,
+            seasonality: a.seasonality,
+            live: a.alerted,
+        }
+    }
+}
+
+async fn anomalies(
+    State(state): State<AppState>,
+    query: Result<Query<AnomalyQuery>, QueryRejection>,
+) -> ApiResult<Json<Vec<AnomalyDto>>> {
+    let Query(q) = query?;
+    if let Some(kpi) = &q.kpi {
+        if !state.specs.contains_key(kpi) {
+            return Err(ApiError::NotFound(format!("no KPI {kpi:?}")));
+        }
+    }
+    let since = q
+        .since
+        .as_deref()
+        .map(|s| parse_instant("since", s))
+        .transpose()?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "`limit` must be between 1 and 10000".to_owned(),
+        ));
+    }
+    let rows = state.store.anomalies(q.kpi.as_deref(), since, limit).await?;
+    Ok(Json(rows.into_iter().map(AnomalyDto::from).collect()))
+}

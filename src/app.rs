@@ -1,0 +1,205 @@
+//! Wiring: builds the store, sources, mailer and metrics from [`Settings`], then runs the
+//! HTTP API and the scheduler side by side until shutdown.
+//!
+//! [`Application::build`] binds the listener (port 0 picks a free one: see
+//! [`Application::port`]) and [`Application::run_until_stopped`] supervises both tasks:
+//! when either exits, or the token is cancelled (SIGTERM / Ctrl-C in [`run`]), the other is
+//! told to stop, in-flight runs finish, and the pools close.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::alerting::Mailer;
+use crate::api::{self, AppState};
+use crate::clock::{Clock, SystemClock};
+use crate::config::Settings;
+use crate::kpi::KpiSpec;
+use crate::pipeline::Context;
+use crate::scheduler::Scheduler;
+use crate::sources::SourceRegistry;
+use crate::store::Store;
+use crate::telemetry::Metrics;
+
+/// Options for [`Application::build`] beyond the config.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Where "now" comes from.
+    pub clock: Arc<dyn Clock>,
+    /// Sources added on top of the configured ones (the demo's).
+    pub extra_sources: Option<SourceRegistry>,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            clock: Arc::new(SystemClock),
+            extra_sources: None,
+        }
+    }
+}
+
+/// A built, not yet running, kpiwatch.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    scheduler: Scheduler,
+    store: Store,
+}
+
+impl Application {
+    /// Connect to everything and bind the HTTP listener.
+    pub async fn build(settings: Settings, specs: Vec<KpiSpec>, opts: BuildOptions) -> anyhow::Result<Self> {
+        let mut sources = SourceRegistry::build(&settings.sources).context("Failed to configure sources")?;
+        if let Some(extra) = opts.extra_sources {
+            for s in extra.iter() {
+                sources.insert_shared(Arc::clone(s));
+            }
+        }
+        let missing: Vec<String> = specs
+            .iter()
+            .filter(|s| sources.get(&s.source).is_err())
+            .map(|s| format!("KPI {} uses source {:?}, which is not configured", s.id, s.source))
+            .collect();
+        if !missing.is_empty() {
+            bail!("{}", missing.join("; "));
+        }
+        for source in sources.iter() {
+            if let Err(error) = source.healthcheck().await {
+                warn!(message = "Source healthcheck failed; its KPIs will report data missing until it is back.", source = source.name(), %error);
+            }
+        }
+        let store = Store::connect(settings.state.url.expose_secret())
+            .await
+            .context("Failed to open the state store")?;
+        for spec in &specs {
+            store.upsert_kpi(spec).await.context("Failed to register KPIs")?;
+        }
+        let mailer = Mailer::build(&settings.email).context("Failed to set up e-mail")?;
+        if let Err(error) = mailer.healthcheck().await {
+            warn!(message = "E-mail healthcheck failed; alerts will queue until it works.", %error);
+        }
+        let listener = TcpListener::bind(settings.http.bind)
+            .await
+            .with_context(|| format!("Failed to bind {}", settings.http.bind))?;
+        let metrics = Arc::new(Metrics::default());
+        let settings = Arc::new(settings);
+        let cx = Context {
+            store: store.clone(),
+            sources,
+            settings,
+            metrics: Arc::clone(&metrics),
+            mailer,
+        };
+        let by_id: BTreeMap<String, KpiSpec> = specs.iter().map(|s| (s.id.to_string(), s.clone())).collect();
+        let scheduler = Scheduler::new(cx, Arc::new(specs), Arc::clone(&opts.clock));
+        let state = AppState {
+            store: store.clone(),
+            specs: Arc::new(by_id),
+            metrics,
+            clock: opts.clock,
+        };
+        Ok(Application {
+            listener,
+            state,
+            scheduler,
+            store,
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The scheduler, for driving passes by hand (tests, the demo's first pass).
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    /// The state store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serve HTTP and run the scheduler until `token` is cancelled or either task ends.
+    pub async fn run_until_stopped(self, token: CancellationToken) -> anyhow::Result<()> {
+        let Application {
+            listener,
+            state,
+            scheduler,
+            store,
+        } = self;
+        let addr = listener
+            .local_addr()
+            .context("Failed to read the bound address")?;
+        info!(message = "HTTP API listening.", %addr);
+        let http_token = token.clone();
+        let mut http = tokio::spawn(async move {
+            axum::serve(listener, api::router(state))
+                .with_graceful_shutdown(http_token.cancelled_owned())
+                .await
+        });
+        let mut sched = tokio::spawn(scheduler.run_until_cancelled(token.clone()));
+        let result = tokio::select! {
+            r = &mut http => {
+                token.cancel();
+                let _ = sched.await;
+                match r {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(anyhow::Error::from(e).context("HTTP server failed")),
+                    Err(e) => Err(anyhow::Error::from(e).context("HTTP task panicked")),
+                }
+            }
+            r = &mut sched => {
+                token.cancel();
+                let _ = http.await;
+                r.context("Scheduler task panicked")
+            }
+        };
+        store.close().await;
+        info!(message = "kpiwatch stopped.");
+        result
+    }
+}
+
+/// Cancel `token` on SIGTERM or Ctrl-C.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = ctrl_c => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = ctrl_c.await;
+        }
+        info!(message = "Shutdown requested; finishing in-flight runs.");
+        token.cancel();
+    });
+}
+
+/// `kpiwatch serve`: build and run until a signal.
+pub async fn run(settings: Settings, specs: Vec<KpiSpec>) -> anyhow::Result<()> {
+    let app = Application::build(settings, specs, BuildOptions::default()).await?;
+    let token = CancellationToken::new();
+    cancel_on_signal(token.clone());
+    app.run_until_stopped(token).await
+}

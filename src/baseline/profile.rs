@@ -1,0 +1,393 @@
+//! One candidate baseline: a level times a seasonal profile, with its own noise estimate.
+//!
+//! The profile keeps, per slot of the period (hour of day, hour of week, ...), exponentially
+//! weighted sums of the level-normalised observation and of its weight (1 for counts and
+//! gauges, the denominator for ratios), so the slot value is a ratio of sums and a denominator
+//! of zero carries no information. Pure: no IO.
+
+use crate::kpi::Kind;
+
+use super::Seasonality;
+
+/// Most slots a weekly profile may hold (5-minute slots; a daily one holds a seventh of
+/// that): finer buckets share slots, which keeps the state small.
+pub(crate) const MAX_SLOTS: i64 = 2016;
+/// Trials' worth of prior pulling a ratio's slot proportion towards the series level.
+const RATIO_PRIOR_TRIALS: f64 = 30.0;
+/// Rate of the short exponentially weighted mean of residuals used to compare models.
+const BIAS_RATE: f64 = 0.25;
+/// Residual clip, in the model's standard deviations, when tracking fit quality.
+const ERROR_CLIP_SD: f64 = 6.0;
+/// Pseudo-events of the prior that keeps a count slot's expectation above zero.
+const COUNT_PRIOR_EVENTS: f64 = 0.5;
+/// Closest an expected proportion gets to 0 or 1: the product of level and profile can
+/// overshoot, and a baseline of exactly 100% would call any single failure an incident.
+const RATIO_EDGE: f64 = 1e-3;
+/// Fewest buckets the level's memory spans (two hours of buckets otherwise), unless that is
+/// more than a week.
+const LEVEL_MIN_BUCKETS: f64 = 24.0;
+/// Fewest events (or ratio trials) the level's memory spans.
+const LEVEL_EVENTS: f64 = 100.0;
+const DAY: i64 = 86_400;
+const WEEK: i64 = 7 * DAY;
+
+/// Prediction of one model for one bucket.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Prediction {
+    /// Expected value in the band's units (count, gauge value, or proportion).
+    pub(crate) rate: f64,
+    /// The slot's profile value behind it.
+    pub(crate) profile: f64,
+    /// Expected observation in observation units (count, gauge value, or numerator).
+    pub(crate) mean: f64,
+    /// Base (Poisson or binomial) variance of the observation; 0 for gauges.
+    pub(crate) base_var: f64,
+    /// Variance of the estimate itself, from the observations behind the slot.
+    pub(crate) est_var: f64,
+    /// Total variance of the observation including overdispersion and profile error.
+    pub(crate) var: f64,
+}
+
+/// A level-times-profile model with one seasonality.
+#[derive(Debug, Clone)]
+pub(crate) struct SeasonalModel {
+    pub(crate) seasonality: Seasonality,
+    period: i64,
+    width: i64,
+    smooth: bool,
+    slot_min_rate: f64,
+    prior_weight: f64,
+    count_prior: bool,
+    num: Vec<f64>,
+    den: Vec<f64>,
+    visits: Vec<u16>,
+    level_num: f64,
+    level_den: f64,
+    level_n: u32,
+    level_min_rate: f64,
+    disp_a: f64,
+    disp_b: f64,
+    pub(crate) disp_n: u32,
+    disp_min_rate: f64,
+    bias: f64,
+    slow_num: f64,
+    slow_den: f64,
+    pub(crate) mse: f64,
+    pub(crate) mse_n: u32,
+    mse_min_rate: f64,
+    run_obs: f64,
+    run_exp: f64,
+}
+
+impl SeasonalModel {
+    /// A model for `seasonality`, or `None` when the bucket is too long for that period.
+    pub(crate) fn new(kind: Kind, seasonality: Seasonality, interval_secs: i64) -> Option<Self> {
+        let period = match seasonality {
+            Seasonality::None => interval_secs,
+            Seasonality::Daily => DAY,
+            Seasonality::Weekly => WEEK,
+        };
+        if seasonality != Seasonality::None && interval_secs * 2 > period {
+            return None;
+        }
+        let max_slots = match seasonality {
+            Seasonality::Weekly => MAX_SLOTS,
+            _ => MAX_SLOTS / 7,
+        };
+        let width = interval_secs.max((period + max_slots - 1) / max_slots);
+        let slots = ((period + width - 1) / width).max(1) as usize;
+        let per_day = DAY as f64 / interval_secs as f64;
+        let slot_min_rate = match seasonality {
+            Seasonality::None => 0.0,
+            Seasonality::Daily => 0.15,
+            Seasonality::Weekly => 0.2,
+        };
+        Some(SeasonalModel {
+            seasonality,
+            period,
+            width,
+            smooth: slots > 1 && width <= 1800,
+            slot_min_rate,
+            prior_weight: if kind == Kind::Ratio && seasonality != Seasonality::None {
+                RATIO_PRIOR_TRIALS
+            } else {
+                0.0
+            },
+            count_prior: kind == Kind::Count,
+            num: vec![0.0; slots],
+            den: vec![0.0; slots],
+            visits: vec![0; slots],
+            level_num: 0.0,
+            level_den: 0.0,
+            level_n: 0,
+            level_min_rate: 1.0 / (per_day / 12.0).max(LEVEL_MIN_BUCKETS.min(7.0 * per_day)),
+            disp_a: 0.0,
+            disp_b: 0.0,
+            disp_n: 0,
+            disp_min_rate: 1.0 / (per_day * 3.0).max(50.0),
+            bias: 0.0,
+            slow_num: 0.0,
+            slow_den: 0.0,
+            mse: 0.0,
+            mse_n: 0,
+            mse_min_rate: 1.0 / (per_day * 7.0).max(14.0),
+            run_obs: 0.0,
+            run_exp: 0.0,
+        })
+    }
+
+    /// Heap bytes held by this model.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.num.capacity() * std::mem::size_of::<f64>()
+            + self.den.capacity() * std::mem::size_of::<f64>()
+            + self.visits.capacity() * std::mem::size_of::<u16>()
+    }
+
+    fn slot(&self, ts: i64) -> usize {
+        let s = (ts.rem_euclid(self.period) / self.width) as usize;
+        s.min(self.num.len() - 1)
+    }
+
+    /// Whether the model has seen this bucket's slot and a level.
+    pub(crate) fn ready(&self, ts: i64) -> bool {
+        self.level_n > 0 && self.visits[self.slot(ts)] > 0
+    }
+
+    fn level(&self) -> f64 {
+        if self.level_den > 0.0 {
+            self.level_num / self.level_den
+        } else {
+            0.0
+        }
+    }
+
+    /// Effective number of observations behind a slot's estimate (after smoothing).
+    fn slot_n_eff(&self, slot: usize, w: f64) -> f64 {
+        let visits = f64::from(self.visits[slot]);
+        let cap = if self.slot_min_rate > 0.0 {
+            1.0 / self.slot_min_rate
+        } else {
+            1.0 / self.level_min_rate
+        };
+        (visits.min(cap) * w / 2.0).max(1.0)
+    }
+
+    /// The slot's profile value and the effective observations behind it.
+    fn profile_n(&self, slot: usize) -> (f64, f64) {
+        let n = self.num.len();
+        let (mut sn, mut sd, mut w) = (2.0 * self.num[slot], 2.0 * self.den[slot], 2.0);
+        if self.smooth {
+            for j in [(slot + n - 1) % n, (slot + 1) % n] {
+                if self.visits[j] > 0 {
+                    sn += self.num[j];
+                    sd += self.den[j];
+                    w += 1.0;
+                }
+            }
+        }
+        let n_eff = self.slot_n_eff(slot, w);
+        if self.prior_weight > 0.0 {
+            // Shrink towards the level (s = 1) by a prior worth `prior_weight` trials, against
+            // the trials the slot's estimate stands on.
+            let c = self.prior_weight / n_eff;
+            sn = sn / w + c;
+            sd = sd / w + c;
+        }
+        if self.count_prior && sd > 0.0 {
+            // Gamma prior worth `COUNT_PRIOR_EVENTS` events at the level's rate: a slot that
+            // has only seen zeros expects a little, never exactly nothing.
+            let level = self.level();
+            if level > 0.0 {
+                let c = COUNT_PRIOR_EVENTS / level / n_eff;
+                return ((sn / sd + c) / (1.0 + c), n_eff);
+            }
+        }
+        if sd > 0.0 {
+            (sn / sd, n_eff)
+        } else {
+            (0.0, n_eff)
+        }
+    }
+
+    fn dispersion(&self) -> f64 {
+        if self.disp_b > 0.0 {
+            (self.disp_a / self.disp_b).max(0.0)
+        } else {
+            0.0
+        }
+    }
+
+    /// Predict the bucket at `ts` holding `weight` (the denominator for ratios).
+    pub(crate) fn predict(&self, kind: Kind, ts: i64, weight: f64) -> Prediction {
+        let (s, n_eff) = self.profile_n(self.slot(ts));
+        let rate_raw = self.level() * s;
+        let phi = self.dispersion();
+        match kind {
+            Kind::Count => {
+                let mu = rate_raw.max(1e-6);
+                Prediction {
+                    profile: s,
+                    rate: mu,
+                    mean: mu,
+                    base_var: mu,
+                    est_var: mu / n_eff,
+                    var: mu + mu / n_eff + phi * mu * mu,
+                }
+            }
+            Kind::Ratio => {
+                let p = rate_raw.clamp(RATIO_EDGE, 1.0 - RATIO_EDGE);
+                let n = weight.max(0.0);
+                let base = n * p * (1.0 - p);
+                Prediction {
+                    profile: s,
+                    rate: p,
+                    mean: n * p,
+                    base_var: base,
+                    est_var: base / n_eff,
+                    var: base + base / n_eff + phi * n * (n - 1.0).max(0.0) * p * (1.0 - p),
+                }
+            }
+            Kind::Gauge => {
+                let scale = rate_raw.abs().max(1e-9);
+                Prediction {
+                    profile: s,
+                    rate: rate_raw,
+                    mean: rate_raw,
+                    base_var: 0.0,
+                    est_var: 0.0,
+                    var: phi.max(1e-8) * scale * scale,
+                }
+            }
+        }
+    }
+
+    /// Learn one observation `obs` (count, gauge, numerator) of `weight` at `ts`, given this
+    /// model's prediction for it. `winsor` clips the residual to that many standard deviations.
+    pub(crate) fn learn(
+        &mut self,
+        kind: Kind,
+        ts: i64,
+        obs: f64,
+        weight: f64,
+        pred: &Prediction,
+        winsor: Option<f64>,
+    ) {
+        if weight <= 0.0 {
+            return;
+        }
+        let ready = self.ready(ts);
+        let mut obs = obs;
+        if ready {
+            if let Some(w) = winsor {
+                let sd = pred.var.max(1e-12).sqrt();
+                obs = obs.clamp(pred.mean - w * sd, pred.mean + w * sd);
+            }
+            if kind == Kind::Ratio {
+                obs = obs.clamp(0.0, weight);
+            }
+            // Noise and fit quality, measured against what the model predicted.
+            let r = obs - pred.mean;
+            let m2 = match kind {
+                Kind::Count => pred.mean * pred.mean,
+                Kind::Ratio => weight * (weight - 1.0).max(0.0) * pred.rate * (1.0 - pred.rate),
+                Kind::Gauge => pred.mean.abs().max(1e-9).powi(2),
+            };
+            self.disp_n = self.disp_n.saturating_add(1);
+            let a = (1.0 / f64::from(self.disp_n)).max(self.disp_min_rate);
+            self.disp_a += a * ((r * r - pred.base_var - pred.est_var) - self.disp_a);
+            self.disp_b += a * (m2 - self.disp_b);
+        }
+        // Level: ratio of exponentially weighted sums of observation and profile-expected.
+        let slot = self.slot(ts);
+        let level = self.level();
+        let s = if self.visits[slot] > 0 {
+            // The prediction was made from this same state, for this same slot.
+            pred.profile
+        } else {
+            // An unseen slot learns its own value; the level then stays where it is.
+            0.0
+        };
+        self.level_n = self.level_n.saturating_add(1);
+        if self.level_n == 1 {
+            self.level_num = obs;
+            self.level_den = weight;
+        } else if s > 0.0 {
+            // The level follows about two hours of buckets, but never fewer than
+            // `LEVEL_EVENTS` events (or trials): a sparse series' level must not chase noise.
+            let per_bucket = match kind {
+                Kind::Count => self.level_num.abs(),
+                Kind::Ratio => self.level_den.abs(),
+                Kind::Gauge => f64::INFINITY,
+            };
+            let min_rate = self.level_min_rate.min(per_bucket / LEVEL_EVENTS);
+            let a = (1.0 / f64::from(self.level_n)).max(min_rate);
+            self.level_num += a * (obs - self.level_num);
+            self.level_den += a * (weight * s - self.level_den);
+        }
+        let level = if level > 0.0 { level } else { self.level() };
+        let norm = if level.abs() > 1e-12 { level } else { 1.0 };
+        self.visits[slot] = self.visits[slot].saturating_add(1);
+        let b = (1.0 / f64::from(self.visits[slot])).max(self.slot_min_rate);
+        self.num[slot] += b * (obs / norm - self.num[slot]);
+        self.den[slot] += b * (weight - self.den[slot]);
+    }
+
+    /// Track this model's fit on every scored bucket, anomalous or not, so that the model in
+    /// use cannot hide its own failures from the comparison. Residuals are clipped at
+    /// `ERROR_CLIP_SD` of the model's own spread.
+    pub(crate) fn track_error(&mut self, ts: i64, obs: f64, pred: &Prediction) {
+        if !self.ready(ts) {
+            return;
+        }
+        // Judge the profile, not the fast level: predict with a slow (about a week) level, so
+        // a daily profile cannot look good by chasing each weekend with its level.
+        let sd = pred.var.max(1e-12).sqrt();
+        let s = pred.profile;
+        let slow = if self.slow_den > 0.0 {
+            self.slow_num / self.slow_den
+        } else {
+            self.level()
+        };
+        let mean = if pred.rate.abs() > 1e-12 {
+            pred.mean * slow * s / pred.rate
+        } else {
+            pred.mean
+        };
+        let mean = if mean.is_finite() { mean } else { pred.mean };
+        let r = (obs - mean).clamp(-ERROR_CLIP_SD * sd, ERROR_CLIP_SD * sd);
+        let weight = if pred.rate.abs() > 1e-12 {
+            pred.mean / pred.rate
+        } else {
+            1.0
+        };
+        self.slow_num += self.mse_min_rate * (obs - self.slow_num);
+        self.slow_den += self.mse_min_rate * (weight * s - self.slow_den);
+        self.mse_n = self.mse_n.saturating_add(1);
+        let a = (1.0 / f64::from(self.mse_n)).max(self.mse_min_rate);
+        // Fit quality is judged on the short-run mean residual: a model whose errors
+        // persist (a weekend seen through a daily profile) is what makes a CUSUM fire.
+        self.bias += BIAS_RATE * (r - self.bias);
+        self.mse += a * (self.bias * self.bias - self.mse);
+    }
+
+    /// Add one bucket to the current run of persistent deviation.
+    pub(crate) fn run_add(&mut self, obs: f64, pred: &Prediction) {
+        self.run_obs += obs;
+        self.run_exp += pred.mean;
+    }
+
+    /// Forget the current run.
+    pub(crate) fn run_clear(&mut self) {
+        self.run_obs = 0.0;
+        self.run_exp = 0.0;
+    }
+
+    /// Accept the run's level as the new normal.
+    pub(crate) fn run_accept(&mut self) {
+        if self.run_exp.abs() > 1e-12 {
+            let factor = (self.run_obs / self.run_exp).clamp(0.02, 50.0);
+            self.level_num *= factor;
+        }
+        self.run_clear();
+    }
+}

@@ -1,0 +1,334 @@
+//! Behaviour tests of the detector on constructed series.
+
+use super::*;
+
+const HOUR: i64 = 3600;
+const DAY: i64 = 86_400;
+/// 2026-03-02 00:00, a Monday.
+const T0: i64 = 1_772_409_600;
+
+/// Deterministic noise for constructed series (xorshift; not a statistics library).
+#[derive(Debug)]
+struct Noise(u64);
+
+impl Noise {
+    fn uniform(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    fn normal(&mut self) -> f64 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+
+    /// A Poisson draw (Knuth for small means, rounded normal for large ones).
+    fn poisson(&mut self, mean: f64) -> f64 {
+        if mean > 50.0 {
+            return (mean + mean.sqrt() * self.normal()).round().max(0.0);
+        }
+        let limit = (-mean).exp();
+        let (mut k, mut p) = (0.0, 1.0);
+        loop {
+            p *= self.uniform();
+            if p <= limit {
+                return k;
+            }
+            k += 1.0;
+        }
+    }
+
+    fn binomial(&mut self, n: u32, p: f64) -> f64 {
+        (0..n).filter(|_| self.uniform() < p).count() as f64
+    }
+}
+
+/// Daily shape: quiet nights, busy afternoons, mean 1.
+fn daily_shape(ts: i64) -> f64 {
+    let hour = (ts.rem_euclid(DAY) / HOUR) as f64;
+    1.0 + 0.8 * ((hour - 9.0) / 24.0 * std::f64::consts::TAU).sin()
+}
+
+/// 0 = Monday.
+fn weekday(ts: i64) -> i64 {
+    (ts - T0).div_euclid(DAY).rem_euclid(7)
+}
+
+fn hourly_counts(weeks: i64, seed: u64, mean: impl Fn(i64) -> f64) -> Vec<Bucket> {
+    let mut noise = Noise(seed);
+    (0..weeks * 168)
+        .map(|i| {
+            let ts = T0 + i * HOUR;
+            Bucket::new(ts, noise.poisson(mean(ts)))
+        })
+        .collect()
+}
+
+fn detector(kind: Kind, interval: u32) -> OnlineDetector {
+    OnlineDetector::new(DetectorConfig::new(kind, interval)).expect("valid config")
+}
+
+fn run(det: &mut OnlineDetector, buckets: &[Bucket]) -> Vec<Verdict> {
+    buckets.iter().map(|b| det.step(b)).collect()
+}
+
+fn flags(verdicts: &[Verdict]) -> usize {
+    verdicts.iter().filter(|v| v.anomaly).count()
+}
+
+#[test]
+fn a_daily_pattern_without_weekly_structure_gets_daily_seasonality() {
+    let series = hourly_counts(4, 1, |ts| 200.0 * daily_shape(ts));
+    let mut det = detector(Kind::Count, 3600);
+    let v = run(&mut det, &series);
+    assert_eq!(v.last().map(|v| v.seasonality), Some(Seasonality::Daily));
+}
+
+#[test]
+fn a_strong_weekend_effect_gets_weekly_seasonality() {
+    let series = hourly_counts(4, 2, |ts| {
+        let weekend = if weekday(ts) >= 5 { 0.4 } else { 1.0 };
+        200.0 * daily_shape(ts) * weekend
+    });
+    let mut det = detector(Kind::Count, 3600);
+    let v = run(&mut det, &series);
+    assert_eq!(v.last().map(|v| v.seasonality), Some(Seasonality::Weekly));
+}
+
+#[test]
+fn a_flat_series_gets_no_seasonality() {
+    let series = hourly_counts(3, 3, |_| 150.0);
+    let mut det = detector(Kind::Count, 3600);
+    let v = run(&mut det, &series);
+    assert_eq!(v.last().map(|v| v.seasonality), Some(Seasonality::None));
+}
+
+#[test]
+fn pure_noise_over_several_weeks_stays_quiet() {
+    for seed in 10..14 {
+        let series = hourly_counts(6, seed, |ts| 120.0 * daily_shape(ts));
+        let mut det = detector(Kind::Count, 3600);
+        let v = run(&mut det, &series);
+        assert!(flags(&v) <= 1, "seed {seed}: {} flags", flags(&v));
+    }
+}
+
+#[test]
+fn a_count_at_zero_when_two_hundred_are_expected_fires_on_that_bucket() {
+    let mut series = hourly_counts(3, 4, |_| 200.0);
+    let at = series.len() - 10;
+    series[at].value = 0.0;
+    let mut det = detector(Kind::Count, 3600);
+    let v = run(&mut det, &series);
+    assert!(v[at].anomaly);
+    assert_eq!(v[at].status, Status::Evaluated);
+    assert!(v[at].score > 0.999);
+    assert!((v[at].expected - 200.0).abs() < 20.0, "{}", v[at].expected);
+}
+
+#[test]
+fn a_moderate_sustained_drop_fires_within_a_few_buckets() {
+    let start = 3 * 168 - 20;
+    let series = hourly_counts(3, 5, |ts| {
+        let i = (ts - T0) / HOUR;
+        if i >= start {
+            160.0
+        } else {
+            200.0
+        }
+    });
+    let mut det = detector(Kind::Count, 3600);
+    let v = run(&mut det, &series);
+    let first = v.iter().skip(start as usize).position(|v| v.anomaly);
+    assert!(
+        matches!(first, Some(d) if d <= 4),
+        "first flag after {first:?} buckets"
+    );
+    assert!(v[..start as usize - 1].iter().all(|v| !v.anomaly));
+}
+
+#[test]
+fn a_level_shift_is_flagged_then_learned_as_the_new_normal() {
+    let start = 3 * 168;
+    let series = hourly_counts(5, 6, |ts| {
+        let i = (ts - T0) / HOUR;
+        let level = if i >= start { 120.0 } else { 200.0 };
+        level * daily_shape(ts)
+    });
+    let mut det = detector(Kind::Count, 3600);
+    let v = run(&mut det, &series);
+    let s = start as usize;
+    assert!(
+        v[s..s + 3].iter().any(|v| v.anomaly),
+        "the shift is flagged at once"
+    );
+    let late = &v[s + 36..];
+    assert!(flags(late) <= 1, "{} flags after a day and a half", flags(late));
+    let last = v.last().expect("verdicts");
+    assert!(last.expected < 0.8 * 200.0 * 1.8, "expected {}", last.expected);
+}
+
+#[test]
+fn a_ratio_drop_on_four_attempts_at_night_is_not_flagged_but_on_four_thousand_it_is() {
+    let mut noise = Noise(7);
+    let mut buckets = Vec::new();
+    for i in 0..(3 * 168) {
+        let ts = T0 + i * HOUR;
+        let hour = ts.rem_euclid(DAY) / HOUR;
+        let n: u32 = if hour < 6 { 4 } else { 4000 };
+        buckets.push(Bucket::ratio(ts, noise.binomial(n, 0.95), f64::from(n)));
+    }
+    let mut det = detector(Kind::Ratio, 3600);
+    run(&mut det, &buckets);
+    let night = T0 + 3 * 7 * DAY + 3 * HOUR;
+    let noon = T0 + 3 * 7 * DAY + 12 * HOUR;
+    // 3 of 4 succeed (75%) at night, 3000 of 4000 at noon: the same relative drop.
+    let quiet = det.evaluate(&Bucket::ratio(night, 3.0, 4.0));
+    let loud = det.evaluate(&Bucket::ratio(noon, 3000.0, 4000.0));
+    assert!(!quiet.anomaly, "{quiet:?}");
+    assert!(loud.anomaly, "{loud:?}");
+    assert!((loud.value - 0.75).abs() < 1e-12);
+    assert!(loud.volume == 4000.0);
+}
+
+#[test]
+fn sparse_counts_allow_quiet_nights_but_a_long_run_of_zeros_in_busy_hours_fires() {
+    let busy = |ts: i64| {
+        let hour = ts.rem_euclid(DAY) / HOUR;
+        if (9..21).contains(&hour) {
+            4.0
+        } else {
+            0.2
+        }
+    };
+    let mut series = hourly_counts(4, 8, busy);
+    let outage = 3 * 168 + 9;
+    for b in &mut series[outage..outage + 6] {
+        b.value = 0.0;
+    }
+    let mut det = detector(Kind::Count, 3600);
+    let v = run(&mut det, &series);
+    assert!(v[outage..outage + 6].iter().any(|v| v.anomaly));
+    let before = &v[8 * 24..outage];
+    assert_eq!(flags(before), 0, "zeros at night are normal");
+}
+
+#[test]
+fn excluded_buckets_are_never_flagged_nor_learned() {
+    let mut series = hourly_counts(3, 9, |_| 200.0);
+    let from = series.len() - 30;
+    for b in &mut series[from..from + 24] {
+        b.value = 0.0;
+        b.excluded = true;
+    }
+    let mut det = detector(Kind::Count, 3600);
+    let v = run(&mut det, &series);
+    assert!(v[from..from + 24]
+        .iter()
+        .all(|v| !v.anomaly && v.status == Status::Excluded));
+    assert_eq!(flags(&v[from + 24..]), 0, "the holiday did not teach zeros");
+}
+
+#[test]
+fn warm_up_flags_nothing() {
+    let mut series = hourly_counts(1, 11, |_| 200.0);
+    series[30].value = 0.0;
+    series[31].value = 5000.0;
+    let mut det = detector(Kind::Count, 3600);
+    let v = run(&mut det, &series);
+    assert_eq!(flags(&v), 0);
+    assert_eq!(v[30].status, Status::WarmingUp);
+}
+
+#[test]
+fn direction_is_honoured() {
+    let series = hourly_counts(3, 12, |_| 200.0);
+    let spike = Bucket::new(T0 + 3 * 7 * DAY, 600.0);
+    let drop = Bucket::new(T0 + 3 * 7 * DAY, 10.0);
+    for (dir, spike_flag, drop_flag) in [
+        (Direction::Down, false, true),
+        (Direction::Up, true, false),
+        (Direction::Both, true, true),
+    ] {
+        let cfg = DetectorConfig {
+            direction: dir,
+            ..DetectorConfig::new(Kind::Count, 3600)
+        };
+        let det = OnlineDetector::warm(cfg, &series).expect("valid config");
+        assert_eq!(det.evaluate(&spike).anomaly, spike_flag, "{dir} spike");
+        assert_eq!(det.evaluate(&drop).anomaly, drop_flag, "{dir} drop");
+    }
+}
+
+#[test]
+fn evaluate_does_not_learn_and_step_does() {
+    let series = hourly_counts(3, 13, |_| 200.0);
+    let det = OnlineDetector::warm(DetectorConfig::new(Kind::Count, 3600), &series).expect("valid config");
+    let b = Bucket::new(T0 + 3 * 7 * DAY, 230.0);
+    let first = det.evaluate(&b);
+    assert_eq!(det.evaluate(&b), first);
+    let mut stepped = det.clone();
+    stepped.step(&b);
+    assert_ne!(
+        stepped.evaluate(&Bucket::new(b.ts + HOUR, 230.0)).expected,
+        f64::NAN
+    );
+}
+
+#[test]
+fn bad_configuration_is_an_error_not_a_panic() {
+    assert!(OnlineDetector::new(DetectorConfig::new(Kind::Count, 0)).is_err());
+    let cfg = DetectorConfig {
+        min_volume: f64::NAN,
+        ..DetectorConfig::new(Kind::Count, 60)
+    };
+    assert!(OnlineDetector::new(cfg).is_err());
+    let weekly_daily = DetectorConfig {
+        seasonality: SeasonalityMode::Weekly,
+        ..DetectorConfig::new(Kind::Gauge, 7 * 86_400)
+    };
+    assert!(OnlineDetector::new(weekly_daily).is_ok());
+}
+
+#[test]
+fn odd_values_never_panic_and_are_marked_missing() {
+    let mut det = detector(Kind::Ratio, 300);
+    for (i, (num, den)) in [
+        (1.0, 0.0),
+        (f64::NAN, 3.0),
+        (2.0, f64::INFINITY),
+        (5.0, 2.0),
+        (-1.0, 4.0),
+        (1e300, 1e300),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let v = det.step(&Bucket::ratio(T0 + i as i64 * 300, num, den));
+        assert!(!v.anomaly);
+        assert!((0.0..=1.0).contains(&v.score));
+    }
+    let v = det.step(&Bucket {
+        ts: T0 + 9000,
+        value: 1.0,
+        denominator: None,
+        excluded: false,
+    });
+    assert_eq!(v.status, Status::Missing);
+}
+
+#[test]
+fn model_state_stays_under_sixty_four_kilobytes() {
+    for interval in [60, 300, 3600, 86_400] {
+        let det = detector(Kind::Ratio, interval);
+        assert!(det.state_bytes() < 64 * 1024, "{interval}: {}", det.state_bytes());
+    }
+}
+
+#[test]
+fn sensitivity_names_a_false_alarm_budget() {
+    assert!(false_alarms_per_week(Sensitivity::LOW) < false_alarms_per_week(Sensitivity::MEDIUM));
+    assert!(false_alarms_per_week(Sensitivity::MEDIUM) < false_alarms_per_week(Sensitivity::HIGH));
+}

@@ -1,0 +1,304 @@
+//! Layered, typed configuration: embedded defaults, then an optional TOML file, then
+//! `KPIWATCH_*` environment variables (`__` separates nesting levels).
+//!
+//! Loaded once at startup into [`Settings`]; sub-structs are passed explicitly to the parts
+//! that need them. Nothing else in the crate reads the environment. Secrets (source URLs,
+//! SMTP password) are [`SecretString`]s and only ever displayed redacted.
+//!
+//! A leaf module: depends on nothing else in the crate.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The embedded defaults, also shown by `kpiwatch check`.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// Everything kpiwatch can be configured with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The HTTP API.
+    pub http: HttpConfig,
+    /// The state store.
+    pub state: StateConfig,
+    /// Alert e-mail.
+    pub email: EmailConfig,
+    /// The scheduler.
+    pub scheduler: SchedulerConfig,
+    /// Named KPI sources.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+}
+
+/// HTTP settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on; port 0 picks a free port.
+    pub bind: SocketAddr,
+    /// Base URL for links in messages.
+    pub public_url: String,
+}
+
+/// Where kpiwatch keeps its own state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// `sqlite://path` (embedded default).
+    pub url: SecretString,
+}
+
+/// E-mail delivery.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConfig {
+    /// The `From:` header.
+    pub from: String,
+    /// Folder for `.eml` files when no SMTP server is configured.
+    pub outbox_dir: PathBuf,
+    /// Recipients for KPIs that name none.
+    #[serde(default)]
+    pub default_recipients: Vec<String>,
+    /// An SMTP server; without it mail goes to `outbox_dir`.
+    pub smtp: Option<SmtpConfig>,
+}
+
+/// An SMTP relay.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// Host name or address.
+    pub host: String,
+    /// Port (25, 587, 465, or a test server's).
+    #[serde(default = "default_smtp_port")]
+    pub port: u16,
+    /// User name for AUTH, if any.
+    pub username: Option<String>,
+    /// Password for AUTH, if any.
+    pub password: Option<SecretString>,
+    /// Timeout for one delivery.
+    #[serde(default = "default_smtp_timeout", with = "humantime_serde_compat")]
+    pub timeout: Duration,
+}
+
+fn default_smtp_port() -> u16 {
+    25
+}
+
+fn default_smtp_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Scheduler knobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// How often to look for due KPIs.
+    #[serde(with = "humantime_serde_compat")]
+    pub tick: Duration,
+    /// History fetched on a KPI's first run.
+    #[serde(with = "humantime_serde_compat")]
+    pub backfill: Duration,
+    /// Stored history replayed through the detector per evaluation.
+    #[serde(with = "humantime_serde_compat")]
+    pub history: Duration,
+    /// Buckets re-read before the new window.
+    pub overlap_buckets: u32,
+    /// Concurrent KPI runs.
+    pub max_concurrent_runs: usize,
+    /// Buckets back in band before an alert resolves.
+    pub recovery_buckets: u32,
+    /// Anomalies older than this many buckets behind the newest complete one are recorded
+    /// but do not alert (backfilled history must not page anyone).
+    pub alert_horizon_buckets: u32,
+}
+
+/// A named database that KPI queries run against.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `postgres://…`, `mysql://…` / `mariadb://…`, or `sqlite://…`.
+    pub url: SecretString,
+    /// Connections kept to this source (its concurrency limit).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Server-side statement timeout, also enforced client-side.
+    #[serde(default = "default_statement_timeout", with = "humantime_serde_compat")]
+    pub statement_timeout: Duration,
+    /// Rows one query may return before it is rejected.
+    #[serde(default = "default_row_cap")]
+    pub row_cap: usize,
+}
+
+fn default_max_connections() -> u32 {
+    2
+}
+
+fn default_statement_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_row_cap() -> usize {
+    200_000
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file, a variable or a value is wrong.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Load settings: embedded defaults, then `file` if it exists (an explicitly named file must
+/// exist), then `KPIWATCH_*` variables from the process environment.
+pub fn load(file: Option<&Path>) -> Result<Settings, Error> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    load_from(file, &env)
+}
+
+/// [`load`] with the environment passed in, so tests need not touch the process environment.
+pub fn load_from(file: Option<&Path>, env: &[(String, String)]) -> Result<Settings, Error> {
+    let mut figment = Figment::from(Toml::string(DEFAULTS));
+    match file {
+        Some(path) if path.exists() => figment = figment.merge(Toml::file(path)),
+        Some(path) => {
+            return Err(Error::Invalid(format!(
+                "config file {} does not exist",
+                path.display()
+            )))
+        }
+        None => {
+            let default = Path::new("kpiwatch.toml");
+            if default.exists() {
+                figment = figment.merge(Toml::file(default));
+            }
+        }
+    }
+    // The environment is passed in (not read here) so tests stay isolated; the mapping is
+    // figment's `Env::prefixed("KPIWATCH_").split("__")`: lower-cased, `__` nests.
+    for (key, value) in env {
+        let Some(rest) = key.strip_prefix("KPIWATCH_") else {
+            continue;
+        };
+        let path = rest.to_ascii_lowercase().replace("__", ".");
+        // Values go through TOML parsing so numbers and arrays keep their types; a bare
+        // string that is not valid TOML is taken verbatim.
+        let value: toml::Value = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.clone()));
+        figment = figment.merge(Serialized::default(&path, value));
+    }
+    let settings: Settings = figment.extract().map_err(|e| Error::Invalid(e.to_string()))?;
+    settings.validate()?;
+    Ok(settings)
+}
+
+impl Settings {
+    fn validate(&self) -> Result<(), Error> {
+        let mut problems = Vec::new();
+        if self.scheduler.max_concurrent_runs == 0 {
+            problems.push("scheduler.max_concurrent_runs must be at least 1".to_owned());
+        }
+        if self.scheduler.recovery_buckets == 0 {
+            problems.push("scheduler.recovery_buckets must be at least 1".to_owned());
+        }
+        if self.scheduler.tick.is_zero() {
+            problems.push("scheduler.tick must be positive".to_owned());
+        }
+        for (name, source) in &self.sources {
+            if let Err(e) = url::Url::parse(source.url.expose_secret()) {
+                problems.push(format!("sources.{name}.url is not a URL: {e}"));
+            }
+            if source.max_connections == 0 {
+                problems.push(format!("sources.{name}.max_connections must be at least 1"));
+            }
+            if source.row_cap == 0 {
+                problems.push(format!("sources.{name}.row_cap must be at least 1"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid(problems.join("; ")))
+        }
+    }
+}
+
+/// A URL with any password replaced by `***`, safe to log or return from the API.
+pub fn redact_url(url: &SecretString) -> String {
+    match url::Url::parse(url.expose_secret()) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "<unparseable url>".to_owned(),
+    }
+}
+
+/// serde helpers for `"30s"` / `"28d"` style durations (humantime).
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_and_env_overrides_nested_keys() {
+        let s = load_from(
+            None,
+            &env(&[
+                ("KPIWATCH_HTTP__BIND", "127.0.0.1:9000"),
+                ("KPIWATCH_SOURCES__SHOP__URL", "postgres://u:hunter2@db/shop"),
+                ("KPIWATCH_SCHEDULER__OVERLAP_BUCKETS", "5"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .expect("config loads");
+        assert_eq!(s.http.bind.port(), 9000);
+        assert_eq!(s.scheduler.overlap_buckets, 5);
+        let shop = s.sources.get("shop").expect("source from env");
+        assert_eq!(shop.row_cap, 200_000);
+        assert!(!redact_url(&shop.url).contains("hunter2"));
+        assert!(!format!("{s:?}").contains("hunter2"), "Debug must not leak");
+    }
+
+    #[test]
+    fn a_bad_value_is_an_error_naming_the_key() {
+        let err = load_from(None, &env(&[("KPIWATCH_SCHEDULER__TICK", "soon")])).expect_err("bad duration");
+        assert!(err.to_string().contains("tick"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_explicit_file_is_an_error() {
+        let err = load_from(Some(Path::new("/nonexistent/kpiwatch.toml")), &[]).expect_err("missing file");
+        assert!(err.to_string().contains("does not exist"));
+    }
+}

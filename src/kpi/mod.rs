@@ -1,0 +1,651 @@
+//! Domain types: [`KpiId`], [`KpiSpec`] and the small value types in [`types`]; loads and
+//! validates KPI models from `models/<id>/model.toml` + `models/<id>/query.sql`.
+//!
+//! Parse, don't validate: a [`KpiSpec`] can only be built through [`KpiSpec::parse`] or
+//! [`load_models`], so everything holding one knows it is valid. A bad model is reported with
+//! the file, the field and the problem, and every problem in every model is reported at once.
+//!
+//! Everything depends on this module; it depends on nothing else in the crate.
+
+pub mod types;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use types::{Direction, Kind, ParseError, Sensitivity};
+
+/// A KPI's identifier: 1–64 characters of `a-z`, `0-9`, `_` and `-`, starting with a letter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KpiId(String);
+
+impl KpiId {
+    /// Parse an identifier.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let ok_len = !s.is_empty() && s.len() <= 64;
+        let ok_start = s.chars().next().is_some_and(|c| c.is_ascii_lowercase());
+        let ok_chars = s
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if ok_len && ok_start && ok_chars {
+            Ok(KpiId(s.to_owned()))
+        } else {
+            Err(format!(
+                "invalid KPI id {s:?}: use 1-64 characters of a-z, 0-9, '_' and '-', starting with a letter"
+            ))
+        }
+    }
+
+    /// The identifier as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KpiId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How the seasonal baseline is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SeasonalitySetting {
+    /// Picked from the series' own history.
+    #[default]
+    Auto,
+    /// No seasonality.
+    None,
+    /// Hour-of-day pattern.
+    Daily,
+    /// Hour-of-week pattern.
+    Weekly,
+}
+
+/// How loud an alert is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Severity {
+    /// For the record.
+    Info,
+    /// Look at it today.
+    #[default]
+    Warning,
+    /// Look at it now.
+    Critical,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        })
+    }
+}
+
+/// A bucket length that tiles a day (1m, 5m, 1h, …) or is a whole number of days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interval(u32);
+
+impl Interval {
+    /// Parse `"5m"`, `"1h"`, `"1d"` and the like.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let d = humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration: {e}"))?;
+        Self::from_secs(d.as_secs()).map_err(|e| format!("{s:?}: {e}"))
+    }
+
+    /// An interval of `secs` seconds.
+    pub fn from_secs(secs: u64) -> Result<Self, String> {
+        const DAY: u64 = 86_400;
+        if secs < 60 {
+            return Err("an interval must be at least 1 minute".to_owned());
+        }
+        if secs > 7 * DAY {
+            return Err("an interval must be at most 7 days".to_owned());
+        }
+        if !DAY.is_multiple_of(secs) && !secs.is_multiple_of(DAY) {
+            return Err(
+                "an interval must divide a day evenly (1m, 5m, 15m, 1h, …) or be whole days".to_owned(),
+            );
+        }
+        // Checked above: secs <= 7 days fits in u32.
+        Ok(Interval(secs as u32))
+    }
+
+    /// Length in seconds.
+    pub fn secs(self) -> u32 {
+        self.0
+    }
+
+    /// Length in seconds as i64, for timestamp arithmetic.
+    pub fn secs_i64(self) -> i64 {
+        i64::from(self.0)
+    }
+}
+
+impl fmt::Display for Interval {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}",
+            humantime::format_duration(Duration::from_secs(u64::from(self.0)))
+        )
+    }
+}
+
+/// A validated KPI model.
+#[derive(Debug, Clone)]
+pub struct KpiSpec {
+    /// Identifier (the model's folder name).
+    pub id: KpiId,
+    /// Human title.
+    pub title: String,
+    /// What it measures and why it matters.
+    pub description: String,
+    /// Name of the source in the config.
+    pub source: String,
+    /// Count, ratio or gauge.
+    pub kind: Kind,
+    /// Bucket length.
+    pub interval: Interval,
+    /// Wait this long after a bucket closes before reading it.
+    pub delay: Duration,
+    /// Which deviations alert.
+    pub direction: Direction,
+    /// How eagerly to flag.
+    pub sensitivity: Sensitivity,
+    /// Buckets with less volume (count, or denominator) than this are never flagged.
+    pub min_volume: f64,
+    /// Seasonality choice.
+    pub seasonality: SeasonalitySetting,
+    /// Owning person or team.
+    pub owner: Option<String>,
+    /// Alert severity.
+    pub severity: Severity,
+    /// Free-form labels for routing.
+    pub labels: BTreeMap<String, String>,
+    /// Alert e-mail recipients (empty = the configured defaults).
+    pub recipients: Vec<String>,
+    /// Timezone in which daily and weekly seasonality are read.
+    pub timezone: chrono_tz::Tz,
+    /// Most series (dimension combinations) one KPI may have.
+    pub max_series: usize,
+    /// The SQL, with `:start` and `:end` placeholders.
+    pub query: String,
+    /// Where it came from (a path, or `<embedded>`).
+    pub origin: String,
+}
+
+/// One thing wrong with one model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelProblem {
+    /// The file at fault.
+    pub file: PathBuf,
+    /// The field at fault, if one.
+    pub field: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ModelProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "{}: {field}: {}", self.file.display(), self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// Every problem found while loading models.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ModelErrors(pub Vec<ModelProblem>);
+
+impl fmt::Display for ModelErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} problem(s) in KPI models:", self.0.len())?;
+        for p in &self.0 {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `model.toml` as written; turned into a [`KpiSpec`] by [`KpiSpec::parse`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    title: Option<String>,
+    #[serde(default)]
+    description: String,
+    source: String,
+    kind: String,
+    interval: String,
+    delay: Option<String>,
+    direction: Option<String>,
+    sensitivity: Option<toml::Value>,
+    min_volume: Option<f64>,
+    seasonality: Option<String>,
+    owner: Option<String>,
+    severity: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    recipients: Vec<String>,
+    timezone: Option<String>,
+    max_series: Option<usize>,
+}
+
+impl KpiSpec {
+    /// Build a spec from the text of `model.toml` and `query.sql`. `dir` names the model's
+    /// folder in error messages.
+    pub fn parse(id: &str, model_toml: &str, query_sql: &str, dir: &Path) -> Result<Self, Vec<ModelProblem>> {
+        let toml_file = dir.join("model.toml");
+        let sql_file = dir.join("query.sql");
+        let mut problems = Vec::new();
+        let mut problem = |file: &Path, field: Option<&str>, message: String| {
+            problems.push(ModelProblem {
+                file: file.to_owned(),
+                field: field.map(str::to_owned),
+                message,
+            })
+        };
+
+        let id = KpiId::parse(id)
+            .map_err(|m| problem(dir, Some("id (folder name)"), m))
+            .ok();
+        let raw: Option<RawModel> = toml::from_str(model_toml)
+            .map_err(|e| problem(&toml_file, None, e.to_string().trim().to_owned()))
+            .ok();
+        let query = validate_query(query_sql)
+            .map_err(|m| problem(&sql_file, None, m))
+            .ok();
+
+        let Some(raw) = raw else {
+            return Err(problems);
+        };
+        let f = &toml_file;
+        let kind = raw
+            .kind
+            .parse::<Kind>()
+            .map_err(|e| problem(f, Some("kind"), e.to_string()))
+            .ok();
+        let interval = Interval::parse(&raw.interval)
+            .map_err(|e| problem(f, Some("interval"), e))
+            .ok();
+        let delay = match raw.delay.as_deref() {
+            None => Some(Duration::ZERO),
+            Some(d) => humantime::parse_duration(d)
+                .map_err(|e| problem(f, Some("delay"), format!("{d:?} is not a duration: {e}")))
+                .ok(),
+        };
+        let direction = match raw.direction.as_deref() {
+            None => Some(Direction::Both),
+            Some(d) => d
+                .parse::<Direction>()
+                .map_err(|e| problem(f, Some("direction"), e.to_string()))
+                .ok(),
+        };
+        let sensitivity = match &raw.sensitivity {
+            None => Some(Sensitivity::default()),
+            Some(toml::Value::String(s)) => s
+                .parse::<Sensitivity>()
+                .map_err(|e| problem(f, Some("sensitivity"), e.to_string()))
+                .ok(),
+            Some(toml::Value::Float(x)) => Sensitivity::new(*x)
+                .map_err(|e| problem(f, Some("sensitivity"), e.to_string()))
+                .ok(),
+            Some(other) => {
+                problem(
+                    f,
+                    Some("sensitivity"),
+                    format!("expected low | medium | high or a number in (0, 1), got {other}"),
+                );
+                None
+            }
+        };
+        let min_volume = raw.min_volume.unwrap_or(0.0);
+        if !(min_volume.is_finite() && min_volume >= 0.0) {
+            problem(f, Some("min_volume"), "must be a number >= 0".to_owned());
+        }
+        let seasonality = match raw.seasonality.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("auto") => Some(SeasonalitySetting::Auto),
+            Some("none") => Some(SeasonalitySetting::None),
+            Some("daily") => Some(SeasonalitySetting::Daily),
+            Some("weekly") => Some(SeasonalitySetting::Weekly),
+            Some(other) => {
+                problem(
+                    f,
+                    Some("seasonality"),
+                    format!("{other:?}: expected auto | none | daily | weekly"),
+                );
+                None
+            }
+        };
+        let severity = match raw.severity.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("warning") => Some(Severity::Warning),
+            Some("info") => Some(Severity::Info),
+            Some("critical") => Some(Severity::Critical),
+            Some(other) => {
+                problem(
+                    f,
+                    Some("severity"),
+                    format!("{other:?}: expected info | warning | critical"),
+                );
+                None
+            }
+        };
+        let timezone = match raw.timezone.as_deref() {
+            None => Some(chrono_tz::UTC),
+            Some(tz) => tz
+                .parse::<chrono_tz::Tz>()
+                .map_err(|_| {
+                    problem(
+                        f,
+                        Some("timezone"),
+                        format!("{tz:?} is not an IANA timezone (e.g. Europe/Berlin)"),
+                    )
+                })
+                .ok(),
+        };
+        for r in &raw.recipients {
+            if r.parse::<lettre::Address>().is_err() {
+                problem(f, Some("recipients"), format!("{r:?} is not an e-mail address"));
+            }
+        }
+        for (k, v) in &raw.labels {
+            if k.is_empty() || k.len() > 64 || v.len() > 256 {
+                problem(f, Some("labels"), format!("label {k:?} is empty or too long"));
+            }
+        }
+        if raw.source.trim().is_empty() {
+            problem(f, Some("source"), "must name a source from the config".to_owned());
+        }
+        let max_series = raw.max_series.unwrap_or(100);
+        if max_series == 0 || max_series > 10_000 {
+            problem(f, Some("max_series"), "must be between 1 and 10000".to_owned());
+        }
+
+        match (
+            id,
+            kind,
+            interval,
+            delay,
+            direction,
+            sensitivity,
+            seasonality,
+            severity,
+            timezone,
+            query,
+        ) {
+            (
+                Some(id),
+                Some(kind),
+                Some(interval),
+                Some(delay),
+                Some(direction),
+                Some(sensitivity),
+                Some(seasonality),
+                Some(severity),
+                Some(timezone),
+                Some(query),
+            ) if problems.is_empty() => Ok(KpiSpec {
+                title: raw.title.unwrap_or_else(|| id.to_string()),
+                id,
+                description: raw.description,
+                source: raw.source,
+                kind,
+                interval,
+                delay,
+                direction,
+                sensitivity,
+                min_volume,
+                seasonality,
+                owner: raw.owner,
+                severity,
+                labels: raw.labels,
+                recipients: raw.recipients,
+                timezone,
+                max_series,
+                query,
+                origin: dir.display().to_string(),
+            }),
+            _ => Err(problems),
+        }
+    }
+}
+
+/// Lexical checks on a KPI query. The real protection is the read-only transaction the
+/// source runs it in; this catches the common mistakes with a clear message.
+fn validate_query(sql: &str) -> Result<String, String> {
+    let trimmed = sql.trim().trim_end_matches(';').trim();
+    if trimmed.is_empty() {
+        return Err("the query is empty".to_owned());
+    }
+    if trimmed.len() > 64 * 1024 {
+        return Err("the query is longer than 64 KiB".to_owned());
+    }
+    let first = strip_leading_comments(trimmed)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if first != "select" && first != "with" {
+        return Err(format!(
+            "a KPI query must be a single SELECT (or WITH … SELECT), not {first:?}"
+        ));
+    }
+    if code_only(trimmed).contains(';') {
+        return Err("a KPI query must be a single statement (found ';')".to_owned());
+    }
+    for p in [":start", ":end"] {
+        if !contains_placeholder(trimmed, p) {
+            return Err(format!(
+                "the query must filter on the window with {p} (the half-open window [:start, :end))"
+            ));
+        }
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// The SQL with comments and quoted text blanked out, for lexical checks.
+fn code_only(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' | '`' => {
+                for d in chars.by_ref() {
+                    if d == c {
+                        break;
+                    }
+                }
+                out.push(' ');
+            }
+            '-' if chars.peek() == Some(&'-') => {
+                for d in chars.by_ref() {
+                    if d == '\n' {
+                        break;
+                    }
+                }
+                out.push('\n');
+            }
+            '/' if chars.peek() == Some(&'*') => {
+                let mut prev = ' ';
+                for d in chars.by_ref() {
+                    if prev == '*' && d == '/' {
+                        break;
+                    }
+                    prev = d;
+                }
+                out.push(' ');
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The SQL after any leading `--` and `/* */` comments.
+fn strip_leading_comments(mut sql: &str) -> &str {
+    loop {
+        sql = sql.trim_start();
+        if let Some(rest) = sql.strip_prefix("--") {
+            sql = rest.split_once('\n').map_or("", |(_, after)| after);
+        } else if let Some(rest) = sql.strip_prefix("/*") {
+            sql = rest.split_once("*/").map_or("", |(_, after)| after);
+        } else {
+            return sql;
+        }
+    }
+}
+
+fn contains_placeholder(sql: &str, name: &str) -> bool {
+    sql.match_indices(name).any(|(i, _)| {
+        let after = sql[i + name.len()..].chars().next();
+        !after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
+}
+
+/// Load every `models/<id>/` folder under `dir`, sorted by id. All problems in all models
+/// are returned together.
+pub fn load_models(dir: &Path) -> Result<Vec<KpiSpec>, ModelErrors> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        ModelErrors(vec![ModelProblem {
+            file: dir.to_owned(),
+            field: None,
+            message: format!("cannot read the models folder: {e}"),
+        }])
+    })?;
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    let mut specs = Vec::new();
+    let mut problems = Vec::new();
+    for path in dirs {
+        let id = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let read = |name: &str| {
+            std::fs::read_to_string(path.join(name)).map_err(|e| ModelProblem {
+                file: path.join(name),
+                field: None,
+                message: format!("cannot read: {e}"),
+            })
+        };
+        match (read("model.toml"), read("query.sql")) {
+            (Ok(model), Ok(sql)) => match KpiSpec::parse(&id, &model, &sql, &path) {
+                Ok(spec) => specs.push(spec),
+                Err(mut p) => problems.append(&mut p),
+            },
+            (m, q) => problems.extend(m.err().into_iter().chain(q.err())),
+        }
+    }
+    if problems.is_empty() {
+        Ok(specs)
+    } else {
+        Err(ModelErrors(problems))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        title = "Orders"
+        source = "shop"
+        kind = "count"
+        interval = "5m"
+        delay = "1m"
+        direction = "down"
+        sensitivity = "high"
+        recipients = ["oncall@example.com"]
+        timezone = "Europe/Berlin"
+        [labels]
+        team = "checkout"
+    "#;
+    const SQL: &str = "SELECT ts, value FROM t WHERE ts >= :start AND ts < :end";
+
+    #[test]
+    fn a_good_model_parses_into_a_spec() {
+        let spec = KpiSpec::parse("orders", GOOD, SQL, Path::new("models/orders")).expect("valid");
+        assert_eq!(spec.kind, Kind::Count);
+        assert_eq!(spec.interval.secs(), 300);
+        assert_eq!(spec.delay, Duration::from_secs(60));
+        assert_eq!(spec.sensitivity, Sensitivity::HIGH);
+        assert_eq!(spec.timezone, chrono_tz::Europe::Berlin);
+        assert_eq!(spec.labels.get("team").map(String::as_str), Some("checkout"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_file_and_field() {
+        let bad = r#"
+            source = "shop"
+            kind = "counter"
+            interval = "7m"
+            direction = "sideways"
+            sensitivity = 1.5
+            timezone = "Mars/Olympus"
+            recipients = ["not-an-address"]
+        "#;
+        let problems =
+            KpiSpec::parse("Orders!", bad, "DELETE FROM t", Path::new("models/x")).expect_err("invalid");
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        let joined = text.join("\n");
+        for needle in [
+            "id (folder name)",
+            "query.sql",
+            "kind",
+            "interval",
+            "direction",
+            "sensitivity",
+            "timezone",
+            "recipients",
+        ] {
+            assert!(joined.contains(needle), "missing {needle} in:\n{joined}");
+        }
+        assert!(joined.contains("models/x/model.toml"), "{joined}");
+    }
+
+    #[test]
+    fn unknown_fields_and_toml_syntax_errors_are_rejected() {
+        let typo = format!("sensitivty = \"low\"\n{GOOD}");
+        let p = KpiSpec::parse("orders", &typo, SQL, Path::new("m")).expect_err("unknown field");
+        assert!(p[0].message.contains("sensitivty"), "{p:?}");
+        let p = KpiSpec::parse("orders", "kind = ", SQL, Path::new("m")).expect_err("syntax");
+        assert!(p[0].file.ends_with("model.toml"));
+    }
+
+    #[test]
+    fn queries_must_be_single_selects_using_the_window() {
+        assert!(validate_query("SELECT 1 AS ts, 2 AS value").is_err());
+        assert!(validate_query("SELECT * FROM t WHERE ts >= :start AND ts < :ending").is_err());
+        assert!(validate_query("SELECT 1 WHERE :start < :end; DROP TABLE t").is_err());
+        assert!(validate_query(" with x as (select 1) select * from x where :start < :end ;").is_ok());
+        assert!(validate_query("-- note; more\n/* a; b */ SELECT ';' WHERE :start < :end").is_ok());
+    }
+
+    #[test]
+    fn intervals_must_tile_a_day() {
+        assert!(Interval::parse("5m").is_ok());
+        assert!(Interval::parse("1d").is_ok());
+        assert!(Interval::parse("7m").is_err());
+        assert!(Interval::parse("30s").is_err());
+    }
+
+    #[test]
+    fn the_shipped_models_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        let specs = load_models(&dir).expect("shipped models are valid");
+        let kinds: Vec<Kind> = specs.iter().map(|s| s.kind).collect();
+        assert!(kinds.contains(&Kind::Ratio) && kinds.contains(&Kind::Count) && kinds.contains(&Kind::Gauge));
+    }
+}

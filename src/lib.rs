@@ -1,0 +1,34 @@
+//! kpiwatch: catches business incidents that infrastructure monitoring misses.
+//!
+//! It runs the KPI SQL queries teams register against their own databases on a schedule,
+//! fits seasonal baselines, and alerts the owning team when a metric leaves its band.
+//!
+//! # Layout
+//!
+//! - [`kpi`]: domain types and the `models/` loader (everything depends on it).
+//! - [`config`], [`telemetry`], [`clock`]: leaves.
+//! - [`sources`]: the databases KPI queries run against (IO edge).
+//! - [`baseline`]: the pure detector (no IO); [`detect`] is its offline CSV front end.
+//! - [`store`]: the only owner of the state database.
+//! - [`alerting`]: incident lifecycle, messages, e-mail delivery (IO edge).
+//! - [`pipeline`]: the single path source → store → baseline → alerting.
+//! - [`scheduler`], [`api`]: drive the pipeline / read the store; [`app`] wires them.
+//! - [`check`], [`demo`]: the `kpiwatch check` and `kpiwatch demo` commands.
+//!
+//! See `ARCHITECTURE.md` for the data flow and invariants.
+
+pub mod alerting;
+pub mod api;
+pub mod app;
+pub mod baseline;
+pub mod check;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod detect;
+pub mod kpi;
+pub mod pipeline;
+pub mod scheduler;
+pub mod sources;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,167 @@
+//! The `kpiwatch` binary: parse the command line, load config and models, start telemetry,
+//! and hand over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kpiwatch::kpi::{Direction, Kind, Sensitivity};
+use kpiwatch::{app, check, config, demo, detect, kpi, telemetry};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kpiwatch",
+    version,
+    about = "Catches business incidents that infrastructure monitoring misses."
+)]
+struct Cli {
+    /// Config file (default: ./kpiwatch.toml if present).
+    #[arg(long, global = true, env = "KPIWATCH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Folder of KPI models (`<id>/model.toml` + `<id>/query.sql`).
+    #[arg(long, global = true, default_value = "models", env = "KPIWATCH_MODELS")]
+    models: PathBuf,
+    /// Log as JSON lines.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service: scheduler + HTTP API.
+    Serve,
+    /// The whole loop on a bundled demo shop database, offline, in a few minutes.
+    Demo(demo::DemoOptions),
+    /// Validate the config and every model, and run each query once against its source.
+    Check {
+        /// Buckets to read per KPI.
+        #[arg(long, default_value_t = 12)]
+        buckets: i64,
+    },
+    /// Run the detector over a CSV, online (row t uses only rows up to t).
+    Detect {
+        /// Input CSV: `timestamp,value` or `timestamp,numerator,denominator`.
+        #[arg(long)]
+        input: PathBuf,
+        /// Output CSV (default: stdout).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// count | ratio | gauge (default: ratio if the input has numerator/denominator, else count).
+        #[arg(long)]
+        kind: Option<Kind>,
+        /// Bucket length, e.g. 5m (default: inferred from the timestamps).
+        #[arg(long)]
+        interval: Option<String>,
+        /// down | up | both.
+        #[arg(long, default_value = "both")]
+        direction: Direction,
+        /// low | medium | high, or a number in (0, 1).
+        #[arg(long, default_value = "medium")]
+        sensitivity: Sensitivity,
+        /// Write JSON lines with the full explanation of each bucket instead of CSV.
+        #[arg(long)]
+        explain: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Detect {
+            input,
+            output,
+            kind,
+            interval,
+            direction,
+            sensitivity,
+            explain,
+        } => {
+            let opts = detect::DetectOptions {
+                input,
+                output,
+                kind,
+                interval,
+                direction,
+                sensitivity,
+                explain,
+            };
+            match detect::run(&opts) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("kpiwatch detect: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        command => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("kpiwatch: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(run_async(cli.config, cli.models, cli.log_json, command))
+        }
+    }
+}
+
+async fn run_async(config_path: Option<PathBuf>, models: PathBuf, json: bool, command: Command) -> ExitCode {
+    match command {
+        Command::Demo(opts) => {
+            telemetry::init("info,sqlx=warn", json);
+            report(demo::run(opts).await)
+        }
+        Command::Serve => {
+            telemetry::init("info,sqlx=warn", json);
+            let loaded = load(config_path.as_deref(), &models);
+            match loaded {
+                Ok((settings, specs)) => report(app::run(settings, specs).await),
+                Err(code) => code,
+            }
+        }
+        Command::Check { buckets } => {
+            telemetry::init("warn,sqlx=error", json);
+            let (settings, specs) = match load(config_path.as_deref(), &models) {
+                Ok(ok) => ok,
+                Err(code) => return code,
+            };
+            println!("config: ok; {} model(s) in {}: ok", specs.len(), models.display());
+            let rows = check::run_queries(&settings, &specs, chrono::Utc::now(), buckets).await;
+            print!("{}", check::render(&rows));
+            if rows.iter().all(|r| r.status == "ok") {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Command::Detect { .. } => ExitCode::FAILURE,
+    }
+}
+
+fn load(
+    config_path: Option<&std::path::Path>,
+    models: &std::path::Path,
+) -> Result<(config::Settings, Vec<kpi::KpiSpec>), ExitCode> {
+    let settings = config::load(config_path).map_err(|e| {
+        eprintln!("kpiwatch: {e}");
+        ExitCode::from(2)
+    })?;
+    let specs = kpi::load_models(models).map_err(|e| {
+        eprint!("kpiwatch: {e}");
+        ExitCode::from(2)
+    })?;
+    Ok((settings, specs))
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kpiwatch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

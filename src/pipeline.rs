@@ -1,0 +1,578 @@
+//! The single path from a KPI query to an alert: `run_kpi(cx, spec, now)`.
+//!
+//! 1. Work out the window: every bucket that has closed (plus the KPI's `delay`) since the
+//!    last successful fetch, re-reading `overlap_buckets` for late rows; on first sight,
+//!    `backfill` of history. The incomplete current bucket is never read.
+//! 2. Run the query on its source. A failure is recorded as `data_missing` (source down or
+//!    slow) or `query_error` (the query is broken) — never as a drop.
+//! 3. Bucket the rows per series (dimension values), fill missing count buckets with zero,
+//!    and upsert them (idempotent).
+//! 4. Replay stored history through the detector (pure, on a blocking thread) and store the
+//!    verdicts of buckets not judged before, plus anomalies.
+//! 5. Feed fresh verdicts to the alert lifecycle; state changes and the notifications they
+//!    cause are written in one transaction; then deliver.
+//!
+//! The scheduler, the API and tests all call this; none run KPI SQL themselves.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use chrono::{DateTime, Offset, TimeZone, Utc};
+use tracing::{info, instrument, warn};
+
+use crate::alerting::{self, BucketVerdict, Mailer, MessageContext};
+use crate::baseline::{Bucket, DetectorConfig, OnlineDetector, SeasonalityMode, Status};
+use crate::config::{SchedulerConfig, Settings};
+use crate::kpi::{Kind, KpiSpec, SeasonalitySetting};
+use crate::sources::{self, RawRow, SourceRegistry, Window};
+use crate::store::{EvaluationRow, NewAnomaly, ObservationRow, Store};
+use crate::telemetry::{KpiLabels, Metrics, RunLabels, SourceLabels};
+
+/// What a run needs: handles, not logic.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// State store.
+    pub store: Store,
+    /// KPI sources.
+    pub sources: SourceRegistry,
+    /// Configuration.
+    pub settings: Arc<Settings>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// E-mail.
+    pub mailer: Mailer,
+}
+
+/// What one run did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunOutcome {
+    /// No bucket has closed since the last run.
+    NotDue,
+    /// Data fetched and judged.
+    Ok {
+        /// Rows the query returned.
+        rows: usize,
+        /// Buckets judged for the first time.
+        judged: usize,
+        /// Of those, anomalous within the alert horizon.
+        live_anomalies: usize,
+        /// Alerts opened.
+        alerts_opened: usize,
+    },
+    /// The source was down or too slow: data missing, not a drop.
+    DataMissing(String),
+    /// The query failed or broke the contract.
+    QueryError(String),
+}
+
+/// The window a run at `now` should read, or `None` when no new bucket has closed.
+pub fn due_window(
+    spec: &KpiSpec,
+    sched: &SchedulerConfig,
+    fetched_until: Option<i64>,
+    now: DateTime<Utc>,
+) -> Option<(i64, i64)> {
+    let step = spec.interval.secs_i64();
+    let ready = now.timestamp() - spec.delay.as_secs() as i64;
+    let end = ready.div_euclid(step) * step;
+    let backfill_start = end - (sched.backfill.as_secs() as i64).div_euclid(step) * step;
+    let start = match fetched_until {
+        None => backfill_start,
+        Some(done) if done >= end => return None,
+        Some(done) => (done - i64::from(sched.overlap_buckets) * step).max(backfill_start),
+    };
+    (start < end).then_some((start, end))
+}
+
+/// Run one KPI now: fetch, store, judge, alert, deliver.
+#[instrument(skip_all, fields(kpi = %spec.id))]
+pub async fn run_kpi(cx: &Context, spec: &KpiSpec, now: DateTime<Utc>) -> anyhow::Result<RunOutcome> {
+    let store = &cx.store;
+    store
+        .upsert_kpi(spec)
+        .await
+        .context("Failed to register the KPI")?;
+    let state = store
+        .kpi(spec.id.as_str())
+        .await
+        .context("Failed to read KPI state")?;
+    let fetched_until = state.and_then(|s| s.fetched_until);
+    let Some((start, end)) = due_window(spec, &cx.settings.scheduler, fetched_until, now) else {
+        return Ok(RunOutcome::NotDue);
+    };
+    let window = Window {
+        start: ts(start)?,
+        end: ts(end)?,
+    };
+
+    let started = Instant::now();
+    let fetched = match cx.sources.get(&spec.source) {
+        Ok(source) => source.fetch(&spec.query, spec.kind, window).await,
+        Err(e) => Err(e),
+    };
+    let source_label = SourceLabels {
+        source: spec.source.clone(),
+    };
+    cx.metrics
+        .query_duration
+        .get_or_create(&source_label)
+        .observe(started.elapsed().as_secs_f64());
+    let bucketed = fetched.and_then(|rows| {
+        let n = rows.len();
+        bucketize(&rows, spec, start, end).map(|b| (n, b))
+    });
+    let (n_rows, series) = match bucketed {
+        Ok(ok) => ok,
+        Err(error) => {
+            cx.metrics.query_failures.get_or_create(&source_label).inc();
+            let (status, outcome) = if error.is_outage() {
+                ("data_missing", RunOutcome::DataMissing(error.to_string()))
+            } else {
+                ("query_error", RunOutcome::QueryError(error.to_string()))
+            };
+            warn!(message = "KPI query failed.", status, %error);
+            count_run(cx, spec, status);
+            store
+                .record_run(
+                    spec.id.as_str(),
+                    now.timestamp(),
+                    (start, end),
+                    status,
+                    0,
+                    Some(&error.to_string()),
+                )
+                .await
+                .context("Failed to record the failed run")?;
+            return Ok(outcome);
+        }
+    };
+
+    // Store observations, zero-filling counts for every known series.
+    let mut series = series;
+    if spec.kind == Kind::Count {
+        for known in store.series_of(spec.id.as_str()).await? {
+            series.entry(known.dims).or_default();
+        }
+        if series.is_empty() {
+            series.insert("{}".to_owned(), BTreeMap::new());
+        }
+        for buckets in series.values_mut() {
+            let mut t = start;
+            while t < end {
+                buckets.entry(t).or_insert(ObservationRow {
+                    ts: t,
+                    value: 0.0,
+                    denominator: None,
+                });
+                t += spec.interval.secs_i64();
+            }
+        }
+    }
+    let mut judged = 0;
+    let mut live_anomalies = 0;
+    let mut alerts_opened = 0;
+    for (dims, buckets) in &series {
+        let series_id = store.series_id(spec.id.as_str(), dims).await?;
+        let rows: Vec<ObservationRow> = buckets.values().copied().collect();
+        store.upsert_observations(series_id, &rows).await?;
+        let summary = judge_series(cx, spec, series_id, dims, end).await?;
+        judged += summary.judged;
+        live_anomalies += summary.live_anomalies;
+        alerts_opened += summary.alerts_opened;
+    }
+    store
+        .record_run(
+            spec.id.as_str(),
+            now.timestamp(),
+            (start, end),
+            "ok",
+            n_rows as i64,
+            None,
+        )
+        .await?;
+    count_run(cx, spec, "ok");
+    info!(
+        message = "KPI run completed.",
+        rows = n_rows,
+        series = series.len(),
+        judged,
+        live_anomalies,
+        window_start = %window.start,
+        window_end = %window.end,
+    );
+    let report = alerting::deliver_pending(store, &cx.mailer).await?;
+    record_deliveries(cx, report);
+    Ok(RunOutcome::Ok {
+        rows: n_rows,
+        judged,
+        live_anomalies,
+        alerts_opened,
+    })
+}
+
+/// Count delivered and failed notifications.
+pub fn record_deliveries(cx: &Context, report: alerting::DeliveryReport) {
+    for (status, n) in [("sent", report.sent), ("failed", report.failed)] {
+        if n > 0 {
+            cx.metrics
+                .notifications
+                .get_or_create(&crate::telemetry::DeliveryLabels {
+                    channel: "email".to_owned(),
+                    status: status.to_owned(),
+                })
+                .inc_by(n as u64);
+        }
+    }
+}
+
+fn count_run(cx: &Context, spec: &KpiSpec, status: &str) {
+    cx.metrics
+        .kpi_runs
+        .get_or_create(&RunLabels {
+            kpi: spec.id.to_string(),
+            status: status.to_owned(),
+        })
+        .inc();
+}
+
+fn ts(secs: i64) -> anyhow::Result<DateTime<Utc>> {
+    DateTime::from_timestamp(secs, 0).context("timestamp out of range")
+}
+
+#[derive(Debug, Default)]
+struct JudgeSummary {
+    judged: usize,
+    live_anomalies: usize,
+    alerts_opened: usize,
+}
+
+/// The detector configuration of a KPI.
+pub fn detector_config(spec: &KpiSpec) -> DetectorConfig {
+    DetectorConfig {
+        kind: spec.kind,
+        interval_secs: spec.interval.secs(),
+        direction: spec.direction,
+        sensitivity: spec.sensitivity,
+        min_volume: spec.min_volume,
+        seasonality: match spec.seasonality {
+            SeasonalitySetting::Auto => SeasonalityMode::Auto,
+            SeasonalitySetting::None => SeasonalityMode::None,
+            SeasonalitySetting::Daily => SeasonalityMode::Daily,
+            SeasonalitySetting::Weekly => SeasonalityMode::Weekly,
+        },
+    }
+}
+
+/// Bucket start as local wall-clock seconds in `tz`, so daily slots follow local time.
+pub fn local_secs(tz: chrono_tz::Tz, utc_secs: i64) -> i64 {
+    match tz.timestamp_opt(utc_secs, 0).single() {
+        Some(t) => utc_secs + i64::from(t.offset().fix().local_minus_utc()),
+        None => utc_secs,
+    }
+}
+
+/// Replay the series' stored history through the detector; keep verdicts for buckets not
+/// judged before; run the alert lifecycle on the fresh ones.
+async fn judge_series(
+    cx: &Context,
+    spec: &KpiSpec,
+    series_id: i64,
+    dims: &str,
+    end: i64,
+) -> anyhow::Result<JudgeSummary> {
+    let store = &cx.store;
+    let sched = &cx.settings.scheduler;
+    let step = spec.interval.secs_i64();
+    let from = end - sched.history.as_secs() as i64;
+    let history = store.observations(series_id, from, end).await?;
+    let judged_until = store
+        .series_of(spec.id.as_str())
+        .await?
+        .into_iter()
+        .find(|s| s.id == series_id)
+        .and_then(|s| s.evaluated_until)
+        .unwrap_or(i64::MIN);
+    let cfg = detector_config(spec);
+    let tz = spec.timezone;
+    // CPU-bound: replaying weeks of buckets. Keep it off the async workers.
+    let span = tracing::Span::current();
+    let verdicts = tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        let mut detector = OnlineDetector::new(cfg)?;
+        let mut out = Vec::new();
+        for o in &history {
+            let bucket = Bucket {
+                ts: local_secs(tz, o.ts),
+                value: o.value,
+                denominator: o.denominator,
+                excluded: false,
+            };
+            let v = detector.step(&bucket);
+            if o.ts >= judged_until {
+                out.push((o.ts, v));
+            }
+        }
+        Ok::<_, crate::baseline::Error>(out)
+    })
+    .await
+    .context("Detector task failed")?
+    .context("Invalid detector configuration")?;
+
+    let horizon = end - step * (1 + i64::from(sched.alert_horizon_buckets));
+    let finite = |x: f64| x.is_finite().then_some(x);
+    let mut evaluations = Vec::with_capacity(verdicts.len());
+    let mut anomalies = Vec::new();
+    for (t, v) in &verdicts {
+        evaluations.push(EvaluationRow {
+            ts: *t,
+            value: finite(v.value),
+            expected: finite(v.expected),
+            lower: finite(v.lower),
+            upper: finite(v.upper),
+            score: if v.score.is_finite() { v.score } else { 0.0 },
+            anomaly: v.anomaly,
+            status: v.status.as_str().to_owned(),
+            volume: v.volume,
+        });
+        if v.anomaly {
+            anomalies.push(NewAnomaly {
+                ts: *t,
+                value: v.value,
+                expected: v.expected,
+                lower: v.lower,
+                upper: v.upper,
+                score: v.score,
+                volume: v.volume,
+                seasonality: v.seasonality.as_str().to_owned(),
+                alerted: *t >= horizon,
+            });
+        }
+    }
+    store
+        .save_evaluations(series_id, &evaluations, &anomalies, end)
+        .await
+        .context("Failed to store verdicts")?;
+
+    let mut summary = JudgeSummary {
+        judged: verdicts.len(),
+        ..JudgeSummary::default()
+    };
+    let recipients: Vec<String> = if spec.recipients.is_empty() {
+        cx.settings.email.default_recipients.clone()
+    } else {
+        spec.recipients.clone()
+    };
+    for (t, v) in verdicts.iter().filter(|(t, _)| *t >= horizon) {
+        let verdict = BucketVerdict {
+            ts: *t,
+            value: v.value,
+            expected: v.expected,
+            lower: v.lower,
+            upper: v.upper,
+            score: v.score,
+            volume: v.volume,
+            seasonality: v.seasonality.as_str().to_owned(),
+            anomaly: v.anomaly,
+            judged: v.status == Status::Evaluated,
+        };
+        if v.anomaly {
+            summary.live_anomalies += 1;
+            cx.metrics
+                .anomalies
+                .get_or_create(&KpiLabels {
+                    kpi: spec.id.to_string(),
+                })
+                .inc();
+        }
+        let open = store.open_alert(series_id).await?;
+        let decision = alerting::decide(open.as_ref(), &verdict, sched.recovery_buckets);
+        let message_cx = MessageContext {
+            spec,
+            dims,
+            verdict: &verdict,
+            since: open.as_ref().map_or(*t, |a| a.started_ts),
+            public_url: &cx.settings.http.public_url,
+        };
+        if let Some(change) = alerting::change_for(decision, open.as_ref(), &message_cx, &recipients) {
+            store.apply_alert_change(series_id, &change).await?;
+            match decision {
+                alerting::Decision::Open => {
+                    summary.alerts_opened += 1;
+                    cx.metrics.alerts_firing.inc();
+                    warn!(
+                        message = "KPI anomaly alert firing.",
+                        series = dims,
+                        bucket = %ts(*t)?,
+                        value = v.value,
+                        expected = v.expected,
+                        lower = v.lower,
+                        upper = v.upper,
+                        volume = v.volume,
+                    );
+                    if recipients.is_empty() {
+                        warn!(message = "Alert has no recipients; set recipients in the model or email.default_recipients.");
+                    }
+                }
+                alerting::Decision::Resolve => {
+                    cx.metrics.alerts_firing.dec();
+                    info!(message = "KPI anomaly alert resolved.", series = dims, bucket = %ts(*t)?);
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(summary)
+}
+
+/// Group rows into series (by dimension values) and buckets (floored to the interval).
+/// Rows of one bucket are added up (counts, ratios) or averaged (gauges). Rows outside the
+/// window are dropped; more series than `max_series` is an error.
+pub fn bucketize(
+    rows: &[RawRow],
+    spec: &KpiSpec,
+    start: i64,
+    end: i64,
+) -> Result<BTreeMap<String, BTreeMap<i64, ObservationRow>>, sources::Error> {
+    let step = spec.interval.secs_i64();
+    let mut sums: BTreeMap<String, BTreeMap<i64, (f64, f64, u32)>> = BTreeMap::new();
+    for row in rows {
+        let t = row.ts.timestamp().div_euclid(step) * step;
+        if t < start || t >= end {
+            continue;
+        }
+        let dims: BTreeMap<&str, &str> = row.dims.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let key = serde_json::to_string(&dims).unwrap_or_else(|_| "{}".to_owned());
+        let value = match (spec.kind, row.value) {
+            (Kind::Count, None) => 0.0,
+            (_, None) => continue,
+            (_, Some(v)) => v,
+        };
+        if spec.kind == Kind::Count && value < 0.0 {
+            return Err(sources::Error::Contract(format!(
+                "a count KPI returned a negative value {value} at {}",
+                row.ts
+            )));
+        }
+        if !sums.contains_key(&key) && sums.len() >= spec.max_series {
+            return Err(sources::Error::Contract(format!(
+                "more than {} series (dimension combinations); raise max_series or drop a dimension",
+                spec.max_series
+            )));
+        }
+        let entry = sums.entry(key).or_default().entry(t).or_insert((0.0, 0.0, 0));
+        entry.0 += value;
+        entry.1 += row.denominator.unwrap_or(0.0);
+        entry.2 += 1;
+    }
+    Ok(sums
+        .into_iter()
+        .map(|(dims, buckets)| {
+            let buckets = buckets
+                .into_iter()
+                .map(|(t, (v, d, n))| {
+                    let (value, denominator) = match spec.kind {
+                        Kind::Ratio => (v, Some(d)),
+                        Kind::Gauge => (v / f64::from(n.max(1)), None),
+                        Kind::Count => (v, None),
+                    };
+                    (
+                        t,
+                        ObservationRow {
+                            ts: t,
+                            value,
+                            denominator,
+                        },
+                    )
+                })
+                .collect();
+            (dims, buckets)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn spec(kind: &str, interval: &str) -> KpiSpec {
+        KpiSpec::parse(
+            "k",
+            &format!("source = \"s\"\nkind = \"{kind}\"\ninterval = \"{interval}\"\ndelay = \"30s\""),
+            "SELECT 1 WHERE :start < :end",
+            Path::new("m"),
+        )
+        .expect("valid")
+    }
+
+    fn row(secs: i64, value: f64, den: Option<f64>, dims: &[(&str, &str)]) -> RawRow {
+        RawRow {
+            ts: DateTime::from_timestamp(secs, 0).expect("valid"),
+            value: Some(value),
+            denominator: den,
+            dims: dims
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    fn sched() -> SchedulerConfig {
+        crate::config::load_from(None, &[]).expect("defaults").scheduler
+    }
+
+    #[test]
+    fn finer_rows_roll_up_into_buckets_per_series() {
+        let s = spec("ratio", "5m");
+        let rows = [
+            row(0, 9.0, Some(10.0), &[("provider", "a")]),
+            row(60, 1.0, Some(10.0), &[("provider", "a")]),
+            row(300, 5.0, Some(5.0), &[("provider", "b")]),
+            row(900, 5.0, Some(5.0), &[("provider", "b")]), // outside [0, 600)
+        ];
+        let out = bucketize(&rows, &s, 0, 600).expect("ok");
+        let a = &out[r#"{"provider":"a"}"#][&0];
+        assert_eq!((a.value, a.denominator), (10.0, Some(20.0)));
+        assert_eq!(out[r#"{"provider":"b"}"#].len(), 1);
+    }
+
+    #[test]
+    fn too_many_series_is_a_contract_error() {
+        let mut s = spec("count", "5m");
+        s.max_series = 1;
+        let rows = [row(0, 1.0, None, &[("d", "a")]), row(0, 1.0, None, &[("d", "b")])];
+        assert!(matches!(
+            bucketize(&rows, &s, 0, 600),
+            Err(sources::Error::Contract(_))
+        ));
+    }
+
+    #[test]
+    fn the_window_covers_closed_buckets_only_and_rereads_the_overlap() {
+        let s = spec("count", "5m");
+        let sched = sched();
+        // 10:07:10 with a 30 s delay: buckets up to 10:05 are closed; 10:05-10:10 is not.
+        let now = DateTime::parse_from_rfc3339("2026-03-02T10:07:10Z")
+            .expect("valid")
+            .with_timezone(&Utc);
+        let end = now.timestamp() - 130; // 10:05:00
+        let (start, e) = due_window(&s, &sched, None, now).expect("due");
+        assert_eq!(e, end);
+        assert_eq!(e - start, 28 * 86_400);
+        assert_eq!(due_window(&s, &sched, Some(end), now), None, "nothing new");
+        let (start, _) = due_window(&s, &sched, Some(end - 300), now).expect("one new bucket");
+        assert_eq!(start, end - 300 - 2 * 300, "two buckets of overlap");
+    }
+
+    #[test]
+    fn local_slots_follow_the_timezone() {
+        // 2026-03-29 is the EU DST switch: 10:00 UTC is 12:00 in Berlin after it, 11:00 before.
+        let before = 1_774_692_000; // 2026-03-28T10:00:00Z
+        let after = before + 86_400;
+        let berlin = chrono_tz::Europe::Berlin;
+        assert_eq!(local_secs(berlin, before) - before, 3600);
+        assert_eq!(local_secs(berlin, after) - after, 7200);
+    }
+}

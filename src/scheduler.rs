@@ -1,0 +1,86 @@
+//! Runs each KPI once per interval, after its bucket has closed plus its `delay`.
+//!
+//! [`Scheduler::run_due`] is one pass: every KPI whose next bucket has closed is run through
+//! `pipeline::run_kpi` (at most `max_concurrent_runs` at once), then pending notifications
+//! are delivered (retrying earlier failures). [`Scheduler::run_until_cancelled`] repeats it
+//! every `tick` until the cancellation token fires, and lets in-flight runs finish.
+//! Time comes from an injected [`Clock`].
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::alerting;
+use crate::clock::Clock;
+use crate::kpi::{KpiId, KpiSpec};
+use crate::pipeline::{self, Context, RunOutcome};
+
+/// The scheduler of a set of KPIs.
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    cx: Context,
+    specs: Arc<Vec<KpiSpec>>,
+    clock: Arc<dyn Clock>,
+    limit: Arc<Semaphore>,
+}
+
+impl Scheduler {
+    /// A scheduler for `specs`.
+    pub fn new(cx: Context, specs: Arc<Vec<KpiSpec>>, clock: Arc<dyn Clock>) -> Self {
+        let limit = Arc::new(Semaphore::new(cx.settings.scheduler.max_concurrent_runs));
+        Scheduler {
+            cx,
+            specs,
+            clock,
+            limit,
+        }
+    }
+
+    /// One pass over every KPI at the clock's current time. Errors are logged per KPI and
+    /// returned for inspection; one KPI failing does not stop the others.
+    pub async fn run_due(&self) -> Vec<(KpiId, Result<RunOutcome, String>)> {
+        let now = self.clock.now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for spec in self.specs.iter().cloned() {
+            let cx = self.cx.clone();
+            let limit = Arc::clone(&self.limit);
+            tasks.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                let result = pipeline::run_kpi(&cx, &spec, now).await;
+                if let Err(error) = &result {
+                    error!(message = "KPI run failed.", kpi = %spec.id, error = format!("{error:#}"));
+                }
+                (spec.id.clone(), result.map_err(|e| format!("{e:#}")))
+            });
+        }
+        let mut results = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(r) => results.push(r),
+                Err(e) => error!(message = "KPI run task panicked.", error = %e),
+            }
+        }
+        results.sort_by(|a, b| a.0.cmp(&b.0));
+        match alerting::deliver_pending(&self.cx.store, &self.cx.mailer).await {
+            Ok(report) => pipeline::record_deliveries(&self.cx, report),
+            Err(error) => error!(message = "Notification delivery pass failed.", %error),
+        }
+        results
+    }
+
+    /// Run passes every `tick` until `token` is cancelled. A pass in flight completes.
+    pub async fn run_until_cancelled(self, token: CancellationToken) {
+        let tick = self.cx.settings.scheduler.tick;
+        info!(message = "Scheduler started.", kpis = self.specs.len(), tick = ?tick);
+        loop {
+            self.run_due().await;
+            tokio::select! {
+                () = token.cancelled() => break,
+                () = tokio::time::sleep(tick) => {}
+            }
+        }
+        info!(message = "Scheduler stopped.");
+    }
+}

@@ -1,0 +1,663 @@
+//! The state store: the only module that touches kpiwatch's own database.
+//!
+//! SQLite (the embedded default) through sqlx, with migrations from `migrations/sqlite/`
+//! embedded at compile time and run on [`Store::connect`]. Times are UTC unix seconds.
+//! Writes that belong together (an alert's state change and the notifications it causes)
+//! share one transaction, so a crash leaves either both or neither.
+//!
+//! Row types here derive `FromRow` and `Serialize`; domain types do not.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{FromRow, Row};
+
+use crate::kpi::KpiSpec;
+
+/// A state-store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database failed.
+    #[error("state store: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("state store migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The URL is not one we support.
+    #[error("state store: unsupported URL {0:?} (use sqlite://path)")]
+    Unsupported(String),
+}
+
+/// `Result` with this module's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Handle to the state database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// One bucket of one series as stored.
+#[derive(Debug, Clone, Copy, PartialEq, FromRow, Serialize)]
+pub struct ObservationRow {
+    /// Bucket start, unix seconds.
+    pub ts: i64,
+    /// Count, gauge value or numerator.
+    pub value: f64,
+    /// Denominator for ratios.
+    pub denominator: Option<f64>,
+}
+
+/// The detector's verdict on one bucket, as stored.
+#[derive(Debug, Clone, PartialEq, FromRow, Serialize)]
+pub struct EvaluationRow {
+    /// Bucket start, unix seconds.
+    pub ts: i64,
+    /// Observed value in band units (`None` when undefined, e.g. a ratio over 0 attempts).
+    pub value: Option<f64>,
+    /// Expected value (`None` while warming up).
+    pub expected: Option<f64>,
+    /// Band lower edge.
+    pub lower: Option<f64>,
+    /// Band upper edge.
+    pub upper: Option<f64>,
+    /// Anomaly score in [0, 1].
+    pub score: f64,
+    /// Whether flagged.
+    pub anomaly: bool,
+    /// Detector status (`evaluated`, `warming_up`, …).
+    pub status: String,
+    /// Volume behind the bucket.
+    pub volume: f64,
+}
+
+/// A stored series.
+#[derive(Debug, Clone, PartialEq, FromRow, Serialize)]
+pub struct SeriesRow {
+    /// Series id.
+    pub id: i64,
+    /// Owning KPI.
+    pub kpi_id: String,
+    /// Dimension values as a JSON object.
+    pub dims: String,
+    /// Buckets before this were judged.
+    pub evaluated_until: Option<i64>,
+}
+
+/// Per-KPI bookkeeping.
+#[derive(Debug, Clone, PartialEq, FromRow, Serialize)]
+pub struct KpiRow {
+    /// KPI id.
+    pub id: String,
+    /// Title.
+    pub title: String,
+    /// count | ratio | gauge.
+    pub kind: String,
+    /// Bucket length.
+    pub interval_secs: i64,
+    /// Source name.
+    pub source: String,
+    /// Owner.
+    pub owner: Option<String>,
+    /// Severity.
+    pub severity: String,
+    /// End of the last fetched window.
+    pub fetched_until: Option<i64>,
+    /// When it last ran.
+    pub last_run_at: Option<i64>,
+    /// ok | data_missing | query_error.
+    pub last_status: Option<String>,
+    /// The last error, safe to show.
+    pub last_error: Option<String>,
+}
+
+/// A recorded anomaly with its KPI and series.
+#[derive(Debug, Clone, PartialEq, FromRow, Serialize)]
+pub struct AnomalyRow {
+    /// Anomaly id.
+    pub id: i64,
+    /// KPI id.
+    pub kpi_id: String,
+    /// Series dimensions (JSON).
+    pub dims: String,
+    /// Bucket start.
+    pub ts: i64,
+    /// Observed value.
+    pub value: f64,
+    /// Expected value.
+    pub expected: f64,
+    /// Band lower edge.
+    pub lower: f64,
+    /// Band upper edge.
+    pub upper: f64,
+    /// Score in [0, 1].
+    pub score: f64,
+    /// Volume behind the bucket.
+    pub volume: f64,
+    /// Seasonality used.
+    pub seasonality: String,
+    /// Whether it was within the alert horizon (live) rather than backfilled history.
+    pub alerted: bool,
+}
+
+/// An alert (incident) row.
+#[derive(Debug, Clone, PartialEq, FromRow, Serialize)]
+pub struct AlertRow {
+    /// Alert id.
+    pub id: i64,
+    /// Series.
+    pub series_id: i64,
+    /// firing | resolved.
+    pub state: String,
+    /// First anomalous bucket.
+    pub started_ts: i64,
+    /// Latest anomalous bucket.
+    pub last_anomaly_ts: i64,
+    /// Consecutive in-band buckets since the last anomaly.
+    pub ok_streak: i64,
+    /// Bucket at which it resolved.
+    pub resolved_ts: Option<i64>,
+}
+
+/// A queued or sent notification.
+#[derive(Debug, Clone, PartialEq, FromRow, Serialize)]
+pub struct NotificationRow {
+    /// Id.
+    pub id: i64,
+    /// Alert.
+    pub alert_id: i64,
+    /// firing | resolved.
+    pub event: String,
+    /// Channel (email).
+    pub channel: String,
+    /// Recipient address.
+    pub recipient: String,
+    /// Subject line.
+    pub subject: String,
+    /// Plain-text body.
+    pub body: String,
+    /// pending | sent.
+    pub status: String,
+    /// Delivery attempts so far.
+    pub attempts: i64,
+}
+
+/// A new anomaly to record.
+#[derive(Debug, Clone)]
+pub struct NewAnomaly {
+    /// Bucket start.
+    pub ts: i64,
+    /// Observed value.
+    pub value: f64,
+    /// Expected value.
+    pub expected: f64,
+    /// Band lower edge.
+    pub lower: f64,
+    /// Band upper edge.
+    pub upper: f64,
+    /// Score.
+    pub score: f64,
+    /// Volume.
+    pub volume: f64,
+    /// Seasonality used.
+    pub seasonality: String,
+    /// Within the alert horizon.
+    pub alerted: bool,
+}
+
+/// A message to queue for delivery.
+#[derive(Debug, Clone)]
+pub struct NewNotification {
+    /// Channel (email).
+    pub channel: String,
+    /// Recipient.
+    pub recipient: String,
+    /// Subject.
+    pub subject: String,
+    /// Body.
+    pub body: String,
+}
+
+/// What to do with a series' alert for one bucket; decided by `alerting`, applied here.
+#[derive(Debug, Clone)]
+pub enum AlertChange {
+    /// Open a new firing alert at this bucket and queue these notifications.
+    Open {
+        /// Bucket.
+        ts: i64,
+        /// Messages ("firing").
+        notify: Vec<NewNotification>,
+    },
+    /// The open alert saw another anomalous bucket.
+    StillFiring {
+        /// Alert id.
+        alert_id: i64,
+        /// Bucket.
+        ts: i64,
+    },
+    /// The open alert saw an in-band bucket, not yet enough to resolve.
+    Recovering {
+        /// Alert id.
+        alert_id: i64,
+    },
+    /// Resolve the open alert and queue these notifications.
+    Resolve {
+        /// Alert id.
+        alert_id: i64,
+        /// Bucket at which it recovered.
+        ts: i64,
+        /// Messages ("resolved").
+        notify: Vec<NewNotification>,
+    },
+}
+
+fn now_secs() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+impl Store {
+    /// Open (creating if needed) and migrate the state store.
+    pub async fn connect(url: &str) -> Result<Self> {
+        if !url.starts_with("sqlite:") {
+            return Err(Error::Unsupported(
+                url.split(':').next().unwrap_or_default().to_owned(),
+            ));
+        }
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// Whether the store answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Close the pool (graceful shutdown).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Register or refresh a KPI's descriptive columns; keeps its progress.
+    pub async fn upsert_kpi(&self, spec: &KpiSpec) -> Result<()> {
+        let now = now_secs();
+        sqlx::query(
+            "INSERT INTO kpis (id, title, kind, interval_secs, source, origin, owner, severity, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET title = excluded.title, kind = excluded.kind,
+               interval_secs = excluded.interval_secs, source = excluded.source, origin = excluded.origin,
+               owner = excluded.owner, severity = excluded.severity, updated_at = excluded.updated_at",
+        )
+        .bind(spec.id.as_str())
+        .bind(&spec.title)
+        .bind(spec.kind.to_string())
+        .bind(spec.interval.secs_i64())
+        .bind(&spec.source)
+        .bind(&spec.origin)
+        .bind(&spec.owner)
+        .bind(spec.severity.to_string())
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// One KPI's bookkeeping row.
+    pub async fn kpi(&self, id: &str) -> Result<Option<KpiRow>> {
+        Ok(sqlx::query_as::<_, KpiRow>(
+            "SELECT id, title, kind, interval_secs, source, owner, severity, fetched_until, last_run_at, last_status, last_error FROM kpis WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Every KPI's bookkeeping row.
+    pub async fn kpis(&self) -> Result<Vec<KpiRow>> {
+        Ok(sqlx::query_as::<_, KpiRow>(
+            "SELECT id, title, kind, interval_secs, source, owner, severity, fetched_until, last_run_at, last_status, last_error FROM kpis ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Record a run's outcome; on success also advance `fetched_until`.
+    pub async fn record_run(
+        &self,
+        kpi_id: &str,
+        started_at: i64,
+        window: (i64, i64),
+        status: &str,
+        rows: i64,
+        error: Option<&str>,
+    ) -> Result<()> {
+        let now = now_secs();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO runs (kpi_id, started_at, finished_at, window_start, window_end, status, rows, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(kpi_id)
+        .bind(started_at)
+        .bind(now)
+        .bind(window.0)
+        .bind(window.1)
+        .bind(status)
+        .bind(rows)
+        .bind(error)
+        .execute(&mut *tx)
+        .await?;
+        let advance = status == "ok";
+        sqlx::query(
+            "UPDATE kpis SET last_run_at = ?, last_status = ?, last_error = ?,
+               fetched_until = CASE WHEN ? THEN max(coalesce(fetched_until, 0), ?) ELSE fetched_until END
+             WHERE id = ?",
+        )
+        .bind(started_at)
+        .bind(status)
+        .bind(error)
+        .bind(advance)
+        .bind(window.1)
+        .bind(kpi_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The series of a KPI.
+    pub async fn series_of(&self, kpi_id: &str) -> Result<Vec<SeriesRow>> {
+        Ok(sqlx::query_as::<_, SeriesRow>(
+            "SELECT id, kpi_id, dims, evaluated_until FROM series WHERE kpi_id = ? ORDER BY id",
+        )
+        .bind(kpi_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Get or create the series of `kpi_id` with these dimensions (canonical JSON).
+    pub async fn series_id(&self, kpi_id: &str, dims: &str) -> Result<i64> {
+        sqlx::query("INSERT INTO series (kpi_id, dims) VALUES (?, ?) ON CONFLICT (kpi_id, dims) DO NOTHING")
+            .bind(kpi_id)
+            .bind(dims)
+            .execute(&self.pool)
+            .await?;
+        let row = sqlx::query("SELECT id FROM series WHERE kpi_id = ? AND dims = ?")
+            .bind(kpi_id)
+            .bind(dims)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("id")?)
+    }
+
+    /// Insert or update buckets (late rows and restated data overwrite; idempotent).
+    pub async fn upsert_observations(&self, series_id: i64, rows: &[ObservationRow]) -> Result<()> {
+        let now = now_secs();
+        let mut tx = self.pool.begin().await?;
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO observations (series_id, ts, value, denominator, updated_at) VALUES (?, ?, ?, ?, ?)
+                 ON CONFLICT (series_id, ts) DO UPDATE SET value = excluded.value,
+                   denominator = excluded.denominator, updated_at = excluded.updated_at",
+            )
+            .bind(series_id)
+            .bind(r.ts)
+            .bind(r.value)
+            .bind(r.denominator)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stored buckets of a series in `[from, to)`, in time order.
+    pub async fn observations(&self, series_id: i64, from: i64, to: i64) -> Result<Vec<ObservationRow>> {
+        Ok(sqlx::query_as::<_, ObservationRow>(
+            "SELECT ts, value, denominator FROM observations WHERE series_id = ? AND ts >= ? AND ts < ? ORDER BY ts",
+        )
+        .bind(series_id)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Store the detector's verdicts and anomalies for new buckets and move the series'
+    /// `evaluated_until`, in one transaction.
+    pub async fn save_evaluations(
+        &self,
+        series_id: i64,
+        evaluations: &[EvaluationRow],
+        anomalies: &[NewAnomaly],
+        evaluated_until: i64,
+    ) -> Result<()> {
+        let now = now_secs();
+        let mut tx = self.pool.begin().await?;
+        for e in evaluations {
+            sqlx::query(
+                "INSERT INTO evaluations (series_id, ts, value, expected, lower, upper, score, anomaly, status, volume)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (series_id, ts) DO UPDATE SET value = excluded.value, expected = excluded.expected,
+                   lower = excluded.lower, upper = excluded.upper, score = excluded.score,
+                   anomaly = excluded.anomaly, status = excluded.status, volume = excluded.volume",
+            )
+            .bind(series_id)
+            .bind(e.ts)
+            .bind(e.value)
+            .bind(e.expected)
+            .bind(e.lower)
+            .bind(e.upper)
+            .bind(e.score)
+            .bind(e.anomaly)
+            .bind(&e.status)
+            .bind(e.volume)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for a in anomalies {
+            sqlx::query(
+                "INSERT INTO anomalies (series_id, ts, value, expected, lower, upper, score, volume, seasonality, alerted, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (series_id, ts) DO NOTHING",
+            )
+            .bind(series_id)
+            .bind(a.ts)
+            .bind(a.value)
+            .bind(a.expected)
+            .bind(a.lower)
+            .bind(a.upper)
+            .bind(a.score)
+            .bind(a.volume)
+            .bind(&a.seasonality)
+            .bind(a.alerted)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("UPDATE series SET evaluated_until = max(coalesce(evaluated_until, 0), ?) WHERE id = ?")
+            .bind(evaluated_until)
+            .bind(series_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stored verdicts of a series in `[from, to)`.
+    pub async fn evaluations(&self, series_id: i64, from: i64, to: i64) -> Result<Vec<EvaluationRow>> {
+        Ok(sqlx::query_as::<_, EvaluationRow>(
+            "SELECT ts, value, expected, lower, upper, score, anomaly, status, volume FROM evaluations
+             WHERE series_id = ? AND ts >= ? AND ts < ? ORDER BY ts",
+        )
+        .bind(series_id)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Anomalies, newest first, optionally of one KPI and since a time.
+    pub async fn anomalies(
+        &self,
+        kpi_id: Option<&str>,
+        since: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<AnomalyRow>> {
+        Ok(sqlx::query_as::<_, AnomalyRow>(
+            "SELECT a.id, s.kpi_id, s.dims, a.ts, a.value, a.expected, a.lower, a.upper, a.score, a.volume,
+                    a.seasonality, a.alerted
+             FROM anomalies a JOIN series s ON s.id = a.series_id
+             WHERE (? IS NULL OR s.kpi_id = ?) AND (? IS NULL OR a.ts >= ?)
+             ORDER BY a.ts DESC, a.id DESC LIMIT ?",
+        )
+        .bind(kpi_id)
+        .bind(kpi_id)
+        .bind(since)
+        .bind(since)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The open (firing) alert of a series, if any.
+    pub async fn open_alert(&self, series_id: i64) -> Result<Option<AlertRow>> {
+        Ok(sqlx::query_as::<_, AlertRow>(
+            "SELECT id, series_id, state, started_ts, last_anomaly_ts, ok_streak, resolved_ts FROM alerts
+             WHERE series_id = ? AND state = 'firing'",
+        )
+        .bind(series_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Every alert, newest first.
+    pub async fn alerts(&self, limit: i64) -> Result<Vec<AlertRow>> {
+        Ok(sqlx::query_as::<_, AlertRow>(
+            "SELECT id, series_id, state, started_ts, last_anomaly_ts, ok_streak, resolved_ts FROM alerts
+             ORDER BY id DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Apply an alert change and queue its notifications in one transaction.
+    pub async fn apply_alert_change(&self, series_id: i64, change: &AlertChange) -> Result<()> {
+        let now = now_secs();
+        let mut tx = self.pool.begin().await?;
+        let (alert_id, event, notify) = match change {
+            AlertChange::Open { ts, notify } => {
+                let row = sqlx::query(
+                    "INSERT INTO alerts (series_id, state, started_ts, last_anomaly_ts, ok_streak, created_at)
+                     VALUES (?, 'firing', ?, ?, 0, ?) RETURNING id",
+                )
+                .bind(series_id)
+                .bind(ts)
+                .bind(ts)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                (row.try_get::<i64, _>("id")?, "firing", notify.as_slice())
+            }
+            AlertChange::StillFiring { alert_id, ts } => {
+                sqlx::query(
+                    "UPDATE alerts SET last_anomaly_ts = max(last_anomaly_ts, ?), ok_streak = 0 WHERE id = ?",
+                )
+                .bind(ts)
+                .bind(alert_id)
+                .execute(&mut *tx)
+                .await?;
+                (*alert_id, "", &[][..])
+            }
+            AlertChange::Recovering { alert_id } => {
+                sqlx::query("UPDATE alerts SET ok_streak = ok_streak + 1 WHERE id = ?")
+                    .bind(alert_id)
+                    .execute(&mut *tx)
+                    .await?;
+                (*alert_id, "", &[][..])
+            }
+            AlertChange::Resolve { alert_id, ts, notify } => {
+                sqlx::query("UPDATE alerts SET state = 'resolved', resolved_ts = ?, ok_streak = ok_streak + 1 WHERE id = ?")
+                    .bind(ts)
+                    .bind(alert_id)
+                    .execute(&mut *tx)
+                    .await?;
+                (*alert_id, "resolved", notify.as_slice())
+            }
+        };
+        for n in notify {
+            sqlx::query(
+                "INSERT INTO notifications (alert_id, event, channel, recipient, subject, body, status, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, 'pending', ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(alert_id)
+            .bind(event)
+            .bind(&n.channel)
+            .bind(&n.recipient)
+            .bind(&n.subject)
+            .bind(&n.body)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Notifications waiting for delivery, oldest first.
+    pub async fn pending_notifications(&self, limit: i64) -> Result<Vec<NotificationRow>> {
+        Ok(sqlx::query_as::<_, NotificationRow>(
+            "SELECT id, alert_id, event, channel, recipient, subject, body, status, attempts FROM notifications
+             WHERE status = 'pending' ORDER BY id LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Every notification, oldest first (for the API and tests).
+    pub async fn notifications(&self) -> Result<Vec<NotificationRow>> {
+        Ok(sqlx::query_as::<_, NotificationRow>(
+            "SELECT id, alert_id, event, channel, recipient, subject, body, status, attempts FROM notifications ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Mark a notification delivered.
+    pub async fn mark_sent(&self, id: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE notifications SET status = 'sent', sent_at = ?, attempts = attempts + 1 WHERE id = ?",
+        )
+        .bind(now_secs())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Record a failed delivery attempt; it stays pending.
+    pub async fn mark_failed(&self, id: i64, error: &str) -> Result<()> {
+        sqlx::query("UPDATE notifications SET attempts = attempts + 1, last_error = ? WHERE id = ?")
+            .bind(error)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

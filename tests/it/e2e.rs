@@ -1,0 +1,267 @@
+//! The whole loop, driven by a manual clock: a source with an injected drop, the service on
+//! a temporary SQLite state store, exactly one alert e-mail over real SMTP, no re-send after
+//! a restart, one resolution e-mail when the KPI recovers; and the HTTP API on top.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use kpiwatch::app::{Application, BuildOptions};
+use kpiwatch::clock::ManualClock;
+use kpiwatch::kpi::KpiSpec;
+use kpiwatch::pipeline::RunOutcome;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rand_distr::{Distribution, Poisson};
+use sqlx::{Executor, SqlitePool};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{init_logs, settings, SmtpServer};
+
+const MODEL: &str = r#"
+title = "Orders"
+source = "shop"
+kind = "count"
+interval = "5m"
+delay = "1m"
+direction = "down"
+recipients = ["oncall@example.com"]
+"#;
+const QUERY: &str = "SELECT ts, n AS value FROM order_counts WHERE ts >= :start AND ts < :end";
+
+fn t0() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-03-30T12:00:00Z")
+        .expect("valid")
+        .with_timezone(&Utc)
+}
+
+/// Expected orders per 5 minutes: a daily cycle between 60 and 180.
+fn rate(t: DateTime<Utc>) -> f64 {
+    let hour = (t.timestamp() % 86_400) as f64 / 3600.0;
+    120.0 + 60.0 * ((hour - 14.0) / 24.0 * std::f64::consts::TAU).cos()
+}
+
+struct Shop {
+    pool: SqlitePool,
+    rng: StdRng,
+}
+
+impl Shop {
+    async fn create(path: &Path) -> Self {
+        let pool = SqlitePool::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+            .await
+            .expect("shop db");
+        pool.execute("CREATE TABLE order_counts (ts TEXT PRIMARY KEY, n INTEGER NOT NULL)")
+            .await
+            .expect("create");
+        Shop {
+            pool,
+            rng: StdRng::seed_from_u64(42),
+        }
+    }
+
+    /// Normal traffic for the buckets in [from, to).
+    async fn traffic(&mut self, from: DateTime<Utc>, to: DateTime<Utc>) {
+        let mut tx = self.pool.begin().await.expect("tx");
+        let mut t = from;
+        while t < to {
+            let n = Poisson::new(rate(t)).expect("rate").sample(&mut self.rng) as i64;
+            sqlx::query("INSERT INTO order_counts VALUES (?, ?)")
+                .bind(t.format("%Y-%m-%d %H:%M:%S").to_string())
+                .bind(n)
+                .execute(&mut *tx)
+                .await
+                .expect("insert");
+            t += Duration::minutes(5);
+        }
+        tx.commit().await.expect("commit");
+    }
+}
+
+fn spec() -> KpiSpec {
+    KpiSpec::parse("orders", MODEL, QUERY, Path::new("models/orders")).expect("valid model")
+}
+
+async fn build(dir: &Path, smtp: &SmtpServer, clock: &ManualClock) -> Application {
+    let shop_url = format!("sqlite://{}", dir.join("shop.db").display());
+    let settings = settings(
+        dir,
+        Some(smtp.port),
+        &[
+            ("KPIWATCH_SOURCES__SHOP__URL", shop_url),
+            ("KPIWATCH_SCHEDULER__BACKFILL", "14d".to_owned()),
+            ("KPIWATCH_SCHEDULER__HISTORY", "14d".to_owned()),
+        ],
+    );
+    Application::build(
+        settings,
+        vec![spec()],
+        BuildOptions {
+            clock: Arc::new(clock.clone()),
+            extra_sources: None,
+        },
+    )
+    .await
+    .expect("app builds")
+}
+
+/// Advance 5 minutes at a time to `until`, one scheduler pass per step.
+async fn drive(app: &Application, clock: &ManualClock, until: DateTime<Utc>) {
+    while clock_now(clock) < until {
+        clock.advance(Duration::minutes(5));
+        for (id, result) in app.scheduler().run_due().await {
+            let outcome = result.unwrap_or_else(|e| panic!("{id} failed: {e}"));
+            assert!(
+                !matches!(outcome, RunOutcome::QueryError(_) | RunOutcome::DataMissing(_)),
+                "{outcome:?}"
+            );
+        }
+    }
+}
+
+fn clock_now(clock: &ManualClock) -> DateTime<Utc> {
+    use kpiwatch::clock::Clock;
+    clock.now()
+}
+
+#[tokio::test]
+async fn a_drop_sends_exactly_one_alert_over_smtp_survives_a_restart_and_resolves_once() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smtp = SmtpServer::start();
+    let mut shop = Shop::create(&dir.path().join("shop.db")).await;
+    // 14 days of normal history up to t0, then 2 normal hours.
+    shop.traffic(t0() - Duration::days(14), t0() + Duration::hours(2))
+        .await;
+    let clock = ManualClock::new(t0() + Duration::minutes(1));
+
+    let app = build(dir.path(), &smtp, &clock).await;
+    // First pass: backfill; history is normal, and backfill never alerts anyway.
+    let first = app.scheduler().run_due().await;
+    assert!(
+        matches!(first[0].1, Ok(RunOutcome::Ok { judged, .. }) if judged > 4000),
+        "{first:?}"
+    );
+    drive(&app, &clock, t0() + Duration::hours(2) + Duration::minutes(1)).await;
+    assert!(
+        smtp.received().is_empty(),
+        "normal traffic must not alert: {:?}",
+        smtp.received()
+    );
+
+    // Orders stop: no rows at all for 30 minutes (missing count buckets are zeros).
+    drive(&app, &clock, t0() + Duration::hours(2) + Duration::minutes(31)).await;
+    let got = smtp.received();
+    assert_eq!(got.len(), 1, "exactly one alert for one incident: {got:?}");
+    assert_eq!(got[0].to, vec!["oncall@example.com".to_owned()]);
+    let subject = got[0].subject();
+    assert!(subject.contains("Orders dropped to 0"), "{subject}");
+    assert!(got[0].data.contains("Expected:"), "{}", got[0].data);
+
+    // Restart on the same state store: nothing is sent again.
+    drop(app);
+    let app = build(dir.path(), &smtp, &clock).await;
+    app.scheduler().run_due().await;
+    drive(&app, &clock, t0() + Duration::hours(2) + Duration::minutes(46)).await;
+    assert_eq!(smtp.received().len(), 1, "a restart must not re-send");
+    let anomalies = app
+        .store()
+        .anomalies(Some("orders"), None, 100)
+        .await
+        .expect("anomalies");
+    assert!(
+        anomalies.iter().filter(|a| a.alerted).count() >= 6,
+        "{anomalies:?}"
+    );
+
+    // Orders come back (late rows for the gap stay zero): one resolution e-mail.
+    let back = t0() + Duration::hours(2) + Duration::minutes(45);
+    shop.traffic(back, back + Duration::hours(1)).await;
+    drive(&app, &clock, back + Duration::minutes(31)).await;
+    let got = smtp.received();
+    assert_eq!(
+        got.len(),
+        2,
+        "{:?}",
+        got.iter().map(|m| m.subject()).collect::<Vec<_>>()
+    );
+    assert!(
+        got[1].subject().starts_with("[RESOLVED] Orders"),
+        "{}",
+        got[1].subject()
+    );
+}
+
+#[tokio::test]
+async fn the_api_serves_health_metrics_kpis_series_and_anomalies() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smtp = SmtpServer::start();
+    let mut shop = Shop::create(&dir.path().join("shop.db")).await;
+    shop.traffic(t0() - Duration::days(14), t0()).await;
+    let clock = ManualClock::new(t0() + Duration::minutes(1));
+    let app = build(dir.path(), &smtp, &clock).await;
+    app.scheduler().run_due().await;
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let token = CancellationToken::new();
+    let server = tokio::spawn(app.run_until_stopped(token.clone()));
+    let http = reqwest::Client::new();
+
+    let get = |path: &str| http.get(format!("{base}{path}")).send();
+    assert_eq!(get("/healthz").await.expect("healthz").status(), 200);
+    assert_eq!(get("/readyz").await.expect("readyz").status(), 200);
+    let metrics = get("/metrics")
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("kpi_runs_total{kpi=\"orders\",status=\"ok\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("source_query_duration_seconds"), "{metrics}");
+
+    let kpis: serde_json::Value = get("/api/kpis").await.expect("kpis").json().await.expect("json");
+    assert_eq!(kpis[0]["id"], "orders");
+    assert_eq!(kpis[0]["status"], "ok");
+    assert!(
+        !kpis.to_string().contains("sqlite://"),
+        "no source URLs in the API"
+    );
+
+    let from = (t0() - Duration::hours(2)).to_rfc3339();
+    let to = t0().to_rfc3339();
+    let series: serde_json::Value = http
+        .get(format!("{base}/api/kpis/orders/series"))
+        .query(&[("from", from.as_str()), ("to", to.as_str())])
+        .send()
+        .await
+        .expect("series")
+        .json()
+        .await
+        .expect("json");
+    let points = series[0]["points"].as_array().expect("points");
+    assert_eq!(points.len(), 24, "2 hours of 5-minute buckets");
+    assert!(points[0]["expected"].as_f64().is_some(), "{}", points[0]);
+    assert!(points[0]["lower"].as_f64() <= points[0]["upper"].as_f64());
+
+    let anomalies = get("/api/anomalies?kpi=orders").await.expect("anomalies");
+    assert_eq!(anomalies.status(), 200);
+    // Hostile or wrong input gets a clear 4xx.
+    let bad = get("/api/kpis/orders/series?from=yesterday")
+        .await
+        .expect("bad from");
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.expect("body").contains("from"));
+    assert_eq!(get("/api/kpis/nope/series").await.expect("404").status(), 404);
+    assert_eq!(
+        get("/api/anomalies?kpi=x%27%3B--").await.expect("404").status(),
+        404
+    );
+    assert_eq!(get("/api/anomalies?limit=0").await.expect("400").status(), 400);
+    assert_eq!(get("/api/anomalies?bogus=1").await.expect("400").status(), 400);
+
+    token.cancel();
+    server.await.expect("joined").expect("clean shutdown");
+}

@@ -1,0 +1,154 @@
+//! Shared test scaffolding: server URLs from the environment, per-test databases, a real
+//! SMTP server on 127.0.0.1, and settings for a test app.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+
+use kpiwatch::config::{self, Settings};
+use mailin_embedded::{Handler, Response, Server, SslConfig};
+use rand::Rng;
+
+/// Logs stay silent unless TEST_LOG is set.
+pub fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        kpiwatch::telemetry::init("debug,sqlx=warn", false);
+    }
+}
+
+/// The URL of a database server the test needs, from `var`. Under `CI=true` a missing URL
+/// fails the test; elsewhere the test is skipped with a note.
+pub fn server_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{var} is not set; under CI=true this test must not skip (see .ci/run)"
+            );
+            eprintln!("skipping: {var} is not set (.ci/run sets it)");
+            None
+        }
+    }
+}
+
+/// A random lower-case suffix for database names.
+pub fn unique(prefix: &str) -> String {
+    let n: u64 = rand::rng().random();
+    format!("{prefix}_{n:016x}")
+}
+
+/// Replace the database part of a URL.
+pub fn with_database(url: &str, db: &str) -> String {
+    let mut parsed = url::Url::parse(url).expect("valid server URL");
+    parsed.set_path(&format!("/{db}"));
+    parsed.to_string()
+}
+
+/// A message the SMTP server received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub to: Vec<String>,
+    pub data: String,
+}
+
+impl Received {
+    /// The decoded `Subject:` header (lettre encodes non-ASCII; ours are ASCII).
+    pub fn subject(&self) -> String {
+        self.data
+            .lines()
+            .find_map(|l| l.strip_prefix("Subject: "))
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+#[derive(Clone)]
+struct Collect {
+    inbox: Arc<Mutex<Vec<Received>>>,
+    to: Vec<String>,
+    data: Vec<u8>,
+}
+
+impl Handler for Collect {
+    fn data_start(&mut self, _domain: &str, _from: &str, _is8bit: bool, to: &[String]) -> Response {
+        self.to = to.to_vec();
+        self.data.clear();
+        mailin_embedded::response::OK
+    }
+
+    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.data.extend_from_slice(buf);
+        Ok(())
+    }
+
+    fn data_end(&mut self) -> Response {
+        let message = Received {
+            to: std::mem::take(&mut self.to),
+            data: String::from_utf8_lossy(&self.data).into_owned(),
+        };
+        self.inbox.lock().expect("inbox lock").push(message);
+        mailin_embedded::response::OK
+    }
+}
+
+/// A real SMTP server on 127.0.0.1 (mailin-embedded), collecting what it receives.
+pub struct SmtpServer {
+    pub port: u16,
+    inbox: Arc<Mutex<Vec<Received>>>,
+}
+
+impl SmtpServer {
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind SMTP port");
+        let port = listener.local_addr().expect("addr").port();
+        let inbox = Arc::new(Mutex::new(Vec::new()));
+        let handler = Collect {
+            inbox: Arc::clone(&inbox),
+            to: Vec::new(),
+            data: Vec::new(),
+        };
+        let mut server = Server::new(handler);
+        server
+            .with_name("test.local")
+            .with_ssl(SslConfig::None)
+            .expect("no TLS")
+            .with_tcp_listener(listener);
+        std::thread::spawn(move || {
+            let _ = server.serve();
+        });
+        SmtpServer { port, inbox }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.inbox.lock().expect("inbox lock").clone()
+    }
+}
+
+/// Settings for a test app: state in `dir`, SMTP on `smtp_port` (or the outbox), port 0.
+pub fn settings(dir: &std::path::Path, smtp_port: Option<u16>, extra: &[(&str, String)]) -> Settings {
+    let mut env = vec![
+        (
+            "KPIWATCH_STATE__URL".to_owned(),
+            format!("sqlite://{}", dir.join("state.db").display()),
+        ),
+        (
+            "KPIWATCH_EMAIL__OUTBOX_DIR".to_owned(),
+            dir.join("outbox").display().to_string(),
+        ),
+        ("KPIWATCH_HTTP__BIND".to_owned(), "127.0.0.1:0".to_owned()),
+        (
+            "KPIWATCH_EMAIL__DEFAULT_RECIPIENTS".to_owned(),
+            "[\"oncall@example.com\"]".to_owned(),
+        ),
+    ];
+    if let Some(port) = smtp_port {
+        env.push(("KPIWATCH_EMAIL__SMTP__HOST".to_owned(), "127.0.0.1".to_owned()));
+        env.push(("KPIWATCH_EMAIL__SMTP__PORT".to_owned(), port.to_string()));
+    }
+    for (k, v) in extra {
+        env.push(((*k).to_owned(), v.clone()));
+    }
+    config::load_from(None, &env).expect("test settings")
+}

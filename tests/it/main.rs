@@ -1,0 +1,9 @@
+#![allow(unreachable_pub)]
+
+//! The one integration test binary: real SQLite, PostgreSQL and MariaDB sources, a real
+//! SMTP server on loopback, the service driven by a manual clock.
+
+mod cli;
+mod e2e;
+mod helpers;
+mod sources;
