@@ -265,3 +265,51 @@ async fn the_api_serves_health_metrics_kpis_series_and_anomalies() {
     token.cancel();
     server.await.expect("joined").expect("clean shutdown");
 }
+
+#[tokio::test]
+async fn a_source_outage_is_data_missing_not_a_drop_and_the_gap_is_caught_up() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smtp = SmtpServer::start();
+    let mut shop = Shop::create(&dir.path().join("shop.db")).await;
+    shop.traffic(t0() - Duration::days(14), t0() + Duration::hours(1))
+        .await;
+    let clock = ManualClock::new(t0() + Duration::minutes(1));
+    let app = build(dir.path(), &smtp, &clock).await;
+    app.scheduler().run_due().await;
+
+    // The source disappears for half an hour (and kpiwatch restarts meanwhile, so no pooled
+    // connection keeps the old file open).
+    let shop_db = dir.path().join("shop.db");
+    let hidden = dir.path().join("shop.db.away");
+    shop.pool.close().await;
+    drop(app);
+    std::fs::rename(&shop_db, &hidden).expect("hide the source");
+    let app = build(dir.path(), &smtp, &clock).await;
+    for _ in 0..6 {
+        clock.advance(Duration::minutes(5));
+        let results = app.scheduler().run_due().await;
+        assert!(
+            matches!(&results[0].1, Ok(RunOutcome::DataMissing(msg)) if msg.contains("unreachable")),
+            "{results:?}"
+        );
+    }
+    let kpi = app.store().kpi("orders").await.expect("kpi").expect("row");
+    assert_eq!(kpi.last_status.as_deref(), Some("data_missing"));
+    assert!(app
+        .store()
+        .anomalies(None, None, 10)
+        .await
+        .expect("anomalies")
+        .is_empty());
+
+    // Back: the missed buckets are fetched in one go, judged normal, and nothing alerts.
+    std::fs::rename(&hidden, &shop_db).expect("restore the source");
+    clock.advance(Duration::minutes(5));
+    let results = app.scheduler().run_due().await;
+    assert!(
+        matches!(results[0].1, Ok(RunOutcome::Ok { judged, .. }) if judged >= 7),
+        "{results:?}"
+    );
+    assert!(smtp.received().is_empty(), "an outage is not a drop");
+}
