@@ -157,6 +157,9 @@ pub enum Error {
     Invalid(String),
 }
 
+/// `KPIWATCH_*` variables that belong to the command line (`--config`, `--models`).
+const CLI_VARIABLES: [&str; 2] = ["CONFIG", "MODELS"];
+
 /// Load settings: embedded defaults, then `file` if it exists (an explicitly named file must
 /// exist), then `KPIWATCH_*` variables from the process environment.
 pub fn load(file: Option<&Path>) -> Result<Settings, Error> {
@@ -188,6 +191,10 @@ pub fn load_from(file: Option<&Path>, env: &[(String, String)]) -> Result<Settin
         let Some(rest) = key.strip_prefix("KPIWATCH_") else {
             continue;
         };
+        // Command-line level variables, read by clap, not settings.
+        if CLI_VARIABLES.contains(&rest) {
+            continue;
+        }
         let path = rest.to_ascii_lowercase().replace("__", ".");
         // Values go through TOML parsing so numbers and arrays keep their types; a bare
         // string that is not valid TOML is taken verbatim.
@@ -279,6 +286,7 @@ mod tests {
                 ("KPIWATCH_SOURCES__SHOP__URL", "postgres://u:hunter2@db/shop"),
                 ("KPIWATCH_SCHEDULER__OVERLAP_BUCKETS", "5"),
                 ("UNRELATED", "x"),
+                ("KPIWATCH_CONFIG", "elsewhere.toml"),
             ]),
         )
         .expect("config loads");
@@ -288,6 +296,12 @@ mod tests {
         assert_eq!(shop.row_cap, 200_000);
         assert!(!redact_url(&shop.url).contains("hunter2"));
         assert!(!format!("{s:?}").contains("hunter2"), "Debug must not leak");
+    }
+
+    #[test]
+    fn an_unknown_variable_is_an_error_naming_it() {
+        let err = load_from(None, &env(&[("KPIWATCH_HTTP__BINDD", "x")])).expect_err("typo");
+        assert!(err.to_string().contains("bindd"), "{err}");
     }
 
     #[test]

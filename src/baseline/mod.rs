@@ -244,6 +244,10 @@ pub struct OnlineDetector {
     zero_run: f64,
     incident_lo: bool,
     incident_hi: bool,
+    prev_z: f64,
+    z_lag: f64,
+    z_sq: f64,
+    z_n: u32,
     run: Run,
 }
 
@@ -251,6 +255,8 @@ const SIMPLER_UNLESS_BETTER_BY: f64 = 0.9;
 /// A weekly profile also explains the daily one, so it wins unless clearly worse.
 const WEEKLY_UNLESS_WORSE_BY: f64 = 1.25;
 const WINSOR_SD: f64 = 3.0;
+/// Cap on the residual autocorrelation the CUSUM corrects for.
+const MAX_AUTOCORRELATION: f64 = 0.8;
 /// Values beyond this magnitude are treated as missing: no KPI is that large, and squaring
 /// them would overflow the noise estimates.
 const MAX_MAGNITUDE: f64 = 1e15;
@@ -309,6 +315,10 @@ impl OnlineDetector {
             zero_run: 0.0,
             incident_lo: false,
             incident_hi: false,
+            prev_z: 0.0,
+            z_lag: 0.0,
+            z_sq: 0.0,
+            z_n: 0,
             run: Run::default(),
         })
     }
@@ -353,6 +363,25 @@ impl OnlineDetector {
         let scored = self.score(b);
         self.learn(b, &scored);
         scored.verdict
+    }
+
+    /// `sqrt((1 - rho) / (1 + rho))` for the lag-1 autocorrelation `rho` of recent z-scores.
+    fn cusum_scale(&self) -> f64 {
+        if self.z_n < 50 || self.z_sq <= 0.0 {
+            return 1.0;
+        }
+        let rho = (self.z_lag / self.z_sq).clamp(0.0, MAX_AUTOCORRELATION);
+        ((1.0 - rho) / (1.0 + rho)).sqrt()
+    }
+
+    /// Track the lag-1 autocorrelation of the z-scores of learned buckets, over about a week.
+    fn track_autocorrelation(&mut self, z: f64) {
+        let z = z.clamp(-4.0, 4.0);
+        self.z_n = self.z_n.saturating_add(1);
+        let a = (1.0 / f64::from(self.z_n)).max(1.0 / (self.per_day * 7.0).max(14.0));
+        self.z_lag += a * (z * self.prev_z - self.z_lag);
+        self.z_sq += a * (z * z - self.z_sq);
+        self.prev_z = z;
     }
 
     /// Index of the model used for this bucket.
@@ -512,8 +541,12 @@ impl OnlineDetector {
         scored.z = z;
         let warming = self.learned < self.warm_buckets;
         let h = self.thresholds.cusum_h;
-        let lo = (self.cusum_lo + z + CUSUM_K).min(0.0);
-        let hi = (self.cusum_hi + z - CUSUM_K).max(0.0);
+        // Residuals of real series are autocorrelated (a busy day stays busy all day); the
+        // CUSUM assumes independent increments, so it sees z scaled to the variance of a sum
+        // of AR(1) terms with the lag-1 autocorrelation of recent (learned) z-scores.
+        let zc = z * self.cusum_scale();
+        let lo = (self.cusum_lo + zc + CUSUM_K).min(0.0);
+        let hi = (self.cusum_hi + zc - CUSUM_K).max(0.0);
         // A run of empty buckets where events were expected: the chance that all of them
         // are zero, exact under the (overdispersed) Poisson, against the one-bucket budget.
         let zero_run = if kind == Kind::Count && y < 0.5 {
@@ -618,7 +651,11 @@ impl OnlineDetector {
             }
         }
         if held_back {
+            self.prev_z = 0.0;
             return;
+        }
+        if evaluated {
+            self.track_autocorrelation(scored.z);
         }
         if weight > 0.0 {
             self.learned += 1;

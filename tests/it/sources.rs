@@ -102,7 +102,7 @@ async fn check_contract(source: &Source, ratio_sql: &str, wrong_sql: &str) {
 #[tokio::test]
 async fn postgres_source_follows_the_query_contract_read_only() {
     crate::helpers::init_logs();
-    let Some(admin) = server_url("KPIWATCH_TEST_POSTGRES_URL") else {
+    let Some(admin) = server_url("TEST_POSTGRES_URL") else {
         return;
     };
     let db = unique("kw_src");
@@ -182,7 +182,7 @@ async fn postgres_source_follows_the_query_contract_read_only() {
 #[tokio::test]
 async fn mariadb_source_follows_the_query_contract_read_only() {
     crate::helpers::init_logs();
-    let Some(admin) = server_url("KPIWATCH_TEST_MYSQL_URL") else {
+    let Some(admin) = server_url("TEST_MYSQL_URL") else {
         return;
     };
     let db = unique("kw_src");
