@@ -25,7 +25,7 @@ use secrecy::ExposeSecret;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
-use sqlx::{Connection, Executor};
+use sqlx::{ConnectOptions, Connection, Executor};
 
 use crate::config::{redact_url, SourceConfig};
 use crate::kpi::Kind;
@@ -140,10 +140,14 @@ impl Source {
             message: e.to_string(),
         };
         let acquire = Duration::from_secs(5).min(cfg.statement_timeout);
+        // Long backfill queries are expected; only warn when a query nears its timeout.
+        let slow = cfg.statement_timeout / 2;
         let pool = match scheme.as_str() {
             "postgres" | "postgresql" => {
                 let opts: PgConnectOptions = raw.parse().map_err(unreachable)?;
-                let opts = opts.application_name("kpiwatch");
+                let opts = opts
+                    .application_name("kpiwatch")
+                    .log_slow_statements(log::LevelFilter::Warn, slow);
                 SourcePool::Postgres(
                     PgPoolOptions::new()
                         .max_connections(cfg.max_connections)
@@ -154,6 +158,7 @@ impl Source {
             "mysql" | "mariadb" => {
                 let fixed = raw.replacen("mariadb:", "mysql:", 1);
                 let opts: MySqlConnectOptions = fixed.parse().map_err(unreachable)?;
+                let opts = opts.log_slow_statements(log::LevelFilter::Warn, slow);
                 SourcePool::MySql(
                     MySqlPoolOptions::new()
                         .max_connections(cfg.max_connections)
@@ -163,7 +168,10 @@ impl Source {
             }
             "sqlite" => {
                 let opts: SqliteConnectOptions = raw.parse().map_err(unreachable)?;
-                let opts = opts.read_only(true).create_if_missing(false);
+                let opts = opts
+                    .read_only(true)
+                    .create_if_missing(false)
+                    .log_slow_statements(log::LevelFilter::Warn, slow);
                 SourcePool::Sqlite(
                     SqlitePoolOptions::new()
                         .max_connections(cfg.max_connections)
