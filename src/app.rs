@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::alerting::receivers::Receivers;
 use crate::alerting::Mailer;
 use crate::api::{self, AppState};
 use crate::clock::{Clock, SystemClock};
@@ -82,6 +83,8 @@ impl Application {
             store.upsert_kpi(spec).await.context("Failed to register KPIs")?;
         }
         let mailer = Mailer::build(&settings.email).context("Failed to set up e-mail")?;
+        let receivers = Receivers::build(&settings.alerting)
+            .map_err(|problems| anyhow::anyhow!("invalid receivers: {}", problems.join("; ")))?;
         if let Err(error) = mailer.healthcheck().await {
             warn!(message = "E-mail healthcheck failed; alerts will queue until it works.", %error);
         }
@@ -96,6 +99,7 @@ impl Application {
             settings,
             metrics: Arc::clone(&metrics),
             mailer,
+            receivers,
         };
         let by_id: BTreeMap<String, KpiSpec> = specs.iter().map(|s| (s.id.to_string(), s.clone())).collect();
         let scheduler = Scheduler::new(cx, Arc::new(specs), Arc::clone(&opts.clock));
@@ -121,6 +125,11 @@ impl Application {
     /// The scheduler, for driving passes by hand (tests, the demo's first pass).
     pub fn scheduler(&self) -> &Scheduler {
         &self.scheduler
+    }
+
+    /// The HTTP router on this app's state, for driving the API without a socket.
+    pub fn router(&self) -> axum::Router {
+        api::router(self.state.clone())
     }
 
     /// The state store.

@@ -35,6 +35,80 @@ pub struct Settings {
     /// Named KPI sources.
     #[serde(default)]
     pub sources: BTreeMap<String, SourceConfig>,
+    /// Routing, receivers and maintenance windows.
+    #[serde(default)]
+    pub alerting: AlertingConfig,
+}
+
+/// Alert routing and suppression.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertingConfig {
+    /// The routing tree (receivers by label matchers).
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    /// Recurring maintenance windows: alerts inside them are recorded, not sent.
+    #[serde(default)]
+    pub maintenance: Vec<MaintenanceWindow>,
+    /// Named receivers (`type = "email" | "webhook" | "slack" | …`), parsed by `alerting`.
+    #[serde(default)]
+    pub receivers: BTreeMap<String, toml::Table>,
+}
+
+/// One route: matchers, a receiver, optional children.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Label matchers, all of which must hold: `value` (equal), `!value` (not equal),
+    /// `~regex` (matches the whole value).
+    #[serde(default)]
+    pub matchers: BTreeMap<String, String>,
+    /// Receiver names for matching alerts.
+    #[serde(default)]
+    pub receivers: Vec<String>,
+    /// Keep trying later sibling routes after this one matched.
+    #[serde(default, rename = "continue")]
+    pub continue_matching: bool,
+    /// Child routes, tried when this one matches; if none matches, this route's receivers apply.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// The whole tree: the root's receivers are the default.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Receivers for alerts no route matches.
+    #[serde(default)]
+    pub receivers: Vec<String>,
+    /// Routes, tried in order.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// A recurring maintenance window from config, e.g. every Sunday 02:00–04:00 Europe/Berlin.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceWindow {
+    /// A name for messages and logs.
+    pub name: String,
+    /// Label matchers; empty matches every alert.
+    #[serde(default)]
+    pub matchers: BTreeMap<String, String>,
+    /// Days it recurs on (`mon` … `sun`); empty = every day.
+    #[serde(default)]
+    pub weekdays: Vec<String>,
+    /// Local start time `HH:MM`.
+    pub start: String,
+    /// Local end time `HH:MM` (may be past midnight: 23:00–01:00).
+    pub end: String,
+    /// IANA timezone of `start`/`end`.
+    #[serde(default = "utc")]
+    pub timezone: String,
+}
+
+fn utc() -> String {
+    "UTC".to_owned()
 }
 
 /// HTTP settings.
@@ -232,6 +306,11 @@ impl Settings {
             if source.row_cap == 0 {
                 problems.push(format!("sources.{name}.row_cap must be at least 1"));
             }
+        }
+        let known = |name: &str| self.alerting.receivers.contains_key(name);
+        problems.extend(self.alerting.routing.validate(&known));
+        for window in &self.alerting.maintenance {
+            problems.extend(window.validate());
         }
         if problems.is_empty() {
             Ok(())

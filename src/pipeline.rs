@@ -22,6 +22,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Offset, TimeZone, Utc};
 use tracing::{info, instrument, warn};
 
+use crate::alerting::receivers::Receivers;
 use crate::alerting::{self, BucketVerdict, Mailer, MessageContext};
 use crate::baseline::{Bucket, DetectorConfig, OnlineDetector, SeasonalityMode, Status};
 use crate::config::{SchedulerConfig, Settings};
@@ -43,6 +44,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// E-mail.
     pub mailer: Mailer,
+    /// Named receivers for routed alerts.
+    pub receivers: Receivers,
 }
 
 /// What one run did.
@@ -177,7 +180,7 @@ pub async fn run_kpi(cx: &Context, spec: &KpiSpec, now: DateTime<Utc>) -> anyhow
         let series_id = store.series_id(spec.id.as_str(), dims).await?;
         let rows: Vec<ObservationRow> = buckets.values().copied().collect();
         store.upsert_observations(series_id, &rows).await?;
-        let summary = judge_series(cx, spec, series_id, dims, end).await?;
+        let summary = judge_series(cx, spec, series_id, dims, end, now).await?;
         judged += summary.judged;
         live_anomalies += summary.live_anomalies;
         alerts_opened += summary.alerts_opened;
@@ -202,7 +205,7 @@ pub async fn run_kpi(cx: &Context, spec: &KpiSpec, now: DateTime<Utc>) -> anyhow
         window_start = %window.start,
         window_end = %window.end,
     );
-    let report = alerting::deliver_pending(store, &cx.mailer).await?;
+    let report = alerting::deliver_pending(store, &cx.mailer, now.timestamp()).await?;
     record_deliveries(cx, report);
     Ok(RunOutcome::Ok {
         rows: n_rows,
@@ -281,6 +284,7 @@ async fn judge_series(
     series_id: i64,
     dims: &str,
     end: i64,
+    now: DateTime<Utc>,
 ) -> anyhow::Result<JudgeSummary> {
     let store = &cx.store;
     let sched = &cx.settings.scheduler;
@@ -359,11 +363,22 @@ async fn judge_series(
         judged: verdicts.len(),
         ..JudgeSummary::default()
     };
-    let recipients: Vec<String> = if spec.recipients.is_empty() {
-        cx.settings.email.default_recipients.clone()
-    } else {
-        spec.recipients.clone()
-    };
+    let labels = alerting::alert_labels(spec, dims);
+    let routed = cx
+        .settings
+        .alerting
+        .routing
+        .receivers_for(&labels)
+        .unwrap_or_else(|error| {
+            warn!(message = "Routing failed; using the model's recipients only.", %error);
+            Vec::new()
+        });
+    let mut targets = cx.receivers.targets(&spec.recipients, &routed);
+    if targets.is_empty() {
+        targets = cx.receivers.targets(&cx.settings.email.default_recipients, &[]);
+    }
+    let silences = load_silences(store, now).await?;
+    let suppressed_by = alerting::suppression(&labels, &silences, &cx.settings.alerting.maintenance, now);
     for (t, v) in verdicts.iter().filter(|(t, _)| *t >= horizon) {
         let verdict = BucketVerdict {
             ts: *t,
@@ -395,7 +410,13 @@ async fn judge_series(
             since: open.as_ref().map_or(*t, |a| a.started_ts),
             public_url: &cx.settings.http.public_url,
         };
-        if let Some(change) = alerting::change_for(decision, open.as_ref(), &message_cx, &recipients) {
+        if let Some(change) = alerting::change_for(
+            decision,
+            open.as_ref(),
+            &message_cx,
+            &targets,
+            suppressed_by.as_deref(),
+        ) {
             store.apply_alert_change(series_id, &change).await?;
             match decision {
                 alerting::Decision::Open => {
@@ -411,7 +432,10 @@ async fn judge_series(
                         upper = v.upper,
                         volume = v.volume,
                     );
-                    if recipients.is_empty() {
+                    if let Some(why) = &suppressed_by {
+                        info!(message = "Alert recorded but not sent.", suppressed_by = %why);
+                    }
+                    if targets.is_empty() {
                         warn!(message = "Alert has no recipients; set recipients in the model or email.default_recipients.");
                     }
                 }
@@ -424,6 +448,24 @@ async fn judge_series(
         }
     }
     Ok(summary)
+}
+
+/// Active silences at `now`, parsed.
+async fn load_silences(store: &Store, now: DateTime<Utc>) -> anyhow::Result<Vec<alerting::silence::Silence>> {
+    Ok(store
+        .silences(now.timestamp())
+        .await?
+        .into_iter()
+        .filter_map(|row| {
+            let matchers = serde_json::from_str(&row.matchers).ok()?;
+            Some(alerting::silence::Silence {
+                id: row.id,
+                matchers,
+                starts_at: row.starts_at,
+                ends_at: row.ends_at,
+            })
+        })
+        .collect())
 }
 
 /// Group rows into series (by dimension values) and buckets (floored to the interval).

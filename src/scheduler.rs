@@ -63,7 +63,7 @@ impl Scheduler {
             }
         }
         results.sort_by(|a, b| a.0.cmp(&b.0));
-        match alerting::deliver_pending(&self.cx.store, &self.cx.mailer).await {
+        match alerting::deliver_pending(&self.cx.store, &self.cx.mailer, now.timestamp()).await {
             Ok(report) => pipeline::record_deliveries(&self.cx, report),
             Err(error) => error!(message = "Notification delivery pass failed.", %error),
         }

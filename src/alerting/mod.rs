@@ -10,6 +10,11 @@
 //!   re-sends one that was marked.
 
 mod email;
+pub mod receivers;
+pub mod routing;
+pub mod silence;
+
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
@@ -202,22 +207,58 @@ pub fn message(cx: &MessageContext<'_>, resolved: bool) -> (String, String) {
     (subject, body)
 }
 
-/// Build the store change for a decision, rendering the messages for `recipients`.
+/// The labels an alert is routed and silenced by: the model's labels, the series'
+/// dimension values, and `kpi`, `severity` and `owner`.
+pub fn alert_labels(spec: &KpiSpec, dims: &str) -> BTreeMap<String, String> {
+    let mut labels = spec.labels.clone();
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(dims) {
+        for (k, v) in map {
+            let v = v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+            labels.insert(k, v);
+        }
+    }
+    labels.insert("kpi".to_owned(), spec.id.to_string());
+    labels.insert("severity".to_owned(), spec.severity.to_string());
+    if let Some(owner) = &spec.owner {
+        labels.insert("owner".to_owned(), owner.clone());
+    }
+    labels
+}
+
+/// Why an alert with `labels` is not to be sent at `now`, if it is not.
+pub fn suppression(
+    labels: &BTreeMap<String, String>,
+    silences: &[silence::Silence],
+    windows: &[silence::MaintenanceWindow],
+    now: DateTime<Utc>,
+) -> Option<String> {
+    if let Some(s) = silences.iter().find(|s| s.silences(labels, now.timestamp())) {
+        return Some(format!("silence {}", s.id));
+    }
+    windows
+        .iter()
+        .find(|w| w.covers(labels, now))
+        .map(|w| format!("maintenance {}", w.name))
+}
+
+/// Build the store change for a decision, rendering the messages for `targets`.
 pub fn change_for(
     decision: Decision,
     open: Option<&AlertRow>,
     cx: &MessageContext<'_>,
-    recipients: &[String],
+    targets: &[receivers::Target],
+    suppressed_by: Option<&str>,
 ) -> Option<AlertChange> {
     let notify = |resolved| {
         let (subject, body) = message(cx, resolved);
-        recipients
+        targets
             .iter()
-            .map(|r| NewNotification {
-                channel: "email".to_owned(),
-                recipient: r.clone(),
+            .map(|t| NewNotification {
+                channel: t.channel.clone(),
+                recipient: t.recipient.clone(),
                 subject: subject.clone(),
                 body: body.clone(),
+                suppressed_by: suppressed_by.map(str::to_owned),
             })
             .collect()
     };
@@ -238,12 +279,22 @@ pub fn change_for(
     }
 }
 
-/// Deliver every pending notification; returns how many were sent. A failed one stays
-/// pending (and is retried next time) without blocking the others.
-pub async fn deliver_pending(store: &Store, mailer: &Mailer) -> Result<DeliveryReport> {
+/// How long to wait before retrying a delivery that failed `attempts` times: exponential
+/// from 30 s, capped at one hour.
+pub fn retry_delay(attempts: i64) -> i64 {
+    30_i64.saturating_mul(1_i64 << attempts.clamp(0, 7)).min(3600)
+}
+
+/// Deliver every notification due at `now`; a failure is retried later with backoff
+/// without blocking the others.
+pub async fn deliver_pending(store: &Store, mailer: &Mailer, now: i64) -> Result<DeliveryReport> {
     let mut report = DeliveryReport::default();
-    for n in store.pending_notifications(100).await? {
-        match mailer.send(&n.recipient, &n.subject, &n.body).await {
+    for n in store.pending_notifications(now, 100).await? {
+        let sent = match n.channel.as_str() {
+            "email" => mailer.send(&n.recipient, &n.subject, &n.body).await,
+            other => Err(Error::Build(format!("no channel {other:?} in this version"))),
+        };
+        match sent {
             Ok(()) => {
                 store.mark_sent(n.id).await?;
                 tracing::info!(
@@ -257,8 +308,13 @@ pub async fn deliver_pending(store: &Store, mailer: &Mailer) -> Result<DeliveryR
                 report.sent += 1;
             }
             Err(error) => {
-                store.mark_failed(n.id, &error.to_string()).await?;
-                tracing::warn!(message = "Notification delivery failed.", notification = n.id, %error);
+                // A malformed message will not get better; a transport failure may.
+                let retry_at = match error {
+                    Error::Build(_) => None,
+                    _ => Some(now + retry_delay(n.attempts)),
+                };
+                store.mark_failed(n.id, &error.to_string(), retry_at).await?;
+                tracing::warn!(message = "Notification delivery failed.", notification = n.id, attempts = n.attempts + 1, retry_at, %error);
                 report.failed += 1;
             }
         }
@@ -314,6 +370,14 @@ mod tests {
         assert_eq!(decide(Some(&open(1)), &verdict(false), 3), Decision::Recovering);
         assert_eq!(decide(Some(&open(2)), &verdict(false), 3), Decision::Resolve);
         assert_eq!(decide(None, &verdict(false), 3), Decision::Nothing);
+    }
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_an_hour() {
+        assert_eq!(retry_delay(0), 30);
+        assert_eq!(retry_delay(1), 60);
+        assert_eq!(retry_delay(3), 240);
+        assert_eq!(retry_delay(40), 3600);
     }
 
     #[test]

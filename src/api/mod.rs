@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -53,6 +53,12 @@ impl From<crate::store::Error> for ApiError {
     }
 }
 
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        ApiError::BadRequest(e.body_text())
+    }
+}
+
 impl From<QueryRejection> for ApiError {
     fn from(e: QueryRejection) -> Self {
         ApiError::BadRequest(e.body_text())
@@ -89,6 +95,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/kpis", get(list_kpis))
         .route("/api/kpis/{id}/series", get(series))
         .route("/api/anomalies", get(anomalies))
+        .route("/api/alerts", get(alerts))
+        .route("/api/silences", get(list_silences).post(create_silence))
+        .route("/api/silences/{id}", axum::routing::delete(expire_silence))
         .fallback(|| async { ApiError::NotFound("no such endpoint".to_owned()) })
         .with_state(state)
 }
@@ -354,4 +363,178 @@ async fn anomalies(
     }
     let rows = state.store.anomalies(q.kpi.as_deref(), since, limit).await?;
     Ok(Json(rows.into_iter().map(AnomalyDto::from).collect()))
+}
+
+#[derive(Serialize)]
+struct AlertDto {
+    id: i64,
+    series_id: i64,
+    state: String,
+    started_at: Option<String>,
+    last_anomaly_at: Option<String>,
+    resolved_at: Option<String>,
+}
+
+async fn alerts(State(state): State<AppState>) -> ApiResult<Json<Vec<AlertDto>>> {
+    let rows = state.store.alerts(200).await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|a| AlertDto {
+                id: a.id,
+                series_id: a.series_id,
+                state: a.state,
+                started_at: iso(a.started_ts),
+                last_anomaly_at: iso(a.last_anomaly_ts),
+                resolved_at: a.resolved_ts.and_then(iso),
+            })
+            .collect(),
+    ))
+}
+
+/// A new silence.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSilence {
+    /// Label matchers: `value`, `!value` or `~regex`; at least one.
+    matchers: BTreeMap<String, String>,
+    /// RFC 3339; default now.
+    starts_at: Option<String>,
+    /// RFC 3339; or give `duration`.
+    ends_at: Option<String>,
+    /// e.g. `2h`.
+    duration: Option<String>,
+    author: String,
+    comment: String,
+}
+
+#[derive(Serialize)]
+struct SilenceDto {
+    id: i64,
+    matchers: serde_json::Value,
+    starts_at: Option<String>,
+    ends_at: Option<String>,
+    author: String,
+    comment: String,
+    active: bool,
+}
+
+const MAX_SILENCE_SECS: i64 = 90 * 86_400;
+
+fn text_field(name: &str, value: &str, max: usize) -> ApiResult<()> {
+    if value.trim().is_empty() || value.len() > max || value.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(format!(
+            "`{name}` must be 1-{max} characters of printable text"
+        )));
+    }
+    Ok(())
+}
+
+async fn create_silence(
+    State(state): State<AppState>,
+    body: Result<Json<NewSilence>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<SilenceDto>)> {
+    let Json(new) = body?;
+    let now = state.clock.now().timestamp();
+    if new.matchers.is_empty() || new.matchers.len() > 20 {
+        return Err(ApiError::BadRequest(
+            "`matchers` needs 1-20 label matchers".to_owned(),
+        ));
+    }
+    for (label, pattern) in &new.matchers {
+        text_field("matchers label", label, 64)?;
+        if pattern.len() > 256 {
+            return Err(ApiError::BadRequest(format!(
+                "matcher for {label:?} is longer than 256 characters"
+            )));
+        }
+        let probe = crate::config::RoutingConfig {
+            receivers: Vec::new(),
+            routes: vec![crate::config::RouteConfig {
+                matchers: [(label.clone(), pattern.clone())].into(),
+                ..crate::config::RouteConfig::default()
+            }],
+        };
+        if let Some(problem) = probe.validate(&|_| true).into_iter().next() {
+            return Err(ApiError::BadRequest(problem));
+        }
+    }
+    text_field("author", &new.author, 128)?;
+    text_field("comment", &new.comment, 2000)?;
+    let starts_at = match &new.starts_at {
+        Some(s) => parse_instant("starts_at", s)?,
+        None => now,
+    };
+    let ends_at = match (&new.ends_at, &new.duration) {
+        (Some(e), None) => parse_instant("ends_at", e)?,
+        (None, Some(d)) => {
+            let d = humantime::parse_duration(d)
+                .map_err(|e| ApiError::BadRequest(format!("`duration` {d:?}: {e}")))?;
+            starts_at.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        }
+        _ => {
+            return Err(ApiError::BadRequest(
+                "give exactly one of `ends_at` and `duration`".to_owned(),
+            ))
+        }
+    };
+    if ends_at <= starts_at || ends_at <= now {
+        return Err(ApiError::BadRequest(
+            "the silence must end after it starts and in the future".to_owned(),
+        ));
+    }
+    if ends_at - starts_at > MAX_SILENCE_SECS {
+        return Err(ApiError::BadRequest(
+            "a silence may last at most 90 days".to_owned(),
+        ));
+    }
+    let matchers = serde_json::to_string(&new.matchers).map_err(anyhow::Error::from)?;
+    let id = state
+        .store
+        .create_silence(&matchers, starts_at, ends_at, &new.author, &new.comment)
+        .await?;
+    tracing::info!(message = "Silence created.", id, author = %new.author, %matchers);
+    Ok((
+        StatusCode::CREATED,
+        Json(SilenceDto {
+            id,
+            matchers: serde_json::to_value(&new.matchers).map_err(anyhow::Error::from)?,
+            starts_at: iso(starts_at),
+            ends_at: iso(ends_at),
+            author: new.author,
+            comment: new.comment,
+            active: starts_at <= now,
+        }),
+    ))
+}
+
+async fn list_silences(State(state): State<AppState>) -> ApiResult<Json<Vec<SilenceDto>>> {
+    let now = state.clock.now().timestamp();
+    // Active and upcoming ones, plus those that ended in the last day.
+    let rows = state.store.silences(now - 86_400).await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|r| SilenceDto {
+                id: r.id,
+                matchers: serde_json::from_str(&r.matchers).unwrap_or(serde_json::Value::Null),
+                starts_at: iso(r.starts_at),
+                ends_at: iso(r.ends_at),
+                active: r.starts_at <= now && now < r.ends_at,
+                author: r.author,
+                comment: r.comment,
+            })
+            .collect(),
+    ))
+}
+
+async fn expire_silence(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("silence id {id:?} is not a number")))?;
+    let now = state.clock.now().timestamp();
+    if state.store.expire_silence(id, now).await? {
+        tracing::info!(message = "Silence expired.", id);
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!("no silence {id}")))
+    }
 }

@@ -7,8 +7,8 @@
 //! # Method (see `docs/DETECTION.md`)
 //! - Three candidate baselines run side by side: a level alone, a level times a daily profile
 //!   and a level times a weekly profile. With [`SeasonalityMode::Auto`] the one with the
-//!   lowest recent squared prediction error wins, simpler ones preferred unless the richer
-//!   one is at least 10% better.
+//!   lowest recent profile error wins: daily must beat a level alone by 10%, weekly only has
+//!   to match daily.
 //! - Each bucket gets a z-score from its noise model (Poisson counts, binomial ratios, both
 //!   with overdispersion estimated from residuals; gauges by relative spread). One bucket
 //!   beyond the single-bucket threshold fires at once; a two-sided CUSUM on the z-scores fires
@@ -252,8 +252,8 @@ pub struct OnlineDetector {
 }
 
 const SIMPLER_UNLESS_BETTER_BY: f64 = 0.9;
-/// A weekly profile also explains the daily one, so it wins unless clearly worse.
-const WEEKLY_UNLESS_WORSE_BY: f64 = 1.25;
+/// A weekly profile also explains the daily one, so it wins a tie.
+const WEEKLY_UNLESS_WORSE_BY: f64 = 1.0;
 const WINSOR_SD: f64 = 3.0;
 /// Cap on the residual autocorrelation the CUSUM corrects for.
 const MAX_AUTOCORRELATION: f64 = 0.8;

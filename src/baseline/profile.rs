@@ -304,11 +304,14 @@ impl SeasonalModel {
             // The prediction was made from this same state, for this same slot.
             pred.profile
         } else {
-            // An unseen slot learns its own value; the level then stays where it is.
+            // An unseen slot learns its own value against a level that stays put, so every
+            // slot of the first period is normalised by the same number.
             0.0
         };
         self.level_n = self.level_n.saturating_add(1);
-        if self.level_n == 1 {
+        if self.level_n == 1 || (self.level_num == 0.0 && obs != 0.0) {
+            // The first observation that is not zero sets the units: slots seen before it
+            // hold zeros, which are zero in any units.
             self.level_num = obs;
             self.level_den = weight;
         } else if s > 0.0 {

@@ -7,16 +7,19 @@ const DAY: i64 = 86_400;
 /// 2026-03-02 00:00, a Monday.
 const T0: i64 = 1_772_409_600;
 
-/// Deterministic noise for constructed series (xorshift; not a statistics library).
+/// Deterministic noise for constructed series (splitmix64; not a statistics library).
 #[derive(Debug)]
 struct Noise(u64);
 
 impl Noise {
     fn uniform(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        // splitmix64: consecutive draws are independent enough for test series.
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        ((z >> 11) as f64 + 0.5) / (1u64 << 53) as f64
     }
 
     fn normal(&mut self) -> f64 {
@@ -151,7 +154,8 @@ fn a_moderate_sustained_drop_fires_within_a_few_buckets() {
 
 #[test]
 fn a_level_shift_is_flagged_then_learned_as_the_new_normal() {
-    let start = 3 * 168;
+    // At noon of the fourth Monday, a -40% shift.
+    let start = 3 * 168 + 12;
     let series = hourly_counts(5, 6, |ts| {
         let i = (ts - T0) / HOUR;
         let level = if i >= start { 120.0 } else { 200.0 };

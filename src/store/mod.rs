@@ -220,6 +220,25 @@ pub struct NewNotification {
     pub subject: String,
     /// Body.
     pub body: String,
+    /// Why it is recorded but not sent (a silence or maintenance window), if so.
+    pub suppressed_by: Option<String>,
+}
+
+/// A silence as stored.
+#[derive(Debug, Clone, PartialEq, FromRow, Serialize)]
+pub struct SilenceRow {
+    /// Id.
+    pub id: i64,
+    /// Matchers as a JSON object.
+    pub matchers: String,
+    /// Start, unix seconds.
+    pub starts_at: i64,
+    /// End, unix seconds.
+    pub ends_at: i64,
+    /// Who made it.
+    pub author: String,
+    /// Why.
+    pub comment: String,
 }
 
 /// What to do with a series' alert for one bucket; decided by `alerting`, applied here.
@@ -602,8 +621,8 @@ impl Store {
         };
         for n in notify {
             sqlx::query(
-                "INSERT INTO notifications (alert_id, event, channel, recipient, subject, body, status, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, 'pending', ?) ON CONFLICT DO NOTHING",
+                "INSERT INTO notifications (alert_id, event, channel, recipient, subject, body, status, suppressed_by, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             )
             .bind(alert_id)
             .bind(event)
@@ -611,6 +630,8 @@ impl Store {
             .bind(&n.recipient)
             .bind(&n.subject)
             .bind(&n.body)
+            .bind(if n.suppressed_by.is_some() { "silenced" } else { "pending" })
+            .bind(&n.suppressed_by)
             .bind(now)
             .execute(&mut *tx)
             .await?;
@@ -619,12 +640,13 @@ impl Store {
         Ok(())
     }
 
-    /// Notifications waiting for delivery, oldest first.
-    pub async fn pending_notifications(&self, limit: i64) -> Result<Vec<NotificationRow>> {
+    /// Notifications due for a delivery attempt at `now`, oldest first.
+    pub async fn pending_notifications(&self, now: i64, limit: i64) -> Result<Vec<NotificationRow>> {
         Ok(sqlx::query_as::<_, NotificationRow>(
             "SELECT id, alert_id, event, channel, recipient, subject, body, status, attempts FROM notifications
-             WHERE status = 'pending' ORDER BY id LIMIT ?",
+             WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
         )
+        .bind(now)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?)
@@ -651,13 +673,62 @@ impl Store {
         Ok(())
     }
 
-    /// Record a failed delivery attempt; it stays pending.
-    pub async fn mark_failed(&self, id: i64, error: &str) -> Result<()> {
-        sqlx::query("UPDATE notifications SET attempts = attempts + 1, last_error = ? WHERE id = ?")
-            .bind(error)
+    /// Record a failed delivery attempt: retried at `retry_at`, or given up (`None`).
+    pub async fn mark_failed(&self, id: i64, error: &str, retry_at: Option<i64>) -> Result<()> {
+        sqlx::query(
+            "UPDATE notifications SET attempts = attempts + 1, last_error = ?,
+               status = CASE WHEN ? IS NULL THEN 'failed' ELSE status END,
+               next_attempt_at = coalesce(?, next_attempt_at) WHERE id = ?",
+        )
+        .bind(error)
+        .bind(retry_at)
+        .bind(retry_at)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Create a silence; returns its id.
+    pub async fn create_silence(
+        &self,
+        matchers: &str,
+        starts_at: i64,
+        ends_at: i64,
+        author: &str,
+        comment: &str,
+    ) -> Result<i64> {
+        let row = sqlx::query(
+            "INSERT INTO silences (matchers, starts_at, ends_at, author, comment, created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(matchers)
+        .bind(starts_at)
+        .bind(ends_at)
+        .bind(author)
+        .bind(comment)
+        .bind(now_secs())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("id")?)
+    }
+
+    /// Silences that end after `since`, newest first.
+    pub async fn silences(&self, since: i64) -> Result<Vec<SilenceRow>> {
+        Ok(sqlx::query_as::<_, SilenceRow>(
+            "SELECT id, matchers, starts_at, ends_at, author, comment FROM silences WHERE ends_at > ? ORDER BY id DESC",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// End a silence at `now` (if it ends later); returns whether it existed.
+    pub async fn expire_silence(&self, id: i64, now: i64) -> Result<bool> {
+        let done = sqlx::query("UPDATE silences SET ends_at = min(ends_at, ?) WHERE id = ?")
+            .bind(now)
             .bind(id)
             .execute(&self.pool)
             .await?;
-        Ok(())
+        Ok(done.rows_affected() > 0)
     }
 }

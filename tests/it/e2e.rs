@@ -29,7 +29,7 @@ recipients = ["oncall@example.com"]
 "#;
 const QUERY: &str = "SELECT ts, n AS value FROM order_counts WHERE ts >= :start AND ts < :end";
 
-fn t0() -> DateTime<Utc> {
+pub(crate) fn t0() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-03-30T12:00:00Z")
         .expect("valid")
         .with_timezone(&Utc)
@@ -41,13 +41,13 @@ fn rate(t: DateTime<Utc>) -> f64 {
     120.0 + 60.0 * ((hour - 14.0) / 24.0 * std::f64::consts::TAU).cos()
 }
 
-struct Shop {
+pub(crate) struct Shop {
     pool: SqlitePool,
     rng: StdRng,
 }
 
 impl Shop {
-    async fn create(path: &Path) -> Self {
+    pub(crate) async fn create(path: &Path) -> Self {
         let pool = SqlitePool::connect(&format!("sqlite://{}?mode=rwc", path.display()))
             .await
             .expect("shop db");
@@ -61,7 +61,7 @@ impl Shop {
     }
 
     /// Normal traffic for the buckets in [from, to).
-    async fn traffic(&mut self, from: DateTime<Utc>, to: DateTime<Utc>) {
+    pub(crate) async fn traffic(&mut self, from: DateTime<Utc>, to: DateTime<Utc>) {
         let mut tx = self.pool.begin().await.expect("tx");
         let mut t = from;
         while t < to {
@@ -82,7 +82,7 @@ fn spec() -> KpiSpec {
     KpiSpec::parse("orders", MODEL, QUERY, Path::new("models/orders")).expect("valid model")
 }
 
-async fn build(dir: &Path, smtp: &SmtpServer, clock: &ManualClock) -> Application {
+pub(crate) async fn build(dir: &Path, smtp: &SmtpServer, clock: &ManualClock) -> Application {
     let shop_url = format!("sqlite://{}", dir.join("shop.db").display());
     let settings = settings(
         dir,
@@ -106,7 +106,7 @@ async fn build(dir: &Path, smtp: &SmtpServer, clock: &ManualClock) -> Applicatio
 }
 
 /// Advance 5 minutes at a time to `until`, one scheduler pass per step.
-async fn drive(app: &Application, clock: &ManualClock, until: DateTime<Utc>) {
+pub(crate) async fn drive(app: &Application, clock: &ManualClock, until: DateTime<Utc>) {
     while clock_now(clock) < until {
         clock.advance(Duration::minutes(5));
         for (id, result) in app.scheduler().run_due().await {

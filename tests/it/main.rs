@@ -3,6 +3,7 @@
 //! The one integration test binary: real SQLite, PostgreSQL and MariaDB sources, a real
 //! SMTP server on loopback, the service driven by a manual clock.
 
+mod alerting;
 mod cli;
 mod e2e;
 mod helpers;

@@ -1,0 +1,16 @@
+-- Silences (created through the API) and delivery retries for the notification outbox.
+
+CREATE TABLE silences (
+    id         INTEGER PRIMARY KEY,
+    matchers   TEXT NOT NULL,      -- JSON object label -> pattern (value, !value, ~regex)
+    starts_at  INTEGER NOT NULL,
+    ends_at    INTEGER NOT NULL,
+    author     TEXT NOT NULL,
+    comment    TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX silences_active ON silences(ends_at);
+
+-- pending | sent | silenced | failed (gave up: not retryable)
+ALTER TABLE notifications ADD COLUMN next_attempt_at INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE notifications ADD COLUMN suppressed_by TEXT;
