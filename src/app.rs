@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::alerting::receivers::Receivers;
-use crate::alerting::Mailer;
+use crate::alerting::{LinkSigner, Mailer};
 use crate::api::{self, AppState};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
@@ -88,6 +88,17 @@ impl Application {
         if let Err(error) = mailer.healthcheck().await {
             warn!(message = "E-mail healthcheck failed; alerts will queue until it works.", %error);
         }
+        let secret = match &settings.alerting.link_secret {
+            Some(secret) => secret.expose_secret().to_owned(),
+            None => store
+                .meta_get_or_init("link_secret", || {
+                    let bytes: [u8; 32] = rand::random();
+                    hex::encode(bytes)
+                })
+                .await
+                .context("Failed to read the link secret")?,
+        };
+        let signer = LinkSigner::new(&secret);
         let listener = TcpListener::bind(settings.http.bind)
             .await
             .with_context(|| format!("Failed to bind {}", settings.http.bind))?;
@@ -100,6 +111,7 @@ impl Application {
             metrics: Arc::clone(&metrics),
             mailer,
             receivers,
+            signer: signer.clone(),
         };
         let by_id: BTreeMap<String, KpiSpec> = specs.iter().map(|s| (s.id.to_string(), s.clone())).collect();
         let scheduler = Scheduler::new(cx, Arc::new(specs), Arc::clone(&opts.clock));
@@ -108,6 +120,7 @@ impl Application {
             specs: Arc::new(by_id),
             metrics,
             clock: opts.clock,
+            signer,
         };
         Ok(Application {
             listener,

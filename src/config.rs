@@ -50,6 +50,9 @@ pub struct AlertingConfig {
     /// Recurring maintenance windows: alerts inside them are recorded, not sent.
     #[serde(default)]
     pub maintenance: Vec<MaintenanceWindow>,
+    /// Secret that signs the acknowledge links in messages (default: generated once and kept
+    /// in the state store).
+    pub link_secret: Option<SecretString>,
     /// Named receivers (`type = "email" | "webhook" | "slack" | …`), parsed by `alerting`.
     #[serde(default)]
     pub receivers: BTreeMap<String, toml::Table>,

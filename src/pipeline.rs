@@ -23,12 +23,12 @@ use chrono::{DateTime, Offset, TimeZone, Utc};
 use tracing::{info, instrument, warn};
 
 use crate::alerting::receivers::Receivers;
-use crate::alerting::{self, BucketVerdict, Mailer, MessageContext};
+use crate::alerting::{self, lifecycle, BucketVerdict, LinkSigner, Mailer, MessageContext};
 use crate::baseline::{Bucket, DetectorConfig, OnlineDetector, SeasonalityMode, Status};
 use crate::config::{SchedulerConfig, Settings};
 use crate::kpi::{Kind, KpiSpec, SeasonalitySetting};
 use crate::sources::{self, RawRow, SourceRegistry, Window};
-use crate::store::{EvaluationRow, NewAnomaly, ObservationRow, Store};
+use crate::store::{AlertRow, EvaluationRow, NewAnomaly, ObservationRow, Store};
 use crate::telemetry::{KpiLabels, Metrics, RunLabels, SourceLabels};
 
 /// What a run needs: handles, not logic.
@@ -46,6 +46,8 @@ pub struct Context {
     pub mailer: Mailer,
     /// Named receivers for routed alerts.
     pub receivers: Receivers,
+    /// Signs the links in messages.
+    pub signer: LinkSigner,
 }
 
 /// What one run did.
@@ -93,14 +95,20 @@ pub fn due_window(
 #[instrument(skip_all, fields(kpi = %spec.id))]
 pub async fn run_kpi(cx: &Context, spec: &KpiSpec, now: DateTime<Utc>) -> anyhow::Result<RunOutcome> {
     let store = &cx.store;
-    store
-        .upsert_kpi(spec)
-        .await
-        .context("Failed to register the KPI")?;
-    let state = store
+    let mut state = store
         .kpi(spec.id.as_str())
         .await
         .context("Failed to read KPI state")?;
+    if state.is_none() {
+        store
+            .upsert_kpi(spec)
+            .await
+            .context("Failed to register the KPI")?;
+        state = store
+            .kpi(spec.id.as_str())
+            .await
+            .context("Failed to read KPI state")?;
+    }
     let fetched_until = state.and_then(|s| s.fetched_until);
     let Some((start, end)) = due_window(spec, &cx.settings.scheduler, fetched_until, now) else {
         return Ok(RunOutcome::NotDue);
@@ -137,6 +145,17 @@ pub async fn run_kpi(cx: &Context, spec: &KpiSpec, now: DateTime<Utc>) -> anyhow
             };
             warn!(message = "KPI query failed.", status, %error);
             count_run(cx, spec, status);
+            let behind = (end - fetched_until.unwrap_or(start)) / spec.interval.secs_i64();
+            if behind >= DATA_MISSING_AFTER_BUCKETS {
+                data_missing_alert(
+                    cx,
+                    spec,
+                    fetched_until.unwrap_or(start),
+                    Some(&error.to_string()),
+                    now,
+                )
+                .await?;
+            }
             store
                 .record_run(
                     spec.id.as_str(),
@@ -151,6 +170,9 @@ pub async fn run_kpi(cx: &Context, spec: &KpiSpec, now: DateTime<Utc>) -> anyhow
             return Ok(outcome);
         }
     };
+
+    // Data is back: close a data-missing alert before judging, so anomalies are not inhibited.
+    data_missing_alert(cx, spec, start, None, now).await?;
 
     // Store observations, zero-filling counts for every known series.
     let mut series = series;
@@ -213,6 +235,96 @@ pub async fn run_kpi(cx: &Context, spec: &KpiSpec, now: DateTime<Utc>) -> anyhow
         live_anomalies,
         alerts_opened,
     })
+}
+
+/// A KPI whose data is this many buckets late because its query fails gets a "data missing"
+/// alert (and its anomaly alerts are held back until data returns).
+pub const DATA_MISSING_AFTER_BUCKETS: i64 = 2;
+
+/// Open (with `error`) or resolve (without) the KPI's data-missing alert.
+async fn data_missing_alert(
+    cx: &Context,
+    spec: &KpiSpec,
+    since: i64,
+    error: Option<&str>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let store = &cx.store;
+    let fp = alerting::fingerprint("data_missing", spec, "{}");
+    let open = store.open_alert(&fp).await?;
+    let labels = alerting::alert_labels(spec, "{}");
+    let targets = targets_for(cx, spec, &labels);
+    let public_url = &cx.settings.http.public_url;
+    match (open, error) {
+        (None, Some(error)) => {
+            let row = AlertRow {
+                id: 0,
+                kpi_id: spec.id.to_string(),
+                series_id: None,
+                kind: "data_missing".to_owned(),
+                fingerprint: fp,
+                state: "firing".to_owned(),
+                severity: spec.severity.to_string(),
+                started_ts: since,
+                last_anomaly_ts: now.timestamp(),
+                hits_mask: 0,
+                seen: 0,
+                ok_streak: 0,
+                notified_at: Some(now.timestamp()),
+                repeats: 0,
+                resolved_ts: None,
+                acknowledged_by: None,
+                acknowledged_at: None,
+                summary: error.to_owned(),
+            };
+            let (subject, body) =
+                alerting::message::data_missing_message(spec, false, since, error, public_url, None);
+            let silences = load_silences(store, now).await?;
+            let suppressed =
+                alerting::suppression(&labels, &silences, &cx.settings.alerting.maintenance, now);
+            let notify = alerting::notifications(&targets, &subject, &body, suppressed.as_deref());
+            store.save_alert(&row, Some("firing"), &notify).await?;
+            warn!(message = "KPI data missing alert firing.", since = %ts(since)?, %error);
+        }
+        (Some(open), None) => {
+            let (subject, body) =
+                alerting::message::data_missing_message(spec, true, open.started_ts, "", public_url, None);
+            let notify = alerting::notifications(&targets, &subject, &body, None);
+            let row = AlertRow {
+                state: "resolved".to_owned(),
+                resolved_ts: Some(now.timestamp()),
+                ..open
+            };
+            store.save_alert(&row, Some("resolved"), &notify).await?;
+            info!(message = "KPI data missing alert resolved.");
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Who hears about this KPI's alerts: the model's recipients and the routed receivers,
+/// else the configured default recipients.
+fn targets_for(
+    cx: &Context,
+    spec: &KpiSpec,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Vec<alerting::receivers::Target> {
+    let routed = cx
+        .settings
+        .alerting
+        .routing
+        .receivers_for(labels)
+        .unwrap_or_else(|error| {
+            warn!(message = "Routing failed; using the model's recipients only.", %error);
+            Vec::new()
+        });
+    let targets = cx.receivers.targets(&spec.recipients, &routed);
+    if targets.is_empty() {
+        cx.receivers.targets(&cx.settings.email.default_recipients, &[])
+    } else {
+        targets
+    }
 }
 
 /// Count delivered and failed notifications.
@@ -364,21 +476,16 @@ async fn judge_series(
         ..JudgeSummary::default()
     };
     let labels = alerting::alert_labels(spec, dims);
-    let routed = cx
-        .settings
-        .alerting
-        .routing
-        .receivers_for(&labels)
-        .unwrap_or_else(|error| {
-            warn!(message = "Routing failed; using the model's recipients only.", %error);
-            Vec::new()
-        });
-    let mut targets = cx.receivers.targets(&spec.recipients, &routed);
-    if targets.is_empty() {
-        targets = cx.receivers.targets(&cx.settings.email.default_recipients, &[]);
-    }
+    let targets = targets_for(cx, spec, &labels);
     let silences = load_silences(store, now).await?;
-    let suppressed_by = alerting::suppression(&labels, &silences, &cx.settings.alerting.maintenance, now);
+    let inhibited = store
+        .open_alert(&alerting::fingerprint("data_missing", spec, "{}"))
+        .await?
+        .map(|_| "inhibited: data missing".to_owned());
+    let suppressed_by = inhibited
+        .or_else(|| alerting::suppression(&labels, &silences, &cx.settings.alerting.maintenance, now));
+    let rule = alerting::rule_for(spec, sched.recovery_buckets);
+    let fp = alerting::fingerprint("anomaly", spec, dims);
     for (t, v) in verdicts.iter().filter(|(t, _)| *t >= horizon) {
         let verdict = BucketVerdict {
             ts: *t,
@@ -401,29 +508,88 @@ async fn judge_series(
                 })
                 .inc();
         }
-        let open = store.open_alert(series_id).await?;
-        let decision = alerting::decide(open.as_ref(), &verdict, sched.recovery_buckets);
-        let message_cx = MessageContext {
-            spec,
-            dims,
-            verdict: &verdict,
-            since: open.as_ref().map_or(*t, |a| a.started_ts),
-            public_url: &cx.settings.http.public_url,
+        let open = store.open_alert(&fp).await?;
+        let incident = open.as_ref().map(alerting::incident_of);
+        let severity = alerting::severity_for(spec, &verdict);
+        let bucket_end = t + step;
+        let step_result = lifecycle::step(incident.as_ref(), &verdict, &rule, severity, bucket_end);
+        let (row, event) = match step_result {
+            lifecycle::Step::Nothing => continue,
+            lifecycle::Step::Open(inc, event) | lifecycle::Step::Update(inc, event) => {
+                let base = open.clone().unwrap_or_else(|| AlertRow {
+                    id: 0,
+                    kpi_id: spec.id.to_string(),
+                    series_id: Some(series_id),
+                    kind: "anomaly".to_owned(),
+                    fingerprint: fp.clone(),
+                    state: String::new(),
+                    severity: String::new(),
+                    started_ts: *t,
+                    last_anomaly_ts: *t,
+                    hits_mask: 0,
+                    seen: 0,
+                    ok_streak: 0,
+                    notified_at: None,
+                    repeats: 0,
+                    resolved_ts: None,
+                    acknowledged_by: None,
+                    acknowledged_at: None,
+                    summary: String::new(),
+                });
+                (alerting::row_of(&inc, base), event)
+            }
+            lifecycle::Step::Close { resolved, event } => {
+                let Some(open) = open.clone() else { continue };
+                let state = if resolved { "resolved" } else { "cancelled" };
+                (
+                    AlertRow {
+                        state: state.to_owned(),
+                        resolved_ts: Some(*t),
+                        ..open
+                    },
+                    event,
+                )
+            }
         };
-        if let Some(change) = alerting::change_for(
-            decision,
-            open.as_ref(),
-            &message_cx,
-            &targets,
-            suppressed_by.as_deref(),
-        ) {
-            store.apply_alert_change(series_id, &change).await?;
-            match decision {
-                alerting::Decision::Open => {
+        let mut row = row;
+        if v.anomaly {
+            row.summary = format!(
+                "{} at {}: {:.4} (expected {:.4}, band {:.4}..{:.4}, volume {:.0})",
+                spec.id,
+                alerting::message::fmt_ts(*t),
+                v.value,
+                v.expected,
+                v.lower,
+                v.upper,
+                v.volume
+            );
+        }
+        // The alert needs an id for its acknowledge link: store it first, then the messages.
+        let opened = row.id == 0;
+        let id = store.save_alert(&row, None, &[]).await?;
+        row.id = id;
+        if let Some(event) = event {
+            let severity = row.severity.parse().unwrap_or(spec.severity);
+            let message_cx = MessageContext {
+                spec,
+                dims,
+                verdict: &verdict,
+                since: row.started_ts,
+                severity,
+                public_url: &cx.settings.http.public_url,
+                ack_url: (event != lifecycle::Event::Resolved)
+                    .then(|| cx.signer.ack_url(&cx.settings.http.public_url, id)),
+            };
+            let (subject, body) = alerting::message::message(&message_cx, event);
+            let notify = alerting::notifications(&targets, &subject, &body, suppressed_by.as_deref());
+            store.save_alert(&row, Some(&event.name()), &notify).await?;
+            match event {
+                lifecycle::Event::Firing => {
                     summary.alerts_opened += 1;
                     cx.metrics.alerts_firing.inc();
                     warn!(
                         message = "KPI anomaly alert firing.",
+                        alert = id,
                         series = dims,
                         bucket = %ts(*t)?,
                         value = v.value,
@@ -431,20 +597,24 @@ async fn judge_series(
                         lower = v.lower,
                         upper = v.upper,
                         volume = v.volume,
+                        suppressed_by = suppressed_by.as_deref().unwrap_or("-"),
                     );
-                    if let Some(why) = &suppressed_by {
-                        info!(message = "Alert recorded but not sent.", suppressed_by = %why);
-                    }
                     if targets.is_empty() {
                         warn!(message = "Alert has no recipients; set recipients in the model or email.default_recipients.");
                     }
                 }
-                alerting::Decision::Resolve => {
+                lifecycle::Event::Resolved => {
                     cx.metrics.alerts_firing.dec();
-                    info!(message = "KPI anomaly alert resolved.", series = dims, bucket = %ts(*t)?);
+                    info!(message = "KPI anomaly alert resolved.", alert = id, series = dims, bucket = %ts(*t)?);
                 }
-                _ => {}
+                _ => info!(message = "KPI anomaly alert re-notified.", alert = id, event = %event.name()),
             }
+        } else if opened {
+            info!(
+                message = "KPI anomaly pending (trigger rule not yet met).",
+                alert = id,
+                series = dims
+            );
         }
     }
     Ok(summary)

@@ -66,22 +66,34 @@ CREATE TABLE anomalies (
 
 CREATE TABLE alerts (
     id              INTEGER PRIMARY KEY,
-    series_id       INTEGER NOT NULL REFERENCES series(id),
-    state           TEXT NOT NULL,   -- firing | resolved
-    started_ts      INTEGER NOT NULL,-- first anomalous bucket
+    kpi_id          TEXT NOT NULL REFERENCES kpis(id),
+    series_id       INTEGER REFERENCES series(id), -- NULL for KPI-level alerts (data missing)
+    kind            TEXT NOT NULL,    -- anomaly | data_missing
+    fingerprint     TEXT NOT NULL,    -- stable: kind + KPI + dimension values
+    state           TEXT NOT NULL,    -- pending | firing | resolved | cancelled
+    severity        TEXT NOT NULL,
+    started_ts      INTEGER NOT NULL, -- first anomalous bucket (or first failed run)
     last_anomaly_ts INTEGER NOT NULL,
+    hits_mask       INTEGER NOT NULL DEFAULT 0, -- pending: flagged buckets of the last M, newest = bit 0
+    seen            INTEGER NOT NULL DEFAULT 0, -- pending: buckets judged since it opened
     ok_streak       INTEGER NOT NULL DEFAULT 0,
+    notified_at     INTEGER,          -- bucket end of the last message (repeat_interval)
+    repeats         INTEGER NOT NULL DEFAULT 0,
     resolved_ts     INTEGER,
+    acknowledged_by TEXT,
+    acknowledged_at INTEGER,
+    summary         TEXT NOT NULL DEFAULT '',
     created_at      INTEGER NOT NULL
 );
--- At most one open incident per series.
-CREATE UNIQUE INDEX alerts_one_open_per_series ON alerts(series_id) WHERE state = 'firing';
+-- At most one open incident per fingerprint.
+CREATE UNIQUE INDEX alerts_one_open ON alerts(fingerprint) WHERE state IN ('pending', 'firing');
+CREATE INDEX alerts_by_kpi ON alerts(kpi_id, state);
 
 -- The outbox: written in the same transaction as the alert change, delivered by a worker.
 CREATE TABLE notifications (
     id         INTEGER PRIMARY KEY,
     alert_id   INTEGER NOT NULL REFERENCES alerts(id),
-    event      TEXT NOT NULL,        -- firing | resolved
+    event      TEXT NOT NULL,        -- firing | repeat-N | escalated-SEVERITY | resolved
     channel    TEXT NOT NULL,        -- email
     recipient  TEXT NOT NULL,
     subject    TEXT NOT NULL,

@@ -14,3 +14,9 @@ CREATE INDEX silences_active ON silences(ends_at);
 -- pending | sent | silenced | failed (gave up: not retryable)
 ALTER TABLE notifications ADD COLUMN next_attempt_at INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE notifications ADD COLUMN suppressed_by TEXT;
+
+-- Small key/value facts about this installation (e.g. the secret that signs links).
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);

@@ -1,15 +1,17 @@
 //! Turns the detector's verdicts into alerts people trust, and delivers them.
 //!
-//! - [`decide`] is the pure lifecycle rule: one open incident per series; it opens on an
-//!   anomalous bucket, stays open while anomalies continue, and resolves after
-//!   `recovery_buckets` in-band buckets. One message on firing, one on resolution.
-//! - [`message`] renders what a message says (KPI, expected vs actual, band, time, volume).
+//! - [`lifecycle`] is the pure incident state machine (pending → firing → resolved, trigger
+//!   and recovery rules, repeats, escalation); [`message`] renders what a message says.
+//! - [`routing`], [`receivers`] and [`silence`] decide who is told, and whether now.
 //! - [`Mailer`] delivers e-mail over SMTP or into an outbox folder of `.eml` files.
 //! - [`deliver_pending`] drains the notification outbox in the state store: a message is
-//!   marked sent only after the server accepted it, so a restart never loses one and never
-//!   re-sends one that was marked.
+//!   marked sent only after the transport accepted it; failures are retried with backoff.
+//!
+//! Knows nothing of sources or the detector's internals.
 
 mod email;
+pub mod lifecycle;
+pub mod message;
 pub mod receivers;
 pub mod routing;
 pub mod silence;
@@ -17,20 +19,24 @@ pub mod silence;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
 pub use email::Mailer;
+pub use message::MessageContext;
 
-use crate::kpi::KpiSpec;
-use crate::store::{self, AlertChange, AlertRow, NewNotification, Store};
+use self::lifecycle::{Incident, Phase, Rule};
+use crate::kpi::{KpiSpec, Severity};
+use crate::store::{self, AlertRow, NewNotification, Store};
 
 /// A delivery failure.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The message could not be built (bad address, …).
-    #[error("cannot build the e-mail: {0}")]
+    /// The message could not be built (bad address, …): retrying will not help.
+    #[error("cannot build the message: {0}")]
     Build(String),
-    /// The transport failed.
-    #[error("e-mail delivery failed: {0}")]
+    /// The transport failed; worth retrying.
+    #[error("delivery failed: {0}")]
     Transport(String),
     /// The state store failed.
     #[error(transparent)]
@@ -61,150 +67,8 @@ pub struct BucketVerdict {
     pub seasonality: String,
     /// Flagged?
     pub anomaly: bool,
-    /// Judged at all (not warming up / excluded)?
+    /// Judged at all (not warming up / low volume / missing)?
     pub judged: bool,
-}
-
-/// Which alert decision applies; the notifications are filled in by the caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// Nothing changes.
-    Nothing,
-    /// Open an incident.
-    Open,
-    /// The open incident continues.
-    StillFiring,
-    /// In band, not yet resolved.
-    Recovering,
-    /// Resolve the incident.
-    Resolve,
-}
-
-/// The lifecycle rule. Pure.
-pub fn decide(open: Option<&AlertRow>, v: &BucketVerdict, recovery_buckets: u32) -> Decision {
-    match (open, v.anomaly, v.judged) {
-        (None, true, _) => Decision::Open,
-        (None, false, _) => Decision::Nothing,
-        (Some(_), true, _) => Decision::StillFiring,
-        (Some(_), false, false) => Decision::Nothing,
-        (Some(a), false, true) => {
-            if a.ok_streak + 1 >= i64::from(recovery_buckets) {
-                Decision::Resolve
-            } else {
-                Decision::Recovering
-            }
-        }
-    }
-}
-
-/// Everything a message needs to say.
-#[derive(Debug)]
-pub struct MessageContext<'a> {
-    /// The KPI.
-    pub spec: &'a KpiSpec,
-    /// Series dimensions (JSON), `{}` for none.
-    pub dims: &'a str,
-    /// The bucket that caused the message.
-    pub verdict: &'a BucketVerdict,
-    /// When the incident started (first anomalous bucket).
-    pub since: i64,
-    /// Base URL for links.
-    pub public_url: &'a str,
-}
-
-fn fmt_ts(ts: i64) -> String {
-    DateTime::<Utc>::from_timestamp(ts, 0)
-        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
-        .unwrap_or_else(|| ts.to_string())
-}
-
-fn fmt_value(spec: &KpiSpec, v: f64) -> String {
-    match spec.kind {
-        crate::kpi::Kind::Ratio => format!("{:.2}%", v * 100.0),
-        _ if v.abs() >= 100.0 => format!("{v:.0}"),
-        _ => format!("{v:.2}"),
-    }
-}
-
-/// Subject and plain-text body for a firing or resolved message.
-pub fn message(cx: &MessageContext<'_>, resolved: bool) -> (String, String) {
-    let spec = cx.spec;
-    let v = cx.verdict;
-    let series = if cx.dims == "{}" {
-        String::new()
-    } else {
-        format!(" {}", cx.dims)
-    };
-    let change = if v.expected.abs() > f64::EPSILON {
-        format!("{:+.1}%", (v.value - v.expected) / v.expected.abs() * 100.0)
-    } else {
-        "n/a".to_owned()
-    };
-    let volume_label = match spec.kind {
-        crate::kpi::Kind::Ratio => "attempts (denominator)",
-        _ => "volume",
-    };
-    let (subject, headline) = if resolved {
-        (
-            format!("[RESOLVED] {}{series} is back in its band", spec.title),
-            format!(
-                "{}{series} is back within its expected band since {}.",
-                spec.title,
-                fmt_ts(v.ts)
-            ),
-        )
-    } else {
-        let word = if v.value < v.lower { "dropped" } else { "rose" };
-        (
-            format!(
-                "[{}] {}{series} {word} to {} (expected {})",
-                spec.severity.to_string().to_uppercase(),
-                spec.title,
-                fmt_value(spec, v.value),
-                fmt_value(spec, v.expected)
-            ),
-            format!(
-                "{}{series} {word} outside its expected band in the bucket starting {}.",
-                spec.title,
-                fmt_ts(v.ts)
-            ),
-        )
-    };
-    let body = format!(
-        "{headline}\n\n\
-         KPI:          {title} ({id})\n\
-         Series:       {dims}\n\
-         Actual:       {actual}\n\
-         Expected:     {expected} ({change})\n\
-         Band:         {lower} .. {upper}\n\
-         Score:        {score:.3}\n\
-         {volume_label:<13} {volume:.0}\n\
-         Bucket:       {bucket} ({interval} buckets)\n\
-         Since:        {since}\n\
-         Seasonality:  {seasonality}\n\
-         Severity:     {severity}\n\
-         Owner:        {owner}\n\n\
-         Series:    {url}/api/kpis/{id}/series\n\
-         Anomalies: {url}/api/anomalies?kpi={id}\n",
-        title = spec.title,
-        id = spec.id,
-        dims = cx.dims,
-        actual = fmt_value(spec, v.value),
-        expected = fmt_value(spec, v.expected),
-        lower = fmt_value(spec, v.lower),
-        upper = fmt_value(spec, v.upper),
-        score = v.score,
-        volume = v.volume,
-        volume_label = format!("{}:", volume_label),
-        bucket = fmt_ts(v.ts),
-        interval = spec.interval,
-        since = fmt_ts(cx.since),
-        seasonality = v.seasonality,
-        severity = spec.severity,
-        owner = spec.owner.as_deref().unwrap_or("-"),
-        url = cx.public_url.trim_end_matches('/'),
-    );
-    (subject, body)
 }
 
 /// The labels an alert is routed and silenced by: the model's labels, the series'
@@ -225,6 +89,34 @@ pub fn alert_labels(spec: &KpiSpec, dims: &str) -> BTreeMap<String, String> {
     labels
 }
 
+/// Stable identity of an incident: kind, KPI and dimension values.
+pub fn fingerprint(kind: &str, spec: &KpiSpec, dims: &str) -> String {
+    format!("{kind}:{}:{dims}", spec.id)
+}
+
+/// The severity a flagged bucket warrants: the model's, raised to critical when the value is
+/// at least 50% away from what was expected.
+pub fn severity_for(spec: &KpiSpec, v: &BucketVerdict) -> Severity {
+    let big = v.expected.is_finite()
+        && v.expected.abs() > f64::EPSILON
+        && ((v.value - v.expected) / v.expected).abs() >= 0.5;
+    if v.anomaly && big {
+        Severity::Critical
+    } else {
+        spec.severity
+    }
+}
+
+/// The lifecycle rule of a KPI (model settings, else scheduler defaults).
+pub fn rule_for(spec: &KpiSpec, default_recovery: u32) -> Rule {
+    Rule {
+        fire_n: spec.trigger.0,
+        fire_m: spec.trigger.1,
+        recover_k: spec.recover_after.unwrap_or(default_recovery),
+        repeat_secs: spec.repeat_interval.map(|d| d.as_secs() as i64),
+    }
+}
+
 /// Why an alert with `labels` is not to be sent at `now`, if it is not.
 pub fn suppression(
     labels: &BTreeMap<String, String>,
@@ -241,41 +133,113 @@ pub fn suppression(
         .map(|w| format!("maintenance {}", w.name))
 }
 
-/// Build the store change for a decision, rendering the messages for `targets`.
-pub fn change_for(
-    decision: Decision,
-    open: Option<&AlertRow>,
-    cx: &MessageContext<'_>,
+/// The open incident stored in `row`.
+pub fn incident_of(row: &AlertRow) -> Incident {
+    Incident {
+        phase: if row.state == "pending" {
+            Phase::Pending
+        } else {
+            Phase::Firing
+        },
+        severity: row.severity.parse().unwrap_or(Severity::Warning),
+        started_ts: row.started_ts,
+        last_anomaly_ts: row.last_anomaly_ts,
+        hits_mask: u32::try_from(row.hits_mask).unwrap_or(0),
+        seen: u32::try_from(row.seen).unwrap_or(0),
+        ok_streak: u32::try_from(row.ok_streak).unwrap_or(0),
+        notified_at: row.notified_at,
+        repeats: u32::try_from(row.repeats).unwrap_or(0),
+        acknowledged: row.acknowledged_by.is_some(),
+    }
+}
+
+/// `row` (or a new row) updated to `incident`.
+pub fn row_of(incident: &Incident, base: AlertRow) -> AlertRow {
+    AlertRow {
+        state: match incident.phase {
+            Phase::Pending => "pending",
+            Phase::Firing => "firing",
+        }
+        .to_owned(),
+        severity: incident.severity.to_string(),
+        started_ts: incident.started_ts,
+        last_anomaly_ts: incident.last_anomaly_ts,
+        hits_mask: i64::from(incident.hits_mask),
+        seen: i64::from(incident.seen),
+        ok_streak: i64::from(incident.ok_streak),
+        notified_at: incident.notified_at,
+        repeats: i64::from(incident.repeats),
+        ..base
+    }
+}
+
+/// One message for each target.
+pub fn notifications(
     targets: &[receivers::Target],
+    subject: &str,
+    body: &str,
     suppressed_by: Option<&str>,
-) -> Option<AlertChange> {
-    let notify = |resolved| {
-        let (subject, body) = message(cx, resolved);
-        targets
-            .iter()
-            .map(|t| NewNotification {
-                channel: t.channel.clone(),
-                recipient: t.recipient.clone(),
-                subject: subject.clone(),
-                body: body.clone(),
-                suppressed_by: suppressed_by.map(str::to_owned),
-            })
-            .collect()
-    };
-    let ts = cx.verdict.ts;
-    match (decision, open) {
-        (Decision::Open, _) => Some(AlertChange::Open {
-            ts,
-            notify: notify(false),
-        }),
-        (Decision::StillFiring, Some(a)) => Some(AlertChange::StillFiring { alert_id: a.id, ts }),
-        (Decision::Recovering, Some(a)) => Some(AlertChange::Recovering { alert_id: a.id }),
-        (Decision::Resolve, Some(a)) => Some(AlertChange::Resolve {
-            alert_id: a.id,
-            ts,
-            notify: notify(true),
-        }),
-        _ => None,
+) -> Vec<NewNotification> {
+    targets
+        .iter()
+        .map(|t| NewNotification {
+            channel: t.channel.clone(),
+            recipient: t.recipient.clone(),
+            subject: subject.to_owned(),
+            body: body.to_owned(),
+            suppressed_by: suppressed_by.map(str::to_owned),
+        })
+        .collect()
+}
+
+/// Signs and checks the links in messages (acknowledge), so they work without a login.
+#[derive(Clone)]
+pub struct LinkSigner {
+    key: Vec<u8>,
+}
+
+impl std::fmt::Debug for LinkSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinkSigner(..)")
+    }
+}
+
+impl LinkSigner {
+    /// A signer with this secret.
+    pub fn new(secret: &str) -> Self {
+        LinkSigner {
+            key: secret.as_bytes().to_vec(),
+        }
+    }
+
+    fn mac(&self, action: &str, id: i64) -> Option<Hmac<Sha256>> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).ok()?;
+        mac.update(format!("{action}:{id}").as_bytes());
+        Some(mac)
+    }
+
+    /// Hex signature of `action` on alert `id`.
+    pub fn sign(&self, action: &str, id: i64) -> String {
+        self.mac(action, id)
+            .map(|m| hex::encode(m.finalize().into_bytes()))
+            .unwrap_or_default()
+    }
+
+    /// Whether `sig` is the signature of `action` on `id` (constant time).
+    pub fn verify(&self, action: &str, id: i64, sig: &str) -> bool {
+        match (self.mac(action, id), hex::decode(sig)) {
+            (Some(mac), Ok(bytes)) => mac.verify_slice(&bytes).is_ok(),
+            _ => false,
+        }
+    }
+
+    /// The acknowledge link for alert `id`.
+    pub fn ack_url(&self, public_url: &str, id: i64) -> String {
+        format!(
+            "{}/ack/{id}?sig={}",
+            public_url.trim_end_matches('/'),
+            self.sign("ack", id)
+        )
     }
 }
 
@@ -283,6 +247,15 @@ pub fn change_for(
 /// from 30 s, capped at one hour.
 pub fn retry_delay(attempts: i64) -> i64 {
     30_i64.saturating_mul(1_i64 << attempts.clamp(0, 7)).min(3600)
+}
+
+/// Outcome of one [`deliver_pending`] pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryReport {
+    /// Delivered now.
+    pub sent: usize,
+    /// Failed now (retried later, or given up).
+    pub failed: usize,
 }
 
 /// Deliver every notification due at `now`; a failure is retried later with backoff
@@ -301,6 +274,7 @@ pub async fn deliver_pending(store: &Store, mailer: &Mailer, now: i64) -> Result
                     message = "Alert notification sent.",
                     notification = n.id,
                     event = %n.event,
+                    channel = %n.channel,
                     recipient = %n.recipient,
                     subject = %n.subject,
                     via = mailer.describe(),
@@ -314,7 +288,13 @@ pub async fn deliver_pending(store: &Store, mailer: &Mailer, now: i64) -> Result
                     _ => Some(now + retry_delay(n.attempts)),
                 };
                 store.mark_failed(n.id, &error.to_string(), retry_at).await?;
-                tracing::warn!(message = "Notification delivery failed.", notification = n.id, attempts = n.attempts + 1, retry_at, %error);
+                tracing::warn!(
+                    message = "Notification delivery failed.",
+                    notification = n.id,
+                    attempts = n.attempts + 1,
+                    retry_at,
+                    %error
+                );
                 report.failed += 1;
             }
         }
@@ -322,55 +302,9 @@ pub async fn deliver_pending(store: &Store, mailer: &Mailer, now: i64) -> Result
     Ok(report)
 }
 
-/// Outcome of one [`deliver_pending`] pass.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DeliveryReport {
-    /// Delivered now.
-    pub sent: usize,
-    /// Failed now (still pending).
-    pub failed: usize,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn verdict(anomaly: bool) -> BucketVerdict {
-        BucketVerdict {
-            ts: 0,
-            value: 0.4,
-            expected: 0.97,
-            lower: 0.9,
-            upper: 1.0,
-            score: 0.99,
-            volume: 120.0,
-            seasonality: "daily".to_owned(),
-            anomaly,
-            judged: true,
-        }
-    }
-
-    fn open(ok_streak: i64) -> AlertRow {
-        AlertRow {
-            id: 1,
-            series_id: 1,
-            state: "firing".to_owned(),
-            started_ts: 0,
-            last_anomaly_ts: 0,
-            ok_streak,
-            resolved_ts: None,
-        }
-    }
-
-    #[test]
-    fn an_anomaly_opens_once_and_recovery_needs_k_good_buckets() {
-        assert_eq!(decide(None, &verdict(true), 3), Decision::Open);
-        assert_eq!(decide(Some(&open(0)), &verdict(true), 3), Decision::StillFiring);
-        assert_eq!(decide(Some(&open(0)), &verdict(false), 3), Decision::Recovering);
-        assert_eq!(decide(Some(&open(1)), &verdict(false), 3), Decision::Recovering);
-        assert_eq!(decide(Some(&open(2)), &verdict(false), 3), Decision::Resolve);
-        assert_eq!(decide(None, &verdict(false), 3), Decision::Nothing);
-    }
 
     #[test]
     fn retries_back_off_exponentially_up_to_an_hour() {
@@ -381,37 +315,39 @@ mod tests {
     }
 
     #[test]
-    fn the_message_says_expected_actual_band_and_volume() {
-        let spec = crate::kpi::KpiSpec::parse(
-            "pay",
-            "title = \"Payment success\"\nsource = \"s\"\nkind = \"ratio\"\ninterval = \"5m\"\nseverity = \"critical\"",
+    fn signed_links_verify_only_for_their_alert_and_action() {
+        let signer = LinkSigner::new("s3cret");
+        let sig = signer.sign("ack", 7);
+        assert!(signer.verify("ack", 7, &sig));
+        assert!(!signer.verify("ack", 8, &sig));
+        assert!(!signer.verify("silence", 7, &sig));
+        assert!(!LinkSigner::new("other").verify("ack", 7, &sig));
+        assert!(!signer.verify("ack", 7, "zz"));
+    }
+
+    #[test]
+    fn a_huge_deviation_escalates_to_critical() {
+        let spec = KpiSpec::parse(
+            "k",
+            "source = \"s\"\nkind = \"count\"\ninterval = \"5m\"\nseverity = \"info\"",
             "SELECT 1 WHERE :start < :end",
             std::path::Path::new("m"),
         )
         .expect("valid");
-        let v = verdict(true);
-        let cx = MessageContext {
-            spec: &spec,
-            dims: "{}",
-            verdict: &v,
-            since: 0,
-            public_url: "http://x",
+        let mut v = BucketVerdict {
+            ts: 0,
+            value: 80.0,
+            expected: 100.0,
+            lower: 90.0,
+            upper: 110.0,
+            score: 0.99,
+            volume: 80.0,
+            seasonality: "none".to_owned(),
+            anomaly: true,
+            judged: true,
         };
-        let (subject, body) = message(&cx, false);
-        assert!(
-            subject.contains("[CRITICAL] Payment success dropped to 40.00%"),
-            "{subject}"
-        );
-        assert!(subject.contains("expected 97.00%"), "{subject}");
-        for needle in [
-            "Band:         90.00% .. 100.00%",
-            "attempts (denominator): 120",
-            "1970-01-01 00:00 UTC",
-            "-58.8%",
-        ] {
-            assert!(body.contains(needle), "{needle} missing in\n{body}");
-        }
-        let (subject, _) = message(&cx, true);
-        assert!(subject.starts_with("[RESOLVED]"));
+        assert_eq!(severity_for(&spec, &v), Severity::Info);
+        v.value = 0.0;
+        assert_eq!(severity_for(&spec, &v), Severity::Critical);
     }
 }

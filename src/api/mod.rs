@@ -15,6 +15,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use crate::alerting::LinkSigner;
 use crate::clock::Clock;
 use crate::kpi::KpiSpec;
 use crate::store::{AnomalyRow, EvaluationRow, ObservationRow, Store};
@@ -31,6 +32,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The clock ("now" for default ranges).
     pub clock: Arc<dyn Clock>,
+    /// Checks the signed links in messages.
+    pub signer: LinkSigner,
 }
 
 /// The API's error type.
@@ -42,6 +45,12 @@ pub enum ApiError {
     /// 400.
     #[error("{0}")]
     BadRequest(String),
+    /// 403.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 409.
+    #[error("{0}")]
+    Conflict(String),
     /// 500; the message is logged, not returned.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -75,6 +84,8 @@ impl IntoResponse for ApiError {
         let (status, message) = match &self {
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone()),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, m.clone()),
             ApiError::Internal(error) => {
                 tracing::error!(message = "API request failed.", error = format!("{error:#}"));
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
@@ -96,6 +107,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/kpis/{id}/series", get(series))
         .route("/api/anomalies", get(anomalies))
         .route("/api/alerts", get(alerts))
+        .route("/api/alerts/{id}/ack", axum::routing::post(ack_alert))
+        .route("/ack/{id}", get(ack_page).post(ack_by_link))
         .route("/api/silences", get(list_silences).post(create_silence))
         .route("/api/silences/{id}", axum::routing::delete(expire_silence))
         .fallback(|| async { ApiError::NotFound("no such endpoint".to_owned()) })
@@ -368,27 +381,167 @@ async fn anomalies(
 #[derive(Serialize)]
 struct AlertDto {
     id: i64,
-    series_id: i64,
+    kpi: String,
+    kind: String,
+    fingerprint: String,
     state: String,
+    severity: String,
     started_at: Option<String>,
     last_anomaly_at: Option<String>,
     resolved_at: Option<String>,
+    acknowledged_by: Option<String>,
+    acknowledged_at: Option<String>,
+    summary: String,
 }
 
-async fn alerts(State(state): State<AppState>) -> ApiResult<Json<Vec<AlertDto>>> {
-    let rows = state.store.alerts(200).await?;
-    Ok(Json(
-        rows.into_iter()
-            .map(|a| AlertDto {
-                id: a.id,
-                series_id: a.series_id,
-                state: a.state,
-                started_at: iso(a.started_ts),
-                last_anomaly_at: iso(a.last_anomaly_ts),
-                resolved_at: a.resolved_ts.and_then(iso),
-            })
-            .collect(),
+impl From<crate::store::AlertRow> for AlertDto {
+    fn from(a: crate::store::AlertRow) -> Self {
+        AlertDto {
+            id: a.id,
+            kpi: a.kpi_id,
+            kind: a.kind,
+            fingerprint: a.fingerprint,
+            state: a.state,
+            severity: a.severity,
+            started_at: iso(a.started_ts),
+            last_anomaly_at: iso(a.last_anomaly_ts),
+            resolved_at: a.resolved_ts.and_then(iso),
+            acknowledged_by: a.acknowledged_by,
+            acknowledged_at: a.acknowledged_at.and_then(iso),
+            summary: a.summary,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertQuery {
+    /// Only pending and firing alerts.
+    open: Option<bool>,
+    limit: Option<i64>,
+}
+
+async fn alerts(
+    State(state): State<AppState>,
+    query: Result<Query<AlertQuery>, QueryRejection>,
+) -> ApiResult<Json<Vec<AlertDto>>> {
+    let Query(q) = query?;
+    let limit = q.limit.unwrap_or(200);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "`limit` must be between 1 and 10000".to_owned(),
+        ));
+    }
+    let rows = state.store.alerts(q.open.unwrap_or(false), limit).await?;
+    Ok(Json(rows.into_iter().map(AlertDto::from).collect()))
+}
+
+fn parse_id(what: &str, id: &str) -> ApiResult<i64> {
+    id.parse()
+        .map_err(|_| ApiError::BadRequest(format!("{what} id {id:?} is not a number")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckBody {
+    by: String,
+}
+
+async fn ack_alert(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<AckBody>, JsonRejection>,
+) -> ApiResult<Json<AlertDto>> {
+    let id = parse_id("alert", &id)?;
+    let Json(body) = body?;
+    text_field("by", &body.by, 128)?;
+    acknowledge(&state, id, &body.by).await.map(Json)
+}
+
+async fn acknowledge(state: &AppState, id: i64, by: &str) -> ApiResult<AlertDto> {
+    let Some(alert) = state.store.alert(id).await? else {
+        return Err(ApiError::NotFound(format!("no alert {id}")));
+    };
+    if !state.store.ack_alert(id, by).await? {
+        return Err(ApiError::Conflict(format!(
+            "alert {id} is {} and cannot be acknowledged",
+            alert.state
+        )));
+    }
+    tracing::info!(message = "Alert acknowledged.", alert = id, by);
+    let alert = state
+        .store
+        .alert(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no alert {id}")))?;
+    Ok(AlertDto::from(alert))
+}
+
+#[derive(Debug, Deserialize)]
+struct SigQuery {
+    sig: String,
+}
+
+fn html_page(title: &str, body: &str) -> axum::response::Html<String> {
+    axum::response::Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+         <body style=\"font-family:sans-serif;max-width:40em;margin:3em auto\"><h1>{title}</h1>{body}</body></html>"
     ))
+}
+
+fn check_link(state: &AppState, id: &str, sig: &str) -> ApiResult<i64> {
+    let id = parse_id("alert", id)?;
+    if state.signer.verify("ack", id, sig) {
+        Ok(id)
+    } else {
+        Err(ApiError::Forbidden("this link is not valid".to_owned()))
+    }
+}
+
+/// The link in a message shows a confirmation; only the button (a POST) acknowledges, so mail
+/// scanners that follow links do not.
+async fn ack_page(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<SigQuery>, QueryRejection>,
+) -> ApiResult<axum::response::Html<String>> {
+    let Query(q) = query?;
+    let id = check_link(&state, &id, &q.sig)?;
+    let Some(alert) = state.store.alert(id).await? else {
+        return Err(ApiError::NotFound(format!("no alert {id}")));
+    };
+    let summary = escape_html(&alert.summary);
+    Ok(html_page(
+        "Acknowledge alert",
+        &format!(
+            "<p>Alert {id} ({state}): {summary}</p><form method=\"post\"><button type=\"submit\">Acknowledge</button></form>",
+            state = escape_html(&alert.state)
+        ),
+    ))
+}
+
+async fn ack_by_link(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<SigQuery>, QueryRejection>,
+) -> ApiResult<axum::response::Html<String>> {
+    let Query(q) = query?;
+    let id = check_link(&state, &id, &q.sig)?;
+    let alert = acknowledge(&state, id, "e-mail link").await?;
+    Ok(html_page(
+        "Acknowledged",
+        &format!(
+            "<p>Alert {id} is acknowledged; no more reminders will be sent. {}</p>",
+            escape_html(&alert.summary)
+        ),
+    ))
+}
+
+fn escape_html(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// A new silence.
@@ -527,9 +680,7 @@ async fn list_silences(State(state): State<AppState>) -> ApiResult<Json<Vec<Sile
 }
 
 async fn expire_silence(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    let id: i64 = id
-        .parse()
-        .map_err(|_| ApiError::BadRequest(format!("silence id {id:?} is not a number")))?;
+    let id = parse_id("silence", &id)?;
     let now = state.clock.now().timestamp();
     if state.store.expire_silence(id, now).await? {
         tracing::info!(message = "Silence expired.", id);

@@ -11,8 +11,9 @@
 //!   to match daily.
 //! - Each bucket gets a z-score from its noise model (Poisson counts, binomial ratios, both
 //!   with overdispersion estimated from residuals; gauges by relative spread). One bucket
-//!   beyond the single-bucket threshold fires at once; a two-sided CUSUM on the z-scores fires
-//!   on moderate sustained deviations.
+//!   beyond the single-bucket threshold fires at once; a two-sided CUSUM on the z-scores
+//!   (corrected for their autocorrelation) fires on moderate sustained deviations; for counts,
+//!   a run of empty buckets fires once its exact probability of being all zero is too small.
 //! - Anomalous and excluded buckets are not learned. A deviation that persists for half a day
 //!   (at least 3 buckets) is accepted as the new level: a level shift is alerted, then learned.
 //! - Nothing is flagged during warm-up: 8 days with automatic seasonality (a week to see each
@@ -29,8 +30,6 @@ use crate::kpi::{Direction, Kind, Sensitivity};
 
 use self::profile::{Prediction, SeasonalModel};
 use self::threshold::{Thresholds, CUSUM_K};
-
-pub use self::threshold_api::false_alarms_per_week;
 
 /// Errors of the detector: only a bad configuration can fail.
 #[derive(Debug, thiserror::Error)]
@@ -728,6 +727,14 @@ impl OnlineDetector {
     }
 }
 
+/// The nominal number of false alarms per week a sensitivity in (0, 1) budgets for, on a
+/// series that follows its noise model: `10^(4 s - 4)`, so `low` ≈ 0.001, `medium` ≈ 0.01
+/// and `high` ≈ 0.1. Real series stray from their model; measured rates are in
+/// `docs/DETECTION.md`.
+pub fn false_alarms_per_week(sensitivity: Sensitivity) -> f64 {
+    threshold::false_alarms_per_week(sensitivity.get())
+}
+
 /// Buckets of history before anything is flagged: two days (at least 14 buckets), or with
 /// automatic seasonality and a possible weekly profile, eight days: a week to see every slot of
 /// the week once, plus a day to compare the weekly profile against the daily one.
@@ -738,16 +745,6 @@ fn warm_up_buckets(mode: SeasonalityMode, per_day: f64, weekly_possible: bool) -
         _ => 2.0,
     };
     (days * per_day).max(14.0).ceil() as u64
-}
-
-mod threshold_api {
-    /// The nominal number of false alarms per week a sensitivity in (0, 1) budgets for, on a
-    /// series that follows its noise model: `10^(4 s - 4)`, so `low` ≈ 0.001, `medium` ≈ 0.01
-    /// and `high` ≈ 0.1. Real series stray from their model; measured rates are in
-    /// `docs/DETECTION.md`.
-    pub fn false_alarms_per_week(sensitivity: crate::kpi::Sensitivity) -> f64 {
-        super::threshold::false_alarms_per_week(sensitivity.get())
-    }
 }
 
 #[cfg(test)]

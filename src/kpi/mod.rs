@@ -77,6 +77,18 @@ pub enum Severity {
     Critical,
 }
 
+impl std::str::FromStr for Severity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "info" => Ok(Severity::Info),
+            "warning" => Ok(Severity::Warning),
+            "critical" => Ok(Severity::Critical),
+            other => Err(format!("{other:?}: expected info | warning | critical")),
+        }
+    }
+}
+
 impl fmt::Display for Severity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -174,6 +186,12 @@ pub struct KpiSpec {
     pub timezone: chrono_tz::Tz,
     /// Most series (dimension combinations) one KPI may have.
     pub max_series: usize,
+    /// Fire when this many `(n, m)`: n of the last m judged buckets are anomalous.
+    pub trigger: (u32, u32),
+    /// In-band buckets that resolve an alert (default: the scheduler's `recovery_buckets`).
+    pub recover_after: Option<u32>,
+    /// Re-send a firing alert this often until it is acknowledged or resolved.
+    pub repeat_interval: Option<Duration>,
     /// The SQL, with `:start` and `:end` placeholders.
     pub query: String,
     /// Where it came from (a path, or `<embedded>`).
@@ -237,6 +255,9 @@ struct RawModel {
     recipients: Vec<String>,
     timezone: Option<String>,
     max_series: Option<usize>,
+    trigger: Option<String>,
+    recover_after: Option<u32>,
+    repeat_interval: Option<String>,
 }
 
 impl KpiSpec {
@@ -325,18 +346,32 @@ impl KpiSpec {
                 None
             }
         };
-        let severity = match raw.severity.as_deref().map(str::to_ascii_lowercase).as_deref() {
-            None | Some("warning") => Some(Severity::Warning),
-            Some("info") => Some(Severity::Info),
-            Some("critical") => Some(Severity::Critical),
-            Some(other) => {
-                problem(
-                    f,
-                    Some("severity"),
-                    format!("{other:?}: expected info | warning | critical"),
-                );
-                None
-            }
+        let severity = match raw.severity.as_deref() {
+            None => Some(Severity::Warning),
+            Some(s) => s
+                .parse::<Severity>()
+                .map_err(|e| problem(f, Some("severity"), e))
+                .ok(),
+        };
+        let trigger = match raw.trigger.as_deref() {
+            None => Some((1, 1)),
+            Some(t) => parse_trigger(t).map_err(|e| problem(f, Some("trigger"), e)).ok(),
+        };
+        if raw.recover_after == Some(0) {
+            problem(f, Some("recover_after"), "must be at least 1".to_owned());
+        }
+        let repeat_interval = match raw.repeat_interval.as_deref() {
+            None => Some(None),
+            Some(d) => humantime::parse_duration(d)
+                .map_err(|e| {
+                    problem(
+                        f,
+                        Some("repeat_interval"),
+                        format!("{d:?} is not a duration: {e}"),
+                    )
+                })
+                .ok()
+                .map(Some),
         };
         let timezone = match raw.timezone.as_deref() {
             None => Some(chrono_tz::UTC),
@@ -380,6 +415,8 @@ impl KpiSpec {
             severity,
             timezone,
             query,
+            trigger,
+            repeat_interval,
         ) {
             (
                 Some(id),
@@ -392,6 +429,8 @@ impl KpiSpec {
                 Some(severity),
                 Some(timezone),
                 Some(query),
+                Some(trigger),
+                Some(repeat_interval),
             ) if problems.is_empty() => Ok(KpiSpec {
                 title: raw.title.unwrap_or_else(|| id.to_string()),
                 id,
@@ -410,12 +449,27 @@ impl KpiSpec {
                 recipients: raw.recipients,
                 timezone,
                 max_series,
+                trigger,
+                recover_after: raw.recover_after,
+                repeat_interval,
                 query,
                 origin: dir.display().to_string(),
             }),
             _ => Err(problems),
         }
     }
+}
+
+/// `"2 of 3"` → `(2, 3)`; `n` in 1..=m, `m` in 1..=32.
+fn parse_trigger(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("{s:?}: expected \"N of M\" with 1 <= N <= M <= 32, e.g. \"2 of 3\"");
+    let (n, m) = s.split_once(" of ").ok_or_else(bad)?;
+    let n: u32 = n.trim().parse().map_err(|_| bad())?;
+    let m: u32 = m.trim().parse().map_err(|_| bad())?;
+    if n == 0 || n > m || m > 32 {
+        return Err(bad());
+    }
+    Ok((n, m))
 }
 
 /// Lexical checks on a KPI query. The real protection is the read-only transaction the
@@ -631,6 +685,15 @@ mod tests {
         assert!(validate_query("SELECT 1 WHERE :start < :end; DROP TABLE t").is_err());
         assert!(validate_query(" with x as (select 1) select * from x where :start < :end ;").is_ok());
         assert!(validate_query("-- note; more\n/* a; b */ SELECT ';' WHERE :start < :end").is_ok());
+    }
+
+    #[test]
+    fn trigger_rules_parse_as_n_of_m() {
+        assert_eq!(parse_trigger("2 of 3"), Ok((2, 3)));
+        assert!(parse_trigger("3 of 2").is_err());
+        assert!(parse_trigger("0 of 2").is_err());
+        assert!(parse_trigger("2/3").is_err());
+        assert!(parse_trigger("1 of 33").is_err());
     }
 
     #[test]

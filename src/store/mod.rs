@@ -147,20 +147,42 @@ pub struct AnomalyRow {
 /// An alert (incident) row.
 #[derive(Debug, Clone, PartialEq, FromRow, Serialize)]
 pub struct AlertRow {
-    /// Alert id.
+    /// Alert id (0 before it is stored).
     pub id: i64,
-    /// Series.
-    pub series_id: i64,
-    /// firing | resolved.
+    /// KPI.
+    pub kpi_id: String,
+    /// Series; `None` for KPI-level alerts (data missing).
+    pub series_id: Option<i64>,
+    /// anomaly | data_missing.
+    pub kind: String,
+    /// Stable identity: kind + KPI + dimension values.
+    pub fingerprint: String,
+    /// pending | firing | resolved | cancelled.
     pub state: String,
+    /// info | warning | critical.
+    pub severity: String,
     /// First anomalous bucket.
     pub started_ts: i64,
     /// Latest anomalous bucket.
     pub last_anomaly_ts: i64,
-    /// Consecutive in-band buckets since the last anomaly.
+    /// Pending: flags of the last M judged buckets.
+    pub hits_mask: i64,
+    /// Pending: judged buckets since it opened.
+    pub seen: i64,
+    /// Consecutive in-band buckets.
     pub ok_streak: i64,
+    /// When the last message went out.
+    pub notified_at: Option<i64>,
+    /// Reminders sent.
+    pub repeats: i64,
     /// Bucket at which it resolved.
     pub resolved_ts: Option<i64>,
+    /// Who acknowledged it.
+    pub acknowledged_by: Option<String>,
+    /// When.
+    pub acknowledged_at: Option<i64>,
+    /// Latest explanation line.
+    pub summary: String,
 }
 
 /// A queued or sent notification.
@@ -241,38 +263,8 @@ pub struct SilenceRow {
     pub comment: String,
 }
 
-/// What to do with a series' alert for one bucket; decided by `alerting`, applied here.
-#[derive(Debug, Clone)]
-pub enum AlertChange {
-    /// Open a new firing alert at this bucket and queue these notifications.
-    Open {
-        /// Bucket.
-        ts: i64,
-        /// Messages ("firing").
-        notify: Vec<NewNotification>,
-    },
-    /// The open alert saw another anomalous bucket.
-    StillFiring {
-        /// Alert id.
-        alert_id: i64,
-        /// Bucket.
-        ts: i64,
-    },
-    /// The open alert saw an in-band bucket, not yet enough to resolve.
-    Recovering {
-        /// Alert id.
-        alert_id: i64,
-    },
-    /// Resolve the open alert and queue these notifications.
-    Resolve {
-        /// Alert id.
-        alert_id: i64,
-        /// Bucket at which it recovered.
-        ts: i64,
-        /// Messages ("resolved").
-        notify: Vec<NewNotification>,
-    },
-}
+const ALERT_COLUMNS: &str = "id, kpi_id, series_id, kind, fingerprint, state, severity, started_ts, last_anomaly_ts, \
+     hits_mask, seen, ok_streak, notified_at, repeats, resolved_ts, acknowledged_by, acknowledged_at, summary";
 
 fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()
@@ -553,91 +545,142 @@ impl Store {
         .await?)
     }
 
-    /// The open (firing) alert of a series, if any.
-    pub async fn open_alert(&self, series_id: i64) -> Result<Option<AlertRow>> {
-        Ok(sqlx::query_as::<_, AlertRow>(
-            "SELECT id, series_id, state, started_ts, last_anomaly_ts, ok_streak, resolved_ts FROM alerts
-             WHERE series_id = ? AND state = 'firing'",
-        )
-        .bind(series_id)
+    /// The open (pending or firing) alert with this fingerprint, if any.
+    pub async fn open_alert(&self, fingerprint: &str) -> Result<Option<AlertRow>> {
+        Ok(sqlx::query_as::<_, AlertRow>(&format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE fingerprint = ? AND state IN ('pending', 'firing')"
+        ))
+        .bind(fingerprint)
         .fetch_optional(&self.pool)
         .await?)
     }
 
-    /// Every alert, newest first.
-    pub async fn alerts(&self, limit: i64) -> Result<Vec<AlertRow>> {
-        Ok(sqlx::query_as::<_, AlertRow>(
-            "SELECT id, series_id, state, started_ts, last_anomaly_ts, ok_streak, resolved_ts FROM alerts
-             ORDER BY id DESC LIMIT ?",
+    /// One alert.
+    pub async fn alert(&self, id: i64) -> Result<Option<AlertRow>> {
+        Ok(
+            sqlx::query_as::<_, AlertRow>(&format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
         )
+    }
+
+    /// Alerts, newest first; only open ones if `open_only`.
+    pub async fn alerts(&self, open_only: bool, limit: i64) -> Result<Vec<AlertRow>> {
+        Ok(sqlx::query_as::<_, AlertRow>(&format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE (? = 0 OR state IN ('pending', 'firing')) ORDER BY id DESC LIMIT ?"
+        ))
+        .bind(open_only)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?)
     }
 
-    /// Apply an alert change and queue its notifications in one transaction.
-    pub async fn apply_alert_change(&self, series_id: i64, change: &AlertChange) -> Result<()> {
+    /// Insert (`id == 0`) or update an alert and queue the notifications of `event`, in one
+    /// transaction. Returns the alert's id.
+    pub async fn save_alert(
+        &self,
+        alert: &AlertRow,
+        event: Option<&str>,
+        notify: &[NewNotification],
+    ) -> Result<i64> {
         let now = now_secs();
         let mut tx = self.pool.begin().await?;
-        let (alert_id, event, notify) = match change {
-            AlertChange::Open { ts, notify } => {
-                let row = sqlx::query(
-                    "INSERT INTO alerts (series_id, state, started_ts, last_anomaly_ts, ok_streak, created_at)
-                     VALUES (?, 'firing', ?, ?, 0, ?) RETURNING id",
-                )
-                .bind(series_id)
-                .bind(ts)
-                .bind(ts)
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await?;
-                (row.try_get::<i64, _>("id")?, "firing", notify.as_slice())
-            }
-            AlertChange::StillFiring { alert_id, ts } => {
-                sqlx::query(
-                    "UPDATE alerts SET last_anomaly_ts = max(last_anomaly_ts, ?), ok_streak = 0 WHERE id = ?",
-                )
-                .bind(ts)
-                .bind(alert_id)
-                .execute(&mut *tx)
-                .await?;
-                (*alert_id, "", &[][..])
-            }
-            AlertChange::Recovering { alert_id } => {
-                sqlx::query("UPDATE alerts SET ok_streak = ok_streak + 1 WHERE id = ?")
-                    .bind(alert_id)
-                    .execute(&mut *tx)
-                    .await?;
-                (*alert_id, "", &[][..])
-            }
-            AlertChange::Resolve { alert_id, ts, notify } => {
-                sqlx::query("UPDATE alerts SET state = 'resolved', resolved_ts = ?, ok_streak = ok_streak + 1 WHERE id = ?")
-                    .bind(ts)
-                    .bind(alert_id)
-                    .execute(&mut *tx)
-                    .await?;
-                (*alert_id, "resolved", notify.as_slice())
-            }
-        };
-        for n in notify {
-            sqlx::query(
-                "INSERT INTO notifications (alert_id, event, channel, recipient, subject, body, status, suppressed_by, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        let id = if alert.id == 0 {
+            let row = sqlx::query(
+                "INSERT INTO alerts (kpi_id, series_id, kind, fingerprint, state, severity, started_ts, last_anomaly_ts,
+                   hits_mask, seen, ok_streak, notified_at, repeats, resolved_ts, summary, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             )
-            .bind(alert_id)
-            .bind(event)
-            .bind(&n.channel)
-            .bind(&n.recipient)
-            .bind(&n.subject)
-            .bind(&n.body)
-            .bind(if n.suppressed_by.is_some() { "silenced" } else { "pending" })
-            .bind(&n.suppressed_by)
+            .bind(&alert.kpi_id)
+            .bind(alert.series_id)
+            .bind(&alert.kind)
+            .bind(&alert.fingerprint)
+            .bind(&alert.state)
+            .bind(&alert.severity)
+            .bind(alert.started_ts)
+            .bind(alert.last_anomaly_ts)
+            .bind(alert.hits_mask)
+            .bind(alert.seen)
+            .bind(alert.ok_streak)
+            .bind(alert.notified_at)
+            .bind(alert.repeats)
+            .bind(alert.resolved_ts)
+            .bind(&alert.summary)
             .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            row.try_get::<i64, _>("id")?
+        } else {
+            // Acknowledgement is owned by `ack_alert`; it is not overwritten here.
+            sqlx::query(
+                "UPDATE alerts SET state = ?, severity = ?, last_anomaly_ts = ?, hits_mask = ?, seen = ?,
+                   ok_streak = ?, notified_at = ?, repeats = ?, resolved_ts = ?, summary = ? WHERE id = ?",
+            )
+            .bind(&alert.state)
+            .bind(&alert.severity)
+            .bind(alert.last_anomaly_ts)
+            .bind(alert.hits_mask)
+            .bind(alert.seen)
+            .bind(alert.ok_streak)
+            .bind(alert.notified_at)
+            .bind(alert.repeats)
+            .bind(alert.resolved_ts)
+            .bind(&alert.summary)
+            .bind(alert.id)
             .execute(&mut *tx)
             .await?;
+            alert.id
+        };
+        if let Some(event) = event {
+            for n in notify {
+                sqlx::query(
+                    "INSERT INTO notifications (alert_id, event, channel, recipient, subject, body, status, suppressed_by, created_at)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                )
+                .bind(id)
+                .bind(event)
+                .bind(&n.channel)
+                .bind(&n.recipient)
+                .bind(&n.subject)
+                .bind(&n.body)
+                .bind(if n.suppressed_by.is_some() { "silenced" } else { "pending" })
+                .bind(&n.suppressed_by)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         tx.commit().await?;
-        Ok(())
+        Ok(id)
+    }
+
+    /// Acknowledge an open alert; returns whether it was open.
+    pub async fn ack_alert(&self, id: i64, by: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE alerts SET acknowledged_by = coalesce(acknowledged_by, ?), acknowledged_at = coalesce(acknowledged_at, ?)
+             WHERE id = ? AND state IN ('pending', 'firing')",
+        )
+        .bind(by)
+        .bind(now_secs())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// A value from the `meta` table, inserting `init()` first if absent (race-safe).
+    pub async fn meta_get_or_init(&self, key: &str, init: impl FnOnce() -> String) -> Result<String> {
+        sqlx::query("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(init())
+            .execute(&self.pool)
+            .await?;
+        let row = sqlx::query("SELECT value FROM meta WHERE key = ?")
+            .bind(key)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("value")?)
     }
 
     /// Notifications due for a delivery attempt at `now`, oldest first.

@@ -78,11 +78,19 @@ impl Shop {
     }
 }
 
-fn spec() -> KpiSpec {
-    KpiSpec::parse("orders", MODEL, QUERY, Path::new("models/orders")).expect("valid model")
+pub(crate) async fn build(dir: &Path, smtp: &SmtpServer, clock: &ManualClock) -> Application {
+    build_with(dir, smtp, clock, "").await
 }
 
-pub(crate) async fn build(dir: &Path, smtp: &SmtpServer, clock: &ManualClock) -> Application {
+/// Build the app with extra lines appended to the orders model.
+pub(crate) async fn build_with(
+    dir: &Path,
+    smtp: &SmtpServer,
+    clock: &ManualClock,
+    model_extra: &str,
+) -> Application {
+    let model = format!("{MODEL}\n{model_extra}");
+    let spec = KpiSpec::parse("orders", &model, QUERY, Path::new("models/orders")).expect("valid model");
     let shop_url = format!("sqlite://{}", dir.join("shop.db").display());
     let settings = settings(
         dir,
@@ -95,7 +103,7 @@ pub(crate) async fn build(dir: &Path, smtp: &SmtpServer, clock: &ManualClock) ->
     );
     Application::build(
         settings,
-        vec![spec()],
+        vec![spec],
         BuildOptions {
             clock: Arc::new(clock.clone()),
             extra_sources: None,
@@ -156,7 +164,7 @@ async fn a_drop_sends_exactly_one_alert_over_smtp_survives_a_restart_and_resolve
     assert_eq!(got[0].to, vec!["oncall@example.com".to_owned()]);
     let subject = got[0].subject();
     assert!(subject.contains("Orders dropped to 0"), "{subject}");
-    assert!(got[0].data.contains("Expected:"), "{}", got[0].data);
+    assert!(got[0].text().contains("Expected:"), "{}", got[0].text());
 
     // Restart on the same state store: nothing is sent again.
     drop(app);
@@ -311,5 +319,10 @@ async fn a_source_outage_is_data_missing_not_a_drop_and_the_gap_is_caught_up() {
         matches!(results[0].1, Ok(RunOutcome::Ok { judged, .. }) if judged >= 7),
         "{results:?}"
     );
-    assert!(smtp.received().is_empty(), "an outage is not a drop");
+    let subjects: Vec<String> = smtp.received().iter().map(|m| m.subject()).collect();
+    assert_eq!(subjects.len(), 2, "an outage is not a drop: {subjects:?}");
+    assert!(
+        subjects[1].starts_with("[RESOLVED] Orders: data is arriving again"),
+        "{subjects:?}"
+    );
 }

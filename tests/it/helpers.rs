@@ -54,13 +54,20 @@ pub struct Received {
 }
 
 impl Received {
-    /// The decoded `Subject:` header (lettre encodes non-ASCII; ours are ASCII).
+    /// The decoded `Subject:` header.
     pub fn subject(&self) -> String {
-        self.data
-            .lines()
-            .find_map(|l| l.strip_prefix("Subject: "))
+        let parsed = mail_parser::MessageParser::default().parse(self.data.as_bytes());
+        parsed
+            .and_then(|m| m.subject().map(str::to_owned))
             .unwrap_or_default()
-            .to_owned()
+    }
+
+    /// The decoded plain-text body.
+    pub fn text(&self) -> String {
+        let parsed = mail_parser::MessageParser::default().parse(self.data.as_bytes());
+        parsed
+            .and_then(|m| m.body_text(0).map(|t| t.into_owned()))
+            .unwrap_or_default()
     }
 }
 
