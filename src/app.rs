@@ -83,7 +83,12 @@ impl Application {
             store.upsert_kpi(spec).await.context("Failed to register KPIs")?;
         }
         let mailer = Mailer::build(&settings.email).context("Failed to set up e-mail")?;
-        let receivers = Receivers::build(&settings.alerting)
+        let http_client = reqwest::Client::builder()
+            .timeout(crate::alerting::notifiers::REQUEST_TIMEOUT)
+            .user_agent(concat!("kpiwatch/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("Failed to build the HTTP client")?;
+        let receivers = Receivers::build(&settings.alerting, &http_client)
             .map_err(|problems| anyhow::anyhow!("invalid receivers: {}", problems.join("; ")))?;
         if let Err(error) = mailer.healthcheck().await {
             warn!(message = "E-mail healthcheck failed; alerts will queue until it works.", %error);

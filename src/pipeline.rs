@@ -227,8 +227,7 @@ pub async fn run_kpi(cx: &Context, spec: &KpiSpec, now: DateTime<Utc>) -> anyhow
         window_start = %window.start,
         window_end = %window.end,
     );
-    let report = alerting::deliver_pending(store, &cx.mailer, now.timestamp()).await?;
-    record_deliveries(cx, report);
+    deliver(cx, now).await?;
     Ok(RunOutcome::Ok {
         rows: n_rows,
         judged,
@@ -282,19 +281,21 @@ async fn data_missing_alert(
             let silences = load_silences(store, now).await?;
             let suppressed =
                 alerting::suppression(&labels, &silences, &cx.settings.alerting.maintenance, now);
-            let notify = alerting::notifications(&targets, &subject, &body, suppressed.as_deref());
+            let payload = alerting::payload(spec, "{}", &row, None, false, public_url, None);
+            let notify = alerting::notifications(&targets, &subject, &body, suppressed.as_deref(), &payload);
             store.save_alert(&row, Some("firing"), &notify).await?;
             warn!(message = "KPI data missing alert firing.", since = %ts(since)?, %error);
         }
         (Some(open), None) => {
             let (subject, body) =
                 alerting::message::data_missing_message(spec, true, open.started_ts, "", public_url, None);
-            let notify = alerting::notifications(&targets, &subject, &body, None);
             let row = AlertRow {
                 state: "resolved".to_owned(),
                 resolved_ts: Some(now.timestamp()),
                 ..open
             };
+            let payload = alerting::payload(spec, "{}", &row, None, true, public_url, None);
+            let notify = alerting::notifications(&targets, &subject, &body, None, &payload);
             store.save_alert(&row, Some("resolved"), &notify).await?;
             info!(message = "KPI data missing alert resolved.");
         }
@@ -327,19 +328,35 @@ fn targets_for(
     }
 }
 
-/// Count delivered and failed notifications.
-pub fn record_deliveries(cx: &Context, report: alerting::DeliveryReport) {
-    for (status, n) in [("sent", report.sent), ("failed", report.failed)] {
-        if n > 0 {
+/// Deliver the notifications due at `now` and count the outcomes.
+pub async fn deliver(cx: &Context, now: DateTime<Utc>) -> anyhow::Result<()> {
+    let dispatch = alerting::Dispatch {
+        mailer: &cx.mailer,
+        receivers: &cx.receivers,
+    };
+    let report = alerting::deliver_pending(&cx.store, dispatch, now.timestamp())
+        .await
+        .context("Failed to deliver notifications")?;
+    for (status, counts) in [("sent", &report.sent), ("failed", &report.failed)] {
+        for (channel, n) in counts {
             cx.metrics
                 .notifications
                 .get_or_create(&crate::telemetry::DeliveryLabels {
-                    channel: "email".to_owned(),
+                    channel: channel.clone(),
                     status: status.to_owned(),
                 })
-                .inc_by(n as u64);
+                .inc_by(*n as u64);
         }
     }
+    for (receiver, failing) in &report.failing {
+        cx.metrics
+            .receiver_failing
+            .get_or_create(&crate::telemetry::ReceiverLabels {
+                receiver: receiver.clone(),
+            })
+            .set(i64::from(*failing));
+    }
+    Ok(())
 }
 
 fn count_run(cx: &Context, spec: &KpiSpec, status: &str) {
@@ -581,7 +598,18 @@ async fn judge_series(
                     .then(|| cx.signer.ack_url(&cx.settings.http.public_url, id)),
             };
             let (subject, body) = alerting::message::message(&message_cx, event);
-            let notify = alerting::notifications(&targets, &subject, &body, suppressed_by.as_deref());
+            let resolved = event == lifecycle::Event::Resolved;
+            let payload = alerting::payload(
+                spec,
+                dims,
+                &row,
+                Some(&verdict),
+                resolved,
+                &cx.settings.http.public_url,
+                message_cx.ack_url.clone(),
+            );
+            let notify =
+                alerting::notifications(&targets, &subject, &body, suppressed_by.as_deref(), &payload);
             store.save_alert(&row, Some(&event.name()), &notify).await?;
             match event {
                 lifecycle::Event::Firing => {

@@ -12,7 +12,6 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::alerting;
 use crate::clock::Clock;
 use crate::kpi::{KpiId, KpiSpec};
 use crate::pipeline::{self, Context, RunOutcome};
@@ -63,9 +62,11 @@ impl Scheduler {
             }
         }
         results.sort_by(|a, b| a.0.cmp(&b.0));
-        match alerting::deliver_pending(&self.cx.store, &self.cx.mailer, now.timestamp()).await {
-            Ok(report) => pipeline::record_deliveries(&self.cx, report),
-            Err(error) => error!(message = "Notification delivery pass failed.", %error),
+        if let Err(error) = pipeline::deliver(&self.cx, now).await {
+            error!(
+                message = "Notification delivery pass failed.",
+                error = format!("{error:#}")
+            );
         }
         results
     }

@@ -59,6 +59,13 @@ pub struct DeliveryLabels {
     pub status: String,
 }
 
+/// Labels naming a receiver.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReceiverLabels {
+    /// Receiver name (`email` for the mailer).
+    pub receiver: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn query_histogram() -> Histogram {
@@ -81,6 +88,8 @@ pub struct Metrics {
     pub notifications: Family<DeliveryLabels, Counter>,
     /// `alerts_firing` — open incidents.
     pub alerts_firing: Gauge,
+    /// `receiver_failing{receiver}` — 1 while a receiver's last delivery attempt failed.
+    pub receiver_failing: Family<ReceiverLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -93,6 +102,7 @@ impl Default for Metrics {
         let anomalies = Family::<KpiLabels, Counter>::default();
         let notifications = Family::<DeliveryLabels, Counter>::default();
         let alerts_firing = Gauge::default();
+        let receiver_failing = Family::<ReceiverLabels, Gauge>::default();
         registry.register("kpi_runs", "KPI evaluations by outcome", kpi_runs.clone());
         registry.register(
             "source_query_duration_seconds",
@@ -111,6 +121,11 @@ impl Default for Metrics {
             notifications.clone(),
         );
         registry.register("alerts_firing", "Open incidents", alerts_firing.clone());
+        registry.register(
+            "receiver_failing",
+            "1 while a receiver's last delivery attempt failed",
+            receiver_failing.clone(),
+        );
         Metrics {
             registry,
             kpi_runs,
@@ -119,6 +134,7 @@ impl Default for Metrics {
             anomalies,
             notifications,
             alerts_firing,
+            receiver_failing,
         }
     }
 }

@@ -14,6 +14,8 @@ CREATE INDEX silences_active ON silences(ends_at);
 -- pending | sent | silenced | failed (gave up: not retryable)
 ALTER TABLE notifications ADD COLUMN next_attempt_at INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE notifications ADD COLUMN suppressed_by TEXT;
+-- What HTTP channels render from (JSON); e-mail uses subject and body.
+ALTER TABLE notifications ADD COLUMN payload TEXT;
 
 -- Small key/value facts about this installation (e.g. the secret that signs links).
 CREATE TABLE meta (

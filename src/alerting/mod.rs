@@ -12,6 +12,7 @@
 mod email;
 pub mod lifecycle;
 pub mod message;
+pub mod notifiers;
 pub mod receivers;
 pub mod routing;
 pub mod silence;
@@ -27,7 +28,7 @@ pub use message::MessageContext;
 
 use self::lifecycle::{Incident, Phase, Rule};
 use crate::kpi::{KpiSpec, Severity};
-use crate::store::{self, AlertRow, NewNotification, Store};
+use crate::store::{self, AlertRow, NewNotification, NotificationPayload, Store};
 
 /// A delivery failure.
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +180,7 @@ pub fn notifications(
     subject: &str,
     body: &str,
     suppressed_by: Option<&str>,
+    payload: &NotificationPayload,
 ) -> Vec<NewNotification> {
     targets
         .iter()
@@ -188,8 +190,85 @@ pub fn notifications(
             subject: subject.to_owned(),
             body: body.to_owned(),
             suppressed_by: suppressed_by.map(str::to_owned),
+            // E-mail renders from subject and body; HTTP channels from the payload.
+            payload: (t.channel != "email").then(|| payload.clone()),
         })
         .collect()
+}
+
+/// The facts of a notification about `alert` (a bucket verdict for anomalies; none for
+/// data-missing alerts).
+pub fn payload(
+    spec: &KpiSpec,
+    dims: &str,
+    alert: &AlertRow,
+    verdict: Option<&BucketVerdict>,
+    resolved: bool,
+    public_url: &str,
+    ack_url: Option<String>,
+) -> NotificationPayload {
+    let series = match serde_json::from_str::<serde_json::Value>(dims) {
+        Ok(serde_json::Value::Object(map)) => map
+            .into_iter()
+            .map(|(k, v)| (k, v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())))
+            .collect(),
+        _ => BTreeMap::new(),
+    };
+    let nan = f64::NAN;
+    NotificationPayload {
+        resolved,
+        fingerprint: alert.fingerprint.clone(),
+        kpi_id: spec.id.to_string(),
+        kpi_title: spec.title.clone(),
+        series,
+        severity: alert.severity.clone(),
+        owner: spec.owner.clone(),
+        labels: spec.labels.clone(),
+        value: verdict.map_or(nan, |v| v.value),
+        expected: verdict.map_or(nan, |v| v.expected),
+        lower: verdict.map_or(nan, |v| v.lower),
+        upper: verdict.map_or(nan, |v| v.upper),
+        volume: verdict.map_or(0.0, |v| v.volume),
+        started_ts: alert.started_ts,
+        bucket_ts: verdict.map_or(alert.last_anomaly_ts, |v| v.ts),
+        resolved_ts: alert.resolved_ts,
+        series_url: format!("{}/api/kpis/{}/series", public_url.trim_end_matches('/'), spec.id),
+        ack_url,
+    }
+}
+
+/// What an HTTP channel renders, from the stored payload and the rendered text.
+fn to_notification(p: &NotificationPayload, subject: &str, body: &str) -> notifiers::Notification {
+    let at = |ts: i64| DateTime::<Utc>::from_timestamp(ts, 0).unwrap_or_default();
+    notifiers::Notification {
+        event: if p.resolved {
+            notifiers::Event::Resolved
+        } else {
+            notifiers::Event::Firing
+        },
+        fingerprint: p.fingerprint.clone(),
+        kpi_id: p.kpi_id.clone(),
+        kpi_title: p.kpi_title.clone(),
+        series: p.series.clone(),
+        severity: p.severity.clone(),
+        owner: p.owner.clone(),
+        labels: p.labels.clone(),
+        summary: subject.to_owned(),
+        text: body.to_owned(),
+        value: p.value,
+        expected: p.expected,
+        lower: p.lower,
+        upper: p.upper,
+        volume: p.volume,
+        started_at: at(p.started_ts),
+        bucket_at: at(p.bucket_ts),
+        resolved_at: p.resolved_ts.map(at),
+        links: notifiers::Links {
+            series: p.series_url.clone(),
+            ack: p.ack_url.clone(),
+            silence: None,
+        },
+    }
 }
 
 /// Signs and checks the links in messages (acknowledge), so they work without a login.
@@ -243,59 +322,118 @@ impl LinkSigner {
     }
 }
 
-/// How long to wait before retrying a delivery that failed `attempts` times: exponential
-/// from 30 s, capped at one hour.
-pub fn retry_delay(attempts: i64) -> i64 {
-    30_i64.saturating_mul(1_i64 << attempts.clamp(0, 7)).min(3600)
-}
-
 /// Outcome of one [`deliver_pending`] pass.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeliveryReport {
-    /// Delivered now.
-    pub sent: usize,
-    /// Failed now (retried later, or given up).
-    pub failed: usize,
+    /// Delivered now, by channel.
+    pub sent: BTreeMap<String, usize>,
+    /// Failed now (retried later, or given up), by channel.
+    pub failed: BTreeMap<String, usize>,
+    /// Receivers tried in this pass and whether their last attempt failed (`email` for the
+    /// mailer, else the receiver's name).
+    pub failing: BTreeMap<String, bool>,
 }
 
-/// Deliver every notification due at `now`; a failure is retried later with backoff
-/// without blocking the others.
-pub async fn deliver_pending(store: &Store, mailer: &Mailer, now: i64) -> Result<DeliveryReport> {
-    let mut report = DeliveryReport::default();
-    for n in store.pending_notifications(now, 100).await? {
-        let sent = match n.channel.as_str() {
-            "email" => mailer.send(&n.recipient, &n.subject, &n.body).await,
-            other => Err(Error::Build(format!("no channel {other:?} in this version"))),
+/// Where messages go.
+#[derive(Debug, Clone, Copy)]
+pub struct Dispatch<'a> {
+    /// E-mail.
+    pub mailer: &'a Mailer,
+    /// Named HTTP receivers.
+    pub receivers: &'a receivers::Receivers,
+}
+
+impl Dispatch<'_> {
+    async fn send(&self, n: &store::NotificationRow) -> Result<(), notifiers::DeliveryError> {
+        if n.channel == "email" {
+            return self
+                .mailer
+                .send(&n.recipient, &n.subject, &n.body)
+                .await
+                .map_err(|e| notifiers::DeliveryError {
+                    retryable: !matches!(e, Error::Build(_)),
+                    message: e.to_string(),
+                    retry_after: None,
+                });
+        }
+        let give_up = |message: String| notifiers::DeliveryError {
+            retryable: false,
+            message,
+            retry_after: None,
         };
-        match sent {
-            Ok(()) => {
-                store.mark_sent(n.id).await?;
-                tracing::info!(
-                    message = "Alert notification sent.",
-                    notification = n.id,
-                    event = %n.event,
-                    channel = %n.channel,
-                    recipient = %n.recipient,
-                    subject = %n.subject,
-                    via = mailer.describe(),
-                );
-                report.sent += 1;
-            }
-            Err(error) => {
-                // A malformed message will not get better; a transport failure may.
-                let retry_at = match error {
-                    Error::Build(_) => None,
-                    _ => Some(now + retry_delay(n.attempts)),
-                };
-                store.mark_failed(n.id, &error.to_string(), retry_at).await?;
-                tracing::warn!(
-                    message = "Notification delivery failed.",
-                    notification = n.id,
-                    attempts = n.attempts + 1,
-                    retry_at,
-                    %error
-                );
-                report.failed += 1;
+        let receiver = self
+            .receivers
+            .http(&n.recipient)
+            .ok_or_else(|| give_up(format!("receiver {:?} is no longer configured", n.recipient)))?;
+        let payload: NotificationPayload = n
+            .payload
+            .as_deref()
+            .and_then(|p| serde_json::from_str(p).ok())
+            .ok_or_else(|| give_up("the stored message has no payload".to_owned()))?;
+        receiver
+            .send(&to_notification(&payload, &n.subject, &n.body))
+            .await
+    }
+}
+
+/// Deliver every notification due at `now`. Receivers are worked concurrently, so one that
+/// is down or slow does not hold up the others; a failure is retried later with
+/// [`notifiers::backoff`] (or the receiver's `Retry-After`), or given up when retrying
+/// cannot help.
+pub async fn deliver_pending(store: &Store, dispatch: Dispatch<'_>, now: i64) -> Result<DeliveryReport> {
+    let pending = store.pending_notifications(now, 200).await?;
+    let mut by_receiver: BTreeMap<String, Vec<store::NotificationRow>> = BTreeMap::new();
+    for n in pending {
+        let key = if n.channel == "email" {
+            "email".to_owned()
+        } else {
+            n.recipient.clone()
+        };
+        by_receiver.entry(key).or_default().push(n);
+    }
+    let lanes = by_receiver.into_iter().map(|(receiver, rows)| async move {
+        let mut outcomes = Vec::new();
+        for n in rows {
+            let result = dispatch.send(&n).await;
+            outcomes.push((n, result));
+        }
+        (receiver, outcomes)
+    });
+    let mut report = DeliveryReport::default();
+    for (receiver, outcomes) in futures_util::future::join_all(lanes).await {
+        for (n, result) in outcomes {
+            match result {
+                Ok(()) => {
+                    store.mark_sent(n.id).await?;
+                    tracing::info!(
+                        message = "Alert notification sent.",
+                        notification = n.id,
+                        event = %n.event,
+                        channel = %n.channel,
+                        recipient = %n.recipient,
+                        subject = %n.subject,
+                    );
+                    *report.sent.entry(n.channel.clone()).or_default() += 1;
+                    report.failing.insert(receiver.clone(), false);
+                }
+                Err(error) => {
+                    let retry_at = error.retryable.then(|| {
+                        let attempt = u32::try_from(n.attempts).unwrap_or(u32::MAX);
+                        let wait = notifiers::backoff(attempt).max(error.retry_after.unwrap_or_default());
+                        now + i64::try_from(wait.as_secs()).unwrap_or(3600)
+                    });
+                    store.mark_failed(n.id, &error.message, retry_at).await?;
+                    tracing::warn!(
+                        message = "Notification delivery failed.",
+                        notification = n.id,
+                        receiver = %receiver,
+                        attempts = n.attempts + 1,
+                        retry_at,
+                        error = %error.message,
+                    );
+                    *report.failed.entry(n.channel.clone()).or_default() += 1;
+                    report.failing.insert(receiver.clone(), true);
+                }
             }
         }
     }
@@ -305,14 +443,6 @@ pub async fn deliver_pending(store: &Store, mailer: &Mailer, now: i64) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retries_back_off_exponentially_up_to_an_hour() {
-        assert_eq!(retry_delay(0), 30);
-        assert_eq!(retry_delay(1), 60);
-        assert_eq!(retry_delay(3), 240);
-        assert_eq!(retry_delay(40), 3600);
-    }
 
     #[test]
     fn signed_links_verify_only_for_their_alert_and_action() {

@@ -7,6 +7,7 @@
 //!
 //! Row types here derive `FromRow` and `Serialize`; domain types do not.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -206,6 +207,8 @@ pub struct NotificationRow {
     pub status: String,
     /// Delivery attempts so far.
     pub attempts: i64,
+    /// JSON [`NotificationPayload`].
+    pub payload: Option<String>,
 }
 
 /// A new anomaly to record.
@@ -244,6 +247,50 @@ pub struct NewNotification {
     pub body: String,
     /// Why it is recorded but not sent (a silence or maintenance window), if so.
     pub suppressed_by: Option<String>,
+    /// What HTTP channels render from.
+    pub payload: Option<NotificationPayload>,
+}
+
+/// The facts of one notification, stored as JSON with it so the outbox worker can render
+/// it for any channel after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct NotificationPayload {
+    /// firing | resolved (repeats and escalations are firing).
+    pub resolved: bool,
+    /// Stable per series (dedup key / alias).
+    pub fingerprint: String,
+    /// KPI id.
+    pub kpi_id: String,
+    /// KPI title.
+    pub kpi_title: String,
+    /// Dimension values.
+    pub series: BTreeMap<String, String>,
+    /// Severity.
+    pub severity: String,
+    /// Owner.
+    pub owner: Option<String>,
+    /// Model labels.
+    pub labels: BTreeMap<String, String>,
+    /// Observed value.
+    pub value: f64,
+    /// Expected value.
+    pub expected: f64,
+    /// Band lower edge.
+    pub lower: f64,
+    /// Band upper edge.
+    pub upper: f64,
+    /// Volume.
+    pub volume: f64,
+    /// Incident start, unix seconds.
+    pub started_ts: i64,
+    /// Bucket, unix seconds.
+    pub bucket_ts: i64,
+    /// Resolution, unix seconds.
+    pub resolved_ts: Option<i64>,
+    /// Link to the series.
+    pub series_url: String,
+    /// Signed acknowledge link.
+    pub ack_url: Option<String>,
 }
 
 /// A silence as stored.
@@ -635,8 +682,8 @@ impl Store {
         if let Some(event) = event {
             for n in notify {
                 sqlx::query(
-                    "INSERT INTO notifications (alert_id, event, channel, recipient, subject, body, status, suppressed_by, created_at)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    "INSERT INTO notifications (alert_id, event, channel, recipient, subject, body, status, suppressed_by, payload, created_at)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 )
                 .bind(id)
                 .bind(event)
@@ -646,6 +693,7 @@ impl Store {
                 .bind(&n.body)
                 .bind(if n.suppressed_by.is_some() { "silenced" } else { "pending" })
                 .bind(&n.suppressed_by)
+                .bind(n.payload.as_ref().and_then(|p| serde_json::to_string(p).ok()))
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
@@ -686,7 +734,7 @@ impl Store {
     /// Notifications due for a delivery attempt at `now`, oldest first.
     pub async fn pending_notifications(&self, now: i64, limit: i64) -> Result<Vec<NotificationRow>> {
         Ok(sqlx::query_as::<_, NotificationRow>(
-            "SELECT id, alert_id, event, channel, recipient, subject, body, status, attempts FROM notifications
+            "SELECT id, alert_id, event, channel, recipient, subject, body, status, attempts, payload FROM notifications
              WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
         )
         .bind(now)
@@ -698,7 +746,7 @@ impl Store {
     /// Every notification, oldest first (for the API and tests).
     pub async fn notifications(&self) -> Result<Vec<NotificationRow>> {
         Ok(sqlx::query_as::<_, NotificationRow>(
-            "SELECT id, alert_id, event, channel, recipient, subject, body, status, attempts FROM notifications ORDER BY id",
+            "SELECT id, alert_id, event, channel, recipient, subject, body, status, attempts, payload FROM notifications ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?)

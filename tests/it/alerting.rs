@@ -7,7 +7,13 @@ use chrono::Duration;
 use kpiwatch::clock::ManualClock;
 use tower::ServiceExt;
 
-use crate::e2e::{build, build_with, drive, t0, Shop};
+use std::sync::{Arc, Mutex};
+
+use axum::http::HeaderMap;
+use axum::routing::post;
+use kpiwatch::alerting::notifiers::verify_webhook_signature;
+
+use crate::e2e::{build, build_full, build_with, drive, t0, Shop};
 use crate::helpers::{init_logs, SmtpServer};
 
 async fn call(app: &kpiwatch::app::Application, method: &str, uri: &str, body: &str) -> (StatusCode, String) {
@@ -176,4 +182,186 @@ async fn a_firing_alert_repeats_until_acknowledged_through_its_signed_link() {
     let id = all[0]["id"].as_i64().expect("id");
     let (status, body) = call(&app, "POST", &format!("/api/alerts/{id}/ack"), r#"{"by": "ana"}"#).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
+}
+
+/// A webhook receiver on 127.0.0.1 that records what it gets; `hold` delays every answer.
+#[derive(Clone, Default)]
+struct Hook {
+    got: Arc<Mutex<Vec<(HeaderMap, String)>>>,
+    hold: Arc<Mutex<Option<std::time::Duration>>>,
+}
+
+impl Hook {
+    async fn start(&self) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let me = self.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            post(move |headers: HeaderMap, body: String| {
+                let me = me.clone();
+                async move {
+                    me.got.lock().expect("lock").push((headers, body));
+                    let hold = *me.hold.lock().expect("lock");
+                    if let Some(hold) = hold {
+                        tokio::time::sleep(hold).await;
+                    }
+                    StatusCode::OK
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        port
+    }
+
+    fn bodies(&self) -> Vec<serde_json::Value> {
+        let got = self.got.lock().expect("lock");
+        got.iter()
+            .map(|(_, b)| serde_json::from_str(b).expect("json body"))
+            .collect()
+    }
+}
+
+fn hook_env(port: u16, down_port: u16) -> Vec<(&'static str, String)> {
+    vec![
+        ("KPIWATCH_ALERTING__RECEIVERS__HOOK__TYPE", "webhook".to_owned()),
+        (
+            "KPIWATCH_ALERTING__RECEIVERS__HOOK__URL",
+            format!("http://127.0.0.1:{port}/hook"),
+        ),
+        (
+            "KPIWATCH_ALERTING__RECEIVERS__HOOK__SECRET",
+            "hook-secret".to_owned(),
+        ),
+        ("KPIWATCH_ALERTING__RECEIVERS__DOWN__TYPE", "webhook".to_owned()),
+        (
+            "KPIWATCH_ALERTING__RECEIVERS__DOWN__URL",
+            format!("http://127.0.0.1:{down_port}/hook"),
+        ),
+        (
+            "KPIWATCH_ALERTING__ROUTING__RECEIVERS",
+            "[\"hook\", \"down\"]".to_owned(),
+        ),
+    ]
+}
+
+/// A port nothing listens on.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+#[tokio::test]
+async fn routed_webhooks_get_signed_messages_and_a_dead_receiver_blocks_no_one() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smtp = SmtpServer::start();
+    let hook = Hook::default();
+    let port = hook.start().await;
+    let mut shop = Shop::create(&dir.path().join("shop.db")).await;
+    shop.traffic(t0() - Duration::days(14), t0() + Duration::hours(1))
+        .await;
+    let clock = ManualClock::new(t0() + Duration::minutes(1));
+    let app = build_full(dir.path(), &smtp, &clock, "", &hook_env(port, closed_port())).await;
+    app.scheduler().run_due().await;
+
+    let stop = t0() + Duration::hours(1);
+    drive(&app, &clock, stop + Duration::minutes(16)).await;
+    // The e-mail and the live webhook got it, whatever the dead receiver does.
+    assert_eq!(smtp.received().len(), 1);
+    let bodies = hook.bodies();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    assert_eq!(bodies[0]["event"], "firing");
+    assert_eq!(bodies[0]["kpi"]["id"], "orders");
+    let (headers, raw) = hook.got.lock().expect("lock")[0].clone();
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let stamp: i64 = header("x-kpiwatch-timestamp").parse().expect("timestamp header");
+    let signature = header("x-kpiwatch-signature");
+    assert!(verify_webhook_signature(
+        b"hook-secret",
+        stamp,
+        raw.as_bytes(),
+        &signature
+    ));
+    assert!(!verify_webhook_signature(
+        b"wrong",
+        stamp,
+        raw.as_bytes(),
+        &signature
+    ));
+    // The dead one is retried later, and reported.
+    let notes = app.store().notifications().await.expect("notifications");
+    let dead = notes
+        .iter()
+        .find(|n| n.recipient == "down")
+        .expect("a row for the dead receiver");
+    assert_eq!(dead.status, "pending");
+    assert!(dead.attempts >= 1);
+    let (_, metrics) = call(&app, "GET", "/metrics", "").await;
+    assert!(
+        metrics.contains("receiver_failing{receiver=\"down\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("receiver_failing{receiver=\"hook\"} 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_during_delivery_leaves_one_delivered_copy_per_idempotency_key() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smtp = SmtpServer::start();
+    let hook = Hook::default();
+    let port = hook.start().await;
+    let mut shop = Shop::create(&dir.path().join("shop.db")).await;
+    shop.traffic(t0() - Duration::days(14), t0() + Duration::hours(1))
+        .await;
+    let clock = ManualClock::new(t0() + Duration::minutes(1));
+    let env = hook_env(port, closed_port());
+    let app = build_full(dir.path(), &smtp, &clock, "", &env).await;
+    app.scheduler().run_due().await;
+
+    // Orders stop; the receiver takes the alert but answers late, and kpiwatch dies first.
+    let stop = t0() + Duration::hours(1);
+    drive(&app, &clock, stop + Duration::minutes(1)).await;
+    *hook.hold.lock().expect("lock") = Some(std::time::Duration::from_secs(30));
+    clock.advance(Duration::minutes(5));
+    let pass = tokio::time::timeout(std::time::Duration::from_secs(2), app.scheduler().run_due()).await;
+    assert!(pass.is_err(), "the pass was cut off mid-delivery");
+    drop(app);
+    assert_eq!(hook.bodies().len(), 1, "the receiver already has it");
+
+    // Restart: the unconfirmed message is delivered again with the same id, once.
+    *hook.hold.lock().expect("lock") = None;
+    let app = build_full(dir.path(), &smtp, &clock, "", &env).await;
+    drive(&app, &clock, stop + Duration::minutes(21)).await;
+    let bodies = hook.bodies();
+    let ids: std::collections::BTreeSet<String> = bodies
+        .iter()
+        .filter(|b| b["event"] == "firing")
+        .map(|b| b["id"].to_string())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        1,
+        "one firing message, whatever the retries: {bodies:?}"
+    );
+    let sent: Vec<_> = app
+        .store()
+        .notifications()
+        .await
+        .expect("rows")
+        .into_iter()
+        .filter(|n| n.recipient == "hook")
+        .collect();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].status, "sent");
 }

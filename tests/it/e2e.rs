@@ -89,18 +89,27 @@ pub(crate) async fn build_with(
     clock: &ManualClock,
     model_extra: &str,
 ) -> Application {
+    build_full(dir, smtp, clock, model_extra, &[]).await
+}
+
+/// Build the app with extra model lines and extra `KPIWATCH_*` settings.
+pub(crate) async fn build_full(
+    dir: &Path,
+    smtp: &SmtpServer,
+    clock: &ManualClock,
+    model_extra: &str,
+    env_extra: &[(&str, String)],
+) -> Application {
     let model = format!("{MODEL}\n{model_extra}");
     let spec = KpiSpec::parse("orders", &model, QUERY, Path::new("models/orders")).expect("valid model");
     let shop_url = format!("sqlite://{}", dir.join("shop.db").display());
-    let settings = settings(
-        dir,
-        Some(smtp.port),
-        &[
-            ("KPIWATCH_SOURCES__SHOP__URL", shop_url),
-            ("KPIWATCH_SCHEDULER__BACKFILL", "14d".to_owned()),
-            ("KPIWATCH_SCHEDULER__HISTORY", "14d".to_owned()),
-        ],
-    );
+    let mut env = vec![
+        ("KPIWATCH_SOURCES__SHOP__URL", shop_url),
+        ("KPIWATCH_SCHEDULER__BACKFILL", "14d".to_owned()),
+        ("KPIWATCH_SCHEDULER__HISTORY", "14d".to_owned()),
+    ];
+    env.extend(env_extra.iter().cloned());
+    let settings = settings(dir, Some(smtp.port), &env);
     Application::build(
         settings,
         vec![spec],
