@@ -163,6 +163,28 @@ pub struct SmtpConfig {
     /// Timeout for one delivery.
     #[serde(default = "default_smtp_timeout", with = "humantime_serde_compat")]
     pub timeout: Duration,
+    /// `none` (plain), `opportunistic` (STARTTLS when offered), `starttls` (required) or
+    /// `tls` (implicit TLS, usually port 465).
+    #[serde(default)]
+    pub tls: SmtpTls,
+    /// Accept self-signed or otherwise invalid certificates (test relays only).
+    #[serde(default)]
+    pub accept_invalid_certs: bool,
+}
+
+/// How to secure the SMTP connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    /// Plain text; only for a trusted local relay.
+    None,
+    /// STARTTLS when the server offers it, else plain text.
+    #[default]
+    Opportunistic,
+    /// STARTTLS, or fail.
+    Starttls,
+    /// TLS from the first byte.
+    Tls,
 }
 
 fn default_smtp_port() -> u16 {

@@ -1,12 +1,13 @@
 //! E-mail delivery with lettre: SMTP when configured, else `.eml` files in an outbox folder.
 
-use lettre::message::header::ContentType;
+use lettre::message::MultiPart;
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
 
 use super::{Error, Result};
-use crate::config::EmailConfig;
+use crate::config::{EmailConfig, SmtpTls};
 
 /// Where e-mail goes.
 #[derive(Debug, Clone)]
@@ -31,9 +32,21 @@ impl Mailer {
             .map_err(|e| Error::Build(format!("email.from {:?}: {e}", cfg.from)))?;
         let (transport, describe) = match &cfg.smtp {
             Some(smtp) => {
-                // Plain SMTP (with optional AUTH); TLS variants arrive with the alerting work.
+                let params = || {
+                    TlsParameters::builder(smtp.host.clone())
+                        .dangerous_accept_invalid_certs(smtp.accept_invalid_certs)
+                        .build()
+                        .map_err(|e| Error::Build(format!("SMTP TLS settings: {e}")))
+                };
+                let tls = match smtp.tls {
+                    SmtpTls::None => Tls::None,
+                    SmtpTls::Opportunistic => Tls::Opportunistic(params()?),
+                    SmtpTls::Starttls => Tls::Required(params()?),
+                    SmtpTls::Tls => Tls::Wrapper(params()?),
+                };
                 let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
                     .port(smtp.port)
+                    .tls(tls)
                     .timeout(Some(smtp.timeout));
                 if let (Some(user), Some(pass)) = (&smtp.username, &smtp.password) {
                     builder =
@@ -83,7 +96,7 @@ impl Mailer {
         }
     }
 
-    /// Send one plain-text message.
+    /// Send one message: the plain text, and an HTML rendering of it as the alternative.
     pub async fn send(&self, to: &str, subject: &str, body: &str) -> Result<()> {
         let to: lettre::message::Mailbox = to
             .parse()
@@ -92,8 +105,10 @@ impl Mailer {
             .from(self.from.clone())
             .to(to)
             .subject(subject)
-            .header(ContentType::TEXT_PLAIN)
-            .body(body.to_owned())
+            .multipart(MultiPart::alternative_plain_html(
+                body.to_owned(),
+                html_of(subject, body),
+            ))
             .map_err(|e| Error::Build(e.to_string()))?;
         match &self.transport {
             Transport::Smtp(t) => t
@@ -107,5 +122,77 @@ impl Mailer {
                 .map(drop)
                 .map_err(|e| Error::Transport(e.to_string())),
         }
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Escaped text, with `http(s)://` words turned into links.
+fn linkify(s: &str) -> String {
+    s.split(' ')
+        .map(|word| {
+            if word.starts_with("http://") || word.starts_with("https://") {
+                let w = escape(word);
+                format!("<a href=\"{w}\">{w}</a>")
+            } else {
+                escape(word)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The HTML part: the headline, the `Key: value` lines as a table, links clickable.
+pub(super) fn html_of(subject: &str, text: &str) -> String {
+    let mut paragraphs = Vec::new();
+    let mut rows = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        match line.split_once(':') {
+            Some((key, value)) if !key.is_empty() && key.len() <= 14 && !value.starts_with("//") => {
+                rows.push(format!(
+                    "<tr><th style=\"text-align:left;padding:2px 12px 2px 0;color:#555\">{}</th><td>{}</td></tr>",
+                    escape(key.trim()),
+                    linkify(value.trim())
+                ));
+            }
+            _ => paragraphs.push(format!("<p>{}</p>", linkify(line))),
+        }
+    }
+    format!(
+        "<!doctype html><html><body style=\"font-family:Arial,Helvetica,sans-serif;font-size:14px\">\
+         <h2 style=\"font-size:16px\">{}</h2>{}<table>{}</table></body></html>",
+        escape(subject),
+        paragraphs.join(""),
+        rows.join("")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_html_part_escapes_and_tabulates_the_text() {
+        let html = html_of(
+            "[CRITICAL] <Orders> dropped",
+            "Orders dropped outside its band.\n\nActual:      0\nSeries:      http://x/api/kpis/orders/series\n",
+        );
+        assert!(html.contains("&lt;Orders&gt;"), "{html}");
+        assert!(
+            html.contains(
+                "<th style=\"text-align:left;padding:2px 12px 2px 0;color:#555\">Actual</th><td>0</td>"
+            ),
+            "{html}"
+        );
+        assert!(
+            html.contains("<a href=\"http://x/api/kpis/orders/series\">"),
+            "{html}"
+        );
+        assert!(html.contains("<p>Orders dropped outside its band.</p>"), "{html}");
     }
 }

@@ -62,6 +62,12 @@ impl Received {
             .unwrap_or_default()
     }
 
+    /// The HTML alternative, if any.
+    pub fn html(&self) -> Option<String> {
+        let parsed = mail_parser::MessageParser::default().parse(self.data.as_bytes())?;
+        parsed.body_html(0).map(|t| t.into_owned())
+    }
+
     /// The decoded plain-text body.
     pub fn text(&self) -> String {
         let parsed = mail_parser::MessageParser::default().parse(self.data.as_bytes());
@@ -76,6 +82,7 @@ struct Collect {
     inbox: Arc<Mutex<Vec<Received>>>,
     to: Vec<String>,
     data: Vec<u8>,
+    login: Option<(String, String)>,
 }
 
 impl Handler for Collect {
@@ -88,6 +95,13 @@ impl Handler for Collect {
     fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
         self.data.extend_from_slice(buf);
         Ok(())
+    }
+
+    fn auth_plain(&mut self, _authz: &str, user: &str, password: &str) -> Response {
+        match &self.login {
+            Some((u, p)) if u == user && p == password => mailin_embedded::response::AUTH_OK,
+            _ => mailin_embedded::response::INVALID_CREDENTIALS,
+        }
     }
 
     fn data_end(&mut self) -> Response {
@@ -107,21 +121,50 @@ pub struct SmtpServer {
 }
 
 impl SmtpServer {
+    /// Plain SMTP, no authentication.
     pub fn start() -> Self {
+        Self::start_with(SslConfig::None, None)
+    }
+
+    /// STARTTLS with a fresh self-signed certificate for 127.0.0.1 (written under `dir`), and
+    /// AUTH PLAIN requiring `user`/`password`.
+    pub fn start_tls(dir: &std::path::Path, user: &str, password: &str) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("self-signed certificate");
+        let cert_path = dir.join("smtp-cert.pem");
+        let key_path = dir.join("smtp-key.pem");
+        std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
+        std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
+        Self::start_with(
+            SslConfig::SelfSigned {
+                cert_path: cert_path.display().to_string(),
+                key_path: key_path.display().to_string(),
+            },
+            Some((user.to_owned(), password.to_owned())),
+        )
+    }
+
+    fn start_with(ssl: SslConfig, login: Option<(String, String)>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind SMTP port");
         let port = listener.local_addr().expect("addr").port();
         let inbox = Arc::new(Mutex::new(Vec::new()));
+        let with_auth = login.is_some();
         let handler = Collect {
             inbox: Arc::clone(&inbox),
             to: Vec::new(),
             data: Vec::new(),
+            login,
         };
         let mut server = Server::new(handler);
         server
             .with_name("test.local")
-            .with_ssl(SslConfig::None)
-            .expect("no TLS")
+            .with_ssl(ssl)
+            .expect("TLS setup")
             .with_tcp_listener(listener);
+        if with_auth {
+            server.with_auth(mailin_embedded::AuthMechanism::Plain);
+        }
         std::thread::spawn(move || {
             let _ = server.serve();
         });

@@ -6,5 +6,6 @@
 mod alerting;
 mod cli;
 mod e2e;
+mod email;
 mod helpers;
 mod sources;
