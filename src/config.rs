@@ -40,6 +40,39 @@ pub struct Settings {
     pub alerting: AlertingConfig,
 }
 
+/// Alertmanager-style grouping of e-mail notifications.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupingConfig {
+    /// Labels whose values form a group (`kpi`, `team`, `severity`, any model label).
+    #[serde(default = "default_group_by")]
+    pub by: Vec<String>,
+    /// How long to wait for more incidents of a new group before the first message.
+    #[serde(default, with = "humantime_serde_compat")]
+    pub wait: Duration,
+    /// At least this long between two messages about one group.
+    #[serde(default = "default_group_interval", with = "humantime_serde_compat")]
+    pub interval: Duration,
+}
+
+impl Default for GroupingConfig {
+    fn default() -> Self {
+        GroupingConfig {
+            by: default_group_by(),
+            wait: Duration::ZERO,
+            interval: default_group_interval(),
+        }
+    }
+}
+
+fn default_group_by() -> Vec<String> {
+    vec!["kpi".to_owned()]
+}
+
+fn default_group_interval() -> Duration {
+    Duration::from_secs(300)
+}
+
 /// Alert routing and suppression.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,6 +83,9 @@ pub struct AlertingConfig {
     /// Recurring maintenance windows: alerts inside them are recorded, not sent.
     #[serde(default)]
     pub maintenance: Vec<MaintenanceWindow>,
+    /// How e-mails about several incidents are grouped into one.
+    #[serde(default)]
+    pub grouping: GroupingConfig,
     /// Secret that signs the acknowledge links in messages (default: generated once and kept
     /// in the state store).
     pub link_secret: Option<SecretString>,

@@ -282,7 +282,16 @@ async fn data_missing_alert(
             let suppressed =
                 alerting::suppression(&labels, &silences, &cx.settings.alerting.maintenance, now);
             let payload = alerting::payload(spec, "{}", &row, None, false, public_url, None);
-            let notify = alerting::notifications(&targets, &subject, &body, suppressed.as_deref(), &payload);
+            let out = alerting::Outgoing {
+                event: "firing",
+                subject: &subject,
+                body: &body,
+                payload: &payload,
+                suppressed_by: suppressed.as_deref(),
+                group_key: &alerting::group_key(&labels, &cx.settings.alerting.grouping.by),
+                not_before: now.timestamp() + cx.settings.alerting.grouping.wait.as_secs() as i64,
+            };
+            let notify = alerting::notifications(&cx.receivers, &targets, out);
             store.save_alert(&row, Some("firing"), &notify).await?;
             warn!(message = "KPI data missing alert firing.", since = %ts(since)?, %error);
         }
@@ -295,7 +304,16 @@ async fn data_missing_alert(
                 ..open
             };
             let payload = alerting::payload(spec, "{}", &row, None, true, public_url, None);
-            let notify = alerting::notifications(&targets, &subject, &body, None, &payload);
+            let out = alerting::Outgoing {
+                event: "resolved",
+                subject: &subject,
+                body: &body,
+                payload: &payload,
+                suppressed_by: None,
+                group_key: &alerting::group_key(&labels, &cx.settings.alerting.grouping.by),
+                not_before: now.timestamp() + cx.settings.alerting.grouping.wait.as_secs() as i64,
+            };
+            let notify = alerting::notifications(&cx.receivers, &targets, out);
             store.save_alert(&row, Some("resolved"), &notify).await?;
             info!(message = "KPI data missing alert resolved.");
         }
@@ -333,6 +351,7 @@ pub async fn deliver(cx: &Context, now: DateTime<Utc>) -> anyhow::Result<()> {
     let dispatch = alerting::Dispatch {
         mailer: &cx.mailer,
         receivers: &cx.receivers,
+        group_interval: cx.settings.alerting.grouping.interval.as_secs() as i64,
     };
     let report = alerting::deliver_pending(&cx.store, dispatch, now.timestamp())
         .await
@@ -502,6 +521,7 @@ async fn judge_series(
     let suppressed_by = inhibited
         .or_else(|| alerting::suppression(&labels, &silences, &cx.settings.alerting.maintenance, now));
     let rule = alerting::rule_for(spec, sched.recovery_buckets);
+    let group = alerting::group_key(&labels, &cx.settings.alerting.grouping.by);
     let fp = alerting::fingerprint("anomaly", spec, dims);
     for (t, v) in verdicts.iter().filter(|(t, _)| *t >= horizon) {
         let verdict = BucketVerdict {
@@ -608,8 +628,17 @@ async fn judge_series(
                 &cx.settings.http.public_url,
                 message_cx.ack_url.clone(),
             );
-            let notify =
-                alerting::notifications(&targets, &subject, &body, suppressed_by.as_deref(), &payload);
+            let event_name = event.name();
+            let out = alerting::Outgoing {
+                event: &event_name,
+                subject: &subject,
+                body: &body,
+                payload: &payload,
+                suppressed_by: suppressed_by.as_deref(),
+                group_key: &group,
+                not_before: now.timestamp() + cx.settings.alerting.grouping.wait.as_secs() as i64,
+            };
+            let notify = alerting::notifications(&cx.receivers, &targets, out);
             store.save_alert(&row, Some(&event.name()), &notify).await?;
             match event {
                 lifecycle::Event::Firing => {

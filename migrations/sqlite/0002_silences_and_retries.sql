@@ -22,3 +22,13 @@ CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+
+-- Grouping: messages to one recipient about one group (e.g. one KPI's series) go out as one.
+ALTER TABLE notifications ADD COLUMN group_key TEXT NOT NULL DEFAULT '';
+CREATE TABLE notification_groups (
+    channel      TEXT NOT NULL,
+    recipient    TEXT NOT NULL,
+    group_key    TEXT NOT NULL,
+    last_sent_at INTEGER NOT NULL,
+    PRIMARY KEY (channel, recipient, group_key)
+);

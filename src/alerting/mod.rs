@@ -174,24 +174,66 @@ pub fn row_of(incident: &Incident, base: AlertRow) -> AlertRow {
     }
 }
 
-/// One message for each target.
+/// What a message is about, for the targets to render.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// The event's name (`firing`, `repeat-1`, `resolved`, …).
+    pub event: &'a str,
+    /// Default subject.
+    pub subject: &'a str,
+    /// Default plain-text body.
+    pub body: &'a str,
+    /// The facts.
+    pub payload: &'a NotificationPayload,
+    /// Why it is recorded but not sent, if so.
+    pub suppressed_by: Option<&'a str>,
+    /// Grouping key (see [`group_key`]).
+    pub group_key: &'a str,
+    /// Not before this time (group wait).
+    pub not_before: i64,
+}
+
+/// The group an alert's messages belong to: the values of the `by` labels.
+pub fn group_key(labels: &BTreeMap<String, String>, by: &[String]) -> String {
+    by.iter()
+        .map(|l| format!("{l}={}", labels.get(l).map(String::as_str).unwrap_or("")))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// One message for each target, in each receiver's own wording where it has templates.
 pub fn notifications(
+    receivers: &receivers::Receivers,
     targets: &[receivers::Target],
-    subject: &str,
-    body: &str,
-    suppressed_by: Option<&str>,
-    payload: &NotificationPayload,
+    out: Outgoing<'_>,
 ) -> Vec<NewNotification> {
     targets
         .iter()
-        .map(|t| NewNotification {
-            channel: t.channel.clone(),
-            recipient: t.recipient.clone(),
-            subject: subject.to_owned(),
-            body: body.to_owned(),
-            suppressed_by: suppressed_by.map(str::to_owned),
-            // E-mail renders from subject and body; HTTP channels from the payload.
-            payload: (t.channel != "email").then(|| payload.clone()),
+        .map(|t| {
+            let templates = t.receiver.as_deref().and_then(|r| receivers.templates(r));
+            let (subject, body) = match templates {
+                Some(templates) => {
+                    let mut context = serde_json::to_value(out.payload).unwrap_or_default();
+                    if let Some(map) = context.as_object_mut() {
+                        map.insert("event".to_owned(), out.event.into());
+                        map.insert("default_subject".to_owned(), out.subject.into());
+                        map.insert("default_text".to_owned(), out.body.into());
+                    }
+                    templates.render(&context, out.subject, out.body)
+                }
+                None => (out.subject.to_owned(), out.body.to_owned()),
+            };
+            NewNotification {
+                channel: t.channel.clone(),
+                recipient: t.recipient.clone(),
+                subject,
+                body,
+                suppressed_by: out.suppressed_by.map(str::to_owned),
+                // E-mail renders from subject and body; HTTP channels also from the payload.
+                payload: (t.channel != "email").then(|| out.payload.clone()),
+                group_key: out.group_key.to_owned(),
+                not_before: out.not_before,
+            }
         })
         .collect()
 }
@@ -341,6 +383,8 @@ pub struct Dispatch<'a> {
     pub mailer: &'a Mailer,
     /// Named HTTP receivers.
     pub receivers: &'a receivers::Receivers,
+    /// At least this many seconds between two e-mails about one group.
+    pub group_interval: i64,
 }
 
 impl Dispatch<'_> {
@@ -376,63 +420,134 @@ impl Dispatch<'_> {
     }
 }
 
+/// Several e-mails to one recipient about one group, as one message.
+fn merge(rows: &[store::NotificationRow]) -> (String, String) {
+    if let [one] = rows {
+        return (one.subject.clone(), one.body.clone());
+    }
+    let subject = format!(
+        "[{} alerts] {}",
+        rows.len(),
+        rows.iter()
+            .map(|r| r.subject.as_str())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    let subject: String = subject.chars().take(250).collect();
+    let body = rows
+        .iter()
+        .map(|r| format!("== {} ==\n\n{}", r.subject, r.body))
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    (subject, body)
+}
+
+/// One unit of delivery: a grouped e-mail, or one HTTP message.
+struct Batch {
+    lane: String,
+    rows: Vec<store::NotificationRow>,
+}
+
 /// Deliver every notification due at `now`. Receivers are worked concurrently, so one that
-/// is down or slow does not hold up the others; a failure is retried later with
-/// [`notifiers::backoff`] (or the receiver's `Retry-After`), or given up when retrying
-/// cannot help.
+/// is down or slow does not hold up the others. E-mails to one recipient about one group go
+/// out as one message, at most one per `group_interval`; incident tools get one event per
+/// series (their dedup keys). A failure is retried later with [`notifiers::backoff`] (or
+/// the receiver's `Retry-After`), or given up when retrying cannot help.
 pub async fn deliver_pending(store: &Store, dispatch: Dispatch<'_>, now: i64) -> Result<DeliveryReport> {
     let pending = store.pending_notifications(now, 200).await?;
-    let mut by_receiver: BTreeMap<String, Vec<store::NotificationRow>> = BTreeMap::new();
+    let mut lanes: BTreeMap<String, Vec<Batch>> = BTreeMap::new();
+    let mut email_groups: BTreeMap<(String, String), Vec<store::NotificationRow>> = BTreeMap::new();
     for n in pending {
-        let key = if n.channel == "email" {
-            "email".to_owned()
+        if n.channel == "email" {
+            email_groups
+                .entry((n.recipient.clone(), n.group_key.clone()))
+                .or_default()
+                .push(n);
         } else {
-            n.recipient.clone()
-        };
-        by_receiver.entry(key).or_default().push(n);
-    }
-    let lanes = by_receiver.into_iter().map(|(receiver, rows)| async move {
-        let mut outcomes = Vec::new();
-        for n in rows {
-            let result = dispatch.send(&n).await;
-            outcomes.push((n, result));
+            let lane = n.recipient.clone();
+            lanes
+                .entry(lane.clone())
+                .or_default()
+                .push(Batch { lane, rows: vec![n] });
         }
-        (receiver, outcomes)
+    }
+    for ((recipient, key), rows) in email_groups {
+        if let Some(last) = store.group_last_sent("email", &recipient, &key).await? {
+            let next = last + dispatch.group_interval;
+            if now < next {
+                let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+                store.postpone(&ids, next).await?;
+                continue;
+            }
+        }
+        lanes.entry("email".to_owned()).or_default().push(Batch {
+            lane: "email".to_owned(),
+            rows,
+        });
+    }
+    let work = lanes.into_values().map(|batches| async move {
+        let mut outcomes = Vec::new();
+        for batch in batches {
+            let result = match batch.rows.as_slice() {
+                [first, ..] if first.channel == "email" => {
+                    let (subject, body) = merge(&batch.rows);
+                    dispatch
+                        .mailer
+                        .send(&first.recipient, &subject, &body)
+                        .await
+                        .map_err(|e| notifiers::DeliveryError {
+                            retryable: !matches!(e, Error::Build(_)),
+                            message: e.to_string(),
+                            retry_after: None,
+                        })
+                }
+                [one] => dispatch.send(one).await,
+                _ => Ok(()),
+            };
+            outcomes.push((batch, result));
+        }
+        outcomes
     });
     let mut report = DeliveryReport::default();
-    for (receiver, outcomes) in futures_util::future::join_all(lanes).await {
-        for (n, result) in outcomes {
+    for outcomes in futures_util::future::join_all(work).await {
+        for (batch, result) in outcomes {
+            let Some(first) = batch.rows.first() else { continue };
+            let ids: Vec<i64> = batch.rows.iter().map(|r| r.id).collect();
             match result {
                 Ok(()) => {
-                    store.mark_sent(n.id).await?;
+                    store
+                        .mark_group_sent(&ids, &first.channel, &first.recipient, &first.group_key, now)
+                        .await?;
                     tracing::info!(
                         message = "Alert notification sent.",
-                        notification = n.id,
-                        event = %n.event,
-                        channel = %n.channel,
-                        recipient = %n.recipient,
-                        subject = %n.subject,
+                        notifications = ?ids,
+                        event = %first.event,
+                        channel = %first.channel,
+                        recipient = %first.recipient,
+                        subject = %first.subject,
                     );
-                    *report.sent.entry(n.channel.clone()).or_default() += 1;
-                    report.failing.insert(receiver.clone(), false);
+                    *report.sent.entry(first.channel.clone()).or_default() += ids.len();
+                    report.failing.insert(batch.lane.clone(), false);
                 }
                 Err(error) => {
                     let retry_at = error.retryable.then(|| {
-                        let attempt = u32::try_from(n.attempts).unwrap_or(u32::MAX);
+                        let attempt = u32::try_from(first.attempts).unwrap_or(u32::MAX);
                         let wait = notifiers::backoff(attempt).max(error.retry_after.unwrap_or_default());
                         now + i64::try_from(wait.as_secs()).unwrap_or(3600)
                     });
-                    store.mark_failed(n.id, &error.message, retry_at).await?;
+                    for id in &ids {
+                        store.mark_failed(*id, &error.message, retry_at).await?;
+                    }
                     tracing::warn!(
                         message = "Notification delivery failed.",
-                        notification = n.id,
-                        receiver = %receiver,
-                        attempts = n.attempts + 1,
+                        notifications = ?ids,
+                        receiver = %batch.lane,
+                        attempts = first.attempts + 1,
                         retry_at,
                         error = %error.message,
                     );
-                    *report.failed.entry(n.channel.clone()).or_default() += 1;
-                    report.failing.insert(receiver.clone(), true);
+                    *report.failed.entry(first.channel.clone()).or_default() += ids.len();
+                    report.failing.insert(batch.lane.clone(), true);
                 }
             }
         }

@@ -1,10 +1,13 @@
 //! Named receivers from `[alerting.receivers.<name>]` and the expansion of an alert's
-//! routing into outbox targets `(channel, recipient)`.
+//! routing into outbox targets.
 //!
 //! Channel `email` targets are addresses (from the model's `recipients` or an `email`
-//! receiver's `to`); other channels target a receiver by name.
+//! receiver's `to`); other channels target a receiver by name. Any receiver may override
+//! what its messages say with `subject_template` / `text_template` (minijinja); messages are
+//! rendered when they are queued, so the outbox holds exactly what goes out.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -31,10 +34,55 @@ struct EmailReceiver {
     to: Vec<String>,
 }
 
+/// A receiver's own wording: compiled `subject` and `text` templates.
+#[derive(Debug)]
+pub struct Templates {
+    env: minijinja::Environment<'static>,
+}
+
+impl Templates {
+    fn compile(subject: Option<String>, text: Option<String>) -> Result<Option<Self>, String> {
+        if subject.is_none() && text.is_none() {
+            return Ok(None);
+        }
+        let mut env = minijinja::Environment::new();
+        for (name, source) in [("subject", subject), ("text", text)] {
+            if let Some(source) = source {
+                env.add_template_owned(name, source)
+                    .map_err(|e| format!("{name}_template: {e}"))?;
+            }
+        }
+        Ok(Some(Templates { env }))
+    }
+
+    /// Render `subject` and `text` with `context`, keeping the defaults for templates that
+    /// are not set. A template that fails at render time falls back to the default text, so
+    /// a message is never lost to a template mistake.
+    pub fn render(&self, context: &serde_json::Value, subject: &str, text: &str) -> (String, String) {
+        let ctx = minijinja::Value::from_serialize(context);
+        let one = |name: &str, default: &str| {
+            match self.env.get_template(name) {
+            Ok(t) => t.render(&ctx).unwrap_or_else(|error| {
+                tracing::warn!(message = "Receiver template failed; sending the default text.", template = name, %error);
+                default.to_owned()
+            }),
+            Err(_) => default.to_owned(),
+        }
+        };
+        (one("subject", subject).trim().to_owned(), one("text", text))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Named {
+    receiver: Receiver,
+    templates: Option<Arc<Templates>>,
+}
+
 /// Every configured receiver by name.
 #[derive(Debug, Clone, Default)]
 pub struct Receivers {
-    by_name: BTreeMap<String, Receiver>,
+    by_name: BTreeMap<String, Named>,
 }
 
 /// One delivery target in the outbox.
@@ -44,6 +92,16 @@ pub struct Target {
     pub channel: String,
     /// An address (email) or a receiver name.
     pub recipient: String,
+    /// The receiver it came from (`None` for a model's own recipients).
+    pub receiver: Option<String>,
+}
+
+fn take_string(table: &mut toml::Table, key: &str) -> Result<Option<String>, String> {
+    match table.remove(key) {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(format!("{key} must be a string")),
+    }
 }
 
 impl Receivers {
@@ -52,32 +110,42 @@ impl Receivers {
         let mut by_name = BTreeMap::new();
         let mut problems = Vec::new();
         for (name, table) in &cfg.receivers {
-            let value = toml::Value::Table(table.clone());
-            if table.get("type").and_then(toml::Value::as_str) == Some("email") {
-                match value.try_into::<EmailReceiver>() {
-                    Ok(EmailReceiver { to, .. }) => {
-                        for addr in &to {
-                            if addr.parse::<lettre::Address>().is_err() {
-                                problems
-                                    .push(format!("receiver {name:?}: {addr:?} is not an e-mail address"));
-                            }
-                        }
-                        by_name.insert(name.clone(), Receiver::Email { to });
-                    }
-                    Err(e) => problems.push(format!("receiver {name:?}: {e}")),
+            let mut table = table.clone();
+            let templates = take_string(&mut table, "subject_template")
+                .and_then(|s| Ok((s, take_string(&mut table, "text_template")?)))
+                .and_then(|(s, t)| Templates::compile(s, t));
+            let templates = match templates {
+                Ok(t) => t.map(Arc::new),
+                Err(e) => {
+                    problems.push(format!("receiver {name:?}: {e}"));
+                    continue;
                 }
-                continue;
-            }
-            let built = value
-                .try_into::<notifiers::ReceiverConfig>()
-                .map_err(|e| format!("receiver {name:?}: {e}"))
-                .and_then(|cfg| {
-                    notifiers::Receiver::build(name, &cfg, client.clone())
-                        .map_err(|e| format!("receiver {name:?}: {e}"))
-                });
-            match built {
-                Ok(r) => {
-                    by_name.insert(name.clone(), Receiver::Http(r));
+            };
+            let is_email = table.get("type").and_then(toml::Value::as_str) == Some("email");
+            let value = toml::Value::Table(table);
+            let receiver = if is_email {
+                value
+                    .try_into::<EmailReceiver>()
+                    .map_err(|e| format!("receiver {name:?}: {e}"))
+                    .and_then(|EmailReceiver { to, .. }| {
+                        match to.iter().find(|a| a.parse::<lettre::Address>().is_err()) {
+                            Some(bad) => Err(format!("receiver {name:?}: {bad:?} is not an e-mail address")),
+                            None => Ok(Receiver::Email { to }),
+                        }
+                    })
+            } else {
+                value
+                    .try_into::<notifiers::ReceiverConfig>()
+                    .map_err(|e| format!("receiver {name:?}: {e}"))
+                    .and_then(|cfg| {
+                        notifiers::Receiver::build(name, &cfg, client.clone())
+                            .map(Receiver::Http)
+                            .map_err(|e| format!("receiver {name:?}: {e}"))
+                    })
+            };
+            match receiver {
+                Ok(receiver) => {
+                    by_name.insert(name.clone(), Named { receiver, templates });
                 }
                 Err(p) => problems.push(p),
             }
@@ -96,40 +164,41 @@ impl Receivers {
             .map(|a| Target {
                 channel: "email".to_owned(),
                 recipient: a.clone(),
+                receiver: None,
             })
             .collect();
         for name in routed {
-            match self.by_name.get(name) {
+            match self.by_name.get(name).map(|n| &n.receiver) {
                 Some(Receiver::Email { to }) => out.extend(to.iter().map(|a| Target {
                     channel: "email".to_owned(),
                     recipient: a.clone(),
+                    receiver: Some(name.clone()),
                 })),
                 Some(Receiver::Http(r)) => out.push(Target {
                     channel: r.kind().to_owned(),
                     recipient: name.clone(),
+                    receiver: Some(name.clone()),
                 }),
                 None => tracing::warn!(message = "Route names an unknown receiver.", receiver = %name),
             }
         }
         out.sort();
-        out.dedup();
+        // One message per (channel, recipient), whichever route named it first.
+        out.dedup_by(|a, b| a.channel == b.channel && a.recipient == b.recipient);
         out
+    }
+
+    /// The templates of receiver `name`, if it has any.
+    pub fn templates(&self, name: &str) -> Option<&Templates> {
+        self.by_name.get(name).and_then(|n| n.templates.as_deref())
     }
 
     /// The HTTP receiver called `name`.
     pub fn http(&self, name: &str) -> Option<&notifiers::Receiver> {
-        match self.by_name.get(name) {
+        match self.by_name.get(name).map(|n| &n.receiver) {
             Some(Receiver::Http(r)) => Some(r),
             _ => None,
         }
-    }
-
-    /// Names of every HTTP receiver.
-    pub fn http_names(&self) -> impl Iterator<Item = &str> {
-        self.by_name
-            .iter()
-            .filter(|(_, r)| matches!(r, Receiver::Http(_)))
-            .map(|(n, _)| n.as_str())
     }
 }
 
@@ -137,17 +206,15 @@ impl Receivers {
 mod tests {
     use super::*;
 
+    fn build(toml_text: &str) -> Result<Receivers, Vec<String>> {
+        let cfg: AlertingConfig = toml::from_str(toml_text).expect("config");
+        Receivers::build(&cfg, &reqwest::Client::new())
+    }
+
     #[test]
     fn email_receivers_expand_to_addresses_without_duplicates() {
-        let cfg: AlertingConfig = toml::from_str(
-            r#"
-            [receivers.checkout]
-            type = "email"
-            to = ["a@example.com", "b@example.com"]
-            "#,
-        )
-        .expect("config");
-        let r = Receivers::build(&cfg, &reqwest::Client::new()).expect("valid");
+        let r = build("[receivers.checkout]\ntype = \"email\"\nto = [\"a@example.com\", \"b@example.com\"]")
+            .expect("valid");
         let t = r.targets(&["a@example.com".to_owned()], &["checkout".to_owned()]);
         let addrs: Vec<&str> = t.iter().map(|t| t.recipient.as_str()).collect();
         assert_eq!(addrs, vec!["a@example.com", "b@example.com"]);
@@ -155,18 +222,11 @@ mod tests {
 
     #[test]
     fn http_receivers_are_targets_by_name() {
-        let cfg: AlertingConfig = toml::from_str(
-            r#"
-            [receivers.pager]
-            type = "pagerduty"
-            routing_key = "R0UTING"
-            [receivers.hook]
-            type = "webhook"
-            url = "http://127.0.0.1:9/hook"
-            "#,
+        let r = build(
+            "[receivers.pager]\ntype = \"pagerduty\"\nrouting_key = \"R0UTING\"\n\
+             [receivers.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/hook\"",
         )
-        .expect("config");
-        let r = Receivers::build(&cfg, &reqwest::Client::new()).expect("valid");
+        .expect("valid");
         let t = r.targets(&[], &["pager".to_owned(), "hook".to_owned()]);
         let pairs: Vec<(&str, &str)> = t
             .iter()
@@ -178,17 +238,45 @@ mod tests {
 
     #[test]
     fn a_bad_receiver_is_reported_by_name() {
-        let cfg: AlertingConfig = toml::from_str(
-            "[receivers.x]\ntype = \"email\"\nto = [\"nope\"]\n[receivers.y]\ntype = \"carrier_pigeon\"",
+        let problems = build(
+            "[receivers.x]\ntype = \"email\"\nto = [\"nope\"]\n[receivers.y]\ntype = \"carrier_pigeon\"\n\
+             [receivers.z]\ntype = \"email\"\nto = []\nsubject_template = \"{{ unclosed\"",
         )
-        .expect("config");
-        let problems = Receivers::build(&cfg, &reqwest::Client::new()).expect_err("invalid");
-        assert_eq!(problems.len(), 2, "{problems:?}");
+        .expect_err("invalid");
+        assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(
             problems
                 .iter()
                 .any(|p| p.contains("\"y\"") && p.contains("carrier_pigeon")),
             "{problems:?}"
         );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("\"z\"") && p.contains("subject_template")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn templates_override_the_wording_and_fall_back_on_render_errors() {
+        let r = build(
+            "[receivers.sms]\ntype = \"email\"\nto = [\"a@example.com\"]\n\
+             subject_template = \"{{ kpi_title }} {{ event }}: {{ value | round(1) }}\"",
+        )
+        .expect("valid");
+        let t = r.templates("sms").expect("templates");
+        let ctx = serde_json::json!({"kpi_title": "Orders", "event": "firing", "value": 3.25});
+        let (subject, text) = t.render(&ctx, "default subject", "default text");
+        assert_eq!(subject, "Orders firing: 3.2");
+        assert_eq!(text, "default text", "no text_template: the default");
+        let bad = build(
+            "[receivers.b]\ntype = \"email\"\nto = [\"a@example.com\"]\nsubject_template = \"{{ value | nosuchfilter }}\"",
+        );
+        // An unknown filter is caught when the template is compiled or, at the latest, rendered.
+        if let Ok(r) = bad {
+            let (subject, _) = r.templates("b").expect("templates").render(&ctx, "fallback", "t");
+            assert_eq!(subject, "fallback");
+        }
     }
 }

@@ -209,6 +209,8 @@ pub struct NotificationRow {
     pub attempts: i64,
     /// JSON [`NotificationPayload`].
     pub payload: Option<String>,
+    /// Grouping key.
+    pub group_key: String,
 }
 
 /// A new anomaly to record.
@@ -249,6 +251,10 @@ pub struct NewNotification {
     pub suppressed_by: Option<String>,
     /// What HTTP channels render from.
     pub payload: Option<NotificationPayload>,
+    /// Messages with the same channel, recipient and group key may go out as one.
+    pub group_key: String,
+    /// Not before this time (group wait).
+    pub not_before: i64,
 }
 
 /// The facts of one notification, stored as JSON with it so the outbox worker can render
@@ -682,8 +688,9 @@ impl Store {
         if let Some(event) = event {
             for n in notify {
                 sqlx::query(
-                    "INSERT INTO notifications (alert_id, event, channel, recipient, subject, body, status, suppressed_by, payload, created_at)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    "INSERT INTO notifications (alert_id, event, channel, recipient, subject, body, status, suppressed_by, payload,
+                       group_key, next_attempt_at, created_at)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 )
                 .bind(id)
                 .bind(event)
@@ -694,6 +701,8 @@ impl Store {
                 .bind(if n.suppressed_by.is_some() { "silenced" } else { "pending" })
                 .bind(&n.suppressed_by)
                 .bind(n.payload.as_ref().and_then(|p| serde_json::to_string(p).ok()))
+                .bind(&n.group_key)
+                .bind(n.not_before)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
@@ -734,7 +743,7 @@ impl Store {
     /// Notifications due for a delivery attempt at `now`, oldest first.
     pub async fn pending_notifications(&self, now: i64, limit: i64) -> Result<Vec<NotificationRow>> {
         Ok(sqlx::query_as::<_, NotificationRow>(
-            "SELECT id, alert_id, event, channel, recipient, subject, body, status, attempts, payload FROM notifications
+            "SELECT id, alert_id, event, channel, recipient, subject, body, status, attempts, payload, group_key FROM notifications
              WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
         )
         .bind(now)
@@ -746,7 +755,7 @@ impl Store {
     /// Every notification, oldest first (for the API and tests).
     pub async fn notifications(&self) -> Result<Vec<NotificationRow>> {
         Ok(sqlx::query_as::<_, NotificationRow>(
-            "SELECT id, alert_id, event, channel, recipient, subject, body, status, attempts, payload FROM notifications ORDER BY id",
+            "SELECT id, alert_id, event, channel, recipient, subject, body, status, attempts, payload, group_key FROM notifications ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?)
@@ -821,5 +830,73 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// When a message about this group last went to this recipient.
+    pub async fn group_last_sent(
+        &self,
+        channel: &str,
+        recipient: &str,
+        group_key: &str,
+    ) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "SELECT last_sent_at FROM notification_groups WHERE channel = ? AND recipient = ? AND group_key = ?",
+        )
+        .bind(channel)
+        .bind(recipient)
+        .bind(group_key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("last_sent_at")?),
+            None => None,
+        })
+    }
+
+    /// Hold notifications back until `until` (group interval).
+    pub async fn postpone(&self, ids: &[i64], until: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for id in ids {
+            sqlx::query("UPDATE notifications SET next_attempt_at = max(next_attempt_at, ?) WHERE id = ?")
+                .bind(until)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Mark several notifications delivered as one grouped message, in one transaction.
+    pub async fn mark_group_sent(
+        &self,
+        ids: &[i64],
+        channel: &str,
+        recipient: &str,
+        group_key: &str,
+        now: i64,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for id in ids {
+            sqlx::query(
+                "UPDATE notifications SET status = 'sent', sent_at = ?, attempts = attempts + 1 WHERE id = ?",
+            )
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO notification_groups (channel, recipient, group_key, last_sent_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (channel, recipient, group_key) DO UPDATE SET last_sent_at = excluded.last_sent_at",
+        )
+        .bind(channel)
+        .bind(recipient)
+        .bind(group_key)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 }

@@ -365,3 +365,94 @@ async fn a_restart_during_delivery_leaves_one_delivered_copy_per_idempotency_key
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].status, "sent");
 }
+
+#[tokio::test]
+async fn simultaneous_incidents_of_one_kpis_series_go_out_as_one_email() {
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smtp = SmtpServer::start();
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("shop.db").display()
+    ))
+    .await
+    .expect("shop");
+    sqlx::query("CREATE TABLE orders_by_country (ts TEXT, country TEXT, n INTEGER)")
+        .execute(&pool)
+        .await
+        .expect("create");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let stop = t0() + Duration::hours(1);
+    let mut t = t0() - Duration::days(14);
+    let mut tx = pool.begin().await.expect("tx");
+    while t < stop {
+        for country in ["DE", "FR", "NL"] {
+            let n = rand_distr::Poisson::new(80.0).expect("rate").sample(&mut rng) as i64;
+            sqlx::query("INSERT INTO orders_by_country VALUES (?, ?, ?)")
+                .bind(t.format("%Y-%m-%d %H:%M:%S").to_string())
+                .bind(country)
+                .bind(n)
+                .execute(&mut *tx)
+                .await
+                .expect("insert");
+        }
+        t += Duration::minutes(5);
+    }
+    tx.commit().await.expect("commit");
+    let spec = kpiwatch::kpi::KpiSpec::parse(
+        "orders_by_country",
+        "title = \"Orders by country\"\nsource = \"shop\"\nkind = \"count\"\ninterval = \"5m\"\ndelay = \"1m\"\ndirection = \"down\"",
+        "SELECT ts, country, n AS value FROM orders_by_country WHERE ts >= :start AND ts < :end",
+        std::path::Path::new("models/orders_by_country"),
+    )
+    .expect("model");
+    let settings = crate::helpers::settings(
+        dir.path(),
+        Some(smtp.port),
+        &[
+            (
+                "KPIWATCH_SOURCES__SHOP__URL",
+                format!("sqlite://{}", dir.path().join("shop.db").display()),
+            ),
+            ("KPIWATCH_SCHEDULER__BACKFILL", "14d".to_owned()),
+        ],
+    );
+    let clock = ManualClock::new(t0() + Duration::minutes(1));
+    let app = kpiwatch::app::Application::build(
+        settings,
+        vec![spec],
+        kpiwatch::app::BuildOptions {
+            clock: Arc::new(clock.clone()),
+            extra_sources: None,
+        },
+    )
+    .await
+    .expect("app");
+    app.scheduler().run_due().await;
+    // Every country stops at once: three incidents, one e-mail.
+    drive(&app, &clock, stop + Duration::minutes(16)).await;
+    let got = smtp.received();
+    assert_eq!(
+        got.len(),
+        1,
+        "{:?}",
+        got.iter().map(|m| m.subject()).collect::<Vec<_>>()
+    );
+    let subject = got[0].subject();
+    assert!(subject.starts_with("[3 alerts]"), "{subject}");
+    for country in ["DE", "FR", "NL"] {
+        assert!(
+            got[0].text().contains(&format!("\"country\":\"{country}\"")),
+            "{country} missing"
+        );
+    }
+    let (_, alerts) = call(&app, "GET", "/api/alerts?open=true", "").await;
+    let alerts: serde_json::Value = serde_json::from_str(&alerts).expect("json");
+    assert_eq!(
+        alerts.as_array().map(Vec::len),
+        Some(3),
+        "one incident per series"
+    );
+}
