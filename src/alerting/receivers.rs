@@ -268,7 +268,7 @@ mod tests {
         let t = r.templates("sms").expect("templates");
         let ctx = serde_json::json!({"kpi_title": "Orders", "event": "firing", "value": 3.25});
         let (subject, text) = t.render(&ctx, "default subject", "default text");
-        assert_eq!(subject, "Orders firing: 3.2");
+        assert_eq!(subject, "Orders firing: 3.3");
         assert_eq!(text, "default text", "no text_template: the default");
         let bad = build(
             "[receivers.b]\ntype = \"email\"\nto = [\"a@example.com\"]\nsubject_template = \"{{ value | nosuchfilter }}\"",
