@@ -616,6 +616,8 @@ async fn judge_series(
                 public_url: &cx.settings.http.public_url,
                 ack_url: (event != lifecycle::Event::Resolved)
                     .then(|| cx.signer.ack_url(&cx.settings.http.public_url, id)),
+                silence_url: (event != lifecycle::Event::Resolved)
+                    .then(|| cx.signer.silence_url(&cx.settings.http.public_url, id)),
             };
             let (subject, body) = alerting::message::message(&message_cx, event);
             let resolved = event == lifecycle::Event::Resolved;

@@ -24,6 +24,8 @@ pub struct MessageContext<'a> {
     pub public_url: &'a str,
     /// A signed link that acknowledges the alert, once it has an id.
     pub ack_url: Option<String>,
+    /// A signed link that silences the alert's series.
+    pub silence_url: Option<String>,
 }
 
 /// Format a unix time for people.
@@ -52,15 +54,16 @@ fn series_label(dims: &str) -> String {
     }
 }
 
-fn links(spec: &KpiSpec, public_url: &str, ack_url: Option<&str>) -> String {
+fn links(spec: &KpiSpec, public_url: &str, ack_url: Option<&str>, silence_url: Option<&str>) -> String {
     let url = public_url.trim_end_matches('/');
     let id = &spec.id;
-    let mut out = format!(
-        "Series:      {url}/api/kpis/{id}/series\nAnomalies:   {url}/api/anomalies?kpi={id}\n\
-         Silence:     POST {url}/api/silences {{\"matchers\": {{\"kpi\": \"{id}\"}}, \"duration\": \"2h\", \"author\": …, \"comment\": …}}\n"
-    );
+    let mut out =
+        format!("Series:      {url}/api/kpis/{id}/series\nAnomalies:   {url}/api/anomalies?kpi={id}\n");
     if let Some(ack) = ack_url {
         out.push_str(&format!("Acknowledge: {ack}\n"));
+    }
+    if let Some(silence) = silence_url {
+        out.push_str(&format!("Silence:     {silence}\n"));
     }
     out
 }
@@ -140,7 +143,12 @@ pub fn message(cx: &MessageContext<'_>, event: Event) -> (String, String) {
         seasonality = v.seasonality,
         sev = cx.severity,
         owner = spec.owner.as_deref().unwrap_or("-"),
-        links = links(spec, cx.public_url, cx.ack_url.as_deref()),
+        links = links(
+            spec,
+            cx.public_url,
+            cx.ack_url.as_deref(),
+            cx.silence_url.as_deref()
+        ),
     );
     (subject, body)
 }
@@ -162,7 +170,7 @@ pub fn data_missing_message(
                 spec.title,
                 spec.id,
                 fmt_ts(since),
-                links(spec, public_url, ack_url)
+                links(spec, public_url, ack_url, None)
             ),
         )
     } else {
@@ -180,7 +188,7 @@ pub fn data_missing_message(
                 fmt_ts(since),
                 spec.source,
                 spec.owner.as_deref().unwrap_or("-"),
-                links(spec, public_url, ack_url)
+                links(spec, public_url, ack_url, None)
             ),
         )
     }
@@ -227,6 +235,7 @@ mod tests {
             severity: Severity::Critical,
             public_url: "http://x",
             ack_url: Some("http://x/ack/1?sig=abc".to_owned()),
+            silence_url: Some("http://x/silence/1?sig=def".to_owned()),
         };
         let (subject, body) = message(&cx, Event::Firing);
         assert!(
@@ -241,6 +250,7 @@ mod tests {
             "-58.8%",
             "http://x/api/kpis/pay/series",
             "Acknowledge: http://x/ack/1?sig=abc",
+            "Silence:     http://x/silence/1?sig=def",
         ] {
             assert!(body.contains(needle), "{needle} missing in\n{body}");
         }

@@ -362,6 +362,15 @@ impl LinkSigner {
             self.sign("ack", id)
         )
     }
+
+    /// The link that silences alert `id`'s series.
+    pub fn silence_url(&self, public_url: &str, id: i64) -> String {
+        format!(
+            "{}/silence/{id}?sig={}",
+            public_url.trim_end_matches('/'),
+            self.sign("silence", id)
+        )
+    }
 }
 
 /// Outcome of one [`deliver_pending`] pass.

@@ -109,6 +109,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/alerts", get(alerts))
         .route("/api/alerts/{id}/ack", axum::routing::post(ack_alert))
         .route("/ack/{id}", get(ack_page).post(ack_by_link))
+        .route("/silence/{id}", get(silence_page).post(silence_by_link))
         .route("/api/silences", get(list_silences).post(create_silence))
         .route("/api/silences/{id}", axum::routing::delete(expire_silence))
         .fallback(|| async { ApiError::NotFound("no such endpoint".to_owned()) })
@@ -489,9 +490,9 @@ fn html_page(title: &str, body: &str) -> axum::response::Html<String> {
     ))
 }
 
-fn check_link(state: &AppState, id: &str, sig: &str) -> ApiResult<i64> {
+fn check_link(state: &AppState, action: &str, id: &str, sig: &str) -> ApiResult<i64> {
     let id = parse_id("alert", id)?;
-    if state.signer.verify("ack", id, sig) {
+    if state.signer.verify(action, id, sig) {
         Ok(id)
     } else {
         Err(ApiError::Forbidden("this link is not valid".to_owned()))
@@ -506,7 +507,7 @@ async fn ack_page(
     query: Result<Query<SigQuery>, QueryRejection>,
 ) -> ApiResult<axum::response::Html<String>> {
     let Query(q) = query?;
-    let id = check_link(&state, &id, &q.sig)?;
+    let id = check_link(&state, "ack", &id, &q.sig)?;
     let Some(alert) = state.store.alert(id).await? else {
         return Err(ApiError::NotFound(format!("no alert {id}")));
     };
@@ -526,13 +527,99 @@ async fn ack_by_link(
     query: Result<Query<SigQuery>, QueryRejection>,
 ) -> ApiResult<axum::response::Html<String>> {
     let Query(q) = query?;
-    let id = check_link(&state, &id, &q.sig)?;
+    let id = check_link(&state, "ack", &id, &q.sig)?;
     let alert = acknowledge(&state, id, "e-mail link").await?;
     Ok(html_page(
         "Acknowledged",
         &format!(
             "<p>Alert {id} is acknowledged; no more reminders will be sent. {}</p>",
             escape_html(&alert.summary)
+        ),
+    ))
+}
+
+/// The silence link shows a form (duration, comment); its POST creates the silence.
+async fn silence_page(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<SigQuery>, QueryRejection>,
+) -> ApiResult<axum::response::Html<String>> {
+    let Query(q) = query?;
+    let id = check_link(&state, "silence", &id, &q.sig)?;
+    let Some(alert) = state.store.alert(id).await? else {
+        return Err(ApiError::NotFound(format!("no alert {id}")));
+    };
+    Ok(html_page(
+        "Silence this series",
+        &format!(
+            "<p>{}</p><form method=\"post\">\
+             <label>For <select name=\"duration\"><option>1h</option><option selected>2h</option>\
+             <option>8h</option><option>24h</option></select></label><br><br>\
+             <label>Your name <input name=\"author\" required maxlength=\"128\"></label><br><br>\
+             <label>Why <input name=\"comment\" required maxlength=\"2000\" size=\"50\"></label><br><br>\
+             <button type=\"submit\">Silence</button></form>",
+            escape_html(&alert.summary)
+        ),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SilenceForm {
+    duration: String,
+    author: String,
+    comment: String,
+}
+
+async fn silence_by_link(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<SigQuery>, QueryRejection>,
+    form: Result<axum::extract::Form<SilenceForm>, axum::extract::rejection::FormRejection>,
+) -> ApiResult<axum::response::Html<String>> {
+    let Query(q) = query?;
+    let id = check_link(&state, "silence", &id, &q.sig)?;
+    let axum::extract::Form(form) = form.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    text_field("author", &form.author, 128)?;
+    text_field("comment", &form.comment, 2000)?;
+    let secs = match form.duration.as_str() {
+        "1h" => 3600,
+        "2h" => 7200,
+        "8h" => 8 * 3600,
+        "24h" => 86_400,
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "duration {other:?}: choose 1h, 2h, 8h or 24h"
+            )))
+        }
+    };
+    let Some(alert) = state.store.alert(id).await? else {
+        return Err(ApiError::NotFound(format!("no alert {id}")));
+    };
+    // Silence exactly this series: its KPI and its dimension values.
+    let mut matchers = BTreeMap::from([("kpi".to_owned(), alert.kpi_id.clone())]);
+    if let Some(series) = alert.series_id {
+        if let Some(dims) = state.store.series_dims(series).await? {
+            if let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(&dims) {
+                for (k, v) in map {
+                    matchers.insert(k, v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()));
+                }
+            }
+        }
+    }
+    let now = state.clock.now().timestamp();
+    let json = serde_json::to_string(&matchers).map_err(anyhow::Error::from)?;
+    let silence = state
+        .store
+        .create_silence(&json, now, now + secs, &form.author, &form.comment)
+        .await?;
+    tracing::info!(message = "Silence created.", id = silence, alert = id, author = %form.author, matchers = %json);
+    Ok(html_page(
+        "Silenced",
+        &format!(
+            "<p>Silence {silence} holds back alerts for {} for {}.</p>",
+            escape_html(&json),
+            form.duration
         ),
     ))
 }

@@ -899,4 +899,16 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+
+    /// The dimension values (JSON) of a series.
+    pub async fn series_dims(&self, series_id: i64) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT dims FROM series WHERE id = ?")
+            .bind(series_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("dims")?),
+            None => None,
+        })
+    }
 }

@@ -163,6 +163,32 @@ async fn a_firing_alert_repeats_until_acknowledged_through_its_signed_link() {
     let (_, alerts) = call(&app, "GET", "/api/alerts?open=true", "").await;
     assert!(alerts.contains("\"acknowledged_by\":\"e-mail link\""), "{alerts}");
 
+    // The silence link from the same message: a form whose POST silences this series.
+    let silence = got[1]
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix("Silence:     "))
+        .expect("a silence link")
+        .trim()
+        .to_owned();
+    let spath = silence[silence.find("/silence/").expect("path")..].to_owned();
+    let (status, page) = call(&app, "GET", &spath, "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("name=\"duration\""), "{page}");
+    let request = Request::builder()
+        .method("POST")
+        .uri(&spath)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from("duration=1h&author=ana&comment=known+outage"))
+        .expect("request");
+    let response = app.router().oneshot(request).await.expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    let (_, silences) = call(&app, "GET", "/api/silences", "").await;
+    assert!(
+        silences.contains("\"kpi\":\"orders\"") && silences.contains("known outage"),
+        "{silences}"
+    );
+
     // Acknowledged: no more reminders, however long it lasts.
     drive(&app, &clock, stop + Duration::minutes(120)).await;
     assert_eq!(smtp.received().len(), 2);
