@@ -281,7 +281,7 @@ async fn data_missing_alert(
             let silences = load_silences(store, now).await?;
             let suppressed =
                 alerting::suppression(&labels, &silences, &cx.settings.alerting.maintenance, now);
-            let payload = alerting::payload(spec, "{}", &row, None, false, public_url, None);
+            let payload = alerting::payload(spec, "{}", &row, None, false, public_url, (None, None));
             let out = alerting::Outgoing {
                 event: "firing",
                 subject: &subject,
@@ -303,7 +303,7 @@ async fn data_missing_alert(
                 resolved_ts: Some(now.timestamp()),
                 ..open
             };
-            let payload = alerting::payload(spec, "{}", &row, None, true, public_url, None);
+            let payload = alerting::payload(spec, "{}", &row, None, true, public_url, (None, None));
             let out = alerting::Outgoing {
                 event: "resolved",
                 subject: &subject,
@@ -628,7 +628,7 @@ async fn judge_series(
                 Some(&verdict),
                 resolved,
                 &cx.settings.http.public_url,
-                message_cx.ack_url.clone(),
+                (message_cx.ack_url.clone(), message_cx.silence_url.clone()),
             );
             let event_name = event.name();
             let out = alerting::Outgoing {

@@ -239,7 +239,7 @@ pub fn notifications(
 }
 
 /// The facts of a notification about `alert` (a bucket verdict for anomalies; none for
-/// data-missing alerts).
+/// data-missing alerts); `links` are the signed acknowledge and silence links.
 pub fn payload(
     spec: &KpiSpec,
     dims: &str,
@@ -247,8 +247,9 @@ pub fn payload(
     verdict: Option<&BucketVerdict>,
     resolved: bool,
     public_url: &str,
-    ack_url: Option<String>,
+    links: (Option<String>, Option<String>),
 ) -> NotificationPayload {
+    let (ack_url, silence_url) = links;
     let series = match serde_json::from_str::<serde_json::Value>(dims) {
         Ok(serde_json::Value::Object(map)) => map
             .into_iter()
@@ -276,6 +277,7 @@ pub fn payload(
         resolved_ts: alert.resolved_ts,
         series_url: format!("{}/api/kpis/{}/series", public_url.trim_end_matches('/'), spec.id),
         ack_url,
+        silence_url,
     }
 }
 
@@ -308,7 +310,7 @@ fn to_notification(p: &NotificationPayload, subject: &str, body: &str) -> notifi
         links: notifiers::Links {
             series: p.series_url.clone(),
             ack: p.ack_url.clone(),
-            silence: None,
+            silence: p.silence_url.clone(),
         },
     }
 }

@@ -297,6 +297,9 @@ pub struct NotificationPayload {
     pub series_url: String,
     /// Signed acknowledge link.
     pub ack_url: Option<String>,
+    /// Signed silence link.
+    #[serde(default)]
+    pub silence_url: Option<String>,
 }
 
 /// A silence as stored.
