@@ -38,6 +38,61 @@ pub struct Settings {
     /// Routing, receivers and maintenance windows.
     #[serde(default)]
     pub alerting: AlertingConfig,
+    /// The daily digest e-mail.
+    #[serde(default)]
+    pub digest: DigestConfig,
+}
+
+/// The daily digest: who gets it, when.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DigestConfig {
+    /// Send digests at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Default local send time `HH:MM`.
+    #[serde(default = "default_digest_time")]
+    pub time: String,
+    /// Default IANA timezone.
+    #[serde(default = "utc")]
+    pub timezone: String,
+    /// Recipients beyond the models' own `recipients`, with their KPIs, time and zone.
+    #[serde(default)]
+    pub recipients: Vec<DigestRecipientConfig>,
+}
+
+impl Default for DigestConfig {
+    fn default() -> Self {
+        DigestConfig {
+            enabled: true,
+            time: default_digest_time(),
+            timezone: utc(),
+            recipients: Vec::new(),
+        }
+    }
+}
+
+/// One digest recipient from config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DigestRecipientConfig {
+    /// E-mail address (a person or a team alias).
+    pub address: String,
+    /// KPI ids, or `"*"` for every KPI; the models that list this address are added.
+    #[serde(default)]
+    pub kpis: Vec<String>,
+    /// Local send time `HH:MM` (default `digest.time`).
+    pub time: Option<String>,
+    /// IANA timezone (default `digest.timezone`).
+    pub timezone: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_digest_time() -> String {
+    "08:00".to_owned()
 }
 
 /// Alertmanager-style grouping of e-mail notifications.
@@ -366,6 +421,34 @@ impl Settings {
             }
             if source.row_cap == 0 {
                 problems.push(format!("sources.{name}.row_cap must be at least 1"));
+            }
+        }
+        let times = std::iter::once(("digest.time", Some(&self.digest.time))).chain(
+            self.digest
+                .recipients
+                .iter()
+                .map(|r| ("digest.recipients.time", r.time.as_ref())),
+        );
+        for (what, time) in times {
+            if let Some(t) = time {
+                if chrono::NaiveTime::parse_from_str(t, "%H:%M").is_err() {
+                    problems.push(format!("{what} {t:?} is not HH:MM"));
+                }
+            }
+        }
+        let zones = std::iter::once(Some(&self.digest.timezone))
+            .chain(self.digest.recipients.iter().map(|r| r.timezone.as_ref()));
+        for zone in zones.flatten() {
+            if zone.parse::<chrono_tz::Tz>().is_err() {
+                problems.push(format!("digest timezone {zone:?} is not an IANA timezone"));
+            }
+        }
+        for r in &self.digest.recipients {
+            if r.address.parse::<lettre::Address>().is_err() {
+                problems.push(format!(
+                    "digest recipient {:?} is not an e-mail address",
+                    r.address
+                ));
             }
         }
         let known = |name: &str| self.alerting.receivers.contains_key(name);

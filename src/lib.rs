@@ -13,6 +13,7 @@
 //! - [`alerting`]: incident lifecycle, messages, e-mail delivery (IO edge).
 //! - [`pipeline`]: the single path source → store → baseline → alerting.
 //! - [`scheduler`], [`api`]: drive the pipeline / read the store; [`app`] wires them.
+//! - [`digest`]: the daily digest e-mail (built from the store, sent through the outbox).
 //! - [`check`], [`demo`]: the `kpiwatch check` and `kpiwatch demo` commands.
 //!
 //! See `ARCHITECTURE.md` for the data flow and invariants.
@@ -26,6 +27,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod detect;
+pub mod digest;
 pub mod kpi;
 pub mod pipeline;
 pub mod scheduler;

@@ -40,6 +40,21 @@ enum Command {
         #[arg(long, default_value_t = 12)]
         buckets: i64,
     },
+    /// Render the daily digest without sending it (from the state store).
+    Digest {
+        /// Render to a file instead of sending (the only mode for now).
+        #[arg(long)]
+        preview: bool,
+        /// The local day it covers (default: yesterday in the recipient's timezone).
+        #[arg(long)]
+        date: Option<chrono::NaiveDate>,
+        /// Whose digest (default: every KPI).
+        #[arg(long)]
+        recipient: Option<String>,
+        /// Where to write the HTML; charts are written beside it as PNG files.
+        #[arg(long, default_value = "digest.html")]
+        out: PathBuf,
+    },
     /// Run the detector over a CSV, online (row t uses only rows up to t).
     Detect {
         /// Input CSV: `timestamp,value` or `timestamp,numerator,denominator`.
@@ -137,8 +152,52 @@ async fn run_async(config_path: Option<PathBuf>, models: PathBuf, json: bool, co
                 ExitCode::FAILURE
             }
         }
+        Command::Digest {
+            preview,
+            date,
+            recipient,
+            out,
+        } => {
+            telemetry::init("warn,sqlx=error", json);
+            if !preview {
+                eprintln!("kpiwatch digest: only --preview is supported; the service sends digests itself");
+                return ExitCode::from(2);
+            }
+            let (settings, specs) = match load(config_path.as_deref(), &models) {
+                Ok(ok) => ok,
+                Err(code) => return code,
+            };
+            report(preview_digest(&settings, &specs, date, recipient.as_deref(), &out).await)
+        }
         Command::Detect { .. } => ExitCode::FAILURE,
     }
+}
+
+async fn preview_digest(
+    settings: &config::Settings,
+    specs: &[kpi::KpiSpec],
+    date: Option<chrono::NaiveDate>,
+    recipient: Option<&str>,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    use secrecy::ExposeSecret;
+    let store = kpiwatch::store::Store::connect(settings.state.url.expose_secret()).await?;
+    let from: lettre::message::Mailbox = settings.email.from.parse()?;
+    let cx = kpiwatch::digest::DigestContext {
+        store: &store,
+        specs,
+        config: &settings.digest,
+        from: &from,
+        public_url: &settings.http.public_url,
+    };
+    let rendered = kpiwatch::digest::preview(cx, recipient, date, chrono::Utc::now(), out).await?;
+    println!(
+        "{}\nwritten to {} ({} charts beside it)",
+        rendered.subject,
+        out.display(),
+        rendered.images.len()
+    );
+    Ok(())
 }
 
 fn load(

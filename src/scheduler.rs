@@ -62,6 +62,16 @@ impl Scheduler {
             }
         }
         results.sort_by(|a, b| a.0.cmp(&b.0));
+        let digests = crate::digest::DigestContext {
+            store: &self.cx.store,
+            specs: &self.specs,
+            config: &self.cx.settings.digest,
+            from: self.cx.mailer.from(),
+            public_url: &self.cx.settings.http.public_url,
+        };
+        if let Err(error) = crate::digest::run_due(digests, now).await {
+            error!(message = "Daily digest failed.", error = format!("{error:#}"));
+        }
         if let Err(error) = pipeline::deliver(&self.cx, now).await {
             error!(
                 message = "Notification delivery pass failed.",

@@ -92,7 +92,7 @@ CREATE INDEX alerts_by_kpi ON alerts(kpi_id, state);
 -- The outbox: written in the same transaction as the alert change, delivered by a worker.
 CREATE TABLE notifications (
     id         INTEGER PRIMARY KEY,
-    alert_id   INTEGER NOT NULL REFERENCES alerts(id),
+    alert_id   INTEGER REFERENCES alerts(id), -- NULL for digests
     event      TEXT NOT NULL,        -- firing | repeat-N | escalated-SEVERITY | resolved
     channel    TEXT NOT NULL,        -- email
     recipient  TEXT NOT NULL,
@@ -105,6 +105,8 @@ CREATE TABLE notifications (
     sent_at    INTEGER,
     UNIQUE (alert_id, event, channel, recipient)
 );
+-- One digest per recipient and day (event = 'digest:YYYY-MM-DD'), across restarts and replicas.
+CREATE UNIQUE INDEX notifications_one_digest ON notifications(event, recipient) WHERE alert_id IS NULL;
 CREATE INDEX notifications_pending ON notifications(status) WHERE status = 'pending';
 
 CREATE TABLE runs (

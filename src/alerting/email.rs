@@ -125,6 +125,34 @@ impl Mailer {
     }
 }
 
+impl Mailer {
+    /// The `From:` mailbox.
+    pub fn from(&self) -> &lettre::message::Mailbox {
+        &self.from
+    }
+
+    /// Send a complete, already formatted message (a digest) to `to`.
+    pub async fn send_raw(&self, to: &str, eml: &[u8]) -> Result<()> {
+        let to: lettre::Address = to
+            .parse()
+            .map_err(|e| Error::Build(format!("recipient {to:?}: {e}")))?;
+        let envelope = lettre::address::Envelope::new(Some(self.from.email.clone()), vec![to])
+            .map_err(|e| Error::Build(e.to_string()))?;
+        match &self.transport {
+            Transport::Smtp(t) => t
+                .send_raw(&envelope, eml)
+                .await
+                .map(drop)
+                .map_err(|e| Error::Transport(e.to_string())),
+            Transport::Outbox(t) => t
+                .send_raw(&envelope, eml)
+                .await
+                .map(drop)
+                .map_err(|e| Error::Transport(e.to_string())),
+        }
+    }
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")

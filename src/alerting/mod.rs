@@ -500,6 +500,15 @@ pub async fn deliver_pending(store: &Store, dispatch: Dispatch<'_>, now: i64) ->
         let mut outcomes = Vec::new();
         for batch in batches {
             let result = match batch.rows.as_slice() {
+                [one] if one.channel == "digest" => dispatch
+                    .mailer
+                    .send_raw(&one.recipient, one.body.as_bytes())
+                    .await
+                    .map_err(|e| notifiers::DeliveryError {
+                        retryable: !matches!(e, Error::Build(_)),
+                        message: e.to_string(),
+                        retry_after: None,
+                    }),
                 [first, ..] if first.channel == "email" => {
                     let (subject, body) = merge(&batch.rows);
                     dispatch

@@ -316,10 +316,15 @@ impl SeasonalModel {
             self.level_den = weight;
         } else if s > 0.0 {
             // The level follows about two hours of buckets, but never fewer than
-            // `LEVEL_EVENTS` events (or trials): a sparse series' level must not chase noise.
+            // `LEVEL_EVENTS` events: a sparse series' level must not chase noise. For a ratio
+            // the events are those of the rarer outcome (failures of a 98 % success rate):
+            // they, not the trials, carry the information about the proportion.
             let per_bucket = match kind {
                 Kind::Count => self.level_num.abs(),
-                Kind::Ratio => self.level_den.abs(),
+                Kind::Ratio => {
+                    let share = self.level().clamp(0.0, 1.0);
+                    self.level_den.abs() * share.min(1.0 - share).max(RATIO_EDGE)
+                }
                 Kind::Gauge => f64::INFINITY,
             };
             let min_rate = self.level_min_rate.min(per_bucket / LEVEL_EVENTS);

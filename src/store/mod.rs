@@ -191,9 +191,9 @@ pub struct AlertRow {
 pub struct NotificationRow {
     /// Id.
     pub id: i64,
-    /// Alert.
-    pub alert_id: i64,
-    /// firing | resolved.
+    /// Alert (`None` for a digest).
+    pub alert_id: Option<i64>,
+    /// firing | resolved | … | digest:DATE.
     pub event: String,
     /// Channel (email).
     pub channel: String,
@@ -913,5 +913,69 @@ impl Store {
             Some(r) => Some(r.try_get("dims")?),
             None => None,
         })
+    }
+
+    /// Alerts of a KPI that were firing at some point in `[from, to)` (pending and
+    /// cancelled ones never told anyone and are left out).
+    pub async fn alerts_between(&self, kpi_id: &str, from: i64, to: i64) -> Result<Vec<AlertRow>> {
+        Ok(sqlx::query_as::<_, AlertRow>(&format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE kpi_id = ? AND state IN ('firing', 'resolved')
+               AND started_ts < ? AND (resolved_ts IS NULL OR resolved_ts >= ?) ORDER BY started_ts"
+        ))
+        .bind(kpi_id)
+        .bind(to)
+        .bind(from)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Whether an alert's messages were held back by a silence or maintenance window.
+    pub async fn alert_silenced(&self, alert_id: i64) -> Result<bool> {
+        let row =
+            sqlx::query("SELECT count(*) AS n FROM notifications WHERE alert_id = ? AND status = 'silenced'")
+                .bind(alert_id)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
+    }
+
+    /// Queue a digest (a complete MIME message) for `recipient`; `event` names its day.
+    /// Returns false when that recipient's digest for that day was already queued: one
+    /// digest per recipient and day, also across restarts and replicas.
+    pub async fn queue_digest(
+        &self,
+        recipient: &str,
+        event: &str,
+        subject: &str,
+        eml: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO notifications (alert_id, event, channel, recipient, subject, body, status, group_key,
+               next_attempt_at, created_at)
+             VALUES (NULL, ?, 'digest', ?, ?, ?, 'pending', ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(event)
+        .bind(recipient)
+        .bind(subject)
+        .bind(eml)
+        .bind(event)
+        .bind(now)
+        .bind(now_secs())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Whether `recipient`'s digest `event` was queued already.
+    pub async fn digest_queued(&self, recipient: &str, event: &str) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT count(*) AS n FROM notifications WHERE alert_id IS NULL AND event = ? AND recipient = ?",
+        )
+        .bind(event)
+        .bind(recipient)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
     }
 }

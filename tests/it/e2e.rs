@@ -78,6 +78,12 @@ impl Shop {
     }
 }
 
+/// The orders model with extra lines.
+pub(crate) fn orders_spec(model_extra: &str) -> KpiSpec {
+    let model = format!("{MODEL}\n{model_extra}");
+    KpiSpec::parse("orders", &model, QUERY, Path::new("models/orders")).expect("valid model")
+}
+
 pub(crate) async fn build(dir: &Path, smtp: &SmtpServer, clock: &ManualClock) -> Application {
     build_with(dir, smtp, clock, "").await
 }
@@ -100,8 +106,7 @@ pub(crate) async fn build_full(
     model_extra: &str,
     env_extra: &[(&str, String)],
 ) -> Application {
-    let model = format!("{MODEL}\n{model_extra}");
-    let spec = KpiSpec::parse("orders", &model, QUERY, Path::new("models/orders")).expect("valid model");
+    let spec = orders_spec(model_extra);
     let shop_url = format!("sqlite://{}", dir.join("shop.db").display());
     let mut env = vec![
         ("KPIWATCH_SOURCES__SHOP__URL", shop_url),

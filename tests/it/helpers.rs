@@ -192,6 +192,8 @@ pub fn settings(dir: &std::path::Path, smtp_port: Option<u16>, extra: &[(&str, S
             "KPIWATCH_EMAIL__DEFAULT_RECIPIENTS".to_owned(),
             "[\"oncall@example.com\"]".to_owned(),
         ),
+        // Digests have their own tests; elsewhere they would add mail to count.
+        ("KPIWATCH_DIGEST__ENABLED".to_owned(), "false".to_owned()),
     ];
     if let Some(port) = smtp_port {
         env.push(("KPIWATCH_EMAIL__SMTP__HOST".to_owned(), "127.0.0.1".to_owned()));

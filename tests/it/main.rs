@@ -5,6 +5,7 @@
 
 mod alerting;
 mod cli;
+mod digest;
 mod e2e;
 mod email;
 mod helpers;
