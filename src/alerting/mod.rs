@@ -539,7 +539,7 @@ pub async fn deliver_pending(store: &Store, dispatch: Dispatch<'_>, now: i64) ->
                         .mark_group_sent(&ids, &first.channel, &first.recipient, &first.group_key, now)
                         .await?;
                     tracing::info!(
-                        message = "Alert notification sent.",
+                        message = "Notification sent.",
                         notifications = ?ids,
                         event = %first.event,
                         channel = %first.channel,

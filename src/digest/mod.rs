@@ -261,7 +261,15 @@ async fn kpi_digest(
             if (d0..d1).contains(&o.ts) {
                 any_day_obs = true;
                 day_acc.add(spec.kind, o.value, o.denominator, e);
-                if let Some(e) = e.filter(|e| !e.anomaly && e.status == "evaluated") {
+                // Only deviations the KPI watches: a payment rate that rises is not a near-miss.
+                let watched = |e: &&crate::store::EvaluationRow| match (e.value, e.expected) {
+                    (Some(v), Some(x)) => spec.direction.watches(v < x),
+                    _ => false,
+                };
+                if let Some(e) = e
+                    .filter(|e| !e.anomaly && e.status == "evaluated")
+                    .filter(watched)
+                {
                     if let Some(c) = closeness(e).filter(|c| *c >= NEAR_MISS) {
                         near_misses.push((c, e.clone()));
                     }

@@ -142,8 +142,14 @@ async fn the_preview_renders_in_headless_chromium_and_is_not_blank() {
     let clock = ManualClock::new(now);
     let app = build_full(dir.path(), &smtp, &clock, "", &digest_env()).await;
     app.scheduler().run_due().await;
+    drop(app);
+    // The preview command, as a user runs it: models on disk, state from the config.
+    let model_dir = dir.path().join("models/orders");
+    std::fs::create_dir_all(&model_dir).expect("models dir");
+    std::fs::write(model_dir.join("model.toml"), crate::e2e::MODEL).expect("model");
+    std::fs::write(model_dir.join("query.sql"), crate::e2e::QUERY).expect("query");
     let out = dir.path().join("digest.html");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_kpiwatch"))
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_kpiwatch"))
         .current_dir(dir.path())
         .env(
             "KPIWATCH_STATE__URL",
@@ -153,28 +159,29 @@ async fn the_preview_renders_in_headless_chromium_and_is_not_blank() {
             "KPIWATCH_SOURCES__SHOP__URL",
             format!("sqlite://{}", dir.path().join("shop.db").display()),
         )
-        .args(["--models", "nonexistent"])
-        .args(["digest", "--preview", "--date", "2026-03-30", "--out"])
+        .args([
+            "digest",
+            "--preview",
+            "--date",
+            "2026-03-30",
+            "--recipient",
+            "oncall@example.com",
+            "--out",
+        ])
         .arg(&out)
-        .status()
+        .output()
         .expect("runs");
-    // The binary needs models; the test app's model is not on disk, so render through the
-    // library instead when the CLI cannot load them.
-    if !status.success() {
-        let from: lettre::message::Mailbox = "kpiwatch <k@example.com>".parse().expect("mailbox");
-        let specs = vec![crate::e2e::orders_spec("")];
-        let settings = crate::helpers::settings(dir.path(), None, &digest_env());
-        let cx = kpiwatch::digest::DigestContext {
-            store: app.store(),
-            specs: &specs,
-            config: &settings.digest,
-            from: &from,
-            public_url: "http://127.0.0.1:8080",
-        };
-        kpiwatch::digest::preview(cx, None, chrono::NaiveDate::from_ymd_opt(2026, 3, 30), now, &out)
-            .await
-            .expect("preview");
-    }
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        stdout.contains("kpiwatch daily digest for 2026-03-30"),
+        "{stdout}"
+    );
+    let html = std::fs::read_to_string(&out).expect("preview html");
+    assert!(
+        html.contains("digest-chart-orders.png"),
+        "charts are written beside the preview"
+    );
     let shot = dir.path().join("digest.png");
     let ok = std::process::Command::new(chromium)
         .args([

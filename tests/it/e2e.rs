@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{init_logs, settings, SmtpServer};
 
-const MODEL: &str = r#"
+pub(crate) const MODEL: &str = r#"
 title = "Orders"
 source = "shop"
 kind = "count"
@@ -27,7 +27,7 @@ delay = "1m"
 direction = "down"
 recipients = ["oncall@example.com"]
 "#;
-const QUERY: &str = "SELECT ts, n AS value FROM order_counts WHERE ts >= :start AND ts < :end";
+pub(crate) const QUERY: &str = "SELECT ts, n AS value FROM order_counts WHERE ts >= :start AND ts < :end";
 
 pub(crate) fn t0() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-03-30T12:00:00Z")
