@@ -257,24 +257,12 @@ async fn data_missing_alert(
     match (open, error) {
         (None, Some(error)) => {
             let row = AlertRow {
-                id: 0,
-                kpi_id: spec.id.to_string(),
-                series_id: None,
-                kind: "data_missing".to_owned(),
-                fingerprint: fp,
                 state: "firing".to_owned(),
                 severity: spec.severity.to_string(),
-                started_ts: since,
                 last_anomaly_ts: now.timestamp(),
-                hits_mask: 0,
-                seen: 0,
-                ok_streak: 0,
                 notified_at: Some(now.timestamp()),
-                repeats: 0,
-                resolved_ts: None,
-                acknowledged_by: None,
-                acknowledged_at: None,
                 summary: error.to_owned(),
+                ..AlertRow::new(spec.id.as_str(), None, "data_missing", &fp, since)
             };
             let (subject, body) =
                 alerting::message::data_missing_message(spec, false, since, error, public_url, None);
@@ -553,26 +541,9 @@ async fn judge_series(
         let (row, event) = match step_result {
             lifecycle::Step::Nothing => continue,
             lifecycle::Step::Open(inc, event) | lifecycle::Step::Update(inc, event) => {
-                let base = open.clone().unwrap_or_else(|| AlertRow {
-                    id: 0,
-                    kpi_id: spec.id.to_string(),
-                    series_id: Some(series_id),
-                    kind: "anomaly".to_owned(),
-                    fingerprint: fp.clone(),
-                    state: String::new(),
-                    severity: String::new(),
-                    started_ts: *t,
-                    last_anomaly_ts: *t,
-                    hits_mask: 0,
-                    seen: 0,
-                    ok_streak: 0,
-                    notified_at: None,
-                    repeats: 0,
-                    resolved_ts: None,
-                    acknowledged_by: None,
-                    acknowledged_at: None,
-                    summary: String::new(),
-                });
+                let base = open
+                    .clone()
+                    .unwrap_or_else(|| AlertRow::new(spec.id.as_str(), Some(series_id), "anomaly", &fp, *t));
                 (alerting::row_of(&inc, base), event)
             }
             lifecycle::Step::Close { resolved, event } => {

@@ -186,6 +186,33 @@ pub struct AlertRow {
     pub summary: String,
 }
 
+impl AlertRow {
+    /// A new, not yet stored alert that started at bucket `started_ts`; the lifecycle fills
+    /// in its state.
+    pub fn new(kpi_id: &str, series_id: Option<i64>, kind: &str, fingerprint: &str, started_ts: i64) -> Self {
+        AlertRow {
+            id: 0,
+            kpi_id: kpi_id.to_owned(),
+            series_id,
+            kind: kind.to_owned(),
+            fingerprint: fingerprint.to_owned(),
+            state: "pending".to_owned(),
+            severity: String::new(),
+            started_ts,
+            last_anomaly_ts: started_ts,
+            hits_mask: 0,
+            seen: 0,
+            ok_streak: 0,
+            notified_at: None,
+            repeats: 0,
+            resolved_ts: None,
+            acknowledged_by: None,
+            acknowledged_at: None,
+            summary: String::new(),
+        }
+    }
+}
+
 /// A queued or sent notification.
 #[derive(Debug, Clone, PartialEq, FromRow, Serialize)]
 pub struct NotificationRow {

@@ -28,6 +28,40 @@ fn digest_env() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The orders KPI and a daily total of the same table, both e-mailed to oncall@.
+async fn build_two(
+    dir: &std::path::Path,
+    smtp: &SmtpServer,
+    clock: &ManualClock,
+    env: &[(&str, String)],
+) -> kpiwatch::app::Application {
+    let daily = kpiwatch::kpi::KpiSpec::parse(
+        "a_orders_daily",
+        "title = \"Orders per day\"\nsource = \"shop\"\nkind = \"gauge\"\ninterval = \"1d\"\nrecipients = [\"oncall@example.com\"]",
+        "SELECT date(ts) AS ts, SUM(n) AS value FROM order_counts WHERE ts >= :start AND ts < :end GROUP BY 1",
+        std::path::Path::new("models/a_orders_daily"),
+    )
+    .expect("daily model");
+    let mut env: Vec<(&str, String)> = env.to_vec();
+    env.push((
+        "KPIWATCH_SOURCES__SHOP__URL",
+        format!("sqlite://{}", dir.join("shop.db").display()),
+    ));
+    env.push(("KPIWATCH_SCHEDULER__BACKFILL", "14d".to_owned()));
+    env.push(("KPIWATCH_SCHEDULER__HISTORY", "14d".to_owned()));
+    let settings = crate::helpers::settings(dir, Some(smtp.port), &env);
+    kpiwatch::app::Application::build(
+        settings,
+        vec![daily, crate::e2e::orders_spec("")],
+        kpiwatch::app::BuildOptions {
+            clock: std::sync::Arc::new(clock.clone()),
+            extra_sources: None,
+        },
+    )
+    .await
+    .expect("app")
+}
+
 #[tokio::test]
 async fn the_digest_arrives_once_at_local_time_with_charts_and_yesterdays_incident() {
     init_logs();
@@ -41,7 +75,7 @@ async fn the_digest_arrives_once_at_local_time_with_charts_and_yesterdays_incide
         .await;
     let clock = ManualClock::new(outage - Duration::hours(1));
     let env = digest_env();
-    let app = build_full(dir.path(), &smtp, &clock, "", &env).await;
+    let app = build_two(dir.path(), &smtp, &clock, &env).await;
     app.scheduler().run_due().await;
     drive(&app, &clock, outage + Duration::minutes(100)).await;
     let is_digest = |m: &crate::helpers::Received| m.subject().contains("kpiwatch daily digest");
@@ -93,7 +127,17 @@ async fn the_digest_arrives_once_at_local_time_with_charts_and_yesterdays_incide
         .expect("MIME");
     let html = parsed.body_html(0).expect("an HTML part").into_owned();
     let text = parsed.body_text(0).expect("a text part").into_owned();
-    assert!(html.contains("Orders") && text.contains("Orders"));
+    // Both KPIs, the anomalous one first (ranked by impact, not alphabetically).
+    let first = text.find("[ANOMALOUS] Orders").expect("orders in the text part");
+    let second = text
+        .find("Orders per day")
+        .expect("the daily KPI in the text part");
+    assert!(first < second, "{text}");
+    let (h1, h2) = (
+        html.find(">Orders<").expect("orders"),
+        html.find("Orders per day").expect("daily"),
+    );
+    assert!(h1 < h2);
     assert!(
         html.contains("cid:chart-orders"),
         "the chart is referenced inline"
@@ -114,7 +158,7 @@ async fn the_digest_arrives_once_at_local_time_with_charts_and_yesterdays_incide
     let before = smtp.received().len();
     app.scheduler().run_due().await;
     drop(app);
-    let app = build_full(dir.path(), &smtp, &clock, "", &env).await;
+    let app = build_two(dir.path(), &smtp, &clock, &env).await;
     clock.set(at("2026-03-31T07:00:00Z"));
     app.scheduler().run_due().await;
     assert_eq!(smtp.received().len(), before, "no second copy");
