@@ -21,6 +21,7 @@
 pub mod alerting;
 pub mod api;
 pub mod app;
+pub mod backtest;
 pub mod baseline;
 pub mod check;
 pub mod clock;

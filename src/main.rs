@@ -40,6 +40,26 @@ enum Command {
         #[arg(long, default_value_t = 12)]
         buckets: i64,
     },
+    /// How many alerts would a setting have fired over the last weeks, and which?
+    Backtest {
+        /// The KPI's id.
+        kpi: String,
+        /// Weeks to report on.
+        #[arg(long, default_value_t = 4)]
+        weeks: u32,
+        /// low | medium | high, or a number in (0, 1) (default: the model's).
+        #[arg(long)]
+        sensitivity: Option<Sensitivity>,
+        /// down | up | both (default: the model's).
+        #[arg(long)]
+        direction: Option<Direction>,
+        /// Minimum volume (default: the model's).
+        #[arg(long)]
+        min_volume: Option<f64>,
+        /// End of the period, RFC 3339 (default: now).
+        #[arg(long)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+    },
     /// Render the daily digest without sending it (from the state store).
     Digest {
         /// Render to a file instead of sending (the only mode for now).
@@ -169,8 +189,78 @@ async fn run_async(config_path: Option<PathBuf>, models: PathBuf, json: bool, co
             };
             report(preview_digest(&settings, &specs, date, recipient.as_deref(), &out).await)
         }
+        Command::Backtest {
+            kpi,
+            weeks,
+            sensitivity,
+            direction,
+            min_volume,
+            until,
+        } => {
+            telemetry::init("warn,sqlx=error", json);
+            let (settings, specs) = match load(config_path.as_deref(), &models) {
+                Ok(ok) => ok,
+                Err(code) => return code,
+            };
+            let Some(spec) = specs.iter().find(|s| s.id.as_str() == kpi) else {
+                eprintln!("kpiwatch backtest: no KPI {kpi:?} in {}", models.display());
+                return ExitCode::from(2);
+            };
+            let opts = kpiwatch::backtest::BacktestOptions {
+                weeks: weeks.clamp(1, 52),
+                sensitivity: sensitivity.unwrap_or(spec.sensitivity),
+                direction,
+                min_volume,
+            };
+            let until = until.unwrap_or_else(chrono::Utc::now);
+            report(run_backtest(&settings, spec, opts, until).await)
+        }
         Command::Detect { .. } => ExitCode::FAILURE,
     }
+}
+
+async fn run_backtest(
+    settings: &config::Settings,
+    spec: &kpi::KpiSpec,
+    opts: kpiwatch::backtest::BacktestOptions,
+    until: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<()> {
+    use secrecy::ExposeSecret;
+    let store = kpiwatch::store::Store::connect(settings.state.url.expose_secret()).await?;
+    let sources = kpiwatch::sources::SourceRegistry::build(&settings.sources)?;
+    let step = spec.interval.secs_i64();
+    let to = until.timestamp().div_euclid(step) * step;
+    let warm_up = settings.scheduler.history.as_secs() as i64;
+    let from = to - i64::from(opts.weeks) * 7 * 86_400 - warm_up;
+    let history = kpiwatch::pipeline::history(&store, &sources, spec, from, to).await?;
+    let report = kpiwatch::backtest::run(spec, &history, opts, to, settings.scheduler.recovery_buckets)?;
+    println!(
+        "{}: sensitivity {} over {} weeks from {} to {}",
+        spec.id,
+        report.sensitivity,
+        report.alerts_per_week.len(),
+        report.from.format("%Y-%m-%d"),
+        report.to.format("%Y-%m-%d")
+    );
+    println!(
+        "alerts per week: {:?} (mean {:.2}); flagged buckets: {}",
+        report.alerts_per_week,
+        report.mean_alerts_per_week(),
+        report.flags.len()
+    );
+    for a in &report.alerts {
+        let until = a.resolved.map_or("still open".to_owned(), |r| {
+            r.format("%Y-%m-%d %H:%M").to_string()
+        });
+        println!(
+            "  {} → {}  {} flagged bucket(s)  {}",
+            a.started.format("%Y-%m-%d %H:%M"),
+            until,
+            a.buckets,
+            a.series
+        );
+    }
+    Ok(())
 }
 
 async fn preview_digest(

@@ -650,6 +650,54 @@ async fn judge_series(
     Ok(summary)
 }
 
+/// A KPI's history in `[from, to)` per series (dimension JSON): from the store when it has
+/// any, else fetched fresh from the source (a draft or never-run KPI), zero-filled for counts.
+pub async fn history(
+    store: &Store,
+    sources: &SourceRegistry,
+    spec: &KpiSpec,
+    from: i64,
+    to: i64,
+) -> anyhow::Result<BTreeMap<String, Vec<ObservationRow>>> {
+    let mut out = BTreeMap::new();
+    for series in store.series_of(spec.id.as_str()).await? {
+        let rows = store.observations(series.id, from, to).await?;
+        if !rows.is_empty() {
+            out.insert(series.dims, rows);
+        }
+    }
+    if !out.is_empty() {
+        return Ok(out);
+    }
+    let source = sources.get(&spec.source)?;
+    let window = Window {
+        start: ts(from)?,
+        end: ts(to)?,
+    };
+    let rows = source.fetch(&spec.query, spec.kind, window).await?;
+    let mut series = bucketize(&rows, spec, from, to)?;
+    if spec.kind == Kind::Count {
+        if series.is_empty() {
+            series.insert("{}".to_owned(), BTreeMap::new());
+        }
+        for buckets in series.values_mut() {
+            let mut t = from.div_euclid(spec.interval.secs_i64()) * spec.interval.secs_i64();
+            while t < to {
+                buckets.entry(t).or_insert(ObservationRow {
+                    ts: t,
+                    value: 0.0,
+                    denominator: None,
+                });
+                t += spec.interval.secs_i64();
+            }
+        }
+    }
+    Ok(series
+        .into_iter()
+        .map(|(dims, buckets)| (dims, buckets.into_values().collect()))
+        .collect())
+}
+
 /// Active silences at `now`, parsed.
 async fn load_silences(store: &Store, now: DateTime<Utc>) -> anyhow::Result<Vec<alerting::silence::Silence>> {
     Ok(store

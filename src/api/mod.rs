@@ -106,6 +106,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/kpis", get(list_kpis))
         .route("/api/kpis/{id}/series", get(series))
         .route("/api/anomalies", get(anomalies))
+        .route("/api/kpis/{id}/backtest", axum::routing::post(backtest))
         .route("/api/alerts", get(alerts))
         .route("/api/alerts/{id}/ack", axum::routing::post(ack_alert))
         .route("/ack/{id}", get(ack_page).post(ack_by_link))
@@ -775,4 +776,123 @@ async fn expire_silence(State(state): State<AppState>, Path(id): Path<String>) -
     } else {
         Err(ApiError::NotFound(format!("no silence {id}")))
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BacktestBody {
+    /// Weeks to report on (1–52, default 4).
+    weeks: Option<u32>,
+    /// `low | medium | high` or a number in (0, 1) (default: the model's).
+    sensitivity: Option<serde_json::Value>,
+    /// `down | up | both` (default: the model's).
+    direction: Option<String>,
+    /// Minimum volume (default: the model's).
+    min_volume: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct BacktestDto {
+    kpi: String,
+    from: String,
+    to: String,
+    sensitivity: f64,
+    alerts_per_week: Vec<usize>,
+    mean_alerts_per_week: f64,
+    alerts: Vec<serde_json::Value>,
+    flags: Vec<serde_json::Value>,
+}
+
+/// Replay stored history at another setting: the alerts it would have fired, per week.
+async fn backtest(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<BacktestBody>, JsonRejection>,
+) -> ApiResult<Json<BacktestDto>> {
+    let Json(body) = body?;
+    let spec = state
+        .specs
+        .get(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("no KPI {id:?}")))?;
+    let weeks = body.weeks.unwrap_or(4);
+    if !(1..=52).contains(&weeks) {
+        return Err(ApiError::BadRequest(
+            "`weeks` must be between 1 and 52".to_owned(),
+        ));
+    }
+    let sensitivity = match body.sensitivity {
+        None => spec.sensitivity,
+        Some(serde_json::Value::String(s)) => s
+            .parse()
+            .map_err(|e: crate::kpi::ParseError| ApiError::BadRequest(e.to_string()))?,
+        Some(serde_json::Value::Number(n)) => crate::kpi::Sensitivity::new(n.as_f64().unwrap_or(f64::NAN))
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?,
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "`sensitivity` must be low | medium | high or a number".to_owned(),
+            ))
+        }
+    };
+    let direction = body
+        .direction
+        .map(|d| {
+            d.parse()
+                .map_err(|e: crate::kpi::ParseError| ApiError::BadRequest(e.to_string()))
+        })
+        .transpose()?;
+    if body.min_volume.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+        return Err(ApiError::BadRequest(
+            "`min_volume` must be a number >= 0".to_owned(),
+        ));
+    }
+    let step = spec.interval.secs_i64();
+    let to = state.clock.now().timestamp().div_euclid(step) * step;
+    let from = to - i64::from(weeks) * 7 * 86_400 - 28 * 86_400;
+    let mut history = BTreeMap::new();
+    for series in state.store.series_of(&id).await? {
+        history.insert(series.dims, state.store.observations(series.id, from, to).await?);
+    }
+    let opts = crate::backtest::BacktestOptions {
+        weeks,
+        sensitivity,
+        direction,
+        min_volume: body.min_volume,
+    };
+    let report = crate::backtest::run(spec, &history, opts, to, 3).map_err(anyhow::Error::from)?;
+    let dims = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap_or(serde_json::Value::Null);
+    Ok(Json(BacktestDto {
+        kpi: id,
+        from: report.from.to_rfc3339(),
+        to: report.to.to_rfc3339(),
+        sensitivity: report.sensitivity,
+        mean_alerts_per_week: report.mean_alerts_per_week(),
+        alerts_per_week: report.alerts_per_week.clone(),
+        alerts: report
+            .alerts
+            .iter()
+            .map(|a| {
+                serde_json::json!({
+                    "series": dims(&a.series),
+                    "started": a.started.to_rfc3339(),
+                    "resolved": a.resolved.map(|r| r.to_rfc3339()),
+                    "flagged_buckets": a.buckets,
+                })
+            })
+            .collect(),
+        flags: report
+            .flags
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "series": dims(&f.series),
+                    "ts": f.ts.to_rfc3339(),
+                    "value": f.value,
+                    "expected": f.expected,
+                    "lower": f.lower,
+                    "upper": f.upper,
+                    "score": f.score,
+                })
+            })
+            .collect(),
+    }))
 }

@@ -1,0 +1,126 @@
+//! Backtests through the API and the CLI, on history the service stored.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use chrono::Duration;
+use kpiwatch::clock::ManualClock;
+use tower::ServiceExt;
+
+use crate::e2e::{build_full, t0, Shop};
+use crate::helpers::{init_logs, SmtpServer};
+
+async fn post(app: &kpiwatch::app::Application, uri: &str, body: &str) -> (StatusCode, serde_json::Value) {
+    let request = Request::builder()
+        .method("POST")
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_owned()))
+        .expect("request");
+    let response = app.router().oneshot(request).await.expect("response");
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 24)
+        .await
+        .expect("body");
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn a_backtest_reports_the_alerts_a_setting_would_have_fired_per_week() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smtp = SmtpServer::start();
+    let mut shop = Shop::create(&dir.path().join("shop.db")).await;
+    // Six weeks, with no orders for an hour ten days ago.
+    let outage = t0() - Duration::days(10);
+    shop.traffic(t0() - Duration::days(42), outage).await;
+    shop.traffic(outage + Duration::hours(1), t0()).await;
+    let clock = ManualClock::new(t0() + Duration::minutes(1));
+    let env = [
+        ("KPIWATCH_SCHEDULER__BACKFILL", "42d".to_owned()),
+        ("KPIWATCH_SCHEDULER__HISTORY", "42d".to_owned()),
+    ];
+    let app = build_full(dir.path(), &smtp, &clock, "", &env).await;
+    app.scheduler().run_due().await;
+
+    let (status, high) = post(
+        &app,
+        "/api/kpis/orders/backtest",
+        r#"{"weeks": 2, "sensitivity": "high"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{high}");
+    assert_eq!(high["alerts_per_week"].as_array().map(Vec::len), Some(2));
+    let alerts = high["alerts"].as_array().expect("alerts");
+    assert!(
+        alerts.iter().any(|a| a["started"]
+            .as_str()
+            .is_some_and(|s| s.starts_with(&outage.format("%Y-%m-%dT%H").to_string()))),
+        "the outage would have alerted: {alerts:?}"
+    );
+    let (_, low) = post(
+        &app,
+        "/api/kpis/orders/backtest",
+        r#"{"weeks": 2, "sensitivity": 0.1}"#,
+    )
+    .await;
+    let n = |v: &serde_json::Value| v["flags"].as_array().map_or(0, Vec::len);
+    assert!(n(&low) <= n(&high), "lower sensitivity never flags more");
+    assert!(n(&low) >= 1, "even low catches a total outage");
+
+    for (bad, status) in [
+        (r#"{"weeks": 0}"#, StatusCode::BAD_REQUEST),
+        (r#"{"sensitivity": 2}"#, StatusCode::BAD_REQUEST),
+        (r#"{"sensitivity": "loud"}"#, StatusCode::BAD_REQUEST),
+        (r#"{"weeks": 2, "drop_table": true}"#, StatusCode::BAD_REQUEST),
+        ("not json", StatusCode::BAD_REQUEST),
+    ] {
+        assert_eq!(
+            post(&app, "/api/kpis/orders/backtest", bad).await.0,
+            status,
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        post(&app, "/api/kpis/nope/backtest", "{}").await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    // The CLI answers the same question from the same store.
+    drop(app);
+    let model_dir = dir.path().join("models/orders");
+    std::fs::create_dir_all(&model_dir).expect("models dir");
+    std::fs::write(model_dir.join("model.toml"), crate::e2e::MODEL).expect("model");
+    std::fs::write(model_dir.join("query.sql"), crate::e2e::QUERY).expect("query");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kpiwatch"))
+        .current_dir(dir.path())
+        .env(
+            "KPIWATCH_STATE__URL",
+            format!("sqlite://{}", dir.path().join("state.db").display()),
+        )
+        .env(
+            "KPIWATCH_SOURCES__SHOP__URL",
+            format!("sqlite://{}", dir.path().join("shop.db").display()),
+        )
+        .args([
+            "backtest",
+            "orders",
+            "--weeks",
+            "2",
+            "--sensitivity",
+            "high",
+            "--until",
+        ])
+        .arg(t0().to_rfc3339())
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("alerts per week"), "{stdout}");
+    assert!(
+        stdout.contains(&outage.format("%Y-%m-%d %H").to_string()),
+        "the outage is listed:\n{stdout}"
+    );
+}
