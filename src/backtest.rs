@@ -185,8 +185,8 @@ pub fn run(
         }
         alerts.extend(current.take());
     }
-    alerts.sort_by(|a, b| a.started.cmp(&b.started));
-    flags.sort_by(|a, b| a.ts.cmp(&b.ts));
+    alerts.sort_by_key(|a| a.started);
+    flags.sort_by_key(|f| f.ts);
     let weeks = opts.weeks.max(1) as usize;
     let mut alerts_per_week = vec![0; weeks];
     for a in &alerts {
