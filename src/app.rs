@@ -6,7 +6,6 @@
 //! when either exits, or the token is cancelled (SIGTERM / Ctrl-C in [`run`]), the other is
 //! told to stop, in-flight runs finish, and the pools close.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
@@ -20,7 +19,7 @@ use crate::alerting::{LinkSigner, Mailer};
 use crate::api::{self, AppState};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
-use crate::kpi::KpiSpec;
+use crate::kpi::{KpiSpec, Registry};
 use crate::pipeline::Context;
 use crate::scheduler::Scheduler;
 use crate::sources::SourceRegistry;
@@ -118,14 +117,17 @@ impl Application {
             receivers,
             signer: signer.clone(),
         };
-        let by_id: BTreeMap<String, KpiSpec> = specs.iter().map(|s| (s.id.to_string(), s.clone())).collect();
-        let scheduler = Scheduler::new(cx, Arc::new(specs), Arc::clone(&opts.clock));
+        let registry = Registry::new(specs);
+        load_api_kpis(&store, &registry, &cx.sources).await?;
+        let scheduler = Scheduler::new(cx.clone(), registry.clone(), Arc::clone(&opts.clock));
         let state = AppState {
             store: store.clone(),
-            specs: Arc::new(by_id),
+            specs: registry,
             metrics,
             clock: opts.clock,
             signer,
+            tokens: Arc::new(cx.settings.api.tokens.clone()),
+            sources: cx.sources.clone(),
         };
         Ok(Application {
             listener,
@@ -194,6 +196,30 @@ impl Application {
         info!(message = "kpiwatch stopped.");
         result
     }
+}
+
+/// Add the KPIs registered through the API. One that clashes with a file model, names an
+/// unknown source or no longer parses is skipped with a warning (the file wins).
+async fn load_api_kpis(store: &Store, registry: &Registry, sources: &SourceRegistry) -> anyhow::Result<()> {
+    for (id, model, query) in store.kpi_definitions().await.context("Failed to read API KPIs")? {
+        if registry.contains(&id) {
+            warn!(message = "API KPI shadowed by a file model; the file wins.", kpi = %id);
+            continue;
+        }
+        match KpiSpec::parse(&id, &model, &query, std::path::Path::new(crate::kpi::API_ORIGIN)) {
+            Ok(mut spec) if sources.get(&spec.source).is_ok() => {
+                spec.origin = crate::kpi::API_ORIGIN.to_owned();
+                registry.insert(spec);
+            }
+            Ok(spec) => {
+                warn!(message = "API KPI names an unknown source; skipped.", kpi = %id, source = %spec.source)
+            }
+            Err(problems) => {
+                warn!(message = "API KPI no longer valid; skipped.", kpi = %id, problems = ?problems)
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Cancel `token` on SIGTERM or Ctrl-C.

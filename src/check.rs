@@ -7,8 +7,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::Settings;
 use crate::kpi::KpiSpec;
-use crate::pipeline::bucketize;
-use crate::sources::{SourceRegistry, Window};
+use crate::sources::SourceRegistry;
 
 /// One row of the check table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,20 +45,9 @@ pub async fn run_queries(
     };
     let mut rows = Vec::new();
     for spec in specs {
-        let step = spec.interval.secs_i64();
-        let end = now.timestamp().div_euclid(step) * step;
-        let start = end - buckets * step;
-        let result = async {
-            let source = registry.get(&spec.source)?;
-            let window = Window {
-                start: DateTime::from_timestamp(start, 0).unwrap_or(now),
-                end: DateTime::from_timestamp(end, 0).unwrap_or(now),
-            };
-            let raw = source.fetch(&spec.query, spec.kind, window).await?;
-            let series = bucketize(&raw, spec, start, end)?;
-            Ok::<_, crate::sources::Error>((raw.len(), series.len()))
-        }
-        .await;
+        let result = crate::pipeline::test_query(&registry, spec, now, buckets)
+            .await
+            .map(|(r, s)| (r.len(), s));
         rows.push(match result {
             Ok((n, s)) => CheckRow {
                 kpi: spec.id.to_string(),

@@ -41,6 +41,43 @@ pub struct Settings {
     /// The daily digest e-mail.
     #[serde(default)]
     pub digest: DigestConfig,
+    /// API access.
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// Who may use the HTTP API.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Bearer tokens, stored as SHA-256 hashes (`kpiwatch token` makes one). With none, the
+    /// API is open (bind it to a trusted interface).
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// One API token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it (recorded in the audit log).
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// Lower-case hex SHA-256 of the token.
+    pub sha256: String,
+}
+
+/// What a token may do; each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Read everything.
+    Viewer,
+    /// Also register and tune KPIs, acknowledge, silence.
+    Editor,
+    /// Also read the audit log.
+    Admin,
 }
 
 /// The daily digest: who gets it, when.
@@ -448,6 +485,23 @@ impl Settings {
                 problems.push(format!(
                     "digest recipient {:?} is not an e-mail address",
                     r.address
+                ));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for t in &self.api.tokens {
+            if !names.insert(t.name.as_str()) {
+                problems.push(format!("api.tokens: the name {:?} is used twice", t.name));
+            }
+            if t.sha256.len() != 64
+                || !t
+                    .sha256
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            {
+                problems.push(format!(
+                    "api.tokens {:?}: sha256 must be 64 lower-case hex digits",
+                    t.name
                 ));
             }
         }

@@ -60,6 +60,15 @@ enum Command {
         #[arg(long)]
         until: Option<chrono::DateTime<chrono::Utc>>,
     },
+    /// Make an API token: prints the token once and the config lines holding its hash.
+    Token {
+        /// Who will hold it (recorded in the audit log).
+        #[arg(long)]
+        name: String,
+        /// viewer | editor | admin.
+        #[arg(long, default_value = "viewer")]
+        role: String,
+    },
     /// Render the daily digest without sending it (from the state store).
     Digest {
         /// Render to a file instead of sending (the only mode for now).
@@ -129,6 +138,20 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+        Command::Token { name, role } => {
+            if !["viewer", "editor", "admin"].contains(&role.as_str()) {
+                eprintln!("kpiwatch token: role must be viewer, editor or admin");
+                return ExitCode::from(2);
+            }
+            let bytes: [u8; 24] = rand::random();
+            let token = format!("kpw_{}", hex::encode(bytes));
+            println!("token (shown once; give it to {name}): {token}\n");
+            println!(
+                "[[api.tokens]]\nname = {name:?}\nrole = {role:?}\nsha256 = {:?}",
+                kpiwatch::api::hash_token(&token)
+            );
+            ExitCode::SUCCESS
         }
         command => {
             let runtime = match tokio::runtime::Runtime::new() {
@@ -215,7 +238,7 @@ async fn run_async(config_path: Option<PathBuf>, models: PathBuf, json: bool, co
             let until = until.unwrap_or_else(chrono::Utc::now);
             report(run_backtest(&settings, spec, opts, until).await)
         }
-        Command::Detect { .. } => ExitCode::FAILURE,
+        Command::Detect { .. } | Command::Token { .. } => ExitCode::FAILURE,
     }
 }
 

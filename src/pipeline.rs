@@ -650,6 +650,29 @@ async fn judge_series(
     Ok(summary)
 }
 
+/// Run a KPI's query once over its last `buckets` closed buckets before `now` (registration
+/// and `check`): the rows and the number of series they make.
+pub async fn test_query(
+    sources: &SourceRegistry,
+    spec: &KpiSpec,
+    now: DateTime<Utc>,
+    buckets: i64,
+) -> Result<(Vec<RawRow>, usize), sources::Error> {
+    let step = spec.interval.secs_i64();
+    let end = now.timestamp().div_euclid(step) * step;
+    let start = end - buckets * step;
+    let window = Window {
+        start: DateTime::from_timestamp(start, 0).unwrap_or(now),
+        end: DateTime::from_timestamp(end, 0).unwrap_or(now),
+    };
+    let rows = sources
+        .get(&spec.source)?
+        .fetch(&spec.query, spec.kind, window)
+        .await?;
+    let series = bucketize(&rows, spec, start, end)?.len();
+    Ok((rows, series))
+}
+
 /// A KPI's history in `[from, to)` per series (dimension JSON): from the store when it has
 /// any, else fetched fresh from the source (a draft or never-run KPI), zero-filled for counts.
 pub async fn history(

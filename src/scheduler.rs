@@ -13,21 +13,21 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::clock::Clock;
-use crate::kpi::{KpiId, KpiSpec};
+use crate::kpi::{KpiId, Registry};
 use crate::pipeline::{self, Context, RunOutcome};
 
 /// The scheduler of a set of KPIs.
 #[derive(Debug, Clone)]
 pub struct Scheduler {
     cx: Context,
-    specs: Arc<Vec<KpiSpec>>,
+    specs: Registry,
     clock: Arc<dyn Clock>,
     limit: Arc<Semaphore>,
 }
 
 impl Scheduler {
     /// A scheduler for `specs`.
-    pub fn new(cx: Context, specs: Arc<Vec<KpiSpec>>, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(cx: Context, specs: Registry, clock: Arc<dyn Clock>) -> Self {
         let limit = Arc::new(Semaphore::new(cx.settings.scheduler.max_concurrent_runs));
         Scheduler {
             cx,
@@ -42,7 +42,8 @@ impl Scheduler {
     pub async fn run_due(&self) -> Vec<(KpiId, Result<RunOutcome, String>)> {
         let now = self.clock.now();
         let mut tasks = tokio::task::JoinSet::new();
-        for spec in self.specs.iter().cloned() {
+        let specs = self.specs.all();
+        for spec in specs.iter().cloned() {
             let cx = self.cx.clone();
             let limit = Arc::clone(&self.limit);
             tasks.spawn(async move {
@@ -64,7 +65,7 @@ impl Scheduler {
         results.sort_by(|a, b| a.0.cmp(&b.0));
         let digests = crate::digest::DigestContext {
             store: &self.cx.store,
-            specs: &self.specs,
+            specs: &specs,
             config: &self.cx.settings.digest,
             from: self.cx.mailer.from(),
             public_url: &self.cx.settings.http.public_url,
@@ -84,7 +85,7 @@ impl Scheduler {
     /// Run passes every `tick` until `token` is cancelled. A pass in flight completes.
     pub async fn run_until_cancelled(self, token: CancellationToken) {
         let tick = self.cx.settings.scheduler.tick;
-        info!(message = "Scheduler started.", kpis = self.specs.len(), tick = ?tick);
+        info!(message = "Scheduler started.", kpis = self.specs.all().len(), tick = ?tick);
         loop {
             self.run_due().await;
             tokio::select! {

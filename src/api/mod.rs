@@ -4,6 +4,9 @@
 //! a socket. Handlers read through `store`; none run KPI SQL. Errors go through [`ApiError`]:
 //! 4xx bodies say what is wrong; 5xx bodies are opaque and the cause is logged once.
 
+mod auth;
+mod registration;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -17,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::alerting::LinkSigner;
 use crate::clock::Clock;
-use crate::kpi::KpiSpec;
+use crate::kpi::Registry;
 use crate::store::{AnomalyRow, EvaluationRow, ObservationRow, Store};
 use crate::telemetry::Metrics;
 
@@ -26,15 +29,21 @@ use crate::telemetry::Metrics;
 pub struct AppState {
     /// State store.
     pub store: Store,
-    /// KPI models by id.
-    pub specs: Arc<BTreeMap<String, KpiSpec>>,
+    /// Every KPI.
+    pub specs: Registry,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
     /// The clock ("now" for default ranges).
     pub clock: Arc<dyn Clock>,
     /// Checks the signed links in messages.
     pub signer: LinkSigner,
+    /// API tokens (hashed); empty = open API.
+    pub tokens: Arc<Vec<crate::config::TokenConfig>>,
+    /// KPI sources, for testing a draft KPI's query (through `pipeline`).
+    pub sources: crate::sources::SourceRegistry,
 }
+
+pub use auth::{hash_token, Caller};
 
 /// The API's error type.
 #[derive(Debug, thiserror::Error)]
@@ -45,9 +54,18 @@ pub enum ApiError {
     /// 400.
     #[error("{0}")]
     BadRequest(String),
+    /// 401.
+    #[error("{0}")]
+    Unauthorized(String),
     /// 403.
     #[error("{0}")]
     Forbidden(String),
+    /// 413.
+    #[error("{0}")]
+    TooLarge(String),
+    /// 422: the request is well-formed but what it asks for is not valid.
+    #[error("{0}")]
+    Unprocessable(String),
     /// 409.
     #[error("{0}")]
     Conflict(String),
@@ -64,7 +82,11 @@ impl From<crate::store::Error> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(e: JsonRejection) -> Self {
-        ApiError::BadRequest(e.body_text())
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(format!("the request body is larger than {MAX_BODY_BYTES} bytes"))
+        } else {
+            ApiError::BadRequest(e.body_text())
+        }
     }
 }
 
@@ -84,7 +106,10 @@ impl IntoResponse for ApiError {
         let (status, message) = match &self {
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
+            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m.clone()),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone()),
+            ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m.clone()),
+            ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m.clone()),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m.clone()),
             ApiError::Internal(error) => {
                 tracing::error!(message = "API request failed.", error = format!("{error:#}"));
@@ -113,8 +138,38 @@ pub fn router(state: AppState) -> Router {
         .route("/silence/{id}", get(silence_page).post(silence_by_link))
         .route("/api/silences", get(list_silences).post(create_silence))
         .route("/api/silences/{id}", axum::routing::delete(expire_silence))
+        .route("/api/kpis", axum::routing::post(registration::register))
+        .route(
+            "/api/kpis/test-query",
+            axum::routing::post(registration::test_query),
+        )
+        .route(
+            "/api/kpis/{id}",
+            axum::routing::patch(registration::update).delete(registration::retire),
+        )
+        .route("/api/audit", get(audit))
         .fallback(|| async { ApiError::NotFound("no such endpoint".to_owned()) })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// Requests larger than this are refused (413) before a handler sees them.
+const MAX_BODY_BYTES: usize = 256 * 1024;
+
+async fn audit(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> ApiResult<Json<Vec<crate::store::AuditRow>>> {
+    if caller.role < crate::config::Role::Admin {
+        return Err(ApiError::Forbidden(
+            "the audit log needs the admin role".to_owned(),
+        ));
+    }
+    Ok(Json(state.store.audit_log(500).await?))
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -171,33 +226,35 @@ async fn list_kpis(State(state): State<AppState>) -> ApiResult<Json<Vec<KpiDto>>
         .collect();
     let out = state
         .specs
-        .values()
-        .map(|s| {
-            let row = rows.get(s.id.as_str());
-            KpiDto {
-                id: s.id.to_string(),
-                title: s.title.clone(),
-                description: s.description.clone(),
-                kind: s.kind.to_string(),
-                interval: s.interval.to_string(),
-                source: s.source.clone(),
-                direction: s.direction.to_string(),
-                sensitivity: s.sensitivity.get(),
-                owner: s.owner.clone(),
-                severity: s.severity.to_string(),
-                timezone: s.timezone.to_string(),
-                labels: s.labels.clone(),
-                origin: s.origin.clone(),
-                status: row
-                    .and_then(|r| r.last_status.clone())
-                    .unwrap_or_else(|| "pending".to_owned()),
-                last_run_at: row.and_then(|r| r.last_run_at).and_then(iso),
-                last_error: row.and_then(|r| r.last_error.clone()),
-                data_until: row.and_then(|r| r.fetched_until).and_then(iso),
-            }
-        })
+        .all()
+        .iter()
+        .map(|s| kpi_dto(s, rows.get(s.id.as_str())))
         .collect();
     Ok(Json(out))
+}
+
+fn kpi_dto(s: &crate::kpi::KpiSpec, row: Option<&crate::store::KpiRow>) -> KpiDto {
+    KpiDto {
+        id: s.id.to_string(),
+        title: s.title.clone(),
+        description: s.description.clone(),
+        kind: s.kind.to_string(),
+        interval: s.interval.to_string(),
+        source: s.source.clone(),
+        direction: s.direction.to_string(),
+        sensitivity: s.sensitivity.get(),
+        owner: s.owner.clone(),
+        severity: s.severity.to_string(),
+        timezone: s.timezone.to_string(),
+        labels: s.labels.clone(),
+        origin: s.origin.clone(),
+        status: row
+            .and_then(|r| r.last_status.clone())
+            .unwrap_or_else(|| "pending".to_owned()),
+        last_run_at: row.and_then(|r| r.last_run_at).and_then(iso),
+        last_error: row.and_then(|r| r.last_error.clone()),
+        data_until: row.and_then(|r| r.fetched_until).and_then(iso),
+    }
 }
 
 /// `from`/`to` as RFC 3339 or unix seconds.
@@ -361,7 +418,7 @@ async fn anomalies(
 ) -> ApiResult<Json<Vec<AnomalyDto>>> {
     let Query(q) = query?;
     if let Some(kpi) = &q.kpi {
-        if !state.specs.contains_key(kpi) {
+        if !state.specs.contains(kpi) {
             return Err(ApiError::NotFound(format!("no KPI {kpi:?}")));
         }
     }
@@ -451,13 +508,24 @@ struct AckBody {
 
 async fn ack_alert(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
     Path(id): Path<String>,
     body: Result<Json<AckBody>, JsonRejection>,
 ) -> ApiResult<Json<AlertDto>> {
     let id = parse_id("alert", &id)?;
     let Json(body) = body?;
     text_field("by", &body.by, 128)?;
-    acknowledge(&state, id, &body.by).await.map(Json)
+    let dto = acknowledge(&state, id, &body.by).await?;
+    state
+        .store
+        .audit(
+            &caller.name,
+            "alert.ack",
+            &id.to_string(),
+            &serde_json::json!({"by": body.by}),
+        )
+        .await?;
+    Ok(Json(dto))
 }
 
 async fn acknowledge(state: &AppState, id: i64, by: &str) -> ApiResult<AlertDto> {
@@ -672,6 +740,7 @@ fn text_field(name: &str, value: &str, max: usize) -> ApiResult<()> {
 
 async fn create_silence(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
     body: Result<Json<NewSilence>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<SilenceDto>)> {
     let Json(new) = body?;
@@ -734,6 +803,15 @@ async fn create_silence(
         .create_silence(&matchers, starts_at, ends_at, &new.author, &new.comment)
         .await?;
     tracing::info!(message = "Silence created.", id, author = %new.author, %matchers);
+    state
+        .store
+        .audit(
+            &caller.name,
+            "silence.create",
+            &id.to_string(),
+            &serde_json::json!({"matchers": new.matchers, "starts_at": starts_at, "ends_at": ends_at, "author": new.author, "comment": new.comment}),
+        )
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(SilenceDto {
@@ -767,11 +845,24 @@ async fn list_silences(State(state): State<AppState>) -> ApiResult<Json<Vec<Sile
     ))
 }
 
-async fn expire_silence(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn expire_silence(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     let id = parse_id("silence", &id)?;
     let now = state.clock.now().timestamp();
     if state.store.expire_silence(id, now).await? {
         tracing::info!(message = "Silence expired.", id);
+        state
+            .store
+            .audit(
+                &caller.name,
+                "silence.expire",
+                &id.to_string(),
+                &serde_json::json!({}),
+            )
+            .await?;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound(format!("no silence {id}")))
@@ -858,7 +949,7 @@ async fn backtest(
         direction,
         min_volume: body.min_volume,
     };
-    let report = crate::backtest::run(spec, &history, opts, to, 3).map_err(anyhow::Error::from)?;
+    let report = crate::backtest::run(&spec, &history, opts, to, 3).map_err(anyhow::Error::from)?;
     let dims = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap_or(serde_json::Value::Null);
     Ok(Json(BacktestDto {
         kpi: id,

@@ -18,6 +18,9 @@ use serde::Deserialize;
 
 pub use types::{Direction, Kind, ParseError, Sensitivity};
 
+/// `origin` of KPIs registered through the API (file KPIs carry their folder path).
+pub const API_ORIGIN: &str = "api";
+
 /// A KPI's identifier: 1–64 characters of `a-z`, `0-9`, `_` and `-`, starting with a letter.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KpiId(String);
@@ -562,6 +565,53 @@ fn contains_placeholder(sql: &str, name: &str) -> bool {
         let after = sql[i + name.len()..].chars().next();
         !after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
     })
+}
+
+/// Every KPI the service knows, shared by the scheduler and the API: the models from files
+/// plus those registered through the API. Cheap to clone; readers get snapshots.
+#[derive(Debug, Clone, Default)]
+pub struct Registry(std::sync::Arc<std::sync::RwLock<BTreeMap<String, KpiSpec>>>);
+
+impl Registry {
+    /// A registry holding `specs`.
+    pub fn new(specs: impl IntoIterator<Item = KpiSpec>) -> Self {
+        let map = specs.into_iter().map(|s| (s.id.to_string(), s)).collect();
+        Registry(std::sync::Arc::new(std::sync::RwLock::new(map)))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, KpiSpec>> {
+        // A poisoned lock only means a writer panicked; the map itself is still whole.
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, KpiSpec>> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The KPI called `id`.
+    pub fn get(&self, id: &str) -> Option<KpiSpec> {
+        self.read().get(id).cloned()
+    }
+
+    /// Whether `id` is known.
+    pub fn contains(&self, id: &str) -> bool {
+        self.read().contains_key(id)
+    }
+
+    /// Every KPI, by id.
+    pub fn all(&self) -> Vec<KpiSpec> {
+        self.read().values().cloned().collect()
+    }
+
+    /// Add or replace a KPI.
+    pub fn insert(&self, spec: KpiSpec) {
+        self.write().insert(spec.id.to_string(), spec);
+    }
+
+    /// Remove a KPI.
+    pub fn remove(&self, id: &str) -> Option<KpiSpec> {
+        self.write().remove(id)
+    }
 }
 
 /// Load every `models/<id>/` folder under `dir`, sorted by id. All problems in all models

@@ -1005,4 +1005,92 @@ impl Store {
         .await?;
         Ok(row.try_get::<i64, _>("n")? > 0)
     }
+
+    /// Record a write in the audit log.
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &serde_json::Value,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO audit_log (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)")
+            .bind(now_secs())
+            .bind(actor)
+            .bind(action)
+            .bind(target)
+            .bind(detail.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The newest audit entries.
+    pub async fn audit_log(&self, limit: i64) -> Result<Vec<AuditRow>> {
+        Ok(sqlx::query_as::<_, AuditRow>(
+            "SELECT id, at, actor, action, target, detail FROM audit_log ORDER BY id DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Active KPI definitions registered through the API: `(id, model_toml, query)`.
+    pub async fn kpi_definitions(&self) -> Result<Vec<(String, String, String)>> {
+        let rows = sqlx::query(
+            "SELECT id, model_toml, query FROM kpi_definitions WHERE retired_at IS NULL ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("model_toml")?, r.try_get("query")?)))
+            .collect()
+    }
+
+    /// Store (or replace, un-retiring) an API KPI definition.
+    pub async fn save_kpi_definition(&self, id: &str, model_toml: &str, query: &str, by: &str) -> Result<()> {
+        let now = now_secs();
+        sqlx::query(
+            "INSERT INTO kpi_definitions (id, model_toml, query, created_by, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET model_toml = excluded.model_toml, query = excluded.query,
+               updated_at = excluded.updated_at, retired_at = NULL",
+        )
+        .bind(id)
+        .bind(model_toml)
+        .bind(query)
+        .bind(by)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Retire an API KPI (its history stays); returns whether it was active.
+    pub async fn retire_kpi_definition(&self, id: &str) -> Result<bool> {
+        let done =
+            sqlx::query("UPDATE kpi_definitions SET retired_at = ? WHERE id = ? AND retired_at IS NULL")
+                .bind(now_secs())
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+/// One audit log entry.
+#[derive(Debug, Clone, PartialEq, FromRow, Serialize)]
+pub struct AuditRow {
+    /// Id.
+    pub id: i64,
+    /// When, unix seconds.
+    pub at: i64,
+    /// Who (token name).
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// On what.
+    pub target: String,
+    /// Details (JSON).
+    pub detail: String,
 }

@@ -42,7 +42,7 @@ fn rate(t: DateTime<Utc>) -> f64 {
 }
 
 pub(crate) struct Shop {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
     rng: StdRng,
 }
 

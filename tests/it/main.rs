@@ -4,6 +4,7 @@
 //! SMTP server on loopback, the service driven by a manual clock.
 
 mod alerting;
+mod api;
 mod backtest;
 mod cli;
 mod digest;

@@ -1,0 +1,21 @@
+-- KPIs registered through the API (file KPIs live in models/), and the audit log of writes.
+
+CREATE TABLE kpi_definitions (
+    id          TEXT PRIMARY KEY,
+    model_toml  TEXT NOT NULL,     -- the same fields as models/<id>/model.toml
+    query       TEXT NOT NULL,
+    created_by  TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    retired_at  INTEGER            -- retired KPIs keep their history
+);
+
+CREATE TABLE audit_log (
+    id     INTEGER PRIMARY KEY,
+    at     INTEGER NOT NULL,
+    actor  TEXT NOT NULL,
+    action TEXT NOT NULL,          -- e.g. kpi.register, silence.create, alert.ack
+    target TEXT NOT NULL,
+    detail TEXT NOT NULL           -- JSON
+);
+CREATE INDEX audit_log_at ON audit_log(at);

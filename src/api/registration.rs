@@ -1,0 +1,285 @@
+//! Registering and tuning KPIs through the API: `POST /api/kpis`, `POST /api/kpis/test-query`,
+//! `PATCH /api/kpis/{id}`, `DELETE /api/kpis/{id}`.
+//!
+//! A registered KPI is stored as the same `model.toml` text and SQL a file model has, and is
+//! validated by the same parser, so the API and `models/` can never disagree on what is
+//! valid. Registration runs the query once on a small window (through `pipeline`); the
+//! scheduler backfills history on its next pass. KPIs from `models/` are read-only here.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+
+use super::{kpi_dto, ApiError, ApiResult, AppState, Caller, KpiDto};
+use crate::kpi::{KpiSpec, API_ORIGIN};
+
+/// A KPI as the API takes it: the fields of `model.toml`, plus `id` and `query`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct KpiBody {
+    id: String,
+    query: String,
+    #[serde(flatten)]
+    model: ModelFields,
+}
+
+/// The `model.toml` fields (all checked by `KpiSpec::parse`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct ModelFields {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+    source: String,
+    kind: String,
+    interval: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delay: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    direction: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sensitivity: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    min_volume: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seasonality: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    severity: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    labels: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recipients: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timezone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_series: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trigger: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recover_after: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    repeat_interval: Option<String>,
+}
+
+/// JSON fields → `model.toml` text. A JSON number sensitivity stays a number.
+fn model_toml(fields: &ModelFields) -> ApiResult<String> {
+    let value = serde_json::to_value(fields).map_err(anyhow::Error::from)?;
+    let table: toml::Table = serde_json::from_value(value)
+        .map_err(|e| ApiError::BadRequest(format!("cannot represent the model: {e}")))?;
+    Ok(toml::to_string(&table).map_err(anyhow::Error::from)?)
+}
+
+/// Parse like a file model would be; every problem at once, as a 422.
+fn parse(id: &str, toml_text: &str, query: &str) -> ApiResult<KpiSpec> {
+    if query.len() > 64 * 1024 {
+        return Err(ApiError::Unprocessable("query: longer than 64 KiB".to_owned()));
+    }
+    let mut spec =
+        KpiSpec::parse(id, toml_text, query, std::path::Path::new(API_ORIGIN)).map_err(|problems| {
+            let text: Vec<String> = problems
+                .iter()
+                .map(|p| match &p.field {
+                    Some(f) => format!("{f}: {}", p.message),
+                    None => p.message.clone(),
+                })
+                .collect();
+            ApiError::Unprocessable(text.join("; "))
+        })?;
+    spec.origin = API_ORIGIN.to_owned();
+    Ok(spec)
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct TestQueryDto {
+    /// The first rows, as the query returned them.
+    rows: Vec<serde_json::Value>,
+    /// Rows returned in all.
+    total_rows: usize,
+    /// Series (dimension combinations).
+    series: usize,
+}
+
+/// Run a draft KPI's query once over its last 12 buckets and show the first rows.
+pub(super) async fn test_query(
+    State(state): State<AppState>,
+    body: Result<Json<KpiBody>, JsonRejection>,
+) -> ApiResult<Json<TestQueryDto>> {
+    let Json(body) = body?;
+    let spec = parse(&body.id, &model_toml(&body.model)?, &body.query)?;
+    let (rows, series) = crate::pipeline::test_query(&state.sources, &spec, state.clock.now(), 12)
+        .await
+        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    Ok(Json(TestQueryDto {
+        total_rows: rows.len(),
+        series,
+        rows: rows
+            .iter()
+            .take(50)
+            .map(|r| {
+                let mut row = serde_json::json!({"ts": r.ts.to_rfc3339(), "value": r.value});
+                if let Some(d) = r.denominator {
+                    row["denominator"] = d.into();
+                }
+                for (k, v) in &r.dims {
+                    row[k] = v.clone().into();
+                }
+                row
+            })
+            .collect(),
+    }))
+}
+
+/// Register a KPI: validate, run its query once, store it, and let the scheduler backfill.
+pub(super) async fn register(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<KpiBody>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<KpiDto>)> {
+    let Json(body) = body?;
+    let toml_text = model_toml(&body.model)?;
+    let spec = parse(&body.id, &toml_text, &body.query)?;
+    if let Some(existing) = state.specs.get(spec.id.as_str()) {
+        return Err(ApiError::Conflict(format!(
+            "KPI {} already exists ({})",
+            spec.id,
+            if existing.origin == API_ORIGIN {
+                "registered through the API; PATCH it".to_owned()
+            } else {
+                format!("defined in {}", existing.origin)
+            }
+        )));
+    }
+    crate::pipeline::test_query(&state.sources, &spec, state.clock.now(), 12)
+        .await
+        .map_err(|e| ApiError::Unprocessable(format!("the query does not work: {e}")))?;
+    state
+        .store
+        .save_kpi_definition(spec.id.as_str(), &toml_text, &spec.query, &caller.name)
+        .await?;
+    state.store.upsert_kpi(&spec).await?;
+    state
+        .store
+        .audit(
+            &caller.name,
+            "kpi.register",
+            spec.id.as_str(),
+            &serde_json::to_value(&body).unwrap_or_default(),
+        )
+        .await?;
+    state.specs.insert(spec.clone());
+    tracing::info!(message = "KPI registered.", kpi = %spec.id, by = %caller.name);
+    Ok((StatusCode::CREATED, Json(kpi_dto(&spec, None))))
+}
+
+fn api_kpi(state: &AppState, id: &str) -> ApiResult<KpiSpec> {
+    let spec = state
+        .specs
+        .get(id)
+        .ok_or_else(|| ApiError::NotFound(format!("no KPI {id:?}")))?;
+    if spec.origin != API_ORIGIN {
+        return Err(ApiError::Conflict(format!(
+            "KPI {id} is defined in {}; change the file (it is the source of truth)",
+            spec.origin
+        )));
+    }
+    Ok(spec)
+}
+
+/// Change a registered KPI's settings (sensitivity, direction, routes, …).
+pub(super) async fn update(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Result<Json<serde_json::Map<String, serde_json::Value>>, JsonRejection>,
+) -> ApiResult<Json<KpiDto>> {
+    let Json(changes) = body?;
+    api_kpi(&state, &id)?;
+    let stored = state
+        .store
+        .kpi_definitions()
+        .await?
+        .into_iter()
+        .find(|(d, _, _)| d == &id)
+        .ok_or_else(|| ApiError::NotFound(format!("no KPI {id:?}")))?;
+    let mut fields: serde_json::Map<String, serde_json::Value> = {
+        let table: toml::Table = stored
+            .1
+            .parse()
+            .map_err(|e| anyhow::anyhow!("stored model of {id} is unreadable: {e}"))?;
+        serde_json::to_value(table)
+            .map_err(anyhow::Error::from)?
+            .as_object()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut query = stored.2.clone();
+    for (k, v) in &changes {
+        match k.as_str() {
+            "id" => {
+                return Err(ApiError::BadRequest(
+                    "the id cannot change; register a new KPI".to_owned(),
+                ))
+            }
+            "query" => {
+                query = v
+                    .as_str()
+                    .ok_or_else(|| ApiError::BadRequest("`query` must be a string".to_owned()))?
+                    .to_owned();
+            }
+            _ if v.is_null() => {
+                fields.remove(k);
+            }
+            _ => {
+                fields.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    let model: ModelFields = serde_json::from_value(serde_json::Value::Object(fields))
+        .map_err(|e| ApiError::BadRequest(format!("invalid change: {e}")))?;
+    let toml_text = model_toml(&model)?;
+    let spec = parse(&id, &toml_text, &query)?;
+    if query != stored.2 || spec.source != api_kpi(&state, &id)?.source {
+        crate::pipeline::test_query(&state.sources, &spec, state.clock.now(), 12)
+            .await
+            .map_err(|e| ApiError::Unprocessable(format!("the query does not work: {e}")))?;
+    }
+    state
+        .store
+        .save_kpi_definition(&id, &toml_text, &spec.query, &caller.name)
+        .await?;
+    state.store.upsert_kpi(&spec).await?;
+    state
+        .store
+        .audit(
+            &caller.name,
+            "kpi.update",
+            &id,
+            &serde_json::Value::Object(changes),
+        )
+        .await?;
+    state.specs.insert(spec.clone());
+    let row = state.store.kpi(&id).await?;
+    Ok(Json(kpi_dto(&spec, row.as_ref())))
+}
+
+/// Retire a registered KPI; its history is kept.
+pub(super) async fn retire(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    api_kpi(&state, &id)?;
+    state.store.retire_kpi_definition(&id).await?;
+    state.specs.remove(&id);
+    state
+        .store
+        .audit(&caller.name, "kpi.retire", &id, &serde_json::json!({}))
+        .await?;
+    tracing::info!(message = "KPI retired.", kpi = %id, by = %caller.name);
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,283 @@
+//! The HTTP API's write side: bearer tokens and roles, registering and tuning KPIs (through a
+//! real SQLite source), hostile input that must change nothing, and the audit log.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use chrono::Duration;
+use kpiwatch::api::hash_token;
+use kpiwatch::clock::ManualClock;
+use tower::ServiceExt;
+
+use crate::e2e::{build_full, t0, Shop};
+use crate::helpers::{init_logs, SmtpServer};
+
+async fn call(
+    app: &kpiwatch::app::Application,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (StatusCode, serde_json::Value) {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        request = request.header("authorization", format!("Bearer {t}"));
+    }
+    let response = app
+        .router()
+        .oneshot(request.body(Body::from(body.to_owned())).expect("request"))
+        .await
+        .expect("response");
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 24)
+        .await
+        .expect("body");
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+fn tokens_env() -> Vec<(&'static str, String)> {
+    let t = |name: &str, role: &str, token: &str| {
+        format!(
+            "{{name = \"{name}\", role = \"{role}\", sha256 = \"{}\"}}",
+            hash_token(token)
+        )
+    };
+    vec![
+        (
+            "KPIWATCH_API__TOKENS",
+            format!(
+                "[{}, {}, {}]",
+                t("vera", "viewer", "view-token"),
+                t("ed", "editor", "edit-token"),
+                t("ada", "admin", "admin-token")
+            ),
+        ),
+        ("KPIWATCH_SCHEDULER__BACKFILL", "14d".to_owned()),
+    ]
+}
+
+const NEW_KPI: &str = r#"{
+    "id": "orders_hourly",
+    "title": "Orders per hour",
+    "source": "shop",
+    "kind": "count",
+    "interval": "1h",
+    "direction": "down",
+    "sensitivity": "low",
+    "labels": {"team": "checkout"},
+    "query": "SELECT ts, n AS value FROM order_counts WHERE ts >= :start AND ts < :end"
+}"#;
+
+#[tokio::test]
+async fn kpis_are_registered_tuned_and_retired_by_editors_and_audited() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smtp = SmtpServer::start();
+    let mut shop = Shop::create(&dir.path().join("shop.db")).await;
+    shop.traffic(t0() - Duration::days(14), t0()).await;
+    let clock = ManualClock::new(t0() + Duration::minutes(1));
+    let env = tokens_env();
+    let app = build_full(dir.path(), &smtp, &clock, "", &env).await;
+
+    // Tokens and roles.
+    assert_eq!(
+        call(&app, "GET", "/api/kpis", None, "").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&app, "GET", "/api/kpis", Some("nope"), "").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&app, "GET", "/api/kpis", Some("view-token"), "").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&app, "POST", "/api/kpis", Some("view-token"), NEW_KPI)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(&app, "GET", "/healthz", None, "").await.0,
+        StatusCode::OK,
+        "health needs no token"
+    );
+
+    // Hostile or broken registrations: a clear 4xx, and nothing changes.
+    let bad = |patch: &str| NEW_KPI.replacen("\"direction\": \"down\",", patch, 1);
+    for (body, status) in [
+        (
+            bad("\"direction\": \"down\", \"admin\": true,"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            NEW_KPI.replace("orders_hourly", "Orders; DROP TABLE kpis"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            NEW_KPI.replace("\"1h\"", "\"7m\""),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            NEW_KPI.replace("\"shop\"", "\"elsewhere\""),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            NEW_KPI.replace("n AS value", "n AS amount"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            NEW_KPI.replace(
+                "SELECT ts, n AS value FROM order_counts",
+                "DELETE FROM order_counts",
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            NEW_KPI.replace(
+                "n AS value",
+                &format!("n AS value, '{}' AS pad", "x".repeat(300_000)),
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        ("{".to_owned(), StatusCode::BAD_REQUEST),
+    ] {
+        let (got, answer) = call(&app, "POST", "/api/kpis", Some("edit-token"), &body).await;
+        assert_eq!(got, status, "{answer}");
+    }
+    let (_, wrong) = call(
+        &app,
+        "POST",
+        "/api/kpis/test-query",
+        Some("edit-token"),
+        &NEW_KPI.replace("n AS value", "n AS amount"),
+    )
+    .await;
+    assert!(
+        wrong["error"].as_str().is_some_and(|e| e.contains("`value`")),
+        "{wrong}"
+    );
+    let (_, kpis) = call(&app, "GET", "/api/kpis", Some("view-token"), "").await;
+    assert_eq!(
+        kpis.as_array().map(Vec::len),
+        Some(1),
+        "nothing was registered: {kpis}"
+    );
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM order_counts")
+        .fetch_one(&shop.pool)
+        .await
+        .expect("count");
+    assert!(left > 0, "the source is untouched");
+
+    // Test the query, then register.
+    let (status, preview) = call(&app, "POST", "/api/kpis/test-query", Some("edit-token"), NEW_KPI).await;
+    assert_eq!(status, StatusCode::OK, "{preview}");
+    assert_eq!(preview["series"], 1);
+    assert!(preview["total_rows"].as_u64().is_some_and(|n| n > 0), "{preview}");
+    let (status, created) = call(&app, "POST", "/api/kpis", Some("edit-token"), NEW_KPI).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["status"], "pending");
+    assert_eq!(
+        call(&app, "POST", "/api/kpis", Some("edit-token"), NEW_KPI)
+            .await
+            .0,
+        StatusCode::CONFLICT
+    );
+
+    // The scheduler backfills it on its next pass.
+    app.scheduler().run_due().await;
+    let (_, kpis) = call(&app, "GET", "/api/kpis", Some("view-token"), "").await;
+    let hourly = kpis
+        .as_array()
+        .and_then(|k| k.iter().find(|k| k["id"] == "orders_hourly"))
+        .expect("registered")
+        .clone();
+    assert_eq!(hourly["status"], "ok", "{hourly}");
+    assert_eq!(hourly["origin"], "api");
+
+    // Tune it; files are read-only through the API.
+    let (status, tuned) = call(
+        &app,
+        "PATCH",
+        "/api/kpis/orders_hourly",
+        Some("edit-token"),
+        r#"{"sensitivity": 0.8, "owner": "ana"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{tuned}");
+    assert_eq!(tuned["sensitivity"], 0.8);
+    assert_eq!(tuned["owner"], "ana");
+    let (status, _) = call(
+        &app,
+        "PATCH",
+        "/api/kpis/orders_hourly",
+        Some("edit-token"),
+        r#"{"sensitivity": 7}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, answer) = call(
+        &app,
+        "PATCH",
+        "/api/kpis/orders",
+        Some("edit-token"),
+        r#"{"sensitivity": 0.8}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+
+    // It survives a restart.
+    drop(app);
+    let app = build_full(dir.path(), &smtp, &clock, "", &env).await;
+    let (_, kpis) = call(&app, "GET", "/api/kpis", Some("view-token"), "").await;
+    assert!(kpis.to_string().contains("\"sensitivity\":0.8"), "{kpis}");
+
+    // Retire it: gone from the list, history kept.
+    assert_eq!(
+        call(&app, "DELETE", "/api/kpis/orders_hourly", Some("edit-token"), "")
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    let (_, kpis) = call(&app, "GET", "/api/kpis", Some("view-token"), "").await;
+    assert!(!kpis.to_string().contains("orders_hourly"));
+    assert!(!app
+        .store()
+        .series_of("orders_hourly")
+        .await
+        .expect("series")
+        .is_empty());
+
+    // Every write is in the audit log, which only admins read.
+    assert_eq!(
+        call(&app, "GET", "/api/audit", Some("edit-token"), "").await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (_, audit) = call(&app, "GET", "/api/audit", Some("admin-token"), "").await;
+    let actions: Vec<String> = audit
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {}",
+                e["actor"].as_str().unwrap_or(""),
+                e["action"].as_str().unwrap_or(""),
+                e["target"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    for want in [
+        "ed kpi.register orders_hourly",
+        "ed kpi.update orders_hourly",
+        "ed kpi.retire orders_hourly",
+    ] {
+        assert!(actions.iter().any(|a| a == want), "{want} missing in {actions:?}");
+    }
+}
