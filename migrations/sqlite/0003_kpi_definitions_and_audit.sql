@@ -19,3 +19,15 @@ CREATE TABLE audit_log (
     detail TEXT NOT NULL           -- JSON
 );
 CREATE INDEX audit_log_at ON audit_log(at);
+
+-- Feedback on flagged buckets; replayed into the detector (not_anomaly: learn it as normal;
+-- new_normal: re-baseline there; confirmed: nothing changes).
+CREATE TABLE anomaly_feedback (
+    series_id INTEGER NOT NULL REFERENCES series(id),
+    ts        INTEGER NOT NULL,
+    kind      TEXT NOT NULL,
+    actor     TEXT NOT NULL,
+    comment   TEXT NOT NULL,
+    at        INTEGER NOT NULL,
+    PRIMARY KEY (series_id, ts)
+);

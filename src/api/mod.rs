@@ -132,6 +132,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/kpis/{id}/series", get(series))
         .route("/api/anomalies", get(anomalies))
         .route("/api/kpis/{id}/backtest", axum::routing::post(backtest))
+        .route("/api/anomalies/{id}/feedback", axum::routing::post(feedback))
         .route("/api/alerts", get(alerts))
         .route("/api/alerts/{id}/ack", axum::routing::post(ack_alert))
         .route("/ack/{id}", get(ack_page).post(ack_by_link))
@@ -148,6 +149,10 @@ pub fn router(state: AppState) -> Router {
             axum::routing::patch(registration::update).delete(registration::retire),
         )
         .route("/api/audit", get(audit))
+        .route(
+            "/api/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
         .fallback(|| async { ApiError::NotFound("no such endpoint".to_owned()) })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -156,6 +161,9 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
+
+/// The API's OpenAPI 3 document (kept beside the handlers; a test checks it lists every route).
+pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Requests larger than this are refused (413) before a handler sees them.
 const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -986,4 +994,77 @@ async fn backtest(
             })
             .collect(),
     }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedbackBody {
+    /// `not_anomaly` (a false positive: learn it as normal), `new_normal` (the level changed
+    /// for good: re-baseline there) or `confirmed`.
+    kind: String,
+    #[serde(default)]
+    comment: String,
+}
+
+/// Feedback on an anomaly; it is replayed into the detector on the series' next run.
+async fn feedback(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+    body: Result<Json<FeedbackBody>, JsonRejection>,
+) -> ApiResult<StatusCode> {
+    let id = parse_id("anomaly", &id)?;
+    let Json(body) = body?;
+    if !["not_anomaly", "new_normal", "confirmed"].contains(&body.kind.as_str()) {
+        return Err(ApiError::BadRequest(format!(
+            "`kind` {:?}: expected not_anomaly | new_normal | confirmed",
+            body.kind
+        )));
+    }
+    if body.comment.len() > 2000 {
+        return Err(ApiError::BadRequest(
+            "`comment` is longer than 2000 characters".to_owned(),
+        ));
+    }
+    let (series, ts, kpi) = state
+        .store
+        .anomaly_bucket(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no anomaly {id}")))?;
+    state
+        .store
+        .save_feedback(series, ts, &body.kind, &caller.name, &body.comment)
+        .await?;
+    state
+        .store
+        .audit(
+            &caller.name,
+            "anomaly.feedback",
+            &id.to_string(),
+            &serde_json::json!({"kpi": kpi, "ts": ts, "kind": body.kind, "comment": body.comment}),
+        )
+        .await?;
+    tracing::info!(message = "Anomaly feedback recorded.", anomaly = id, kind = %body.kind, by = %caller.name);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_openapi_document_lists_every_api_route() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).expect("valid JSON");
+        assert_eq!(doc["openapi"], "3.0.3");
+        let paths = doc["paths"].as_object().expect("paths");
+        let source = include_str!("mod.rs");
+        let route = regex_lite::Regex::new(r#"\.route\(\s*"(/api/[^"]+)""#).expect("regex");
+        let routes: Vec<&str> = route
+            .captures_iter(source)
+            .filter_map(|c| c.get(1))
+            .map(|m| m.as_str())
+            .collect();
+        assert!(routes.len() >= 10, "{routes:?}");
+        for r in routes {
+            assert!(paths.contains_key(r), "{r} is routed but not in openapi.json");
+        }
+    }
 }

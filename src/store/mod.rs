@@ -1066,6 +1066,57 @@ impl Store {
         Ok(())
     }
 
+    /// The series and bucket of an anomaly.
+    pub async fn anomaly_bucket(&self, anomaly_id: i64) -> Result<Option<(i64, i64, String)>> {
+        let row = sqlx::query(
+            "SELECT a.series_id, a.ts, s.kpi_id FROM anomalies a JOIN series s ON s.id = a.series_id WHERE a.id = ?",
+        )
+        .bind(anomaly_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Some((r.try_get("series_id")?, r.try_get("ts")?, r.try_get("kpi_id")?)),
+            None => None,
+        })
+    }
+
+    /// Record (or replace) feedback on a bucket.
+    pub async fn save_feedback(
+        &self,
+        series_id: i64,
+        ts: i64,
+        kind: &str,
+        actor: &str,
+        comment: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO anomaly_feedback (series_id, ts, kind, actor, comment, at) VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT (series_id, ts) DO UPDATE SET kind = excluded.kind, actor = excluded.actor,
+               comment = excluded.comment, at = excluded.at",
+        )
+        .bind(series_id)
+        .bind(ts)
+        .bind(kind)
+        .bind(actor)
+        .bind(comment)
+        .bind(now_secs())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Feedback on a series' buckets in `[from, to)`.
+    pub async fn feedback(&self, series_id: i64, from: i64, to: i64) -> Result<Vec<FeedbackRow>> {
+        Ok(sqlx::query_as::<_, FeedbackRow>(
+            "SELECT ts, kind FROM anomaly_feedback WHERE series_id = ? AND ts >= ? AND ts < ? ORDER BY ts",
+        )
+        .bind(series_id)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Retire an API KPI (its history stays); returns whether it was active.
     pub async fn retire_kpi_definition(&self, id: &str) -> Result<bool> {
         let done =
@@ -1076,6 +1127,15 @@ impl Store {
                 .await?;
         Ok(done.rows_affected() > 0)
     }
+}
+
+/// Feedback given on one flagged bucket.
+#[derive(Debug, Clone, PartialEq, FromRow, Serialize)]
+pub struct FeedbackRow {
+    /// Bucket start.
+    pub ts: i64,
+    /// not_anomaly | new_normal | confirmed.
+    pub kind: String,
 }
 
 /// One audit log entry.
