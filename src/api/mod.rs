@@ -6,6 +6,7 @@
 
 mod auth;
 mod registration;
+mod ui;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -149,6 +150,7 @@ pub fn router(state: AppState) -> Router {
             axum::routing::patch(registration::update).delete(registration::retire),
         )
         .route("/api/audit", get(audit))
+        .merge(ui::routes())
         .route(
             "/api/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),

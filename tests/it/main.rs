@@ -12,3 +12,4 @@ mod e2e;
 mod email;
 mod helpers;
 mod sources;
+mod ui;

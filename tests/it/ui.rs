@@ -1,0 +1,296 @@
+//! The web UI in headless Chromium, driven through chromedriver (WebDriver): register a KPI
+//! with the form, move the sensitivity slider and watch the would-fire count change,
+//! acknowledge an alert — against the real service and a real SQLite source.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration as StdDuration, Instant};
+
+use chrono::{DateTime, Duration, Utc};
+use fantoccini::{Client, ClientBuilder, Locator};
+use kpiwatch::app::{Application, BuildOptions};
+use kpiwatch::clock::ManualClock;
+use rand::SeedableRng;
+use rand_distr::Distribution;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{init_logs, settings};
+
+/// chromedriver on a free port, killed on drop.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_driver() -> Option<Driver> {
+    let found = ["/usr/bin/chromedriver"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let Some(path) = found else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "chromedriver is missing; .ci/run installs chromium-driver"
+        );
+        eprintln!("skipping: no chromedriver");
+        return None;
+    };
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let child = Command::new(path)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver starts");
+    let deadline = Instant::now() + StdDuration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "chromedriver did not listen");
+        std::thread::sleep(StdDuration::from_millis(100));
+    }
+    Some(Driver { child, port })
+}
+
+async fn browser(driver: &Driver, profile: &std::path::Path) -> Client {
+    // The test binary links rustls with two crypto providers (dev-dependencies); pick one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".to_owned(),
+        serde_json::json!({
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1280,1000", format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    ClientBuilder::rustls()
+        .expect("tls")
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("a browser session")
+}
+
+/// Poll a JavaScript expression until it is truthy; returns its value.
+async fn until(c: &Client, what: &str, expr: &str) -> serde_json::Value {
+    let deadline = Instant::now() + StdDuration::from_secs(30);
+    loop {
+        let v = c
+            .execute(&format!("return ({expr});"), vec![])
+            .await
+            .expect("script runs");
+        let truthy = match &v {
+            serde_json::Value::Null | serde_json::Value::Bool(false) => false,
+            serde_json::Value::String(s) => !s.is_empty(),
+            _ => true,
+        };
+        if truthy {
+            return v;
+        }
+        if Instant::now() > deadline {
+            let body = c
+                .execute("return document.body.innerText;", vec![])
+                .await
+                .unwrap_or_default();
+            panic!("timed out waiting for {what}; the page says:\n{body}");
+        }
+        tokio::time::sleep(StdDuration::from_millis(200)).await;
+    }
+}
+
+/// 5-minute order counts at a flat ~150 for four weeks, with a few single-bucket dips to ~95
+/// (about 4.5 standard deviations: flagged at high sensitivity, not at low), and no orders
+/// in the last 20 minutes (a firing alert to acknowledge).
+async fn shop(path: &std::path::Path, now: DateTime<Utc>) {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+        .await
+        .expect("shop");
+    sqlx::query("CREATE TABLE order_counts (ts TEXT PRIMARY KEY, n INTEGER NOT NULL)")
+        .execute(&pool)
+        .await
+        .expect("create");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let poisson = rand_distr::Poisson::new(150.0).expect("rate");
+    let mut tx = pool.begin().await.expect("tx");
+    let mut t = now - Duration::days(35);
+    let mut i = 0u32;
+    while t < now - Duration::minutes(20) {
+        let mut n = poisson.sample(&mut rng) as i64;
+        if t > now - Duration::days(27) && i % 1500 == 700 {
+            n = 95;
+        }
+        sqlx::query("INSERT INTO order_counts VALUES (?, ?)")
+            .bind(t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .bind(n)
+            .execute(&mut *tx)
+            .await
+            .expect("insert");
+        t += Duration::minutes(5);
+        i += 1;
+    }
+    tx.commit().await.expect("commit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_registers_a_kpi_backtests_with_the_slider_and_acknowledges_an_alert() {
+    init_logs();
+    let Some(driver) = start_driver() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let now = DateTime::parse_from_rfc3339("2026-03-30T12:01:00Z")
+        .expect("valid")
+        .with_timezone(&Utc);
+    shop(&dir.path().join("shop.db"), now).await;
+    let settings = settings(
+        dir.path(),
+        None,
+        &[
+            (
+                "KPIWATCH_SOURCES__SHOP__URL",
+                format!("sqlite://{}", dir.path().join("shop.db").display()),
+            ),
+            ("KPIWATCH_SCHEDULER__BACKFILL", "35d".to_owned()),
+            ("KPIWATCH_SCHEDULER__HISTORY", "35d".to_owned()),
+        ],
+    );
+    let app = Application::build(
+        settings,
+        vec![crate::e2e::orders_spec("")],
+        BuildOptions {
+            clock: std::sync::Arc::new(ManualClock::new(now)),
+            extra_sources: None,
+        },
+    )
+    .await
+    .expect("app");
+    app.scheduler().run_due().await;
+    let store = app.store().clone();
+    let base = format!("http://127.0.0.1:{}/", app.port());
+    let token = CancellationToken::new();
+    let server = tokio::spawn(app.run_until_stopped(token.clone()));
+
+    let c = browser(&driver, &dir.path().join("chrome")).await;
+    c.goto(&base).await.expect("opens");
+    c.execute("localStorage.setItem('kpiwatch.name', 'ana');", vec![])
+        .await
+        .expect("js");
+
+    // The list shows the KPI, anomalous.
+    until(&c, "the KPI list", "document.body.innerText.includes('Orders')").await;
+
+    // Slider: lower and higher sensitivity give different would-fire counts.
+    c.goto(&format!("{base}#/kpi/orders")).await.expect("kpi page");
+    let set = |v: &str| {
+        format!(
+            "(() => {{ const s = document.querySelector('.slider-row input[type=range]'); s.value = '{v}'; s.dispatchEvent(new Event('input')); return true; }})()"
+        )
+    };
+    until(
+        &c,
+        "the slider",
+        "document.querySelector('.slider-row input[type=range]')",
+    )
+    .await;
+    c.execute(&format!("return {};", set("0.05")), vec![])
+        .await
+        .expect("js");
+    let low = until(
+        &c,
+        "a backtest at 0.05",
+        "(document.querySelector('.bt-summary:not(.stale)')?.innerText || '').includes('sensitivity 0.05') && document.querySelector('.bt-summary').innerText",
+    )
+    .await;
+    c.execute(&format!("return {};", set("0.95")), vec![])
+        .await
+        .expect("js");
+    let high = until(
+        &c,
+        "a backtest at 0.95",
+        "(document.querySelector('.bt-summary:not(.stale)')?.innerText || '').includes('sensitivity 0.95') && document.querySelector('.bt-summary').innerText",
+    )
+    .await;
+    let flagged = |v: &serde_json::Value| -> u64 {
+        let text = v.as_str().unwrap_or_default();
+        let before = text.split(" flagged buckets").next().unwrap_or_default();
+        before
+            .split_whitespace()
+            .last()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(flagged(&low) < flagged(&high), "low:\n{low}\nhigh:\n{high}");
+    let shot = c.screenshot().await.expect("screenshot");
+    std::fs::write(dir.path().join("ui-kpi.png"), &shot).expect("write");
+    if let Ok(keep) = std::env::var("KPIWATCH_UI_SCREENSHOT") {
+        std::fs::write(keep, &shot).expect("write screenshot");
+    }
+
+    // Acknowledge the firing alert from the alerts page.
+    c.goto(&format!("{base}#/alerts")).await.expect("alerts page");
+    until(
+        &c,
+        "an Acknowledge button",
+        "[...document.querySelectorAll('button')].find(b => b.innerText === 'Acknowledge')",
+    )
+    .await;
+    c.execute("[...document.querySelectorAll('button')].find(b => b.innerText === 'Acknowledge').click(); return true;", vec![])
+        .await
+        .expect("click");
+    let deadline = Instant::now() + StdDuration::from_secs(20);
+    loop {
+        let alerts = store.alerts(true, 10).await.expect("alerts");
+        if alerts.iter().any(|a| a.acknowledged_by.as_deref() == Some("ana")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not acknowledged: {alerts:?}");
+        tokio::time::sleep(StdDuration::from_millis(200)).await;
+    }
+
+    // Register a KPI through the form: test the query, then register.
+    c.goto(&format!("{base}#/new")).await.expect("form");
+    until(&c, "the form", "document.querySelector('form.reg')").await;
+    let fill = r#"
+        const f = document.querySelector('form.reg');
+        f.querySelector('[name=id]').value = 'orders_total';
+        f.querySelector('[name=title]').value = 'Orders (total)';
+        f.querySelector('[name=source]').value = 'shop';
+        f.querySelector('[name=interval]').value = '1h';
+        f.querySelector('[name=query]').value = "SELECT ts, n AS value FROM order_counts WHERE ts >= :start AND ts < :end";
+        return true;"#;
+    c.execute(fill, vec![]).await.expect("fill");
+    c.find(Locator::Id("test-btn"))
+        .await
+        .expect("test button")
+        .click()
+        .await
+        .expect("click");
+    until(&c, "the query preview", "document.querySelector('.test-ok')").await;
+    c.find(Locator::Css("form.reg button[type=submit]"))
+        .await
+        .expect("register button")
+        .click()
+        .await
+        .expect("click");
+    until(&c, "the new KPI's page", "location.hash === '#/kpi/orders_total'").await;
+    assert!(store
+        .kpi_definitions()
+        .await
+        .expect("definitions")
+        .iter()
+        .any(|(id, _, _)| id == "orders_total"));
+
+    c.close().await.expect("close");
+    token.cancel();
+    server.await.expect("joined").expect("clean shutdown");
+}
