@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
+use crate::alerting;
 use crate::alerting::lifecycle::{self, Step};
-use crate::alerting::{self, BucketVerdict};
-use crate::baseline::{Bucket, OnlineDetector, Status};
+use crate::baseline::{Bucket, OnlineDetector};
 use crate::kpi::{Direction, KpiSpec, Sensitivity};
-use crate::pipeline::{detector_config, local_secs};
+use crate::pipeline::{bucket_verdict, detector_config, local_secs};
 use crate::store::ObservationRow;
 
 /// What to try.
@@ -141,18 +141,7 @@ pub fn run(
                     score: v.score,
                 });
             }
-            let verdict = BucketVerdict {
-                ts: o.ts,
-                value: v.value,
-                expected: v.expected,
-                lower: v.lower,
-                upper: v.upper,
-                score: v.score,
-                volume: v.volume,
-                seasonality: v.seasonality.as_str().to_owned(),
-                anomaly: v.anomaly,
-                judged: v.status == Status::Evaluated,
-            };
+            let verdict = bucket_verdict(o.ts, &v, cfg.direction);
             let severity = alerting::severity_for(spec, &verdict);
             match lifecycle::step(open.as_ref(), &verdict, &rule, severity, o.ts + step) {
                 Step::Nothing => {}

@@ -24,7 +24,7 @@ use tracing::{info, instrument, warn};
 
 use crate::alerting::receivers::Receivers;
 use crate::alerting::{self, lifecycle, BucketVerdict, LinkSigner, Mailer, MessageContext};
-use crate::baseline::{Bucket, DetectorConfig, OnlineDetector, SeasonalityMode, Status};
+use crate::baseline::{Bucket, DetectorConfig, Feedback, OnlineDetector, SeasonalityMode, Status};
 use crate::config::{SchedulerConfig, Settings};
 use crate::kpi::{Kind, KpiSpec, SeasonalitySetting};
 use crate::sources::{self, RawRow, SourceRegistry, Window};
@@ -404,6 +404,29 @@ pub fn detector_config(spec: &KpiSpec) -> DetectorConfig {
     }
 }
 
+/// What alerting needs to know of the detector's verdict on the bucket starting at `ts`.
+pub fn bucket_verdict(
+    ts: i64,
+    v: &crate::baseline::Verdict,
+    direction: crate::kpi::Direction,
+) -> BucketVerdict {
+    let below = v.value < v.lower;
+    let outside = (below || v.value > v.upper) && direction.watches(below);
+    BucketVerdict {
+        ts,
+        value: v.value,
+        expected: v.expected,
+        lower: v.lower,
+        upper: v.upper,
+        score: v.score,
+        volume: v.volume,
+        seasonality: v.seasonality.as_str().to_owned(),
+        anomaly: v.anomaly,
+        judged: v.status == Status::Evaluated,
+        outside: v.anomaly || (v.status == Status::Evaluated && outside),
+    }
+}
+
 /// Bucket start as local wall-clock seconds in `tz`, so daily slots follow local time.
 pub fn local_secs(tz: chrono_tz::Tz, utc_secs: i64) -> i64 {
     match tz.timestamp_opt(utc_secs, 0).single() {
@@ -436,6 +459,18 @@ async fn judge_series(
         .unwrap_or(i64::MIN);
     let cfg = detector_config(spec);
     let tz = spec.timezone;
+    // Feedback on earlier buckets is replayed into the detector: a false positive is learned
+    // as normal, a new normal re-baselines there.
+    let feedback: std::collections::HashMap<i64, Feedback> = store
+        .feedback(series_id, from, end)
+        .await?
+        .into_iter()
+        .filter_map(|f| match f.kind.as_str() {
+            "not_anomaly" => Some((f.ts, Feedback::NotAnomaly)),
+            "new_normal" => Some((f.ts, Feedback::NewNormal)),
+            _ => None,
+        })
+        .collect();
     // CPU-bound: replaying weeks of buckets. Keep it off the async workers.
     let span = tracing::Span::current();
     let verdicts = tokio::task::spawn_blocking(move || {
@@ -449,7 +484,7 @@ async fn judge_series(
                 denominator: o.denominator,
                 excluded: false,
             };
-            let v = detector.step(&bucket);
+            let v = detector.step_with_feedback(&bucket, feedback.get(&o.ts).copied().unwrap_or_default());
             if o.ts >= judged_until {
                 out.push((o.ts, v));
             }
@@ -512,18 +547,7 @@ async fn judge_series(
     let group = alerting::group_key(&labels, &cx.settings.alerting.grouping.by);
     let fp = alerting::fingerprint("anomaly", spec, dims);
     for (t, v) in verdicts.iter().filter(|(t, _)| *t >= horizon) {
-        let verdict = BucketVerdict {
-            ts: *t,
-            value: v.value,
-            expected: v.expected,
-            lower: v.lower,
-            upper: v.upper,
-            score: v.score,
-            volume: v.volume,
-            seasonality: v.seasonality.as_str().to_owned(),
-            anomaly: v.anomaly,
-            judged: v.status == Status::Evaluated,
-        };
+        let verdict = bucket_verdict(*t, v, spec.direction);
         if v.anomaly {
             summary.live_anomalies += 1;
             cx.metrics

@@ -3,7 +3,9 @@
 //!
 //! - Trigger: fire when `fire_n` of the last `fire_m` judged buckets are anomalous (`1 of 1`
 //!   fires on the first). Until then the incident is pending and sends nothing.
-//! - Recovery: `recover_k` consecutive in-band judged buckets resolve it.
+//! - Recovery: `recover_k` consecutive judged buckets back *inside* the band resolve it; a
+//!   bucket still outside the band on a watched side holds the incident open even when it is
+//!   not flagged on its own (a long outage stays one open incident).
 //! - While firing: a message again every `repeat` (unless acknowledged), and when the
 //!   severity escalates.
 //!
@@ -185,6 +187,10 @@ pub fn step(
             }
             Step::Update(next, None)
         }
+        Phase::Firing if v.outside => {
+            next.ok_streak = 0;
+            Step::Update(next, None)
+        }
         Phase::Firing => {
             next.ok_streak += 1;
             if next.ok_streak >= rule.recover_k {
@@ -215,6 +221,7 @@ mod tests {
             seasonality: "daily".to_owned(),
             anomaly,
             judged: true,
+            outside: anomaly,
         }
     }
 
@@ -279,6 +286,24 @@ mod tests {
         assert!(matches!(later, Step::Update(_, None)), "{later:?}");
         let (events, _) = run(&ONE, &[true, true], &[Severity::Warning, Severity::Critical]);
         assert_eq!(events, vec![Event::Firing, Event::Escalated(Severity::Critical)]);
+    }
+
+    #[test]
+    fn a_bucket_still_outside_the_band_keeps_the_incident_open() {
+        let rule = Rule { recover_k: 1, ..ONE };
+        let Step::Open(open, _) = step(None, &v(0, true), &rule, Severity::Warning, 300) else {
+            panic!("opens")
+        };
+        let mut below = v(300, false);
+        below.outside = true;
+        assert!(matches!(
+            step(Some(&open), &below, &rule, Severity::Warning, 600),
+            Step::Update(_, None)
+        ));
+        assert!(matches!(
+            step(Some(&open), &v(300, false), &rule, Severity::Warning, 600),
+            Step::Close { resolved: true, .. }
+        ));
     }
 
     #[test]

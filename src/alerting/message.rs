@@ -220,6 +220,7 @@ mod tests {
             seasonality: "daily".to_owned(),
             anomaly: true,
             judged: true,
+            outside: true,
         }
     }
 

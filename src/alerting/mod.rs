@@ -70,6 +70,8 @@ pub struct BucketVerdict {
     pub anomaly: bool,
     /// Judged at all (not warming up / low volume / missing)?
     pub judged: bool,
+    /// Outside the band on a side the KPI watches (flagged or not): not yet recovered.
+    pub outside: bool,
 }
 
 /// The labels an alert is routed and silenced by: the model's labels, the series'
@@ -610,6 +612,7 @@ mod tests {
             seasonality: "none".to_owned(),
             anomaly: true,
             judged: true,
+            outside: true,
         };
         assert_eq!(severity_for(&spec, &v), Severity::Info);
         v.value = 0.0;

@@ -16,6 +16,9 @@
 //!   a run of empty buckets fires once its exact probability of being all zero is too small.
 //! - Anomalous and excluded buckets are not learned. A deviation that persists for half a day
 //!   (at least 3 buckets) is accepted as the new level: a level shift is alerted, then learned.
+//! - User feedback replayed with a bucket ([`Feedback`]): `NotAnomaly` learns it as normal
+//!   (the band widens) without feeding the alarm statistics; `NewNormal` rescales every level
+//!   to it at once and restarts the CUSUM.
 //! - Nothing is flagged during warm-up: 8 days with automatic seasonality (a week to see each
 //!   slot of the week, a day to compare weekly against daily), else 2 days; at least 14
 //!   buckets.
@@ -143,6 +146,23 @@ impl DetectorConfig {
             seasonality: SeasonalityMode::Auto,
         }
     }
+}
+
+/// A user's verdict on a bucket, applied when the bucket is (re)played through
+/// [`OnlineDetector::step_with_feedback`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Feedback {
+    /// No feedback: the detector judges and learns on its own.
+    #[default]
+    None,
+    /// A false positive: the bucket is not flagged, is learned as normal (level, profile and
+    /// noise estimate, without winsorising, so the band widens where it was too tight) and does
+    /// not feed the CUSUM, empty-run or level-shift state as a deviation.
+    NotAnomaly,
+    /// The level changed for good: every baseline's level is rescaled at once to this bucket
+    /// (profiles keep their shape), the CUSUM and run state restart, and the bucket is not
+    /// flagged.
+    NewNormal,
 }
 
 /// One completed bucket of a series.
@@ -354,13 +374,20 @@ impl OnlineDetector {
 
     /// Score `b` without learning from it.
     pub fn evaluate(&self, b: &Bucket) -> Verdict {
-        self.score(b).verdict
+        self.score(b, Feedback::None).verdict
     }
 
     /// Score `b`, then learn from it unless it is anomalous, excluded or missing.
     pub fn step(&mut self, b: &Bucket) -> Verdict {
-        let scored = self.score(b);
-        self.learn(b, &scored);
+        self.step_with_feedback(b, Feedback::None)
+    }
+
+    /// [`step`](Self::step) with a user's `feedback` on `b`: see [`Feedback`]. An excluded or
+    /// missing bucket ignores its feedback; the verdict is never an anomaly unless the
+    /// feedback is [`Feedback::None`].
+    pub fn step_with_feedback(&mut self, b: &Bucket, feedback: Feedback) -> Verdict {
+        let scored = self.score(b, feedback);
+        self.learn(b, &scored, feedback);
         scored.verdict
     }
 
@@ -427,7 +454,38 @@ impl OnlineDetector {
         }
     }
 
-    fn score(&self, b: &Bucket) -> Scored {
+    /// Score `b`, then apply `feedback` to the verdict and to the state it would leave.
+    fn score(&self, b: &Bucket, feedback: Feedback) -> Scored {
+        let mut scored = self.score_raw(b);
+        if matches!(scored.verdict.status, Status::Excluded | Status::Missing) {
+            return scored;
+        }
+        match feedback {
+            Feedback::None => {}
+            Feedback::NotAnomaly => {
+                // Normal by the user's word: the bucket moves none of the alarm statistics.
+                scored.cusum_lo = self.cusum_lo;
+                scored.cusum_hi = self.cusum_hi;
+                scored.zero_run = self.zero_run;
+                scored.incident_lo = self.incident_lo;
+                scored.incident_hi = self.incident_hi;
+                scored.outlier = false;
+                scored.verdict.anomaly = false;
+            }
+            Feedback::NewNormal => {
+                scored.cusum_lo = 0.0;
+                scored.cusum_hi = 0.0;
+                scored.zero_run = 0.0;
+                scored.incident_lo = false;
+                scored.incident_hi = false;
+                scored.outlier = false;
+                scored.verdict.anomaly = false;
+            }
+        }
+        scored
+    }
+
+    fn score_raw(&self, b: &Bucket) -> Scored {
         let kind = self.cfg.kind;
         let obs = self.observation(b);
         let (y, weight) = obs.unwrap_or((f64::NAN, 0.0));
@@ -602,7 +660,7 @@ impl OnlineDetector {
         scored
     }
 
-    fn learn(&mut self, b: &Bucket, scored: &Scored) {
+    fn learn(&mut self, b: &Bucket, scored: &Scored, feedback: Feedback) {
         let status = scored.verdict.status;
         if matches!(status, Status::Excluded | Status::Missing) {
             return;
@@ -623,8 +681,19 @@ impl OnlineDetector {
                 }
             }
         }
-        if evaluated {
-            self.track_run(y, scored);
+        match feedback {
+            Feedback::None if evaluated => self.track_run(y, scored),
+            // Not a deviation: it cannot start a run, and counts as quiet in one under way.
+            Feedback::NotAnomaly if evaluated => self.track_run(
+                y,
+                &Scored {
+                    z: 0.0,
+                    outlier: false,
+                    ..*scored
+                },
+            ),
+            Feedback::NewNormal => self.rebase(b.ts, y, &scored.preds),
+            _ => {}
         }
         // Anomalous buckets are not learned, nor are those of an incident still under way
         // (see `incident_lo`) or of a run of empty buckets half-way to an alarm: a sustained
@@ -632,12 +701,22 @@ impl OnlineDetector {
         let building = scored.zero_run >= ZERO_HOLD_BACK * self.thresholds.zero_run_nll
             || scored.incident_lo
             || scored.incident_hi;
-        let held_back = scored.outlier || (evaluated && building);
-        let winsor = if evaluated { Some(WINSOR_SD) } else { None };
+        let held_back = feedback == Feedback::None && (scored.outlier || (evaluated && building));
+        // A false positive is learned in full, so the noise estimate sees how far off it was.
+        let winsor = if evaluated && feedback != Feedback::NotAnomaly {
+            Some(WINSOR_SD)
+        } else {
+            None
+        };
         let kind = self.cfg.kind;
         for (m, p) in self.models.iter_mut().zip(scored.preds.iter()) {
             if let Some(m) = m {
                 match p {
+                    // The level was just rescaled: learn against the new prediction.
+                    Some(_) if feedback == Feedback::NewNormal => {
+                        let p = m.predict(kind, b.ts, weight);
+                        m.learn(kind, b.ts, y, weight, &p, winsor);
+                    }
                     Some(p) if !held_back => m.learn(kind, b.ts, y, weight, p, winsor),
                     Some(_) => {}
                     // A model that has never seen this slot has nothing to call it an outlier
@@ -653,7 +732,10 @@ impl OnlineDetector {
             self.prev_z = 0.0;
             return;
         }
-        if evaluated {
+        if feedback != Feedback::None {
+            // Its z-score is the model's error, not the series' noise.
+            self.prev_z = 0.0;
+        } else if evaluated {
             self.track_autocorrelation(scored.z);
         }
         if weight > 0.0 {
@@ -709,6 +791,28 @@ impl OnlineDetector {
                 self.clear_run();
             }
         }
+    }
+
+    /// Take `y` as the new level at once: every model's level is rescaled by the bucket's
+    /// observed/expected ratio under its own prediction (or under the chosen model's, for a
+    /// model that has not seen this slot), as when a run is accepted; any run is forgotten.
+    fn rebase(&mut self, ts: i64, y: f64, preds: &[Option<Prediction>; 3]) {
+        let factor =
+            |p: &Prediction| (p.mean.abs() > 1e-12 && y.is_finite()).then(|| (y / p.mean).clamp(0.02, 50.0));
+        let fallback = self.chosen(ts).and_then(|i| preds[i].as_ref()).and_then(factor);
+        for (m, p) in self.models.iter_mut().zip(preds.iter()) {
+            if let Some(m) = m {
+                if let Some(f) = p.as_ref().and_then(factor).or(fallback) {
+                    m.rebase(f);
+                }
+            }
+        }
+        self.clear_run();
+        self.cusum_lo = 0.0;
+        self.cusum_hi = 0.0;
+        self.zero_run = 0.0;
+        self.incident_lo = false;
+        self.incident_hi = false;
     }
 
     fn run_add(&mut self, y: f64, scored: &Scored) {

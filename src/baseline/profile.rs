@@ -390,6 +390,14 @@ impl SeasonalModel {
         self.run_exp = 0.0;
     }
 
+    /// Multiply the level (the fast one and the slow one the fit is judged with) by `factor`:
+    /// the series changed level for good. The profile keeps its shape.
+    pub(crate) fn rebase(&mut self, factor: f64) {
+        self.level_num *= factor;
+        self.slow_num *= factor;
+        self.run_clear();
+    }
+
     /// Accept the run's level as the new normal.
     pub(crate) fn run_accept(&mut self) {
         if self.run_exp.abs() > 1e-12 {

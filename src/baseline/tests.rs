@@ -336,3 +336,145 @@ fn sensitivity_names_a_false_alarm_budget() {
     assert!(false_alarms_per_week(Sensitivity::LOW) < false_alarms_per_week(Sensitivity::MEDIUM));
     assert!(false_alarms_per_week(Sensitivity::MEDIUM) < false_alarms_per_week(Sensitivity::HIGH));
 }
+
+/// Hourly counts with a daily shape and, from the third week on, a blip of +60 % at 14:00
+/// every day.
+fn recurring_blip(seed: u64) -> Vec<Bucket> {
+    hourly_counts(6, seed, |ts| {
+        let blip = ts >= T0 + 14 * DAY && ts.rem_euclid(DAY) / HOUR == 14;
+        200.0 * daily_shape(ts) * if blip { 1.6 } else { 1.0 }
+    })
+}
+
+fn is_blip(b: &Bucket) -> bool {
+    b.ts >= T0 + 14 * DAY && b.ts.rem_euclid(DAY) / HOUR == 14
+}
+
+#[test]
+fn a_recurring_blip_marked_not_anomaly_on_earlier_occurrences_stops_being_flagged() {
+    let series = recurring_blip(21);
+    let last_weeks = T0 + 28 * DAY;
+    let mut plain = detector(Kind::Count, 3600);
+    let v = run(&mut plain, &series);
+    let mut marked = detector(Kind::Count, 3600);
+    let w: Vec<Verdict> = series
+        .iter()
+        .map(|b| {
+            let fb = if is_blip(b) && b.ts < last_weeks {
+                Feedback::NotAnomaly
+            } else {
+                Feedback::None
+            };
+            marked.step_with_feedback(b, fb)
+        })
+        .collect();
+    let late = |v: &[Verdict]| {
+        series
+            .iter()
+            .zip(v)
+            .filter(|(b, v)| b.ts >= last_weeks && v.anomaly)
+            .count()
+    };
+    assert!(
+        late(&v) >= 10,
+        "without feedback the blip keeps firing: {}",
+        late(&v)
+    );
+    assert!(
+        late(&w) <= 2,
+        "after feedback: {} flags in the last two weeks",
+        late(&w)
+    );
+    let marked_flags = series
+        .iter()
+        .zip(&w)
+        .filter(|(b, v)| is_blip(b) && b.ts < last_weeks && v.anomaly)
+        .count();
+    assert_eq!(marked_flags, 0, "a bucket marked not an anomaly is not flagged");
+}
+
+#[test]
+fn a_permanent_drop_marked_new_normal_at_its_first_bucket_is_not_flagged_afterwards() {
+    // At noon of the fourth Monday, a permanent -40 % drop.
+    let start = (3 * 168 + 12) as usize;
+    let series = hourly_counts(5, 22, |ts| {
+        let level = if ts >= T0 + start as i64 * HOUR {
+            120.0
+        } else {
+            200.0
+        };
+        level * daily_shape(ts)
+    });
+    let mut plain = detector(Kind::Count, 3600);
+    let v = run(&mut plain, &series);
+    assert!(
+        flags(&v[start..start + 12]) >= 3,
+        "without feedback the new level is flagged: {}",
+        flags(&v[start..start + 12])
+    );
+    let mut marked = detector(Kind::Count, 3600);
+    let w: Vec<Verdict> = series
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let fb = if i == start {
+                Feedback::NewNormal
+            } else {
+                Feedback::None
+            };
+            marked.step_with_feedback(b, fb)
+        })
+        .collect();
+    assert_eq!(
+        flags(&w[..start]),
+        flags(&v[..start]),
+        "feedback changes nothing before it"
+    );
+    assert_eq!(
+        flags(&w[start..]),
+        0,
+        "{} flags after the new normal",
+        flags(&w[start..])
+    );
+    let next = &w[start + 1];
+    assert!(
+        (next.expected / (120.0 * daily_shape(series[start + 1].ts)) - 1.0).abs() < 0.15,
+        "the next bucket expects the new level: {}",
+        next.expected
+    );
+}
+
+#[test]
+fn feedback_none_changes_nothing() {
+    for (seed, series) in [(23, recurring_blip(23)), (24, hourly_counts(4, 24, |_| 150.0))] {
+        let mut a = detector(Kind::Count, 3600);
+        let mut b = detector(Kind::Count, 3600);
+        for bucket in &series {
+            // Debug strings: NaN fields (no baseline yet) compare equal there.
+            let (x, y) = (a.step(bucket), b.step_with_feedback(bucket, Feedback::None));
+            assert_eq!(format!("{x:?}"), format!("{y:?}"), "seed {seed}");
+        }
+    }
+    assert_eq!(Feedback::default(), Feedback::None);
+}
+
+#[test]
+fn feedback_on_an_excluded_or_missing_bucket_is_ignored() {
+    let series = hourly_counts(3, 25, |_| 200.0);
+    let det = OnlineDetector::warm(DetectorConfig::new(Kind::Count, 3600), &series).expect("valid config");
+    let ts = T0 + 3 * 7 * DAY;
+    let excluded = Bucket {
+        excluded: true,
+        ..Bucket::new(ts, 0.0)
+    };
+    for b in [excluded, Bucket::new(ts, f64::NAN)] {
+        for fb in [Feedback::NotAnomaly, Feedback::NewNormal] {
+            let mut stepped = det.clone();
+            let v = stepped.step_with_feedback(&b, fb);
+            assert!(!v.anomaly);
+            let probe = Bucket::new(ts + HOUR, 200.0);
+            let (x, y) = (stepped.evaluate(&probe), det.evaluate(&probe));
+            assert_eq!(format!("{x:?}"), format!("{y:?}"), "{fb:?} {:?}", v.status);
+        }
+    }
+}

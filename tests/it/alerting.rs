@@ -482,3 +482,88 @@ async fn simultaneous_incidents_of_one_kpis_series_go_out_as_one_email() {
         "one incident per series"
     );
 }
+
+#[tokio::test]
+async fn new_normal_feedback_re_baselines_and_the_alert_resolves_at_the_new_level() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smtp = SmtpServer::start();
+    let mut shop = Shop::create(&dir.path().join("shop.db")).await;
+    let change = t0() + Duration::hours(1);
+    shop.traffic(t0() - Duration::days(14), change).await;
+    let clock = ManualClock::new(t0() + Duration::minutes(1));
+    let app = build(dir.path(), &smtp, &clock).await;
+    app.scheduler().run_due().await;
+
+    // From `change` on, orders run at 60% of before, for good.
+    let mut t = change;
+    while t < change + Duration::hours(4) {
+        let normal = 120.0
+            + 60.0 * (((t.timestamp() % 86_400) as f64 / 3600.0 - 14.0) / 24.0 * std::f64::consts::TAU).cos();
+        sqlx::query("INSERT INTO order_counts VALUES (?, ?)")
+            .bind(t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .bind((normal * 0.6).round() as i64)
+            .execute(&shop.pool)
+            .await
+            .expect("insert");
+        t += Duration::minutes(5);
+    }
+    drive(&app, &clock, change + Duration::minutes(16)).await;
+    let first = app
+        .store()
+        .anomalies(Some("orders"), None, 100)
+        .await
+        .expect("anomalies");
+    let first = first
+        .iter()
+        .min_by_key(|a| a.ts)
+        .expect("the drop is flagged")
+        .clone();
+    assert_eq!(smtp.received().len(), 1, "one alert");
+
+    // "This is the new normal": the next buckets at the new level are judged normal and the
+    // alert resolves, instead of flagging for half a day.
+    let (status, _) = call(
+        &app,
+        "POST",
+        &format!("/api/anomalies/{}/feedback", first.id),
+        r#"{"kind": "new_normal", "comment": "we moved traffic to the new shop"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = call(
+        &app,
+        "POST",
+        &format!("/api/anomalies/{}/feedback", first.id),
+        r#"{"kind": "maybe"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let marked = clock_now(&clock);
+    drive(&app, &clock, change + Duration::minutes(61)).await;
+    let later: Vec<_> = app
+        .store()
+        .anomalies(Some("orders"), Some(marked.timestamp()), 100)
+        .await
+        .expect("anomalies")
+        .into_iter()
+        .filter(|a| a.ts >= marked.timestamp())
+        .collect();
+    assert!(
+        later.is_empty(),
+        "nothing flagged at the new level after the feedback: {later:?}"
+    );
+    let got = smtp.received();
+    assert_eq!(
+        got.len(),
+        2,
+        "{:?}",
+        got.iter().map(|m| m.subject()).collect::<Vec<_>>()
+    );
+    assert!(got[1].subject().starts_with("[RESOLVED]"), "{}", got[1].subject());
+}
+
+fn clock_now(clock: &ManualClock) -> chrono::DateTime<chrono::Utc> {
+    use kpiwatch::clock::Clock;
+    clock.now()
+}
