@@ -716,10 +716,21 @@ pub async fn history(
     if !out.is_empty() {
         return Ok(out);
     }
+    Ok(fresh_history(sources, spec, from, to).await?)
+}
+
+/// A KPI's history in `[from, to)` queried fresh from its source (a draft, or a KPI that
+/// never ran), bucketed per series and zero-filled for counts.
+pub async fn fresh_history(
+    sources: &SourceRegistry,
+    spec: &KpiSpec,
+    from: i64,
+    to: i64,
+) -> Result<BTreeMap<String, Vec<ObservationRow>>, sources::Error> {
     let source = sources.get(&spec.source)?;
     let window = Window {
-        start: ts(from)?,
-        end: ts(to)?,
+        start: DateTime::from_timestamp(from, 0).unwrap_or_default(),
+        end: DateTime::from_timestamp(to, 0).unwrap_or_default(),
     };
     let rows = source.fetch(&spec.query, spec.kind, window).await?;
     let mut series = bucketize(&rows, spec, from, to)?;

@@ -3,7 +3,8 @@
 //! Tokens are configured as SHA-256 hashes (`[[api.tokens]]`); a request's token is hashed
 //! and compared in constant time. Reads need `viewer`, writes (`POST`, `PATCH`, `PUT`,
 //! `DELETE`) need `editor`; the audit log needs `admin`. With no tokens configured the API is
-//! open and every caller is `anonymous` with the admin role. Health, metrics, the signed
+//! open and every caller is `anonymous` with the admin role. Backtests (a `POST` that only
+//! reads) need `viewer`. Health, metrics, the signed
 //! links in messages and the web UI's files are outside `/api/` and need no token.
 
 use axum::extract::{Request, State};

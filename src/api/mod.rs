@@ -146,6 +146,10 @@ pub fn router(state: AppState) -> Router {
             axum::routing::post(registration::test_query),
         )
         .route(
+            "/api/kpis/backtest",
+            axum::routing::post(registration::backtest_draft),
+        )
+        .route(
             "/api/kpis/{id}",
             axum::routing::patch(registration::update).delete(registration::retire),
         )
@@ -608,6 +612,15 @@ async fn ack_by_link(
     let Query(q) = query?;
     let id = check_link(&state, "ack", &id, &q.sig)?;
     let alert = acknowledge(&state, id, "e-mail link").await?;
+    state
+        .store
+        .audit(
+            "e-mail link",
+            "alert.ack",
+            &id.to_string(),
+            &serde_json::json!({}),
+        )
+        .await?;
     Ok(html_page(
         "Acknowledged",
         &format!(
@@ -693,6 +706,15 @@ async fn silence_by_link(
         .create_silence(&json, now, now + secs, &form.author, &form.comment)
         .await?;
     tracing::info!(message = "Silence created.", id = silence, alert = id, author = %form.author, matchers = %json);
+    state
+        .store
+        .audit(
+            "e-mail link",
+            "silence.create",
+            &silence.to_string(),
+            &serde_json::json!({"alert": id, "matchers": matchers, "author": form.author, "comment": form.comment}),
+        )
+        .await?;
     Ok(html_page(
         "Silenced",
         &format!(
@@ -893,7 +915,7 @@ struct BacktestBody {
 }
 
 #[derive(Serialize)]
-struct BacktestDto {
+pub(super) struct BacktestDto {
     kpi: String,
     from: String,
     to: String,
@@ -960,9 +982,13 @@ async fn backtest(
         min_volume: body.min_volume,
     };
     let report = crate::backtest::run(&spec, &history, opts, to, 3).map_err(anyhow::Error::from)?;
+    Ok(Json(backtest_dto(id, &report)))
+}
+
+fn backtest_dto(kpi: String, report: &crate::backtest::BacktestReport) -> BacktestDto {
     let dims = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap_or(serde_json::Value::Null);
-    Ok(Json(BacktestDto {
-        kpi: id,
+    BacktestDto {
+        kpi,
         from: report.from.to_rfc3339(),
         to: report.to.to_rfc3339(),
         sensitivity: report.sensitivity,
@@ -995,7 +1021,7 @@ async fn backtest(
                 })
             })
             .collect(),
-    }))
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -267,19 +267,76 @@ pub(super) async fn update(
     Ok(Json(kpi_dto(&spec, row.as_ref())))
 }
 
-/// Retire a registered KPI; its history is kept.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RetireQuery {
+    /// Also delete the KPI's stored history.
+    #[serde(default)]
+    purge: bool,
+}
+
+/// Retire a registered KPI; its history is kept unless `?purge=true`.
 pub(super) async fn retire(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    query: Result<axum::extract::Query<RetireQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<StatusCode> {
+    let axum::extract::Query(q) = query?;
     api_kpi(&state, &id)?;
     state.store.retire_kpi_definition(&id).await?;
     state.specs.remove(&id);
+    if q.purge {
+        state.store.purge_kpi(&id).await?;
+    }
     state
         .store
-        .audit(&caller.name, "kpi.retire", &id, &serde_json::json!({}))
+        .audit(
+            &caller.name,
+            "kpi.retire",
+            &id,
+            &serde_json::json!({"purge": q.purge}),
+        )
         .await?;
     tracing::info!(message = "KPI retired.", kpi = %id, by = %caller.name);
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DraftBacktest {
+    /// The draft KPI.
+    kpi: KpiBody,
+    /// Weeks to report on (1–12).
+    weeks: Option<u32>,
+}
+
+/// Backtest an unsaved draft: query its source fresh for the weeks asked (plus four weeks to
+/// warm the detector up) and replay them at the draft's settings.
+pub(super) async fn backtest_draft(
+    State(state): State<AppState>,
+    body: Result<Json<DraftBacktest>, JsonRejection>,
+) -> ApiResult<Json<super::BacktestDto>> {
+    let Json(body) = body?;
+    let weeks = body.weeks.unwrap_or(4);
+    if !(1..=12).contains(&weeks) {
+        return Err(ApiError::BadRequest(
+            "`weeks` must be between 1 and 12 for a draft".to_owned(),
+        ));
+    }
+    let spec = parse(&body.kpi.id, &model_toml(&body.kpi.model)?, &body.kpi.query)?;
+    let step = spec.interval.secs_i64();
+    let to = state.clock.now().timestamp().div_euclid(step) * step;
+    let from = to - i64::from(weeks) * 7 * 86_400 - 28 * 86_400;
+    let draft_store_free = crate::pipeline::fresh_history(&state.sources, &spec, from, to)
+        .await
+        .map_err(|e| ApiError::Unprocessable(format!("the query does not work: {e}")))?;
+    let opts = crate::backtest::BacktestOptions {
+        weeks,
+        sensitivity: spec.sensitivity,
+        direction: None,
+        min_volume: None,
+    };
+    let report = crate::backtest::run(&spec, &draft_store_free, opts, to, 3).map_err(anyhow::Error::from)?;
+    Ok(Json(super::backtest_dto(spec.id.to_string(), &report)))
 }

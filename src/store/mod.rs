@@ -1117,6 +1117,28 @@ impl Store {
         .await?)
     }
 
+    /// Delete everything stored about a KPI: its series, observations, verdicts, anomalies,
+    /// feedback, alerts and their notifications (one transaction). The audit log stays.
+    pub async fn purge_kpi(&self, kpi_id: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let by_series = "(SELECT id FROM series WHERE kpi_id = ?)";
+        for sql in [
+            "DELETE FROM notifications WHERE alert_id IN (SELECT id FROM alerts WHERE kpi_id = ?)".to_owned(),
+            "DELETE FROM alerts WHERE kpi_id = ?".to_owned(),
+            format!("DELETE FROM anomalies WHERE series_id IN {by_series}"),
+            format!("DELETE FROM anomaly_feedback WHERE series_id IN {by_series}"),
+            format!("DELETE FROM evaluations WHERE series_id IN {by_series}"),
+            format!("DELETE FROM observations WHERE series_id IN {by_series}"),
+            "DELETE FROM series WHERE kpi_id = ?".to_owned(),
+            "DELETE FROM runs WHERE kpi_id = ?".to_owned(),
+            "DELETE FROM kpis WHERE id = ?".to_owned(),
+        ] {
+            sqlx::query(&sql).bind(kpi_id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Retire an API KPI (its history stays); returns whether it was active.
     pub async fn retire_kpi_definition(&self, id: &str) -> Result<bool> {
         let done =

@@ -175,6 +175,19 @@ async fn kpis_are_registered_tuned_and_retired_by_editors_and_audited() {
         .expect("count");
     assert!(left > 0, "the source is untouched");
 
+    // A draft can be backtested before it is saved (its source is queried fresh).
+    let draft = format!(r#"{{"kpi": {NEW_KPI}, "weeks": 1}}"#);
+    let (status, bt) = call(&app, "POST", "/api/kpis/backtest", Some("edit-token"), &draft).await;
+    assert_eq!(status, StatusCode::OK, "{bt}");
+    assert_eq!(bt["alerts_per_week"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        call(&app, "POST", "/api/kpis/backtest", Some("view-token"), &draft)
+            .await
+            .0,
+        StatusCode::FORBIDDEN,
+        "a backtest is a POST: editors only"
+    );
+
     // Test the query, then register.
     let (status, preview) = call(&app, "POST", "/api/kpis/test-query", Some("edit-token"), NEW_KPI).await;
     assert_eq!(status, StatusCode::OK, "{preview}");
