@@ -17,18 +17,7 @@ use crate::e2e::{build, build_full, build_with, drive, t0, Shop};
 use crate::helpers::{init_logs, SmtpServer};
 
 async fn call(app: &kpiwatch::app::Application, method: &str, uri: &str, body: &str) -> (StatusCode, String) {
-    let request = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_owned()))
-        .expect("request");
-    let response = app.router().oneshot(request).await.expect("response");
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .expect("body");
-    (status, String::from_utf8_lossy(&bytes).into_owned())
+    crate::helpers::request(app, method, uri, None, body).await
 }
 
 #[tokio::test]

@@ -1,12 +1,10 @@
 //! The HTTP API's write side: bearer tokens and roles, registering and tuning KPIs (through a
 //! real SQLite source), hostile input that must change nothing, and the audit log.
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use chrono::Duration;
 use kpiwatch::api::hash_token;
 use kpiwatch::clock::ManualClock;
-use tower::ServiceExt;
 
 use crate::e2e::{build_full, t0, Shop};
 use crate::helpers::{init_logs, SmtpServer};
@@ -18,26 +16,7 @@ async fn call(
     token: Option<&str>,
     body: &str,
 ) -> (StatusCode, serde_json::Value) {
-    let mut request = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("content-type", "application/json");
-    if let Some(t) = token {
-        request = request.header("authorization", format!("Bearer {t}"));
-    }
-    let response = app
-        .router()
-        .oneshot(request.body(Body::from(body.to_owned())).expect("request"))
-        .await
-        .expect("response");
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 24)
-        .await
-        .expect("body");
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
-    )
+    crate::helpers::request_json(app, method, uri, token, body).await
 }
 
 fn tokens_env() -> Vec<(&'static str, String)> {

@@ -1,30 +1,14 @@
 //! Backtests through the API and the CLI, on history the service stored.
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use chrono::Duration;
 use kpiwatch::clock::ManualClock;
-use tower::ServiceExt;
 
 use crate::e2e::{build_full, t0, Shop};
 use crate::helpers::{init_logs, SmtpServer};
 
 async fn post(app: &kpiwatch::app::Application, uri: &str, body: &str) -> (StatusCode, serde_json::Value) {
-    let request = Request::builder()
-        .method("POST")
-        .uri(uri)
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_owned()))
-        .expect("request");
-    let response = app.router().oneshot(request).await.expect("response");
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 24)
-        .await
-        .expect("body");
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
-    )
+    crate::helpers::request_json(app, "POST", uri, None, body).await
 }
 
 #[tokio::test]
@@ -90,10 +74,7 @@ async fn a_backtest_reports_the_alerts_a_setting_would_have_fired_per_week() {
 
     // The CLI answers the same question from the same store.
     drop(app);
-    let model_dir = dir.path().join("models/orders");
-    std::fs::create_dir_all(&model_dir).expect("models dir");
-    std::fs::write(model_dir.join("model.toml"), crate::e2e::MODEL).expect("model");
-    std::fs::write(model_dir.join("query.sql"), crate::e2e::QUERY).expect("query");
+    crate::helpers::write_orders_model(dir.path());
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kpiwatch"))
         .current_dir(dir.path())
         .env(

@@ -188,10 +188,7 @@ async fn the_preview_renders_in_headless_chromium_and_is_not_blank() {
     app.scheduler().run_due().await;
     drop(app);
     // The preview command, as a user runs it: models on disk, state from the config.
-    let model_dir = dir.path().join("models/orders");
-    std::fs::create_dir_all(&model_dir).expect("models dir");
-    std::fs::write(model_dir.join("model.toml"), crate::e2e::MODEL).expect("model");
-    std::fs::write(model_dir.join("query.sql"), crate::e2e::QUERY).expect("query");
+    crate::helpers::write_orders_model(dir.path());
     let out = dir.path().join("digest.html");
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_kpiwatch"))
         .current_dir(dir.path())

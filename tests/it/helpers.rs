@@ -204,3 +204,58 @@ pub fn settings(dir: &std::path::Path, smtp_port: Option<u16>, extra: &[(&str, S
     }
     config::load_from(None, &env).expect("test settings")
 }
+
+/// One request through the app's router (no socket): status and body text.
+pub async fn request(
+    app: &kpiwatch::app::Application,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (axum::http::StatusCode, String) {
+    use tower::ServiceExt;
+    let mut builder = axum::http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        builder = builder.header("authorization", format!("Bearer {t}"));
+    }
+    let response = app
+        .router()
+        .oneshot(
+            builder
+                .body(axum::body::Body::from(body.to_owned()))
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 24)
+        .await
+        .expect("body");
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// [`request`], with the body parsed as JSON (`null` when it is not JSON).
+pub async fn request_json(
+    app: &kpiwatch::app::Application,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (axum::http::StatusCode, serde_json::Value) {
+    let (status, text) = request(app, method, uri, token, body).await;
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Write the e2e orders model to `dir/models/orders`, for commands run as a user would.
+pub fn write_orders_model(dir: &std::path::Path) {
+    let model_dir = dir.join("models/orders");
+    std::fs::create_dir_all(&model_dir).expect("models dir");
+    std::fs::write(model_dir.join("model.toml"), crate::e2e::MODEL).expect("model");
+    std::fs::write(model_dir.join("query.sql"), crate::e2e::QUERY).expect("query");
+}
