@@ -79,7 +79,9 @@ impl Application {
             .await
             .context("Failed to open the state store")?;
         for spec in &specs {
-            store.upsert_kpi(spec).await.context("Failed to register KPIs")?;
+            if store.upsert_kpi(spec).await.context("Failed to register KPIs")? {
+                warn!(message = "KPI interval or kind changed; its stored history will be fetched again.", kpi = %spec.id);
+            }
         }
         let mailer = Mailer::build(&settings.email).context("Failed to set up e-mail")?;
         let http_client = reqwest::Client::builder()

@@ -260,6 +260,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         ),
     ];
     let mut settings = config::load_from(None, &env)?;
+    // A config for carrying on with `kpiwatch serve` on the demo's databases afterwards.
+    let carry_on = format!(
+        "# Written by `kpiwatch demo`: `kpiwatch serve --config {cfg}` keeps watching the demo shop.\n\
+         [state]\nurl = {state:?}\n\n[sources.shop]\nurl = {shop:?}\n\n[email]\noutbox_dir = {outbox:?}\n",
+        cfg = dir.join("kpiwatch.toml").display(),
+        state = format!("sqlite://{}", abs(&dir.join("state.db")).display()),
+        shop = format!("sqlite://{}", abs(&shop_path).display()),
+        outbox = abs(&outbox).display().to_string(),
+    );
+    std::fs::write(dir.join("kpiwatch.toml"), carry_on)
+        .context("Failed to write the demo's kpiwatch.toml")?;
     let specs = demo_models()?;
     let app = Application::build(settings.clone(), specs, BuildOptions::default()).await?;
     let port = app.port();
@@ -328,7 +339,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             if let Some(n) = sent {
                 alerted = true;
                 println!(
-                    "\n=== kpiwatch caught it after {:.0}s ===\n{}\n  to: {}\n\nLook at:\n  outbox:    {}\n  anomalies: http://127.0.0.1:{port}/api/anomalies\n  series:    http://127.0.0.1:{port}/api/kpis/payment_success_rate/series\n  metrics:   http://127.0.0.1:{port}/metrics\n",
+                    "\n=== kpiwatch caught it after {:.0}s ===\n{}\n  to: {}\n\nLook at:\n  web UI:    http://127.0.0.1:{port}/#/kpi/payment_success_rate\n  outbox:    {}\n  anomalies: http://127.0.0.1:{port}/api/anomalies\n  series:    http://127.0.0.1:{port}/api/kpis/payment_success_rate/series\n  metrics:   http://127.0.0.1:{port}/metrics\n",
                     started.elapsed().as_secs_f64(),
                     n.subject,
                     n.recipient,

@@ -387,8 +387,40 @@ impl Store {
     }
 
     /// Register or refresh a KPI's descriptive columns; keeps its progress.
-    pub async fn upsert_kpi(&self, spec: &KpiSpec) -> Result<()> {
+    ///
+    /// When the KPI's bucket length or kind changed, its stored buckets and verdicts no longer
+    /// mean the same thing: they are dropped (anomalies, alerts and the audit trail stay), open
+    /// incidents are cancelled, and the next run backfills at the new definition. Returns
+    /// whether that happened.
+    pub async fn upsert_kpi(&self, spec: &KpiSpec) -> Result<bool> {
         let now = now_secs();
+        let mut tx = self.pool.begin().await?;
+        let before = sqlx::query("SELECT kind, interval_secs FROM kpis WHERE id = ?")
+            .bind(spec.id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let changed = match before {
+            Some(row) => {
+                let kind: String = row.try_get("kind")?;
+                let interval: i64 = row.try_get("interval_secs")?;
+                kind != spec.kind.to_string() || interval != spec.interval.secs_i64()
+            }
+            None => false,
+        };
+        if changed {
+            let by_series = "(SELECT id FROM series WHERE kpi_id = ?)";
+            for sql in [
+                format!("DELETE FROM evaluations WHERE series_id IN {by_series}"),
+                format!("DELETE FROM observations WHERE series_id IN {by_series}"),
+                format!("DELETE FROM anomaly_feedback WHERE series_id IN {by_series}"),
+                "UPDATE series SET evaluated_until = NULL WHERE kpi_id = ?".to_owned(),
+                "UPDATE alerts SET state = 'cancelled' WHERE kpi_id = ? AND state IN ('pending', 'firing')"
+                    .to_owned(),
+                "UPDATE kpis SET fetched_until = NULL WHERE id = ?".to_owned(),
+            ] {
+                sqlx::query(&sql).bind(spec.id.as_str()).execute(&mut *tx).await?;
+            }
+        }
         sqlx::query(
             "INSERT INTO kpis (id, title, kind, interval_secs, source, origin, owner, severity, created_at, updated_at)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -406,9 +438,10 @@ impl Store {
         .bind(spec.severity.to_string())
         .bind(now)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        tx.commit().await?;
+        Ok(changed)
     }
 
     /// One KPI's bookkeeping row.

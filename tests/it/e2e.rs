@@ -340,3 +340,63 @@ async fn a_source_outage_is_data_missing_not_a_drop_and_the_gap_is_caught_up() {
         "{subjects:?}"
     );
 }
+
+#[tokio::test]
+async fn changing_a_kpis_interval_refetches_its_history_at_the_new_interval() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smtp = SmtpServer::start();
+    let mut shop = Shop::create(&dir.path().join("shop.db")).await;
+    shop.traffic(t0() - Duration::days(14), t0()).await;
+    let clock = ManualClock::new(t0() + Duration::minutes(1));
+    let app = build(dir.path(), &smtp, &clock).await;
+    app.scheduler().run_due().await;
+    drop(app);
+
+    // The same KPI, now hourly.
+    let hourly = KpiSpec::parse(
+        "orders",
+        &MODEL.replace("\"5m\"", "\"1h\""),
+        QUERY,
+        Path::new("models/orders"),
+    )
+    .expect("valid model");
+    let settings = settings(
+        dir.path(),
+        Some(smtp.port),
+        &[(
+            "KPIWATCH_SOURCES__SHOP__URL",
+            format!("sqlite://{}", dir.path().join("shop.db").display()),
+        )],
+    );
+    let app = Application::build(
+        settings,
+        vec![hourly],
+        BuildOptions {
+            clock: Arc::new(clock.clone()),
+            extra_sources: None,
+        },
+    )
+    .await
+    .expect("app");
+    app.scheduler().run_due().await;
+    let series = app.store().series_of("orders").await.expect("series");
+    let rows = app
+        .store()
+        .observations(
+            series[0].id,
+            (t0() - Duration::days(14)).timestamp(),
+            t0().timestamp(),
+        )
+        .await
+        .expect("rows");
+    assert!(rows.len() > 300, "{} hourly buckets", rows.len());
+    assert!(
+        rows.iter().all(|r| r.ts % 3600 == 0),
+        "only hourly buckets remain"
+    );
+    assert!(
+        rows.iter().all(|r| r.value > 500.0),
+        "hourly totals, not 5-minute counts"
+    );
+}
