@@ -256,7 +256,7 @@ pub struct HttpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
-    /// `sqlite://path` (embedded default).
+    /// `sqlite://path` (embedded default) or `postgres://…` (production).
     pub url: SecretString,
 }
 

@@ -1,7 +1,14 @@
 //! The state store: the only module that touches kpiwatch's own database.
 //!
-//! SQLite (the embedded default) through sqlx, with migrations from `migrations/sqlite/`
-//! embedded at compile time and run on [`Store::connect`]. Times are UTC unix seconds.
+//! SQLite (the embedded default) or PostgreSQL (production) through sqlx, chosen by the URL
+//! scheme, with migrations from `migrations/sqlite/` or `migrations/postgres/` embedded at
+//! compile time and run on [`Store::connect`]. Times are UTC unix seconds.
+//!
+//! Every query has one SQL text for both backends: `$N` placeholders (SQLite binds them by
+//! number), no backend-only functions (`CASE` instead of two-argument `max`/`min`), booleans
+//! bound as `bool` and tested as such. `run!` runs a method's body on whichever pool the
+//! store holds; row types decode from either backend because the column types match
+//! (BIGINT ↔ `i64`, DOUBLE PRECISION / REAL ↔ `f64`, BOOLEAN / INTEGER 0-1 ↔ `bool`).
 //! Writes that belong together (an alert's state change and the notifications it causes)
 //! share one transaction, so a crash leaves either both or neither.
 //!
@@ -12,6 +19,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Serialize;
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -29,7 +37,7 @@ pub enum Error {
     #[error("state store migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The URL is not one we support.
-    #[error("state store: unsupported URL {0:?} (use sqlite://path)")]
+    #[error("state store: unsupported URL {0:?} (use sqlite://path or postgres://…)")]
     Unsupported(String),
 }
 
@@ -39,7 +47,25 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Handle to the state database. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: Pool,
+}
+
+/// The connection pool of whichever backend the URL named.
+#[derive(Debug, Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Run `$body` with `$pool` bound to the store's concrete pool (`&SqlitePool` or `&PgPool`):
+/// the same SQL text and binds, type-checked once per backend.
+macro_rules! run {
+    ($store:expr, |$pool:ident| $body:block) => {
+        match &$store.pool {
+            Pool::Sqlite($pool) => $body,
+            Pool::Postgres($pool) => $body,
+        }
+    };
 }
 
 /// One bucket of one series as stored.
@@ -356,34 +382,49 @@ fn now_secs() -> i64 {
 impl Store {
     /// Open (creating if needed) and migrate the state store.
     pub async fn connect(url: &str) -> Result<Self> {
-        if !url.starts_with("sqlite:") {
-            return Err(Error::Unsupported(
-                url.split(':').next().unwrap_or_default().to_owned(),
-            ));
-        }
-        let opts = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
-            .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        let scheme = url.split(':').next().unwrap_or_default();
+        let pool = match scheme {
+            "sqlite" => {
+                let opts = SqliteConnectOptions::from_str(url)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true);
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(opts)
+                    .await?;
+                sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+                Pool::Sqlite(pool)
+            }
+            "postgres" | "postgresql" => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(url)
+                    .await?;
+                sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+                Pool::Postgres(pool)
+            }
+            other => return Err(Error::Unsupported(other.to_owned())),
+        };
         Ok(Store { pool })
     }
 
     /// Whether the store answers.
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        run!(self, |pool| {
+            sqlx::query("SELECT 1").execute(pool).await?;
+            Ok(())
+        })
     }
 
     /// Close the pool (graceful shutdown).
     pub async fn close(&self) {
-        self.pool.close().await;
+        run!(self, |pool| {
+            pool.close().await;
+        })
     }
 
     /// Register or refresh a KPI's descriptive columns; keeps its progress.
@@ -393,74 +434,80 @@ impl Store {
     /// incidents are cancelled, and the next run backfills at the new definition. Returns
     /// whether that happened.
     pub async fn upsert_kpi(&self, spec: &KpiSpec) -> Result<bool> {
-        let now = now_secs();
-        let mut tx = self.pool.begin().await?;
-        let before = sqlx::query("SELECT kind, interval_secs FROM kpis WHERE id = ?")
-            .bind(spec.id.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-        let changed = match before {
-            Some(row) => {
-                let kind: String = row.try_get("kind")?;
-                let interval: i64 = row.try_get("interval_secs")?;
-                kind != spec.kind.to_string() || interval != spec.interval.secs_i64()
-            }
-            None => false,
-        };
-        if changed {
-            let by_series = "(SELECT id FROM series WHERE kpi_id = ?)";
-            for sql in [
+        run!(self, |pool| {
+            let now = now_secs();
+            let mut tx = pool.begin().await?;
+            let before = sqlx::query("SELECT kind, interval_secs FROM kpis WHERE id = $1")
+                .bind(spec.id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let changed = match before {
+                Some(row) => {
+                    let kind: String = row.try_get("kind")?;
+                    let interval: i64 = row.try_get("interval_secs")?;
+                    kind != spec.kind.to_string() || interval != spec.interval.secs_i64()
+                }
+                None => false,
+            };
+            if changed {
+                let by_series = "(SELECT id FROM series WHERE kpi_id = $1)";
+                for sql in [
                 format!("DELETE FROM evaluations WHERE series_id IN {by_series}"),
                 format!("DELETE FROM observations WHERE series_id IN {by_series}"),
                 format!("DELETE FROM anomaly_feedback WHERE series_id IN {by_series}"),
-                "UPDATE series SET evaluated_until = NULL WHERE kpi_id = ?".to_owned(),
-                "UPDATE alerts SET state = 'cancelled' WHERE kpi_id = ? AND state IN ('pending', 'firing')"
+                "UPDATE series SET evaluated_until = NULL WHERE kpi_id = $1".to_owned(),
+                "UPDATE alerts SET state = 'cancelled' WHERE kpi_id = $1 AND state IN ('pending', 'firing')"
                     .to_owned(),
-                "UPDATE kpis SET fetched_until = NULL WHERE id = ?".to_owned(),
+                "UPDATE kpis SET fetched_until = NULL WHERE id = $1".to_owned(),
             ] {
                 sqlx::query(&sql).bind(spec.id.as_str()).execute(&mut *tx).await?;
             }
-        }
-        sqlx::query(
-            "INSERT INTO kpis (id, title, kind, interval_secs, source, origin, owner, severity, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (id) DO UPDATE SET title = excluded.title, kind = excluded.kind,
-               interval_secs = excluded.interval_secs, source = excluded.source, origin = excluded.origin,
-               owner = excluded.owner, severity = excluded.severity, updated_at = excluded.updated_at",
-        )
-        .bind(spec.id.as_str())
-        .bind(&spec.title)
-        .bind(spec.kind.to_string())
-        .bind(spec.interval.secs_i64())
-        .bind(&spec.source)
-        .bind(&spec.origin)
-        .bind(&spec.owner)
-        .bind(spec.severity.to_string())
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(changed)
+            }
+            sqlx::query(
+                "INSERT INTO kpis (id, title, kind, interval_secs, source, origin, owner, severity, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 ON CONFLICT (id) DO UPDATE SET title = excluded.title, kind = excluded.kind,
+                   interval_secs = excluded.interval_secs, source = excluded.source, origin = excluded.origin,
+                   owner = excluded.owner, severity = excluded.severity, updated_at = excluded.updated_at",
+            )
+            .bind(spec.id.as_str())
+            .bind(&spec.title)
+            .bind(spec.kind.to_string())
+            .bind(spec.interval.secs_i64())
+            .bind(&spec.source)
+            .bind(&spec.origin)
+            .bind(&spec.owner)
+            .bind(spec.severity.to_string())
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(changed)
+        })
     }
 
     /// One KPI's bookkeeping row.
     pub async fn kpi(&self, id: &str) -> Result<Option<KpiRow>> {
-        Ok(sqlx::query_as::<_, KpiRow>(
-            "SELECT id, title, kind, interval_secs, source, owner, severity, fetched_until, last_run_at, last_status, last_error FROM kpis WHERE id = ?",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?)
+        run!(self, |pool| {
+            Ok(sqlx::query_as::<_, KpiRow>(
+                "SELECT id, title, kind, interval_secs, source, owner, severity, fetched_until, last_run_at, last_status, last_error FROM kpis WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await?)
+        })
     }
 
     /// Every KPI's bookkeeping row.
     pub async fn kpis(&self) -> Result<Vec<KpiRow>> {
-        Ok(sqlx::query_as::<_, KpiRow>(
-            "SELECT id, title, kind, interval_secs, source, owner, severity, fetched_until, last_run_at, last_status, last_error FROM kpis ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await?)
+        run!(self, |pool| {
+            Ok(sqlx::query_as::<_, KpiRow>(
+                "SELECT id, title, kind, interval_secs, source, owner, severity, fetched_until, last_run_at, last_status, last_error FROM kpis ORDER BY id",
+            )
+            .fetch_all(pool)
+            .await?)
+        })
     }
 
     /// Record a run's outcome; on success also advance `fetched_until`.
@@ -473,96 +520,109 @@ impl Store {
         rows: i64,
         error: Option<&str>,
     ) -> Result<()> {
-        let now = now_secs();
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO runs (kpi_id, started_at, finished_at, window_start, window_end, status, rows, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(kpi_id)
-        .bind(started_at)
-        .bind(now)
-        .bind(window.0)
-        .bind(window.1)
-        .bind(status)
-        .bind(rows)
-        .bind(error)
-        .execute(&mut *tx)
-        .await?;
-        let advance = status == "ok";
-        sqlx::query(
-            "UPDATE kpis SET last_run_at = ?, last_status = ?, last_error = ?,
-               fetched_until = CASE WHEN ? THEN max(coalesce(fetched_until, 0), ?) ELSE fetched_until END
-             WHERE id = ?",
-        )
-        .bind(started_at)
-        .bind(status)
-        .bind(error)
-        .bind(advance)
-        .bind(window.1)
-        .bind(kpi_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        run!(self, |pool| {
+            let now = now_secs();
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO runs (kpi_id, started_at, finished_at, window_start, window_end, status, rows, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(kpi_id)
+            .bind(started_at)
+            .bind(now)
+            .bind(window.0)
+            .bind(window.1)
+            .bind(status)
+            .bind(rows)
+            .bind(error)
+            .execute(&mut *tx)
+            .await?;
+            let advance = status == "ok";
+            sqlx::query(
+                "UPDATE kpis SET last_run_at = $1, last_status = $2, last_error = $3,
+               fetched_until = CASE WHEN NOT $4 THEN fetched_until
+                 WHEN coalesce(fetched_until, 0) > $5 THEN coalesce(fetched_until, 0) ELSE $5 END
+             WHERE id = $6",
+            )
+            .bind(started_at)
+            .bind(status)
+            .bind(error)
+            .bind(advance)
+            .bind(window.1)
+            .bind(kpi_id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// The series of a KPI.
     pub async fn series_of(&self, kpi_id: &str) -> Result<Vec<SeriesRow>> {
-        Ok(sqlx::query_as::<_, SeriesRow>(
-            "SELECT id, kpi_id, dims, evaluated_until FROM series WHERE kpi_id = ? ORDER BY id",
-        )
-        .bind(kpi_id)
-        .fetch_all(&self.pool)
-        .await?)
+        run!(self, |pool| {
+            Ok(sqlx::query_as::<_, SeriesRow>(
+                "SELECT id, kpi_id, dims, evaluated_until FROM series WHERE kpi_id = $1 ORDER BY id",
+            )
+            .bind(kpi_id)
+            .fetch_all(pool)
+            .await?)
+        })
     }
 
     /// Get or create the series of `kpi_id` with these dimensions (canonical JSON).
     pub async fn series_id(&self, kpi_id: &str, dims: &str) -> Result<i64> {
-        sqlx::query("INSERT INTO series (kpi_id, dims) VALUES (?, ?) ON CONFLICT (kpi_id, dims) DO NOTHING")
+        run!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO series (kpi_id, dims) VALUES ($1, $2) ON CONFLICT (kpi_id, dims) DO NOTHING",
+            )
             .bind(kpi_id)
             .bind(dims)
-            .execute(&self.pool)
+            .execute(pool)
             .await?;
-        let row = sqlx::query("SELECT id FROM series WHERE kpi_id = ? AND dims = ?")
-            .bind(kpi_id)
-            .bind(dims)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get("id")?)
+            let row = sqlx::query("SELECT id FROM series WHERE kpi_id = $1 AND dims = $2")
+                .bind(kpi_id)
+                .bind(dims)
+                .fetch_one(pool)
+                .await?;
+            Ok(row.try_get("id")?)
+        })
     }
 
     /// Insert or update buckets (late rows and restated data overwrite; idempotent).
     pub async fn upsert_observations(&self, series_id: i64, rows: &[ObservationRow]) -> Result<()> {
-        let now = now_secs();
-        let mut tx = self.pool.begin().await?;
-        for r in rows {
-            sqlx::query(
-                "INSERT INTO observations (series_id, ts, value, denominator, updated_at) VALUES (?, ?, ?, ?, ?)
-                 ON CONFLICT (series_id, ts) DO UPDATE SET value = excluded.value,
-                   denominator = excluded.denominator, updated_at = excluded.updated_at",
-            )
-            .bind(series_id)
-            .bind(r.ts)
-            .bind(r.value)
-            .bind(r.denominator)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        run!(self, |pool| {
+            let now = now_secs();
+            let mut tx = pool.begin().await?;
+            for r in rows {
+                sqlx::query(
+                    "INSERT INTO observations (series_id, ts, value, denominator, updated_at) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (series_id, ts) DO UPDATE SET value = excluded.value,
+                       denominator = excluded.denominator, updated_at = excluded.updated_at",
+                )
+                .bind(series_id)
+                .bind(r.ts)
+                .bind(r.value)
+                .bind(r.denominator)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// Stored buckets of a series in `[from, to)`, in time order.
     pub async fn observations(&self, series_id: i64, from: i64, to: i64) -> Result<Vec<ObservationRow>> {
-        Ok(sqlx::query_as::<_, ObservationRow>(
-            "SELECT ts, value, denominator FROM observations WHERE series_id = ? AND ts >= ? AND ts < ? ORDER BY ts",
-        )
-        .bind(series_id)
-        .bind(from)
-        .bind(to)
-        .fetch_all(&self.pool)
-        .await?)
+        run!(self, |pool| {
+            Ok(sqlx::query_as::<_, ObservationRow>(
+                "SELECT ts, value, denominator FROM observations WHERE series_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts",
+            )
+            .bind(series_id)
+            .bind(from)
+            .bind(to)
+            .fetch_all(pool)
+            .await?)
+        })
     }
 
     /// Store the detector's verdicts and anomalies for new buckets and move the series'
@@ -574,68 +634,72 @@ impl Store {
         anomalies: &[NewAnomaly],
         evaluated_until: i64,
     ) -> Result<()> {
-        let now = now_secs();
-        let mut tx = self.pool.begin().await?;
-        for e in evaluations {
-            sqlx::query(
-                "INSERT INTO evaluations (series_id, ts, value, expected, lower, upper, score, anomaly, status, volume)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (series_id, ts) DO UPDATE SET value = excluded.value, expected = excluded.expected,
-                   lower = excluded.lower, upper = excluded.upper, score = excluded.score,
-                   anomaly = excluded.anomaly, status = excluded.status, volume = excluded.volume",
-            )
-            .bind(series_id)
-            .bind(e.ts)
-            .bind(e.value)
-            .bind(e.expected)
-            .bind(e.lower)
-            .bind(e.upper)
-            .bind(e.score)
-            .bind(e.anomaly)
-            .bind(&e.status)
-            .bind(e.volume)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for a in anomalies {
-            sqlx::query(
-                "INSERT INTO anomalies (series_id, ts, value, expected, lower, upper, score, volume, seasonality, alerted, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (series_id, ts) DO NOTHING",
-            )
-            .bind(series_id)
-            .bind(a.ts)
-            .bind(a.value)
-            .bind(a.expected)
-            .bind(a.lower)
-            .bind(a.upper)
-            .bind(a.score)
-            .bind(a.volume)
-            .bind(&a.seasonality)
-            .bind(a.alerted)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        sqlx::query("UPDATE series SET evaluated_until = max(coalesce(evaluated_until, 0), ?) WHERE id = ?")
+        run!(self, |pool| {
+            let now = now_secs();
+            let mut tx = pool.begin().await?;
+            for e in evaluations {
+                sqlx::query(
+                    "INSERT INTO evaluations (series_id, ts, value, expected, lower, upper, score, anomaly, status, volume)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                     ON CONFLICT (series_id, ts) DO UPDATE SET value = excluded.value, expected = excluded.expected,
+                       lower = excluded.lower, upper = excluded.upper, score = excluded.score,
+                       anomaly = excluded.anomaly, status = excluded.status, volume = excluded.volume",
+                )
+                .bind(series_id)
+                .bind(e.ts)
+                .bind(e.value)
+                .bind(e.expected)
+                .bind(e.lower)
+                .bind(e.upper)
+                .bind(e.score)
+                .bind(e.anomaly)
+                .bind(&e.status)
+                .bind(e.volume)
+                .execute(&mut *tx)
+                .await?;
+            }
+            for a in anomalies {
+                sqlx::query(
+                    "INSERT INTO anomalies (series_id, ts, value, expected, lower, upper, score, volume, seasonality, alerted, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (series_id, ts) DO NOTHING",
+                )
+                .bind(series_id)
+                .bind(a.ts)
+                .bind(a.value)
+                .bind(a.expected)
+                .bind(a.lower)
+                .bind(a.upper)
+                .bind(a.score)
+                .bind(a.volume)
+                .bind(&a.seasonality)
+                .bind(a.alerted)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query("UPDATE series SET evaluated_until = CASE WHEN coalesce(evaluated_until, 0) > $1 THEN coalesce(evaluated_until, 0) ELSE $1 END WHERE id = $2")
             .bind(evaluated_until)
             .bind(series_id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
-        Ok(())
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// Stored verdicts of a series in `[from, to)`.
     pub async fn evaluations(&self, series_id: i64, from: i64, to: i64) -> Result<Vec<EvaluationRow>> {
-        Ok(sqlx::query_as::<_, EvaluationRow>(
-            "SELECT ts, value, expected, lower, upper, score, anomaly, status, volume FROM evaluations
-             WHERE series_id = ? AND ts >= ? AND ts < ? ORDER BY ts",
-        )
-        .bind(series_id)
-        .bind(from)
-        .bind(to)
-        .fetch_all(&self.pool)
-        .await?)
+        run!(self, |pool| {
+            Ok(sqlx::query_as::<_, EvaluationRow>(
+                "SELECT ts, value, expected, lower, upper, score, anomaly, status, volume FROM evaluations
+             WHERE series_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts",
+            )
+            .bind(series_id)
+            .bind(from)
+            .bind(to)
+            .fetch_all(pool)
+            .await?)
+        })
     }
 
     /// Anomalies, newest first, optionally of one KPI and since a time.
@@ -645,51 +709,59 @@ impl Store {
         since: Option<i64>,
         limit: i64,
     ) -> Result<Vec<AnomalyRow>> {
-        Ok(sqlx::query_as::<_, AnomalyRow>(
-            "SELECT a.id, s.kpi_id, s.dims, a.ts, a.value, a.expected, a.lower, a.upper, a.score, a.volume,
-                    a.seasonality, a.alerted
-             FROM anomalies a JOIN series s ON s.id = a.series_id
-             WHERE (? IS NULL OR s.kpi_id = ?) AND (? IS NULL OR a.ts >= ?)
-             ORDER BY a.ts DESC, a.id DESC LIMIT ?",
-        )
-        .bind(kpi_id)
-        .bind(kpi_id)
-        .bind(since)
-        .bind(since)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+        run!(self, |pool| {
+            Ok(sqlx::query_as::<_, AnomalyRow>(
+                "SELECT a.id, s.kpi_id, s.dims, a.ts, a.value, a.expected, a.lower, a.upper, a.score, a.volume,
+                        a.seasonality, a.alerted
+                 FROM anomalies a JOIN series s ON s.id = a.series_id
+                 WHERE ($1 IS NULL OR s.kpi_id = $2) AND ($3 IS NULL OR a.ts >= $4)
+                 ORDER BY a.ts DESC, a.id DESC LIMIT $5",
+            )
+            .bind(kpi_id)
+            .bind(kpi_id)
+            .bind(since)
+            .bind(since)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?)
+        })
     }
 
     /// The open (pending or firing) alert with this fingerprint, if any.
     pub async fn open_alert(&self, fingerprint: &str) -> Result<Option<AlertRow>> {
-        Ok(sqlx::query_as::<_, AlertRow>(&format!(
-            "SELECT {ALERT_COLUMNS} FROM alerts WHERE fingerprint = ? AND state IN ('pending', 'firing')"
-        ))
-        .bind(fingerprint)
-        .fetch_optional(&self.pool)
-        .await?)
+        run!(self, |pool| {
+            Ok(sqlx::query_as::<_, AlertRow>(&format!(
+                "SELECT {ALERT_COLUMNS} FROM alerts WHERE fingerprint = $1 AND state IN ('pending', 'firing')"
+            ))
+            .bind(fingerprint)
+            .fetch_optional(pool)
+            .await?)
+        })
     }
 
     /// One alert.
     pub async fn alert(&self, id: i64) -> Result<Option<AlertRow>> {
-        Ok(
-            sqlx::query_as::<_, AlertRow>(&format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = ?"))
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        run!(self, |pool| {
+            Ok(
+                sqlx::query_as::<_, AlertRow>(&format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(pool)
+                    .await?,
+            )
+        })
     }
 
     /// Alerts, newest first; only open ones if `open_only`.
     pub async fn alerts(&self, open_only: bool, limit: i64) -> Result<Vec<AlertRow>> {
-        Ok(sqlx::query_as::<_, AlertRow>(&format!(
-            "SELECT {ALERT_COLUMNS} FROM alerts WHERE (? = 0 OR state IN ('pending', 'firing')) ORDER BY id DESC LIMIT ?"
-        ))
-        .bind(open_only)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+        run!(self, |pool| {
+            Ok(sqlx::query_as::<_, AlertRow>(&format!(
+                "SELECT {ALERT_COLUMNS} FROM alerts WHERE (NOT $1 OR state IN ('pending', 'firing')) ORDER BY id DESC LIMIT $2"
+            ))
+            .bind(open_only)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?)
+        })
     }
 
     /// Insert (`id == 0`) or update an alert and queue the notifications of `event`, in one
@@ -700,156 +772,170 @@ impl Store {
         event: Option<&str>,
         notify: &[NewNotification],
     ) -> Result<i64> {
-        let now = now_secs();
-        let mut tx = self.pool.begin().await?;
-        let id = if alert.id == 0 {
-            let row = sqlx::query(
-                "INSERT INTO alerts (kpi_id, series_id, kind, fingerprint, state, severity, started_ts, last_anomaly_ts,
-                   hits_mask, seen, ok_streak, notified_at, repeats, resolved_ts, summary, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            )
-            .bind(&alert.kpi_id)
-            .bind(alert.series_id)
-            .bind(&alert.kind)
-            .bind(&alert.fingerprint)
-            .bind(&alert.state)
-            .bind(&alert.severity)
-            .bind(alert.started_ts)
-            .bind(alert.last_anomaly_ts)
-            .bind(alert.hits_mask)
-            .bind(alert.seen)
-            .bind(alert.ok_streak)
-            .bind(alert.notified_at)
-            .bind(alert.repeats)
-            .bind(alert.resolved_ts)
-            .bind(&alert.summary)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-            row.try_get::<i64, _>("id")?
-        } else {
-            // Acknowledgement is owned by `ack_alert`; it is not overwritten here.
-            sqlx::query(
-                "UPDATE alerts SET state = ?, severity = ?, last_anomaly_ts = ?, hits_mask = ?, seen = ?,
-                   ok_streak = ?, notified_at = ?, repeats = ?, resolved_ts = ?, summary = ? WHERE id = ?",
-            )
-            .bind(&alert.state)
-            .bind(&alert.severity)
-            .bind(alert.last_anomaly_ts)
-            .bind(alert.hits_mask)
-            .bind(alert.seen)
-            .bind(alert.ok_streak)
-            .bind(alert.notified_at)
-            .bind(alert.repeats)
-            .bind(alert.resolved_ts)
-            .bind(&alert.summary)
-            .bind(alert.id)
-            .execute(&mut *tx)
-            .await?;
-            alert.id
-        };
-        if let Some(event) = event {
-            for n in notify {
-                sqlx::query(
-                    "INSERT INTO notifications (alert_id, event, channel, recipient, subject, body, status, suppressed_by, payload,
-                       group_key, next_attempt_at, created_at)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        run!(self, |pool| {
+            let now = now_secs();
+            let mut tx = pool.begin().await?;
+            let id = if alert.id == 0 {
+                let row = sqlx::query(
+                    "INSERT INTO alerts (kpi_id, series_id, kind, fingerprint, state, severity, started_ts, last_anomaly_ts,
+                       hits_mask, seen, ok_streak, notified_at, repeats, resolved_ts, summary, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING id",
                 )
-                .bind(id)
-                .bind(event)
-                .bind(&n.channel)
-                .bind(&n.recipient)
-                .bind(&n.subject)
-                .bind(&n.body)
-                .bind(if n.suppressed_by.is_some() { "silenced" } else { "pending" })
-                .bind(&n.suppressed_by)
-                .bind(n.payload.as_ref().and_then(|p| serde_json::to_string(p).ok()))
-                .bind(&n.group_key)
-                .bind(n.not_before)
+                .bind(&alert.kpi_id)
+                .bind(alert.series_id)
+                .bind(&alert.kind)
+                .bind(&alert.fingerprint)
+                .bind(&alert.state)
+                .bind(&alert.severity)
+                .bind(alert.started_ts)
+                .bind(alert.last_anomaly_ts)
+                .bind(alert.hits_mask)
+                .bind(alert.seen)
+                .bind(alert.ok_streak)
+                .bind(alert.notified_at)
+                .bind(alert.repeats)
+                .bind(alert.resolved_ts)
+                .bind(&alert.summary)
                 .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                row.try_get::<i64, _>("id")?
+            } else {
+                // Acknowledgement is owned by `ack_alert`; it is not overwritten here.
+                sqlx::query(
+                    "UPDATE alerts SET state = $1, severity = $2, last_anomaly_ts = $3, hits_mask = $4, seen = $5,
+                       ok_streak = $6, notified_at = $7, repeats = $8, resolved_ts = $9, summary = $10 WHERE id = $11",
+                )
+                .bind(&alert.state)
+                .bind(&alert.severity)
+                .bind(alert.last_anomaly_ts)
+                .bind(alert.hits_mask)
+                .bind(alert.seen)
+                .bind(alert.ok_streak)
+                .bind(alert.notified_at)
+                .bind(alert.repeats)
+                .bind(alert.resolved_ts)
+                .bind(&alert.summary)
+                .bind(alert.id)
                 .execute(&mut *tx)
                 .await?;
+                alert.id
+            };
+            if let Some(event) = event {
+                for n in notify {
+                    sqlx::query(
+                        "INSERT INTO notifications (alert_id, event, channel, recipient, subject, body, status, suppressed_by, payload,
+                           group_key, next_attempt_at, created_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(id)
+                    .bind(event)
+                    .bind(&n.channel)
+                    .bind(&n.recipient)
+                    .bind(&n.subject)
+                    .bind(&n.body)
+                    .bind(if n.suppressed_by.is_some() { "silenced" } else { "pending" })
+                    .bind(&n.suppressed_by)
+                    .bind(n.payload.as_ref().and_then(|p| serde_json::to_string(p).ok()))
+                    .bind(&n.group_key)
+                    .bind(n.not_before)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
             }
-        }
-        tx.commit().await?;
-        Ok(id)
+            tx.commit().await?;
+            Ok(id)
+        })
     }
 
     /// Acknowledge an open alert; returns whether it was open.
     pub async fn ack_alert(&self, id: i64, by: &str) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE alerts SET acknowledged_by = coalesce(acknowledged_by, ?), acknowledged_at = coalesce(acknowledged_at, ?)
-             WHERE id = ? AND state IN ('pending', 'firing')",
-        )
-        .bind(by)
-        .bind(now_secs())
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        run!(self, |pool| {
+            let done = sqlx::query(
+                "UPDATE alerts SET acknowledged_by = coalesce(acknowledged_by, $1), acknowledged_at = coalesce(acknowledged_at, $2)
+                 WHERE id = $3 AND state IN ('pending', 'firing')",
+            )
+            .bind(by)
+            .bind(now_secs())
+            .bind(id)
+            .execute(pool)
+            .await?;
+            Ok(done.rows_affected() > 0)
+        })
     }
 
     /// A value from the `meta` table, inserting `init()` first if absent (race-safe).
     pub async fn meta_get_or_init(&self, key: &str, init: impl FnOnce() -> String) -> Result<String> {
-        sqlx::query("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING")
-            .bind(key)
-            .bind(init())
-            .execute(&self.pool)
-            .await?;
-        let row = sqlx::query("SELECT value FROM meta WHERE key = ?")
-            .bind(key)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get("value")?)
+        run!(self, |pool| {
+            sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+                .bind(key)
+                .bind(init())
+                .execute(pool)
+                .await?;
+            let row = sqlx::query("SELECT value FROM meta WHERE key = $1")
+                .bind(key)
+                .fetch_one(pool)
+                .await?;
+            Ok(row.try_get("value")?)
+        })
     }
 
     /// Notifications due for a delivery attempt at `now`, oldest first.
     pub async fn pending_notifications(&self, now: i64, limit: i64) -> Result<Vec<NotificationRow>> {
-        Ok(sqlx::query_as::<_, NotificationRow>(
-            "SELECT id, alert_id, event, channel, recipient, subject, body, status, attempts, payload, group_key FROM notifications
-             WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
-        )
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+        run!(self, |pool| {
+            Ok(sqlx::query_as::<_, NotificationRow>(
+                "SELECT id, alert_id, event, channel, recipient, subject, body, status, attempts, payload, group_key FROM notifications
+                 WHERE status = 'pending' AND next_attempt_at <= $1 ORDER BY id LIMIT $2",
+            )
+            .bind(now)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?)
+        })
     }
 
     /// Every notification, oldest first (for the API and tests).
     pub async fn notifications(&self) -> Result<Vec<NotificationRow>> {
-        Ok(sqlx::query_as::<_, NotificationRow>(
-            "SELECT id, alert_id, event, channel, recipient, subject, body, status, attempts, payload, group_key FROM notifications ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await?)
+        run!(self, |pool| {
+            Ok(sqlx::query_as::<_, NotificationRow>(
+                "SELECT id, alert_id, event, channel, recipient, subject, body, status, attempts, payload, group_key FROM notifications ORDER BY id",
+            )
+            .fetch_all(pool)
+            .await?)
+        })
     }
 
     /// Mark a notification delivered.
     pub async fn mark_sent(&self, id: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE notifications SET status = 'sent', sent_at = ?, attempts = attempts + 1 WHERE id = ?",
-        )
-        .bind(now_secs())
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        run!(self, |pool| {
+            sqlx::query(
+                "UPDATE notifications SET status = 'sent', sent_at = $1, attempts = attempts + 1 WHERE id = $2",
+            )
+            .bind(now_secs())
+            .bind(id)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
     }
 
     /// Record a failed delivery attempt: retried at `retry_at`, or given up (`None`).
     pub async fn mark_failed(&self, id: i64, error: &str, retry_at: Option<i64>) -> Result<()> {
-        sqlx::query(
-            "UPDATE notifications SET attempts = attempts + 1, last_error = ?,
-               status = CASE WHEN ? IS NULL THEN 'failed' ELSE status END,
-               next_attempt_at = coalesce(?, next_attempt_at) WHERE id = ?",
-        )
-        .bind(error)
-        .bind(retry_at)
-        .bind(retry_at)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        run!(self, |pool| {
+            sqlx::query(
+                "UPDATE notifications SET attempts = attempts + 1, last_error = $1,
+               status = CASE WHEN $2 IS NULL THEN 'failed' ELSE status END,
+               next_attempt_at = coalesce($3, next_attempt_at) WHERE id = $4",
+            )
+            .bind(error)
+            .bind(retry_at)
+            .bind(retry_at)
+            .bind(id)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
     }
 
     /// Create a silence; returns its id.
@@ -861,38 +947,46 @@ impl Store {
         author: &str,
         comment: &str,
     ) -> Result<i64> {
-        let row = sqlx::query(
-            "INSERT INTO silences (matchers, starts_at, ends_at, author, comment, created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(matchers)
-        .bind(starts_at)
-        .bind(ends_at)
-        .bind(author)
-        .bind(comment)
-        .bind(now_secs())
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get("id")?)
+        run!(self, |pool| {
+            let row = sqlx::query(
+                "INSERT INTO silences (matchers, starts_at, ends_at, author, comment, created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            )
+            .bind(matchers)
+            .bind(starts_at)
+            .bind(ends_at)
+            .bind(author)
+            .bind(comment)
+            .bind(now_secs())
+            .fetch_one(pool)
+            .await?;
+            Ok(row.try_get("id")?)
+        })
     }
 
     /// Silences that end after `since`, newest first.
     pub async fn silences(&self, since: i64) -> Result<Vec<SilenceRow>> {
-        Ok(sqlx::query_as::<_, SilenceRow>(
-            "SELECT id, matchers, starts_at, ends_at, author, comment FROM silences WHERE ends_at > ? ORDER BY id DESC",
-        )
-        .bind(since)
-        .fetch_all(&self.pool)
-        .await?)
+        run!(self, |pool| {
+            Ok(sqlx::query_as::<_, SilenceRow>(
+                "SELECT id, matchers, starts_at, ends_at, author, comment FROM silences WHERE ends_at > $1 ORDER BY id DESC",
+            )
+            .bind(since)
+            .fetch_all(pool)
+            .await?)
+        })
     }
 
     /// End a silence at `now` (if it ends later); returns whether it existed.
     pub async fn expire_silence(&self, id: i64, now: i64) -> Result<bool> {
-        let done = sqlx::query("UPDATE silences SET ends_at = min(ends_at, ?) WHERE id = ?")
+        run!(self, |pool| {
+            let done = sqlx::query(
+                "UPDATE silences SET ends_at = CASE WHEN ends_at < $1 THEN ends_at ELSE $1 END WHERE id = $2",
+            )
             .bind(now)
             .bind(id)
-            .execute(&self.pool)
+            .execute(pool)
             .await?;
-        Ok(done.rows_affected() > 0)
+            Ok(done.rows_affected() > 0)
+        })
     }
 
     /// When a message about this group last went to this recipient.
@@ -902,32 +996,36 @@ impl Store {
         recipient: &str,
         group_key: &str,
     ) -> Result<Option<i64>> {
-        let row = sqlx::query(
-            "SELECT last_sent_at FROM notification_groups WHERE channel = ? AND recipient = ? AND group_key = ?",
-        )
-        .bind(channel)
-        .bind(recipient)
-        .bind(group_key)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match row {
-            Some(r) => Some(r.try_get("last_sent_at")?),
-            None => None,
+        run!(self, |pool| {
+            let row = sqlx::query(
+                "SELECT last_sent_at FROM notification_groups WHERE channel = $1 AND recipient = $2 AND group_key = $3",
+            )
+            .bind(channel)
+            .bind(recipient)
+            .bind(group_key)
+            .fetch_optional(pool)
+            .await?;
+            Ok(match row {
+                Some(r) => Some(r.try_get("last_sent_at")?),
+                None => None,
+            })
         })
     }
 
     /// Hold notifications back until `until` (group interval).
     pub async fn postpone(&self, ids: &[i64], until: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        for id in ids {
-            sqlx::query("UPDATE notifications SET next_attempt_at = max(next_attempt_at, ?) WHERE id = ?")
+        run!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            for id in ids {
+                sqlx::query("UPDATE notifications SET next_attempt_at = CASE WHEN next_attempt_at > $1 THEN next_attempt_at ELSE $1 END WHERE id = $2")
                 .bind(until)
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+            }
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// Mark several notifications delivered as one grouped message, in one transaction.
@@ -939,64 +1037,73 @@ impl Store {
         group_key: &str,
         now: i64,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        for id in ids {
+        run!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            for id in ids {
+                sqlx::query(
+                    "UPDATE notifications SET status = 'sent', sent_at = $1, attempts = attempts + 1 WHERE id = $2",
+                )
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
             sqlx::query(
-                "UPDATE notifications SET status = 'sent', sent_at = ?, attempts = attempts + 1 WHERE id = ?",
+                "INSERT INTO notification_groups (channel, recipient, group_key, last_sent_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (channel, recipient, group_key) DO UPDATE SET last_sent_at = excluded.last_sent_at",
             )
+            .bind(channel)
+            .bind(recipient)
+            .bind(group_key)
             .bind(now)
-            .bind(id)
             .execute(&mut *tx)
             .await?;
-        }
-        sqlx::query(
-            "INSERT INTO notification_groups (channel, recipient, group_key, last_sent_at) VALUES (?, ?, ?, ?)
-             ON CONFLICT (channel, recipient, group_key) DO UPDATE SET last_sent_at = excluded.last_sent_at",
-        )
-        .bind(channel)
-        .bind(recipient)
-        .bind(group_key)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// The dimension values (JSON) of a series.
     pub async fn series_dims(&self, series_id: i64) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT dims FROM series WHERE id = ?")
-            .bind(series_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(match row {
-            Some(r) => Some(r.try_get("dims")?),
-            None => None,
+        run!(self, |pool| {
+            let row = sqlx::query("SELECT dims FROM series WHERE id = $1")
+                .bind(series_id)
+                .fetch_optional(pool)
+                .await?;
+            Ok(match row {
+                Some(r) => Some(r.try_get("dims")?),
+                None => None,
+            })
         })
     }
 
     /// Alerts of a KPI that were firing at some point in `[from, to)` (pending and
     /// cancelled ones never told anyone and are left out).
     pub async fn alerts_between(&self, kpi_id: &str, from: i64, to: i64) -> Result<Vec<AlertRow>> {
-        Ok(sqlx::query_as::<_, AlertRow>(&format!(
-            "SELECT {ALERT_COLUMNS} FROM alerts WHERE kpi_id = ? AND state IN ('firing', 'resolved')
-               AND started_ts < ? AND (resolved_ts IS NULL OR resolved_ts >= ?) ORDER BY started_ts"
-        ))
-        .bind(kpi_id)
-        .bind(to)
-        .bind(from)
-        .fetch_all(&self.pool)
-        .await?)
+        run!(self, |pool| {
+            Ok(sqlx::query_as::<_, AlertRow>(&format!(
+                "SELECT {ALERT_COLUMNS} FROM alerts WHERE kpi_id = $1 AND state IN ('firing', 'resolved')
+               AND started_ts < $2 AND (resolved_ts IS NULL OR resolved_ts >= $3) ORDER BY started_ts"
+            ))
+            .bind(kpi_id)
+            .bind(to)
+            .bind(from)
+            .fetch_all(pool)
+            .await?)
+        })
     }
 
     /// Whether an alert's messages were held back by a silence or maintenance window.
     pub async fn alert_silenced(&self, alert_id: i64) -> Result<bool> {
-        let row =
-            sqlx::query("SELECT count(*) AS n FROM notifications WHERE alert_id = ? AND status = 'silenced'")
-                .bind(alert_id)
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(row.try_get::<i64, _>("n")? > 0)
+        run!(self, |pool| {
+            let row = sqlx::query(
+                "SELECT count(*) AS n FROM notifications WHERE alert_id = $1 AND status = 'silenced'",
+            )
+            .bind(alert_id)
+            .fetch_one(pool)
+            .await?;
+            Ok(row.try_get::<i64, _>("n")? > 0)
+        })
     }
 
     /// Queue a digest (a complete MIME message) for `recipient`; `event` names its day.
@@ -1010,33 +1117,37 @@ impl Store {
         eml: &str,
         now: i64,
     ) -> Result<bool> {
-        let done = sqlx::query(
-            "INSERT INTO notifications (alert_id, event, channel, recipient, subject, body, status, group_key,
-               next_attempt_at, created_at)
-             VALUES (NULL, ?, 'digest', ?, ?, ?, 'pending', ?, ?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(event)
-        .bind(recipient)
-        .bind(subject)
-        .bind(eml)
-        .bind(event)
-        .bind(now)
-        .bind(now_secs())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        run!(self, |pool| {
+            let done = sqlx::query(
+                "INSERT INTO notifications (alert_id, event, channel, recipient, subject, body, status, group_key,
+                   next_attempt_at, created_at)
+                 VALUES (NULL, $1, 'digest', $2, $3, $4, 'pending', $5, $6, $7) ON CONFLICT DO NOTHING",
+            )
+            .bind(event)
+            .bind(recipient)
+            .bind(subject)
+            .bind(eml)
+            .bind(event)
+            .bind(now)
+            .bind(now_secs())
+            .execute(pool)
+            .await?;
+            Ok(done.rows_affected() > 0)
+        })
     }
 
     /// Whether `recipient`'s digest `event` was queued already.
     pub async fn digest_queued(&self, recipient: &str, event: &str) -> Result<bool> {
-        let row = sqlx::query(
-            "SELECT count(*) AS n FROM notifications WHERE alert_id IS NULL AND event = ? AND recipient = ?",
-        )
-        .bind(event)
-        .bind(recipient)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get::<i64, _>("n")? > 0)
+        run!(self, |pool| {
+            let row = sqlx::query(
+                "SELECT count(*) AS n FROM notifications WHERE alert_id IS NULL AND event = $1 AND recipient = $2",
+            )
+            .bind(event)
+            .bind(recipient)
+            .fetch_one(pool)
+            .await?;
+            Ok(row.try_get::<i64, _>("n")? > 0)
+        })
     }
 
     /// Record a write in the audit log.
@@ -1047,69 +1158,81 @@ impl Store {
         target: &str,
         detail: &serde_json::Value,
     ) -> Result<()> {
-        sqlx::query("INSERT INTO audit_log (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)")
+        run!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO audit_log (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
+            )
             .bind(now_secs())
             .bind(actor)
             .bind(action)
             .bind(target)
             .bind(detail.to_string())
-            .execute(&self.pool)
+            .execute(pool)
             .await?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The newest audit entries.
     pub async fn audit_log(&self, limit: i64) -> Result<Vec<AuditRow>> {
-        Ok(sqlx::query_as::<_, AuditRow>(
-            "SELECT id, at, actor, action, target, detail FROM audit_log ORDER BY id DESC LIMIT ?",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+        run!(self, |pool| {
+            Ok(sqlx::query_as::<_, AuditRow>(
+                "SELECT id, at, actor, action, target, detail FROM audit_log ORDER BY id DESC LIMIT $1",
+            )
+            .bind(limit)
+            .fetch_all(pool)
+            .await?)
+        })
     }
 
     /// Active KPI definitions registered through the API: `(id, model_toml, query)`.
     pub async fn kpi_definitions(&self) -> Result<Vec<(String, String, String)>> {
-        let rows = sqlx::query(
-            "SELECT id, model_toml, query FROM kpi_definitions WHERE retired_at IS NULL ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("id")?, r.try_get("model_toml")?, r.try_get("query")?)))
-            .collect()
+        run!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT id, model_toml, query FROM kpi_definitions WHERE retired_at IS NULL ORDER BY id",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get("id")?, r.try_get("model_toml")?, r.try_get("query")?)))
+                .collect()
+        })
     }
 
     /// Store (or replace, un-retiring) an API KPI definition.
     pub async fn save_kpi_definition(&self, id: &str, model_toml: &str, query: &str, by: &str) -> Result<()> {
-        let now = now_secs();
-        sqlx::query(
-            "INSERT INTO kpi_definitions (id, model_toml, query, created_by, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)
-             ON CONFLICT (id) DO UPDATE SET model_toml = excluded.model_toml, query = excluded.query,
-               updated_at = excluded.updated_at, retired_at = NULL",
-        )
-        .bind(id)
-        .bind(model_toml)
-        .bind(query)
-        .bind(by)
-        .bind(now)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        run!(self, |pool| {
+            let now = now_secs();
+            sqlx::query(
+                "INSERT INTO kpi_definitions (id, model_toml, query, created_by, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (id) DO UPDATE SET model_toml = excluded.model_toml, query = excluded.query,
+                   updated_at = excluded.updated_at, retired_at = NULL",
+            )
+            .bind(id)
+            .bind(model_toml)
+            .bind(query)
+            .bind(by)
+            .bind(now)
+            .bind(now)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
     }
 
     /// The series and bucket of an anomaly.
     pub async fn anomaly_bucket(&self, anomaly_id: i64) -> Result<Option<(i64, i64, String)>> {
-        let row = sqlx::query(
-            "SELECT a.series_id, a.ts, s.kpi_id FROM anomalies a JOIN series s ON s.id = a.series_id WHERE a.id = ?",
-        )
-        .bind(anomaly_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match row {
-            Some(r) => Some((r.try_get("series_id")?, r.try_get("ts")?, r.try_get("kpi_id")?)),
-            None => None,
+        run!(self, |pool| {
+            let row = sqlx::query(
+                "SELECT a.series_id, a.ts, s.kpi_id FROM anomalies a JOIN series s ON s.id = a.series_id WHERE a.id = $1",
+            )
+            .bind(anomaly_id)
+            .fetch_optional(pool)
+            .await?;
+            Ok(match row {
+                Some(r) => Some((r.try_get("series_id")?, r.try_get("ts")?, r.try_get("kpi_id")?)),
+                None => None,
+            })
         })
     }
 
@@ -1122,65 +1245,75 @@ impl Store {
         actor: &str,
         comment: &str,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO anomaly_feedback (series_id, ts, kind, actor, comment, at) VALUES (?, ?, ?, ?, ?, ?)
-             ON CONFLICT (series_id, ts) DO UPDATE SET kind = excluded.kind, actor = excluded.actor,
-               comment = excluded.comment, at = excluded.at",
-        )
-        .bind(series_id)
-        .bind(ts)
-        .bind(kind)
-        .bind(actor)
-        .bind(comment)
-        .bind(now_secs())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        run!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO anomaly_feedback (series_id, ts, kind, actor, comment, at) VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (series_id, ts) DO UPDATE SET kind = excluded.kind, actor = excluded.actor,
+                   comment = excluded.comment, at = excluded.at",
+            )
+            .bind(series_id)
+            .bind(ts)
+            .bind(kind)
+            .bind(actor)
+            .bind(comment)
+            .bind(now_secs())
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
     }
 
     /// Feedback on a series' buckets in `[from, to)`.
     pub async fn feedback(&self, series_id: i64, from: i64, to: i64) -> Result<Vec<FeedbackRow>> {
-        Ok(sqlx::query_as::<_, FeedbackRow>(
-            "SELECT ts, kind FROM anomaly_feedback WHERE series_id = ? AND ts >= ? AND ts < ? ORDER BY ts",
-        )
-        .bind(series_id)
-        .bind(from)
-        .bind(to)
-        .fetch_all(&self.pool)
-        .await?)
+        run!(self, |pool| {
+            Ok(sqlx::query_as::<_, FeedbackRow>(
+                "SELECT ts, kind FROM anomaly_feedback WHERE series_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts",
+            )
+            .bind(series_id)
+            .bind(from)
+            .bind(to)
+            .fetch_all(pool)
+            .await?)
+        })
     }
 
     /// Delete everything stored about a KPI: its series, observations, verdicts, anomalies,
     /// feedback, alerts and their notifications (one transaction). The audit log stays.
     pub async fn purge_kpi(&self, kpi_id: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        let by_series = "(SELECT id FROM series WHERE kpi_id = ?)";
-        for sql in [
-            "DELETE FROM notifications WHERE alert_id IN (SELECT id FROM alerts WHERE kpi_id = ?)".to_owned(),
-            "DELETE FROM alerts WHERE kpi_id = ?".to_owned(),
-            format!("DELETE FROM anomalies WHERE series_id IN {by_series}"),
-            format!("DELETE FROM anomaly_feedback WHERE series_id IN {by_series}"),
-            format!("DELETE FROM evaluations WHERE series_id IN {by_series}"),
-            format!("DELETE FROM observations WHERE series_id IN {by_series}"),
-            "DELETE FROM series WHERE kpi_id = ?".to_owned(),
-            "DELETE FROM runs WHERE kpi_id = ?".to_owned(),
-            "DELETE FROM kpis WHERE id = ?".to_owned(),
-        ] {
-            sqlx::query(&sql).bind(kpi_id).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        run!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let by_series = "(SELECT id FROM series WHERE kpi_id = $1)";
+            for sql in [
+                "DELETE FROM notifications WHERE alert_id IN (SELECT id FROM alerts WHERE kpi_id = $1)"
+                    .to_owned(),
+                "DELETE FROM alerts WHERE kpi_id = $1".to_owned(),
+                format!("DELETE FROM anomalies WHERE series_id IN {by_series}"),
+                format!("DELETE FROM anomaly_feedback WHERE series_id IN {by_series}"),
+                format!("DELETE FROM evaluations WHERE series_id IN {by_series}"),
+                format!("DELETE FROM observations WHERE series_id IN {by_series}"),
+                "DELETE FROM series WHERE kpi_id = $1".to_owned(),
+                "DELETE FROM runs WHERE kpi_id = $1".to_owned(),
+                "DELETE FROM kpis WHERE id = $1".to_owned(),
+            ] {
+                sqlx::query(&sql).bind(kpi_id).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// Retire an API KPI (its history stays); returns whether it was active.
     pub async fn retire_kpi_definition(&self, id: &str) -> Result<bool> {
-        let done =
-            sqlx::query("UPDATE kpi_definitions SET retired_at = ? WHERE id = ? AND retired_at IS NULL")
-                .bind(now_secs())
-                .bind(id)
-                .execute(&self.pool)
-                .await?;
-        Ok(done.rows_affected() > 0)
+        run!(self, |pool| {
+            let done = sqlx::query(
+                "UPDATE kpi_definitions SET retired_at = $1 WHERE id = $2 AND retired_at IS NULL",
+            )
+            .bind(now_secs())
+            .bind(id)
+            .execute(pool)
+            .await?;
+            Ok(done.rows_affected() > 0)
+        })
     }
 }
 
@@ -1208,4 +1341,35 @@ pub struct AuditRow {
     pub target: String,
     /// Details (JSON).
     pub detail: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The store's one-SQL-text-per-query rule relies on sqlx-sqlite binding `$N` by number
+    /// (not by order of appearance), reused numbers included, as PostgreSQL does.
+    #[tokio::test]
+    async fn sqlite_binds_dollar_placeholders_by_number() {
+        let pool = SqlitePool::connect("sqlite::memory:").await.expect("memory db");
+        let row = sqlx::query("SELECT $2 AS a, $1 AS b, $2 || $1 AS c, NOT $3 AS d")
+            .bind("x")
+            .bind("y")
+            .bind(true)
+            .fetch_one(&pool)
+            .await
+            .expect("query");
+        assert_eq!(row.try_get::<String, _>("a").expect("a"), "y");
+        assert_eq!(row.try_get::<String, _>("b").expect("b"), "x");
+        assert_eq!(row.try_get::<String, _>("c").expect("c"), "yx");
+        assert!(!row.try_get::<bool, _>("d").expect("d"));
+    }
+
+    #[tokio::test]
+    async fn an_unsupported_scheme_is_refused() {
+        let err = Store::connect("mysql://root@localhost/x")
+            .await
+            .expect_err("refused");
+        assert!(matches!(err, Error::Unsupported(ref s) if s == "mysql"), "{err}");
+    }
 }

@@ -1,5 +1,5 @@
 //! The whole loop, driven by a manual clock: a source with an injected drop, the service on
-//! a temporary SQLite state store, exactly one alert e-mail over real SMTP, no re-send after
+//! a temporary SQLite (and PostgreSQL) state store, exactly one alert e-mail over real SMTP, no re-send after
 //! a restart, one resolution e-mail when the KPI recovers; and the HTTP API on top.
 
 use std::path::Path;
@@ -16,7 +16,7 @@ use rand_distr::{Distribution, Poisson};
 use sqlx::{Executor, SqlitePool};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{init_logs, settings, SmtpServer};
+use crate::helpers::{init_logs, server_url, settings, PgDatabase, SmtpServer};
 
 pub(crate) const MODEL: &str = r#"
 title = "Orders"
@@ -150,14 +150,56 @@ fn clock_now(clock: &ManualClock) -> DateTime<Utc> {
 async fn a_drop_sends_exactly_one_alert_over_smtp_survives_a_restart_and_resolves_once() {
     init_logs();
     let dir = tempfile::tempdir().expect("tempdir");
+    let state = format!("sqlite://{}", dir.path().join("state.db").display());
+    drop_alert_restart_resolve(dir.path(), &state).await;
+}
+
+#[tokio::test]
+async fn a_drop_sends_exactly_one_alert_over_smtp_survives_a_restart_and_resolves_once_on_postgres() {
+    init_logs();
+    let Some(admin) = server_url("TEST_POSTGRES_URL") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = PgDatabase::create(&admin).await;
+    drop_alert_restart_resolve(dir.path(), &db.url).await;
+    // The state really lived in PostgreSQL.
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("state db");
+    let (alerts, sent): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM alerts), (SELECT count(*) FROM notifications WHERE status = 'sent')",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("count");
+    assert_eq!((alerts, sent), (1, 2));
+    pool.close().await;
+    assert!(!dir.path().join("state.db").exists(), "no SQLite state beside it");
+    db.drop_db().await;
+}
+
+/// Build the app with the state store at `state_url`.
+async fn build_on(dir: &Path, smtp: &SmtpServer, clock: &ManualClock, state_url: &str) -> Application {
+    build_full(
+        dir,
+        smtp,
+        clock,
+        "",
+        &[("KPIWATCH_STATE__URL", state_url.to_owned())],
+    )
+    .await
+}
+
+/// One drop → exactly one alert over SMTP, nothing re-sent after a restart, one resolution;
+/// with the state store at `state_url`.
+async fn drop_alert_restart_resolve(dir: &Path, state_url: &str) {
     let smtp = SmtpServer::start();
-    let mut shop = Shop::create(&dir.path().join("shop.db")).await;
+    let mut shop = Shop::create(&dir.join("shop.db")).await;
     // 14 days of normal history up to t0, then 2 normal hours.
     shop.traffic(t0() - Duration::days(14), t0() + Duration::hours(2))
         .await;
     let clock = ManualClock::new(t0() + Duration::minutes(1));
 
-    let app = build(dir.path(), &smtp, &clock).await;
+    let app = build_on(dir, &smtp, &clock, state_url).await;
     // First pass: backfill; history is normal, and backfill never alerts anyway.
     let first = app.scheduler().run_due().await;
     assert!(
@@ -182,7 +224,7 @@ async fn a_drop_sends_exactly_one_alert_over_smtp_survives_a_restart_and_resolve
 
     // Restart on the same state store: nothing is sent again.
     drop(app);
-    let app = build(dir.path(), &smtp, &clock).await;
+    let app = build_on(dir, &smtp, &clock, state_url).await;
     app.scheduler().run_due().await;
     drive(&app, &clock, t0() + Duration::hours(2) + Duration::minutes(46)).await;
     assert_eq!(smtp.received().len(), 1, "a restart must not re-send");

@@ -259,3 +259,43 @@ pub fn write_orders_model(dir: &std::path::Path) {
     std::fs::write(model_dir.join("model.toml"), crate::e2e::MODEL).expect("model");
     std::fs::write(model_dir.join("query.sql"), crate::e2e::QUERY).expect("query");
 }
+
+/// A fresh PostgreSQL database for one test (named `kw_state_…`), dropped by [`Self::drop_db`].
+pub struct PgDatabase {
+    admin: String,
+    name: String,
+    /// URL of the new database.
+    pub url: String,
+}
+
+impl PgDatabase {
+    /// Create a fresh database on the server behind `admin` (a URL with a database to
+    /// connect to for `CREATE DATABASE`).
+    pub async fn create(admin: &str) -> Self {
+        use sqlx::Executor;
+        let name = unique("kw_state");
+        let pool = sqlx::PgPool::connect(admin).await.expect("postgres reachable");
+        pool.execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("create database");
+        pool.close().await;
+        let url = with_database(admin, &name);
+        PgDatabase {
+            admin: admin.to_owned(),
+            name,
+            url,
+        }
+    }
+
+    /// Drop the database (also while connections to it are still open).
+    pub async fn drop_db(self) {
+        use sqlx::Executor;
+        let pool = sqlx::PgPool::connect(&self.admin)
+            .await
+            .expect("postgres reachable");
+        pool.execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
+            .await
+            .expect("drop database");
+        pool.close().await;
+    }
+}

@@ -12,4 +12,5 @@ mod e2e;
 mod email;
 mod helpers;
 mod sources;
+mod store;
 mod ui;

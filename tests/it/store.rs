@@ -1,0 +1,535 @@
+//! The state store itself, on both backends: the same scenario against `Store` on a
+//! temporary SQLite file and on a fresh PostgreSQL database, with the same results.
+
+use kpiwatch::kpi::Interval;
+use kpiwatch::store::{AlertRow, EvaluationRow, NewAnomaly, NewNotification, ObservationRow, Store};
+
+use crate::e2e::orders_spec;
+use crate::helpers::{init_logs, server_url, PgDatabase};
+
+const DAY: i64 = 86_400;
+const T: i64 = 1_774_872_000; // 2026-03-30T12:00:00Z
+
+fn evaluation(ts: i64, value: f64, anomaly: bool) -> EvaluationRow {
+    EvaluationRow {
+        ts,
+        value: Some(value),
+        expected: Some(100.0),
+        lower: Some(80.0),
+        upper: Some(120.0),
+        score: if anomaly { 0.99 } else { 0.1 },
+        anomaly,
+        status: "evaluated".to_owned(),
+        volume: value,
+    }
+}
+
+fn anomaly(ts: i64, value: f64, alerted: bool) -> NewAnomaly {
+    NewAnomaly {
+        ts,
+        value,
+        expected: 100.0,
+        lower: 80.0,
+        upper: 120.0,
+        score: 0.99,
+        volume: value,
+        seasonality: "daily".to_owned(),
+        alerted,
+    }
+}
+
+fn notification(recipient: &str) -> NewNotification {
+    NewNotification {
+        channel: "email".to_owned(),
+        recipient: recipient.to_owned(),
+        subject: "Orders dropped".to_owned(),
+        body: "body".to_owned(),
+        suppressed_by: None,
+        payload: None,
+        group_key: "orders".to_owned(),
+        not_before: T,
+    }
+}
+
+/// The scenario; every assertion holds on either backend.
+async fn scenario(url: &str) {
+    let store = Store::connect(url).await.expect("connect");
+    store.ping().await.expect("ping");
+    // Connecting again (a restart) finds the migrations applied.
+    Store::connect(url).await.expect("reconnect").close().await;
+
+    // KPI and series.
+    let spec = orders_spec("");
+    assert!(
+        !store.upsert_kpi(&spec).await.expect("upsert kpi"),
+        "a new KPI changed nothing"
+    );
+    assert!(!store.upsert_kpi(&spec).await.expect("upsert kpi again"));
+    let kpi = store.kpi("orders").await.expect("kpi").expect("stored");
+    assert_eq!(kpi.interval_secs, 300);
+    assert_eq!(kpi.kind, "count");
+    assert_eq!(kpi.fetched_until, None);
+    assert_eq!(store.kpis().await.expect("kpis").len(), 1);
+    assert!(store.kpi("nope").await.expect("kpi").is_none());
+
+    let s1 = store.series_id("orders", "{}").await.expect("series");
+    assert_eq!(store.series_id("orders", "{}").await.expect("series again"), s1);
+    let s2 = store
+        .series_id("orders", r#"{"country":"DE"}"#)
+        .await
+        .expect("series 2");
+    assert_ne!(s1, s2);
+    let series = store.series_of("orders").await.expect("series_of");
+    assert_eq!(series.len(), 2);
+    assert_eq!(series[0].id, s1);
+    assert_eq!(series[0].evaluated_until, None);
+    assert_eq!(
+        store.series_dims(s2).await.expect("dims").as_deref(),
+        Some(r#"{"country":"DE"}"#)
+    );
+
+    // Runs: only ok advances fetched_until, and it never moves back.
+    store
+        .record_run("orders", T, (T - 600, T), "ok", 2, None)
+        .await
+        .expect("run");
+    store
+        .record_run("orders", T + 300, (T, T + 300), "data_missing", 0, Some("down"))
+        .await
+        .expect("failed run");
+    let kpi = store.kpi("orders").await.expect("kpi").expect("stored");
+    assert_eq!(kpi.fetched_until, Some(T));
+    assert_eq!(kpi.last_status.as_deref(), Some("data_missing"));
+    assert_eq!(kpi.last_error.as_deref(), Some("down"));
+    store
+        .record_run("orders", T + 600, (T - 3600, T - 300), "ok", 1, None)
+        .await
+        .expect("late run");
+    let kpi = store.kpi("orders").await.expect("kpi").expect("stored");
+    assert_eq!(kpi.fetched_until, Some(T), "fetched_until never moves back");
+    assert_eq!(kpi.last_status.as_deref(), Some("ok"));
+
+    // Observations: upserting the same bucket again updates it.
+    let obs = |ts: i64, value: f64| ObservationRow {
+        ts,
+        value,
+        denominator: None,
+    };
+    store
+        .upsert_observations(s1, &[obs(T - 600, 100.0), obs(T - 300, 90.0)])
+        .await
+        .expect("observations");
+    store
+        .upsert_observations(
+            s1,
+            &[ObservationRow {
+                ts: T - 300,
+                value: 95.5,
+                denominator: Some(2.0),
+            }],
+        )
+        .await
+        .expect("restated");
+    let got = store.observations(s1, T - DAY, T).await.expect("read");
+    assert_eq!(
+        got,
+        vec![
+            obs(T - 600, 100.0),
+            ObservationRow {
+                ts: T - 300,
+                value: 95.5,
+                denominator: Some(2.0)
+            }
+        ]
+    );
+    assert!(store
+        .observations(s1, T - 300, T - 300)
+        .await
+        .expect("empty")
+        .is_empty());
+
+    // Evaluations and anomalies; evaluated_until only moves forward.
+    store
+        .save_evaluations(
+            s1,
+            &[evaluation(T - 600, 100.0, false), evaluation(T - 300, 10.0, true)],
+            &[anomaly(T - 300, 10.0, true)],
+            T,
+        )
+        .await
+        .expect("evaluations");
+    store
+        .save_evaluations(s1, &[], &[anomaly(T - 300, 11.0, false)], T - 600)
+        .await
+        .expect("older");
+    let evals = store.evaluations(s1, T - DAY, T).await.expect("evaluations");
+    assert_eq!(
+        evals,
+        vec![evaluation(T - 600, 100.0, false), evaluation(T - 300, 10.0, true)]
+    );
+    let series = store.series_of("orders").await.expect("series_of");
+    assert_eq!(series[0].evaluated_until, Some(T));
+    store
+        .save_evaluations(s2, &[], &[anomaly(T - 900, 5.0, false)], T - 300)
+        .await
+        .expect("s2");
+    let all = store.anomalies(None, None, 10).await.expect("anomalies");
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].ts, T - 300);
+    assert!(all[0].alerted);
+    assert_eq!(all[0].value, 10.0, "a bucket's anomaly is recorded once");
+    assert_eq!(all[0].dims, "{}");
+    assert!(!all[1].alerted);
+    assert_eq!(all[1].dims, r#"{"country":"DE"}"#);
+    let recent = store
+        .anomalies(Some("orders"), Some(T - 600), 10)
+        .await
+        .expect("recent");
+    assert_eq!(recent.len(), 1);
+    assert!(store
+        .anomalies(Some("other"), None, 10)
+        .await
+        .expect("other")
+        .is_empty());
+    let (series_id, ts, kpi_id) = store
+        .anomaly_bucket(all[0].id)
+        .await
+        .expect("bucket")
+        .expect("exists");
+    assert_eq!((series_id, ts, kpi_id.as_str()), (s1, T - 300, "orders"));
+
+    // Feedback.
+    store
+        .save_feedback(s1, T - 300, "not_anomaly", "alice", "promo")
+        .await
+        .expect("feedback");
+    store
+        .save_feedback(s1, T - 300, "new_normal", "bob", "")
+        .await
+        .expect("feedback again");
+    let fb = store.feedback(s1, T - DAY, T).await.expect("feedback");
+    assert_eq!(fb.len(), 1);
+    assert_eq!(fb[0].kind, "new_normal");
+
+    // An alert with its notifications in one save_alert; at most one open per fingerprint.
+    let mut alert = AlertRow::new("orders", Some(s1), "anomaly", "fp-orders", T - 300);
+    alert.state = "firing".to_owned();
+    alert.severity = "warning".to_owned();
+    alert.hits_mask = 0b101;
+    alert.notified_at = Some(T);
+    let alert_id = store
+        .save_alert(
+            &alert,
+            Some("firing"),
+            &[notification("a@example.com"), notification("b@example.com")],
+        )
+        .await
+        .expect("save alert");
+    assert!(alert_id > 0);
+    let open = store
+        .open_alert("fp-orders")
+        .await
+        .expect("open")
+        .expect("is open");
+    assert_eq!(open.id, alert_id);
+    assert_eq!(open.hits_mask, 0b101);
+    assert_eq!(open.notified_at, Some(T));
+    assert!(
+        store.save_alert(&alert, Some("firing"), &[]).await.is_err(),
+        "a second open alert with one fingerprint is refused"
+    );
+    // Saving the same event again queues nothing new.
+    let mut stored = open.clone();
+    stored.summary = "still down".to_owned();
+    store
+        .save_alert(&stored, Some("firing"), &[notification("a@example.com")])
+        .await
+        .expect("update");
+    assert_eq!(store.notifications().await.expect("all").len(), 2);
+    assert_eq!(store.alerts(true, 10).await.expect("open").len(), 1);
+    assert!(store.ack_alert(alert_id, "alice").await.expect("ack"));
+    assert!(store.ack_alert(alert_id, "bob").await.expect("ack again"));
+    let acked = store.alert(alert_id).await.expect("alert").expect("exists");
+    assert_eq!(acked.acknowledged_by.as_deref(), Some("alice"));
+    assert_eq!(acked.summary, "still down");
+    assert!(!store.alert_silenced(alert_id).await.expect("silenced"));
+
+    // Pending → sent, failed → retried later, grouping.
+    let pending = store.pending_notifications(T, 10).await.expect("pending");
+    assert_eq!(pending.len(), 2);
+    assert_eq!(pending[0].alert_id, Some(alert_id));
+    assert_eq!(pending[0].status, "pending");
+    assert!(store
+        .pending_notifications(T - 1, 10)
+        .await
+        .expect("not yet")
+        .is_empty());
+    store.mark_sent(pending[0].id).await.expect("sent");
+    store
+        .mark_failed(pending[1].id, "smtp 451", Some(T + 60))
+        .await
+        .expect("failed");
+    assert!(store
+        .pending_notifications(T, 10)
+        .await
+        .expect("after")
+        .is_empty());
+    let retry = store.pending_notifications(T + 60, 10).await.expect("retry");
+    assert_eq!(retry.len(), 1);
+    assert_eq!(retry[0].attempts, 1);
+    store.postpone(&[retry[0].id], T + 120).await.expect("postpone");
+    store.postpone(&[retry[0].id], T + 90).await.expect("no earlier");
+    assert!(store
+        .pending_notifications(T + 119, 10)
+        .await
+        .expect("held")
+        .is_empty());
+    store
+        .mark_group_sent(&[retry[0].id], "email", "b@example.com", "orders", T + 120)
+        .await
+        .expect("group sent");
+    assert_eq!(
+        store
+            .group_last_sent("email", "b@example.com", "orders")
+            .await
+            .expect("last sent"),
+        Some(T + 120)
+    );
+    assert_eq!(
+        store
+            .group_last_sent("email", "c@example.com", "orders")
+            .await
+            .expect("never"),
+        None
+    );
+    let all = store.notifications().await.expect("all");
+    assert!(all.iter().all(|n| n.status == "sent"), "{all:?}");
+    assert_eq!(all[1].attempts, 2);
+    // A failure that is not retried gives up.
+    let mut resolved = store.alert(alert_id).await.expect("alert").expect("exists");
+    resolved.state = "resolved".to_owned();
+    resolved.resolved_ts = Some(T + 600);
+    let mut silenced = notification("a@example.com");
+    silenced.suppressed_by = Some("silence 1".to_owned());
+    store
+        .save_alert(
+            &resolved,
+            Some("resolved"),
+            &[silenced, notification("b@example.com")],
+        )
+        .await
+        .expect("resolve");
+    assert!(store.alert_silenced(alert_id).await.expect("silenced"));
+    let pending = store.pending_notifications(T + 600, 10).await.expect("pending");
+    assert_eq!(pending.len(), 1);
+    store
+        .mark_failed(pending[0].id, "rejected", None)
+        .await
+        .expect("give up");
+    assert!(store
+        .pending_notifications(i64::MAX / 2, 10)
+        .await
+        .expect("none")
+        .is_empty());
+    assert!(store.open_alert("fp-orders").await.expect("open").is_none());
+    assert!(store.alerts(true, 10).await.expect("open").is_empty());
+    assert_eq!(store.alerts(false, 10).await.expect("all").len(), 1);
+    let between = store
+        .alerts_between("orders", T - DAY, T + DAY)
+        .await
+        .expect("between");
+    assert_eq!(between.len(), 1);
+    assert!(store
+        .alerts_between("orders", T + 601, T + DAY)
+        .await
+        .expect("after")
+        .is_empty());
+
+    // Silences: create and expire (never extended).
+    let sid = store
+        .create_silence(r#"{"kpi":"orders"}"#, T, T + 3600, "alice", "deploy")
+        .await
+        .expect("silence");
+    let sid2 = store
+        .create_silence(r#"{"kpi":"x"}"#, T, T + 60, "alice", "short")
+        .await
+        .expect("silence 2");
+    assert_ne!(sid, sid2);
+    let active = store.silences(T + 100).await.expect("silences");
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0].id, sid);
+    assert!(store.expire_silence(sid, T + 200).await.expect("expire"));
+    assert!(store.expire_silence(sid2, T + 200).await.expect("expire ended"));
+    assert!(!store.expire_silence(sid + sid2 + 100, T).await.expect("missing"));
+    assert!(store.silences(T + 200).await.expect("none").is_empty());
+    let all = store.silences(0).await.expect("all");
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].ends_at, T + 60, "an ended silence is not extended");
+    assert_eq!(all[1].ends_at, T + 200);
+
+    // Digests: once per (recipient, day).
+    assert!(!store
+        .digest_queued("a@example.com", "digest:2026-03-30")
+        .await
+        .expect("queued?"));
+    assert!(store
+        .queue_digest("a@example.com", "digest:2026-03-30", "Daily", "eml", T)
+        .await
+        .expect("queue"));
+    assert!(!store
+        .queue_digest("a@example.com", "digest:2026-03-30", "Daily", "eml", T)
+        .await
+        .expect("queue again"));
+    assert!(store
+        .queue_digest("b@example.com", "digest:2026-03-30", "Daily", "eml", T)
+        .await
+        .expect("other recipient"));
+    assert!(store
+        .queue_digest("a@example.com", "digest:2026-03-31", "Daily", "eml", T + DAY)
+        .await
+        .expect("next day"));
+    assert!(store
+        .digest_queued("a@example.com", "digest:2026-03-30")
+        .await
+        .expect("queued?"));
+    let digests: Vec<_> = store
+        .notifications()
+        .await
+        .expect("all")
+        .into_iter()
+        .filter(|n| n.alert_id.is_none())
+        .collect();
+    assert_eq!(digests.len(), 3);
+    assert_eq!(digests[0].group_key, "digest:2026-03-30");
+    assert_eq!(digests[0].channel, "digest");
+
+    // Meta.
+    let secret = store
+        .meta_get_or_init("link_secret", || "first".to_owned())
+        .await
+        .expect("meta");
+    assert_eq!(secret, "first");
+    let again = store
+        .meta_get_or_init("link_secret", || "second".to_owned())
+        .await
+        .expect("meta again");
+    assert_eq!(again, "first");
+
+    // Audit log, newest first.
+    store
+        .audit(
+            "alice",
+            "silence.create",
+            "1",
+            &serde_json::json!({"comment": "deploy"}),
+        )
+        .await
+        .expect("audit");
+    store
+        .audit("bob", "alert.ack", "1", &serde_json::json!({}))
+        .await
+        .expect("audit 2");
+    let log = store.audit_log(10).await.expect("log");
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].actor, "bob");
+    assert_eq!(log[1].action, "silence.create");
+    assert_eq!(log[1].detail, r#"{"comment":"deploy"}"#);
+    assert_eq!(store.audit_log(1).await.expect("one").len(), 1);
+
+    // KPI definitions: save, replace, retire, un-retire.
+    store
+        .save_kpi_definition("signups", "title = \"Signups\"", "SELECT 1", "alice")
+        .await
+        .expect("define");
+    store
+        .save_kpi_definition("signups", "title = \"Sign-ups\"", "SELECT 2", "alice")
+        .await
+        .expect("redefine");
+    let defs = store.kpi_definitions().await.expect("definitions");
+    assert_eq!(
+        defs,
+        vec![(
+            "signups".to_owned(),
+            "title = \"Sign-ups\"".to_owned(),
+            "SELECT 2".to_owned()
+        )]
+    );
+    assert!(store.retire_kpi_definition("signups").await.expect("retire"));
+    assert!(!store.retire_kpi_definition("signups").await.expect("retired"));
+    assert!(store.kpi_definitions().await.expect("none").is_empty());
+    store
+        .save_kpi_definition("signups", "title = \"Signups\"", "SELECT 1", "alice")
+        .await
+        .expect("un-retire");
+    assert_eq!(store.kpi_definitions().await.expect("one").len(), 1);
+
+    // An interval change drops buckets, verdicts and feedback, keeps anomalies, cancels
+    // open incidents and restarts fetching.
+    let open = AlertRow::new("orders", Some(s2), "anomaly", "fp-de", T);
+    store.save_alert(&open, None, &[]).await.expect("open alert");
+    store
+        .upsert_observations(s2, &[obs(T - 300, 7.0)])
+        .await
+        .expect("s2 observations");
+    let mut slower = orders_spec("");
+    slower.interval = Interval::parse("10m").expect("interval");
+    assert!(store.upsert_kpi(&slower).await.expect("interval change"));
+    assert!(!store.upsert_kpi(&slower).await.expect("same again"));
+    let kpi = store.kpi("orders").await.expect("kpi").expect("stored");
+    assert_eq!(kpi.interval_secs, 600);
+    assert_eq!(kpi.fetched_until, None);
+    for s in [s1, s2] {
+        assert!(store.observations(s, 0, i64::MAX).await.expect("obs").is_empty());
+        assert!(store.evaluations(s, 0, i64::MAX).await.expect("evals").is_empty());
+        assert!(store.feedback(s, 0, i64::MAX).await.expect("fb").is_empty());
+    }
+    assert!(store
+        .series_of("orders")
+        .await
+        .expect("series")
+        .iter()
+        .all(|s| s.evaluated_until.is_none()));
+    assert_eq!(store.anomalies(None, None, 10).await.expect("kept").len(), 2);
+    assert!(store.open_alert("fp-de").await.expect("open").is_none());
+    assert_eq!(store.alerts(false, 10).await.expect("all").len(), 2);
+
+    // Purging a KPI removes everything about it but the audit log.
+    store.purge_kpi("orders").await.expect("purge");
+    assert!(store.kpi("orders").await.expect("kpi").is_none());
+    assert!(store.series_of("orders").await.expect("series").is_empty());
+    assert!(store.alerts(false, 10).await.expect("alerts").is_empty());
+    assert!(store
+        .anomalies(None, None, 10)
+        .await
+        .expect("anomalies")
+        .is_empty());
+    assert_eq!(store.audit_log(10).await.expect("log").len(), 2);
+
+    store.close().await;
+}
+
+#[tokio::test]
+async fn the_store_scenario_on_sqlite() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    scenario(&format!("sqlite://{}", dir.path().join("state.db").display())).await;
+}
+
+#[tokio::test]
+async fn the_store_scenario_on_postgres() {
+    init_logs();
+    let Some(admin) = server_url("TEST_POSTGRES_URL") else {
+        return;
+    };
+    let db = PgDatabase::create(&admin).await;
+    scenario(&db.url).await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn an_unsupported_state_url_is_refused() {
+    let err = Store::connect("mysql://root@127.0.0.1/x")
+        .await
+        .expect_err("mysql is not a state store");
+    assert!(err.to_string().contains("unsupported"), "{err}");
+}
