@@ -118,6 +118,7 @@ impl Application {
             mailer,
             receivers,
             signer: signer.clone(),
+            instance: format!("kpiwatch-{}", hex::encode(rand::random::<[u8; 6]>())),
         };
         let registry = Registry::new(specs);
         load_api_kpis(&store, &registry, &cx.sources).await?;

@@ -342,6 +342,10 @@ pub struct SchedulerConfig {
     pub max_concurrent_runs: usize,
     /// Buckets back in band before an alert resolves.
     pub recovery_buckets: u32,
+    /// How long a claim on outbox messages lasts (wall clock) before another process may
+    /// deliver them.
+    #[serde(with = "humantime_serde_compat")]
+    pub claim_timeout: Duration,
     /// Anomalies older than this many buckets behind the newest complete one are recorded
     /// but do not alert (backfilled history must not page anyone).
     pub alert_horizon_buckets: u32,

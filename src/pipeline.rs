@@ -48,6 +48,8 @@ pub struct Context {
     pub receivers: Receivers,
     /// Signs the links in messages.
     pub signer: LinkSigner,
+    /// This process's name in leases and outbox claims (random per start).
+    pub instance: String,
 }
 
 /// What one run did.
@@ -340,6 +342,8 @@ pub async fn deliver(cx: &Context, now: DateTime<Utc>) -> anyhow::Result<()> {
         mailer: &cx.mailer,
         receivers: &cx.receivers,
         group_interval: cx.settings.alerting.grouping.interval.as_secs() as i64,
+        holder: &cx.instance,
+        claim_secs: cx.settings.scheduler.claim_timeout.as_secs() as i64,
     };
     let report = alerting::deliver_pending(&cx.store, dispatch, now.timestamp())
         .await

@@ -4,7 +4,9 @@
 //! `pipeline::run_kpi` (at most `max_concurrent_runs` at once), then pending notifications
 //! are delivered (retrying earlier failures). [`Scheduler::run_until_cancelled`] repeats it
 //! every `tick` until the cancellation token fires, and lets in-flight runs finish.
-//! Time comes from an injected [`Clock`].
+//! Time comes from an injected [`Clock`]. Several processes may share one state store: a
+//! lease per KPI (`Store::try_lease`) lets one of them run it at a time, and outbox rows are
+//! claimed before delivery, so no KPI is judged twice at once and no message goes out twice.
 
 use std::sync::Arc;
 
@@ -15,6 +17,9 @@ use tracing::{error, info};
 use crate::clock::Clock;
 use crate::kpi::{KpiId, Registry};
 use crate::pipeline::{self, Context, RunOutcome};
+
+/// How long a KPI run's lease lasts (wall clock) if its holder dies mid-run.
+const LEASE_SECS: i64 = 300;
 
 /// The scheduler of a set of KPIs.
 #[derive(Debug, Clone)]
@@ -48,7 +53,17 @@ impl Scheduler {
             let limit = Arc::clone(&self.limit);
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await;
+                // With several processes on one store, one runs a KPI at a time.
+                let lease = format!("kpi:{}", spec.id);
+                match cx.store.try_lease(&lease, &cx.instance, LEASE_SECS).await {
+                    Ok(true) => {}
+                    Ok(false) => return (spec.id.clone(), Ok(RunOutcome::NotDue)),
+                    Err(error) => return (spec.id.clone(), Err(format!("lease: {error}"))),
+                }
                 let result = pipeline::run_kpi(&cx, &spec, now).await;
+                if let Err(error) = cx.store.release_lease(&lease, &cx.instance).await {
+                    error!(message = "Failed to release a KPI lease.", kpi = %spec.id, %error);
+                }
                 if let Err(error) = &result {
                     error!(message = "KPI run failed.", kpi = %spec.id, error = format!("{error:#}"));
                 }

@@ -398,6 +398,10 @@ pub struct Dispatch<'a> {
     pub receivers: &'a receivers::Receivers,
     /// At least this many seconds between two e-mails about one group.
     pub group_interval: i64,
+    /// This process, for claiming outbox rows when several share one store.
+    pub holder: &'a str,
+    /// How long a claim lasts (wall clock) before another process may take the rows over.
+    pub claim_secs: i64,
 }
 
 impl Dispatch<'_> {
@@ -467,7 +471,10 @@ struct Batch {
 /// series (their dedup keys). A failure is retried later with [`notifiers::backoff`] (or
 /// the receiver's `Retry-After`), or given up when retrying cannot help.
 pub async fn deliver_pending(store: &Store, dispatch: Dispatch<'_>, now: i64) -> Result<DeliveryReport> {
-    let pending = store.pending_notifications(now, 200).await?;
+    let claim_until = chrono::Utc::now().timestamp() + dispatch.claim_secs;
+    let pending = store
+        .claim_notifications(dispatch.holder, now, claim_until, 200)
+        .await?;
     let mut lanes: BTreeMap<String, Vec<Batch>> = BTreeMap::new();
     let mut email_groups: BTreeMap<(String, String), Vec<store::NotificationRow>> = BTreeMap::new();
     for n in pending {

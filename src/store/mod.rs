@@ -881,7 +881,42 @@ impl Store {
         })
     }
 
-    /// Notifications due for a delivery attempt at `now`, oldest first.
+    /// Claim the notifications due at `now` for `holder` until `claim_until` (wall clock),
+    /// oldest first: rows another live process claimed are skipped, so with several
+    /// processes on one store each message is worked by one of them; a claim left by a
+    /// process that died expires and the row is claimed again.
+    pub async fn claim_notifications(
+        &self,
+        holder: &str,
+        now: i64,
+        claim_until: i64,
+        limit: i64,
+    ) -> Result<Vec<NotificationRow>> {
+        let wall = now_secs();
+        run!(self, |pool| {
+            // The outer conditions are re-checked on each row when it is locked (PostgreSQL
+            // re-evaluates them after a concurrent update), so two claimers cannot both win.
+            Ok(sqlx::query_as::<_, NotificationRow>(
+                "UPDATE notifications SET claimed_by = $1, claim_until = $2
+                 WHERE id IN (SELECT id FROM notifications
+                              WHERE status = 'pending' AND next_attempt_at <= $3
+                                AND (claim_until IS NULL OR claim_until < $4)
+                              ORDER BY id LIMIT $5)
+                   AND status = 'pending' AND (claim_until IS NULL OR claim_until < $4)
+                 RETURNING id, alert_id, event, channel, recipient, subject, body, status, attempts, payload, group_key",
+            )
+            .bind(holder)
+            .bind(claim_until)
+            .bind(now)
+            .bind(wall)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?)
+        })
+    }
+
+    /// Notifications due for a delivery attempt at `now`, oldest first (a read-only view:
+    /// delivery goes through [`Store::claim_notifications`]).
     pub async fn pending_notifications(&self, now: i64, limit: i64) -> Result<Vec<NotificationRow>> {
         run!(self, |pool| {
             Ok(sqlx::query_as::<_, NotificationRow>(
@@ -892,6 +927,38 @@ impl Store {
             .bind(limit)
             .fetch_all(pool)
             .await?)
+        })
+    }
+
+    /// Take a named lease for `holder` for `ttl_secs` (wall clock) if it is free, expired or
+    /// already held by `holder`; returns whether `holder` holds it now.
+    pub async fn try_lease(&self, name: &str, holder: &str, ttl_secs: i64) -> Result<bool> {
+        let now = now_secs();
+        run!(self, |pool| {
+            let done = sqlx::query(
+                "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
+                 WHERE leases.until < $4 OR leases.holder = excluded.holder",
+            )
+            .bind(name)
+            .bind(holder)
+            .bind(now + ttl_secs)
+            .bind(now)
+            .execute(pool)
+            .await?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
+    /// Give a lease back (only if `holder` holds it).
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        run!(self, |pool| {
+            sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+                .bind(name)
+                .bind(holder)
+                .execute(pool)
+                .await?;
+            Ok(())
         })
     }
 
@@ -926,7 +993,7 @@ impl Store {
             sqlx::query(
                 "UPDATE notifications SET attempts = attempts + 1, last_error = $1,
                status = CASE WHEN $2 IS NULL THEN 'failed' ELSE status END,
-               next_attempt_at = coalesce($3, next_attempt_at) WHERE id = $4",
+               next_attempt_at = coalesce($3, next_attempt_at), claim_until = NULL WHERE id = $4",
             )
             .bind(error)
             .bind(retry_at)
@@ -1017,7 +1084,7 @@ impl Store {
         run!(self, |pool| {
             let mut tx = pool.begin().await?;
             for id in ids {
-                sqlx::query("UPDATE notifications SET next_attempt_at = CASE WHEN next_attempt_at > $1 THEN next_attempt_at ELSE $1 END WHERE id = $2")
+                sqlx::query("UPDATE notifications SET next_attempt_at = CASE WHEN next_attempt_at > $1 THEN next_attempt_at ELSE $1 END, claim_until = NULL WHERE id = $2")
                 .bind(until)
                 .bind(id)
                 .execute(&mut *tx)

@@ -340,7 +340,9 @@ async fn a_restart_during_delivery_leaves_one_delivered_copy_per_idempotency_key
     shop.traffic(t0() - Duration::days(14), t0() + Duration::hours(1))
         .await;
     let clock = ManualClock::new(t0() + Duration::minutes(1));
-    let env = hook_env(port, closed_port());
+    let mut env = hook_env(port, closed_port());
+    // The dead process's claim on the message expires after this (wall clock).
+    env.push(("KPIWATCH_SCHEDULER__CLAIM_TIMEOUT", "1s".to_owned()));
     let app = build_full(dir.path(), &smtp, &clock, "", &env).await;
     app.scheduler().run_due().await;
 
@@ -354,8 +356,10 @@ async fn a_restart_during_delivery_leaves_one_delivered_copy_per_idempotency_key
     drop(app);
     assert_eq!(hook.bodies().len(), 1, "the receiver already has it");
 
-    // Restart: the unconfirmed message is delivered again with the same id, once.
+    // Restart: once the dead process's claim has expired, the unconfirmed message is
+    // delivered again with the same id, once.
     *hook.hold.lock().expect("lock") = None;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     let app = build_full(dir.path(), &smtp, &clock, "", &env).await;
     drive(&app, &clock, stop + Duration::minutes(21)).await;
     let bodies = hook.bodies();

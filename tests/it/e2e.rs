@@ -442,3 +442,61 @@ async fn changing_a_kpis_interval_refetches_its_history_at_the_new_interval() {
         "hourly totals, not 5-minute counts"
     );
 }
+
+/// Two processes on one state store, passing over the same buckets at the same moments: the
+/// drop alerts once and resolves once, whichever process does the work.
+async fn two_processes_alert_once(dir: &Path, state_url: &str) {
+    let smtp = SmtpServer::start();
+    let mut shop = Shop::create(&dir.join("shop.db")).await;
+    let stop = t0() + Duration::hours(1);
+    shop.traffic(t0() - Duration::days(14), stop).await;
+    shop.traffic(stop + Duration::minutes(30), stop + Duration::hours(2))
+        .await;
+    let clock = ManualClock::new(t0() + Duration::minutes(1));
+    let a = build_on(dir, &smtp, &clock, state_url).await;
+    let b = build_on(dir, &smtp, &clock, state_url).await;
+    tokio::join!(a.scheduler().run_due(), b.scheduler().run_due());
+    while clock_now(&clock) < stop + Duration::minutes(90) {
+        clock.advance(Duration::minutes(5));
+        tokio::join!(a.scheduler().run_due(), b.scheduler().run_due());
+    }
+    let subjects: Vec<String> = smtp.received().iter().map(|m| m.subject()).collect();
+    assert_eq!(
+        subjects.len(),
+        2,
+        "one alert and one resolution in all: {subjects:?}"
+    );
+    assert!(
+        subjects[0].contains("Orders dropped") && subjects[1].starts_with("[RESOLVED]"),
+        "{subjects:?}"
+    );
+    let sent = a
+        .store()
+        .notifications()
+        .await
+        .expect("notifications")
+        .into_iter()
+        .filter(|n| n.status == "sent")
+        .count();
+    assert_eq!(sent, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_on_one_sqlite_store_send_each_alert_once() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = format!("sqlite://{}", dir.path().join("state.db").display());
+    two_processes_alert_once(dir.path(), &state).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_on_one_postgres_store_send_each_alert_once() {
+    init_logs();
+    let Some(admin) = server_url("TEST_POSTGRES_URL") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = PgDatabase::create(&admin).await;
+    two_processes_alert_once(dir.path(), &db.url).await;
+    db.drop_db().await;
+}
