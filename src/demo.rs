@@ -82,7 +82,7 @@ pub fn order_rate(t: DateTime<Utc>) -> f64 {
 /// Normal card-payment success probability.
 const SUCCESS: f64 = 0.975;
 /// During the injected provider failure.
-const SUCCESS_DURING_FAILURE: f64 = 0.3;
+const SUCCESS_DURING_FAILURE: f64 = 0.1;
 
 /// The shop's generator of orders and payments.
 #[derive(Debug)]
