@@ -582,6 +582,21 @@ fn check_link(state: &AppState, action: &str, id: &str, sig: &str) -> ApiResult<
     }
 }
 
+/// The alert a signed link in a message is about, after checking its signature.
+async fn linked_alert(
+    state: &AppState,
+    action: &str,
+    id: &str,
+    sig: &str,
+) -> ApiResult<crate::store::AlertRow> {
+    let id = check_link(state, action, id, sig)?;
+    state
+        .store
+        .alert(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no alert {id}")))
+}
+
 /// The link in a message shows a confirmation; only the button (a POST) acknowledges, so mail
 /// scanners that follow links do not.
 async fn ack_page(
@@ -590,10 +605,8 @@ async fn ack_page(
     query: Result<Query<SigQuery>, QueryRejection>,
 ) -> ApiResult<axum::response::Html<String>> {
     let Query(q) = query?;
-    let id = check_link(&state, "ack", &id, &q.sig)?;
-    let Some(alert) = state.store.alert(id).await? else {
-        return Err(ApiError::NotFound(format!("no alert {id}")));
-    };
+    let alert = linked_alert(&state, "ack", &id, &q.sig).await?;
+    let id = alert.id;
     let summary = escape_html(&alert.summary);
     Ok(html_page(
         "Acknowledge alert",
@@ -637,10 +650,7 @@ async fn silence_page(
     query: Result<Query<SigQuery>, QueryRejection>,
 ) -> ApiResult<axum::response::Html<String>> {
     let Query(q) = query?;
-    let id = check_link(&state, "silence", &id, &q.sig)?;
-    let Some(alert) = state.store.alert(id).await? else {
-        return Err(ApiError::NotFound(format!("no alert {id}")));
-    };
+    let alert = linked_alert(&state, "silence", &id, &q.sig).await?;
     Ok(html_page(
         "Silence this series",
         &format!(
@@ -670,7 +680,8 @@ async fn silence_by_link(
     form: Result<axum::extract::Form<SilenceForm>, axum::extract::rejection::FormRejection>,
 ) -> ApiResult<axum::response::Html<String>> {
     let Query(q) = query?;
-    let id = check_link(&state, "silence", &id, &q.sig)?;
+    let alert = linked_alert(&state, "silence", &id, &q.sig).await?;
+    let id = alert.id;
     let axum::extract::Form(form) = form.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     text_field("author", &form.author, 128)?;
     text_field("comment", &form.comment, 2000)?;
@@ -684,9 +695,6 @@ async fn silence_by_link(
                 "duration {other:?}: choose 1h, 2h, 8h or 24h"
             )))
         }
-    };
-    let Some(alert) = state.store.alert(id).await? else {
-        return Err(ApiError::NotFound(format!("no alert {id}")));
     };
     // Silence exactly this series: its KPI and its dimension values.
     let mut matchers = BTreeMap::from([("kpi".to_owned(), alert.kpi_id.clone())]);

@@ -25,10 +25,7 @@ async fn a_silence_suppresses_an_incident_and_its_expiry_re_enables_alerts() {
     init_logs();
     let dir = tempfile::tempdir().expect("tempdir");
     let smtp = SmtpServer::start();
-    let mut shop = Shop::create(&dir.path().join("shop.db")).await;
-    shop.traffic(t0() - Duration::days(14), t0() + Duration::hours(1))
-        .await;
-    let clock = ManualClock::new(t0() + Duration::minutes(1));
+    let (mut shop, clock) = crate::e2e::busy_shop(dir.path()).await;
     let app = build(dir.path(), &smtp, &clock).await;
     app.scheduler().run_due().await;
 
@@ -96,10 +93,7 @@ async fn a_firing_alert_repeats_until_acknowledged_through_its_signed_link() {
     init_logs();
     let dir = tempfile::tempdir().expect("tempdir");
     let smtp = SmtpServer::start();
-    let mut shop = Shop::create(&dir.path().join("shop.db")).await;
-    shop.traffic(t0() - Duration::days(14), t0() + Duration::hours(1))
-        .await;
-    let clock = ManualClock::new(t0() + Duration::minutes(1));
+    let (mut shop, clock) = crate::e2e::busy_shop(dir.path()).await;
     let app = build_with(
         dir.path(),
         &smtp,
@@ -273,10 +267,7 @@ async fn routed_webhooks_get_signed_messages_and_a_dead_receiver_blocks_no_one()
     let smtp = SmtpServer::start();
     let hook = Hook::default();
     let port = hook.start().await;
-    let mut shop = Shop::create(&dir.path().join("shop.db")).await;
-    shop.traffic(t0() - Duration::days(14), t0() + Duration::hours(1))
-        .await;
-    let clock = ManualClock::new(t0() + Duration::minutes(1));
+    let (_shop, clock) = crate::e2e::busy_shop(dir.path()).await;
     let app = build_full(dir.path(), &smtp, &clock, "", &hook_env(port, closed_port())).await;
     app.scheduler().run_due().await;
 
@@ -336,10 +327,7 @@ async fn a_restart_during_delivery_leaves_one_delivered_copy_per_idempotency_key
     let smtp = SmtpServer::start();
     let hook = Hook::default();
     let port = hook.start().await;
-    let mut shop = Shop::create(&dir.path().join("shop.db")).await;
-    shop.traffic(t0() - Duration::days(14), t0() + Duration::hours(1))
-        .await;
-    let clock = ManualClock::new(t0() + Duration::minutes(1));
+    let (_shop, clock) = crate::e2e::busy_shop(dir.path()).await;
     let mut env = hook_env(port, closed_port());
     // The dead process's claim on the message expires after this (wall clock).
     env.push(("KPIWATCH_SCHEDULER__CLAIM_TIMEOUT", "1s".to_owned()));

@@ -79,6 +79,15 @@ impl Shop {
 }
 
 /// The orders model with extra lines.
+/// A shop with two weeks of normal orders up to an hour after `t0`, and a clock just after
+/// `t0` (most tests start here).
+pub(crate) async fn busy_shop(dir: &Path) -> (Shop, ManualClock) {
+    let mut shop = Shop::create(&dir.join("shop.db")).await;
+    shop.traffic(t0() - Duration::days(14), t0() + Duration::hours(1))
+        .await;
+    (shop, ManualClock::new(t0() + Duration::minutes(1)))
+}
+
 pub(crate) fn orders_spec(model_extra: &str) -> KpiSpec {
     let model = format!("{MODEL}\n{model_extra}");
     KpiSpec::parse("orders", &model, QUERY, Path::new("models/orders")).expect("valid model")
@@ -335,10 +344,7 @@ async fn a_source_outage_is_data_missing_not_a_drop_and_the_gap_is_caught_up() {
     init_logs();
     let dir = tempfile::tempdir().expect("tempdir");
     let smtp = SmtpServer::start();
-    let mut shop = Shop::create(&dir.path().join("shop.db")).await;
-    shop.traffic(t0() - Duration::days(14), t0() + Duration::hours(1))
-        .await;
-    let clock = ManualClock::new(t0() + Duration::minutes(1));
+    let (shop, clock) = crate::e2e::busy_shop(dir.path()).await;
     let app = build(dir.path(), &smtp, &clock).await;
     app.scheduler().run_due().await;
 
