@@ -1,5 +1,6 @@
 //! `kpiwatch check`: validate the config and every model, then run each KPI query once
-//! against its source over its last few buckets, and print a table of what is wrong.
+//! against its source over its last few buckets, and print a table of what is wrong (the
+//! server's own message for a rejected query, and any warnings it gave).
 
 use std::fmt::Write as _;
 
@@ -16,7 +17,7 @@ pub struct CheckRow {
     pub kpi: String,
     /// Source name.
     pub source: String,
-    /// `ok` or `FAIL`.
+    /// `ok`, `warn` (the query ran; the source warned) or `FAIL`.
     pub status: &'static str,
     /// Rows returned or what is wrong.
     pub detail: String,
@@ -45,16 +46,24 @@ pub async fn run_queries(
     };
     let mut rows = Vec::new();
     for spec in specs {
-        let result = crate::pipeline::test_query(&registry, spec, now, buckets)
-            .await
-            .map(|(r, s)| (r.len(), s));
+        let result = crate::pipeline::try_query(&registry, spec, now, buckets).await;
         rows.push(match result {
-            Ok((n, s)) => CheckRow {
-                kpi: spec.id.to_string(),
-                source: spec.source.clone(),
-                status: "ok",
-                detail: format!("{n} rows, {s} series over the last {buckets} buckets"),
-            },
+            Ok(trial) => {
+                let mut detail = format!(
+                    "{} rows, {} series over the last {buckets} buckets",
+                    trial.rows.len(),
+                    trial.series
+                );
+                if let Some(w) = crate::pipeline::warnings_text(&spec.source, &trial.warnings) {
+                    detail = format!("{detail}; {w}");
+                }
+                CheckRow {
+                    kpi: spec.id.to_string(),
+                    source: spec.source.clone(),
+                    status: if trial.warnings.is_empty() { "ok" } else { "warn" },
+                    detail,
+                }
+            }
             Err(e) => CheckRow {
                 kpi: spec.id.to_string(),
                 source: spec.source.clone(),

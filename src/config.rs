@@ -8,6 +8,7 @@
 //! A leaf module: depends on nothing else in the crate.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -351,21 +352,174 @@ pub struct SchedulerConfig {
     pub alert_horizon_buckets: u32,
 }
 
-/// A named database that KPI queries run against.
+/// A named database or metric store that KPI queries run against.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
-    /// `postgres://…`, `mysql://…` / `mariadb://…`, or `sqlite://…`.
+    /// What speaks at `url`. Optional for the SQL kinds (the URL scheme says); required for
+    /// `prometheus` and `influxdb`, whose URLs are plain `http(s)://`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<SourceKind>,
+    /// `postgres://…`, `mysql://…` / `mariadb://…`, `sqlite://…`, or the `http(s)://` base
+    /// URL of a Prometheus or InfluxDB server.
     pub url: SecretString,
-    /// Connections kept to this source (its concurrency limit).
+    /// Connections (requests, for HTTP sources) in flight at once: the concurrency limit.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
-    /// Server-side statement timeout, also enforced client-side.
+    /// Server-side statement timeout, also enforced client-side (the request timeout of an
+    /// HTTP source; Prometheus gets it as its `timeout` parameter too).
     #[serde(default = "default_statement_timeout", with = "humantime_serde_compat")]
     pub statement_timeout: Duration,
-    /// Rows one query may return before it is rejected.
+    /// Rows (points, for Prometheus) one query may return before it is rejected.
     #[serde(default = "default_row_cap")]
     pub row_cap: usize,
+    /// HTTP sources: basic-auth user (InfluxDB's `u`, or a Prometheus behind a proxy).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// HTTP sources: basic-auth password. Never logged.
+    #[serde(default)]
+    pub password: Option<SecretString>,
+    /// HTTP sources: `Authorization: Bearer` token instead of basic auth. Never logged.
+    #[serde(default)]
+    pub bearer_token: Option<SecretString>,
+    /// InfluxDB: the database (`db`) queries run against.
+    #[serde(default)]
+    pub database: Option<String>,
+    /// Prometheus: most evaluation steps in one range query; longer windows are split.
+    /// Prometheus itself refuses more than 11,000 points per series.
+    #[serde(default = "default_max_steps_per_query")]
+    pub max_steps_per_query: usize,
+}
+
+/// The kinds of KPI source. SQL databases are told apart by their URL scheme; the HTTP
+/// metric stores by this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// PostgreSQL (`postgres://`).
+    Postgres,
+    /// MySQL or MariaDB (`mysql://`, `mariadb://`).
+    Mysql,
+    /// SQLite (`sqlite://`).
+    Sqlite,
+    /// Prometheus's HTTP API (`http(s)://host:9090`), PromQL range queries.
+    Prometheus,
+    /// InfluxDB 1.x's HTTP API (`http(s)://host:8086`), InfluxQL over `/query`.
+    Influxdb,
+}
+
+impl SourceKind {
+    /// The kind a URL scheme implies, if it implies one.
+    pub fn from_scheme(scheme: &str) -> Option<Self> {
+        match scheme.to_ascii_lowercase().as_str() {
+            "postgres" | "postgresql" => Some(SourceKind::Postgres),
+            "mysql" | "mariadb" => Some(SourceKind::Mysql),
+            "sqlite" => Some(SourceKind::Sqlite),
+            _ => None,
+        }
+    }
+
+    /// Whether this is one of the HTTP metric stores.
+    pub fn is_http(self) -> bool {
+        matches!(self, SourceKind::Prometheus | SourceKind::Influxdb)
+    }
+}
+
+impl fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SourceKind::Postgres => "postgres",
+            SourceKind::Mysql => "mysql",
+            SourceKind::Sqlite => "sqlite",
+            SourceKind::Prometheus => "prometheus",
+            SourceKind::Influxdb => "influxdb",
+        })
+    }
+}
+
+impl SourceConfig {
+    /// The source's kind: `type` if given, else what the URL scheme implies.
+    pub fn resolved_kind(&self) -> Option<SourceKind> {
+        self.kind.or_else(|| {
+            let url = self.url.expose_secret();
+            SourceKind::from_scheme(url.split(':').next().unwrap_or_default())
+        })
+    }
+
+    /// Everything wrong with this source's settings, each naming `sources.<name>.<field>`.
+    fn problems(&self, name: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        let parsed = url::Url::parse(self.url.expose_secret());
+        if let Err(e) = &parsed {
+            problems.push(format!("sources.{name}.url is not a URL: {e}"));
+        }
+        if self.max_connections == 0 {
+            problems.push(format!("sources.{name}.max_connections must be at least 1"));
+        }
+        if self.row_cap == 0 {
+            problems.push(format!("sources.{name}.row_cap must be at least 1"));
+        }
+        let scheme = parsed.as_ref().map(|u| u.scheme().to_owned()).unwrap_or_default();
+        let http_scheme = scheme == "http" || scheme == "https";
+        match self.resolved_kind() {
+            None if http_scheme => problems.push(format!(
+                "sources.{name}: an http(s) URL needs type = \"prometheus\" or \"influxdb\""
+            )),
+            None => {}
+            Some(kind) if kind.is_http() => {
+                if !http_scheme && parsed.is_ok() {
+                    problems.push(format!(
+                        "sources.{name}.url: a {kind} source needs an http:// or https:// URL, not {scheme}://"
+                    ));
+                }
+                if kind == SourceKind::Influxdb && self.database.as_deref().is_none_or(str::is_empty) {
+                    problems.push(format!(
+                        "sources.{name}.database: an influxdb source needs the database its queries read"
+                    ));
+                }
+                if kind == SourceKind::Prometheus && self.database.is_some() {
+                    problems.push(format!(
+                        "sources.{name}.database: only influxdb sources take a database"
+                    ));
+                }
+                if self.bearer_token.is_some() && (self.username.is_some() || self.password.is_some()) {
+                    problems.push(format!(
+                        "sources.{name}: set either bearer_token or username/password, not both"
+                    ));
+                }
+                if self.password.is_some() && self.username.is_none() {
+                    problems.push(format!("sources.{name}.password needs a username"));
+                }
+                if self.max_steps_per_query < 2 {
+                    problems.push(format!("sources.{name}.max_steps_per_query must be at least 2"));
+                }
+            }
+            Some(kind) => {
+                if SourceKind::from_scheme(&scheme).is_some_and(|implied| implied != kind) {
+                    problems.push(format!(
+                        "sources.{name}: type = \"{kind}\" does not match the URL's {scheme}:// scheme"
+                    ));
+                }
+                for (field, set) in [
+                    ("username", self.username.is_some()),
+                    ("password", self.password.is_some()),
+                    ("bearer_token", self.bearer_token.is_some()),
+                    ("database", self.database.is_some()),
+                ] {
+                    if set {
+                        problems.push(format!(
+                            "sources.{name}.{field}: only prometheus and influxdb sources take it (put credentials in the URL)"
+                        ));
+                    }
+                }
+            }
+        }
+        problems
+    }
+}
+
+fn default_max_steps_per_query() -> usize {
+    11_000
 }
 
 fn default_max_connections() -> u32 {
@@ -454,15 +608,7 @@ impl Settings {
             problems.push("scheduler.tick must be positive".to_owned());
         }
         for (name, source) in &self.sources {
-            if let Err(e) = url::Url::parse(source.url.expose_secret()) {
-                problems.push(format!("sources.{name}.url is not a URL: {e}"));
-            }
-            if source.max_connections == 0 {
-                problems.push(format!("sources.{name}.max_connections must be at least 1"));
-            }
-            if source.row_cap == 0 {
-                problems.push(format!("sources.{name}.row_cap must be at least 1"));
-            }
+            problems.extend(source.problems(name));
         }
         let times = std::iter::once(("digest.time", Some(&self.digest.time))).chain(
             self.digest

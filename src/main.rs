@@ -189,7 +189,7 @@ async fn run_async(config_path: Option<PathBuf>, models: PathBuf, json: bool, co
             println!("config: ok; {} model(s) in {}: ok", specs.len(), models.display());
             let rows = check::run_queries(&settings, &specs, chrono::Utc::now(), buckets).await;
             print!("{}", check::render(&rows));
-            if rows.iter().all(|r| r.status == "ok") {
+            if rows.iter().all(|r| r.status != "FAIL") {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

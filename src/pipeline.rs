@@ -122,7 +122,7 @@ pub async fn run_kpi(cx: &Context, spec: &KpiSpec, now: DateTime<Utc>) -> anyhow
 
     let started = Instant::now();
     let fetched = match cx.sources.get(&spec.source) {
-        Ok(source) => source.fetch(&spec.query, spec.kind, window).await,
+        Ok(source) => source.fetch(&spec.query, spec.kind, spec.interval, window).await,
         Err(e) => Err(e),
     };
     let source_label = SourceLabels {
@@ -132,11 +132,11 @@ pub async fn run_kpi(cx: &Context, spec: &KpiSpec, now: DateTime<Utc>) -> anyhow
         .query_duration
         .get_or_create(&source_label)
         .observe(started.elapsed().as_secs_f64());
-    let bucketed = fetched.and_then(|rows| {
-        let n = rows.len();
-        bucketize(&rows, spec, start, end).map(|b| (n, b))
+    let bucketed = fetched.and_then(|f| {
+        let n = f.rows.len();
+        bucketize(&f.rows, spec, start, end).map(|b| (n, b, f.warnings))
     });
-    let (n_rows, series) = match bucketed {
+    let (n_rows, series, warnings) = match bucketed {
         Ok(ok) => ok,
         Err(error) => {
             cx.metrics.query_failures.get_or_create(&source_label).inc();
@@ -209,6 +209,11 @@ pub async fn run_kpi(cx: &Context, spec: &KpiSpec, now: DateTime<Utc>) -> anyhow
         live_anomalies += summary.live_anomalies;
         alerts_opened += summary.alerts_opened;
     }
+    // The source's warnings (e.g. Prometheus's) ride on the successful run's status.
+    let warning = warnings_text(&spec.source, &warnings);
+    if let Some(warning) = &warning {
+        warn!(message = "KPI query returned warnings.", %warning);
+    }
     store
         .record_run(
             spec.id.as_str(),
@@ -216,7 +221,7 @@ pub async fn run_kpi(cx: &Context, spec: &KpiSpec, now: DateTime<Utc>) -> anyhow
             (start, end),
             "ok",
             n_rows as i64,
-            None,
+            warning.as_deref(),
         )
         .await?;
     count_run(cx, spec, "ok");
@@ -678,6 +683,22 @@ async fn judge_series(
     Ok(summary)
 }
 
+/// `source`'s warnings as one line for a run's status, if there are any.
+pub fn warnings_text(source: &str, warnings: &[String]) -> Option<String> {
+    (!warnings.is_empty()).then(|| format!("source {source:?} warned: {}", warnings.join("; ")))
+}
+
+/// What one trial run of a KPI's query returned (`kpiwatch check`, registration).
+#[derive(Debug, Clone)]
+pub struct QueryTrial {
+    /// The rows, as the source returned them.
+    pub rows: Vec<RawRow>,
+    /// Series (dimension combinations) they make.
+    pub series: usize,
+    /// The source's warnings.
+    pub warnings: Vec<String>,
+}
+
 /// Run a KPI's query once over its last `buckets` closed buckets before `now` (registration
 /// and `check`): the rows and the number of series they make.
 pub async fn test_query(
@@ -686,6 +707,18 @@ pub async fn test_query(
     now: DateTime<Utc>,
     buckets: i64,
 ) -> Result<(Vec<RawRow>, usize), sources::Error> {
+    try_query(sources, spec, now, buckets)
+        .await
+        .map(|t| (t.rows, t.series))
+}
+
+/// [`test_query`], with the source's warnings.
+pub async fn try_query(
+    sources: &SourceRegistry,
+    spec: &KpiSpec,
+    now: DateTime<Utc>,
+    buckets: i64,
+) -> Result<QueryTrial, sources::Error> {
     let step = spec.interval.secs_i64();
     let end = now.timestamp().div_euclid(step) * step;
     let start = end - buckets * step;
@@ -693,12 +726,16 @@ pub async fn test_query(
         start: DateTime::from_timestamp(start, 0).unwrap_or(now),
         end: DateTime::from_timestamp(end, 0).unwrap_or(now),
     };
-    let rows = sources
+    let fetched = sources
         .get(&spec.source)?
-        .fetch(&spec.query, spec.kind, window)
+        .fetch(&spec.query, spec.kind, spec.interval, window)
         .await?;
-    let series = bucketize(&rows, spec, start, end)?.len();
-    Ok((rows, series))
+    let series = bucketize(&fetched.rows, spec, start, end)?.len();
+    Ok(QueryTrial {
+        rows: fetched.rows,
+        series,
+        warnings: fetched.warnings,
+    })
 }
 
 /// A KPI's history in `[from, to)` per series (dimension JSON): from the store when it has
@@ -736,8 +773,13 @@ pub async fn fresh_history(
         start: DateTime::from_timestamp(from, 0).unwrap_or_default(),
         end: DateTime::from_timestamp(to, 0).unwrap_or_default(),
     };
-    let rows = source.fetch(&spec.query, spec.kind, window).await?;
-    let mut series = bucketize(&rows, spec, from, to)?;
+    let fetched = source
+        .fetch(&spec.query, spec.kind, spec.interval, window)
+        .await?;
+    if let Some(warning) = warnings_text(&spec.source, &fetched.warnings) {
+        warn!(message = "KPI query returned warnings.", kpi = %spec.id, %warning);
+    }
+    let mut series = bucketize(&fetched.rows, spec, from, to)?;
     if spec.kind == Kind::Count {
         if series.is_empty() {
             series.insert("{}".to_owned(), BTreeMap::new());

@@ -159,7 +159,12 @@ pub(super) async fn register(
         .map_err(|e| ApiError::Unprocessable(format!("the query does not work: {e}")))?;
     state
         .store
-        .save_kpi_definition(spec.id.as_str(), &toml_text, &spec.query, &caller.name)
+        .save_kpi_definition(
+            spec.id.as_str(),
+            &toml_text,
+            spec.query.sql().unwrap_or_default(),
+            &caller.name,
+        )
         .await?;
     state.store.upsert_kpi(&spec).await?;
     state
@@ -250,7 +255,12 @@ pub(super) async fn update(
     }
     state
         .store
-        .save_kpi_definition(&id, &toml_text, &spec.query, &caller.name)
+        .save_kpi_definition(
+            &id,
+            &toml_text,
+            spec.query.sql().unwrap_or_default(),
+            &caller.name,
+        )
         .await?;
     state.store.upsert_kpi(&spec).await?;
     state

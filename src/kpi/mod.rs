@@ -1,5 +1,7 @@
-//! Domain types: [`KpiId`], [`KpiSpec`] and the small value types in [`types`]; loads and
-//! validates KPI models from `models/<id>/model.toml` + `models/<id>/query.sql`.
+//! Domain types: [`KpiId`], [`KpiSpec`], [`Query`] and the small value types in [`types`];
+//! loads and validates KPI models from `models/<id>/model.toml` plus one query file:
+//! `query.sql` (SQL sources), `query.promql` or `numerator.promql` + `denominator.promql`
+//! (Prometheus) or `query.influxql` (InfluxDB 1.x). `models/examples/` is not loaded.
 //!
 //! Parse, don't validate: a [`KpiSpec`] can only be built through [`KpiSpec::parse`] or
 //! [`load_models`], so everything holding one knows it is valid. A bad model is reported with
@@ -140,6 +142,21 @@ impl Interval {
     pub fn secs_i64(self) -> i64 {
         i64::from(self.0)
     }
+
+    /// The interval as a PromQL / InfluxQL duration literal in its largest whole unit:
+    /// `90s`, `5m`, `1h`, `1d`.
+    pub fn literal(self) -> String {
+        let s = self.0;
+        if s.is_multiple_of(86_400) {
+            format!("{}d", s / 86_400)
+        } else if s.is_multiple_of(3600) {
+            format!("{}h", s / 3600)
+        } else if s.is_multiple_of(60) {
+            format!("{}m", s / 60)
+        } else {
+            format!("{s}s")
+        }
+    }
 }
 
 impl fmt::Display for Interval {
@@ -151,6 +168,71 @@ impl fmt::Display for Interval {
         )
     }
 }
+
+/// A KPI's query, in the language of its source. Built only by [`KpiSpec::parse_with`] (and
+/// so validated), or directly in tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    /// SQL with `:start` and `:end` placeholders (`query.sql`).
+    Sql(String),
+    /// One PromQL expression, run as a range query (`query.promql`); count or gauge KPIs.
+    PromQl(String),
+    /// Two PromQL expressions joined on labels and time (`numerator.promql`,
+    /// `denominator.promql`); ratio KPIs.
+    PromQlRatio {
+        /// Successes (or whatever is counted against the denominator).
+        numerator: String,
+        /// Attempts.
+        denominator: String,
+    },
+    /// One InfluxQL `SELECT` with `$start` and `$end` bound parameters (`query.influxql`).
+    InfluxQl(String),
+}
+
+impl Query {
+    /// The language's name, for messages: `SQL`, `PromQL` or `InfluxQL`.
+    pub fn language(&self) -> &'static str {
+        match self {
+            Query::Sql(_) => "SQL",
+            Query::PromQl(_) | Query::PromQlRatio { .. } => "PromQL",
+            Query::InfluxQl(_) => "InfluxQL",
+        }
+    }
+
+    /// The file(s) a model keeps it in.
+    pub fn files(&self) -> &'static str {
+        match self {
+            Query::Sql(_) => "query.sql",
+            Query::PromQl(_) => "query.promql",
+            Query::PromQlRatio { .. } => "numerator.promql + denominator.promql",
+            Query::InfluxQl(_) => "query.influxql",
+        }
+    }
+
+    /// The SQL text, if this is a SQL query.
+    pub fn sql(&self) -> Option<&str> {
+        match self {
+            Query::Sql(sql) => Some(sql),
+            _ => None,
+        }
+    }
+}
+
+/// The query files a model folder may hold, and the [`Query`] each makes.
+const QUERY_FILES: [&str; 5] = [
+    "query.sql",
+    "query.promql",
+    "numerator.promql",
+    "denominator.promql",
+    "query.influxql",
+];
+
+/// A folder under `models/` that holds examples, not KPIs.
+pub const EXAMPLES_DIR: &str = "examples";
+
+/// `$__interval` in a PromQL or InfluxQL query stands for the KPI's interval as a duration
+/// literal both languages read (`1m`, `5m`, `1h`, `1d`), e.g. `increase(x_total[$__interval])`.
+pub const INTERVAL_PLACEHOLDER: &str = "$__interval";
 
 /// A validated KPI model.
 #[derive(Debug, Clone)]
@@ -195,8 +277,8 @@ pub struct KpiSpec {
     pub recover_after: Option<u32>,
     /// Re-send a firing alert this often until it is acknowledged or resolved.
     pub repeat_interval: Option<Duration>,
-    /// The SQL, with `:start` and `:end` placeholders.
-    pub query: String,
+    /// The query, in its source's language.
+    pub query: Query,
     /// Where it came from (a path, or `<embedded>`).
     pub origin: String,
 }
@@ -267,8 +349,19 @@ impl KpiSpec {
     /// Build a spec from the text of `model.toml` and `query.sql`. `dir` names the model's
     /// folder in error messages.
     pub fn parse(id: &str, model_toml: &str, query_sql: &str, dir: &Path) -> Result<Self, Vec<ModelProblem>> {
+        Self::parse_with(id, model_toml, Query::Sql(query_sql.to_owned()), dir)
+    }
+
+    /// Build a spec from the text of `model.toml` and its query in any language (as read
+    /// from the model's query file(s); validated here). `dir` names the model's folder in
+    /// error messages.
+    pub fn parse_with(
+        id: &str,
+        model_toml: &str,
+        query: Query,
+        dir: &Path,
+    ) -> Result<Self, Vec<ModelProblem>> {
         let toml_file = dir.join("model.toml");
-        let sql_file = dir.join("query.sql");
         let mut problems = Vec::new();
         let mut problem = |file: &Path, field: Option<&str>, message: String| {
             problems.push(ModelProblem {
@@ -284,9 +377,15 @@ impl KpiSpec {
         let raw: Option<RawModel> = toml::from_str(model_toml)
             .map_err(|e| problem(&toml_file, None, e.to_string().trim().to_owned()))
             .ok();
-        let query = validate_query(query_sql)
-            .map_err(|m| problem(&sql_file, None, m))
-            .ok();
+        let query = match validate(query) {
+            Ok(q) => Some(q),
+            Err(found) => {
+                for (file, message) in found {
+                    problem(&dir.join(file), None, message);
+                }
+                None
+            }
+        };
 
         let Some(raw) = raw else {
             return Err(problems);
@@ -297,6 +396,19 @@ impl KpiSpec {
             .parse::<Kind>()
             .map_err(|e| problem(f, Some("kind"), e.to_string()))
             .ok();
+        match (kind, &query) {
+            (Some(Kind::Ratio), Some(Query::PromQl(_))) => problem(
+                &dir.join("query.promql"),
+                None,
+                "a ratio KPI on Prometheus needs two expressions: numerator.promql and denominator.promql".to_owned(),
+            ),
+            (Some(k @ (Kind::Count | Kind::Gauge)), Some(Query::PromQlRatio { .. })) => problem(
+                f,
+                Some("kind"),
+                format!("numerator.promql and denominator.promql make a ratio KPI, not a {k} one (use query.promql)"),
+            ),
+            _ => {}
+        }
         let interval = Interval::parse(&raw.interval)
             .map_err(|e| problem(f, Some("interval"), e))
             .ok();
@@ -475,6 +587,84 @@ fn parse_trigger(s: &str) -> Result<(u32, u32), String> {
     Ok((n, m))
 }
 
+/// Check a query in its own language; problems come as (file name, message).
+fn validate(query: Query) -> Result<Query, Vec<(&'static str, String)>> {
+    let one = |file: &'static str, r: Result<String, String>| r.map_err(|m| vec![(file, m)]);
+    match query {
+        Query::Sql(sql) => one("query.sql", validate_query(&sql)).map(Query::Sql),
+        Query::PromQl(expr) => one("query.promql", validate_promql(&expr)).map(Query::PromQl),
+        Query::PromQlRatio {
+            numerator,
+            denominator,
+        } => match (validate_promql(&numerator), validate_promql(&denominator)) {
+            (Ok(numerator), Ok(denominator)) => Ok(Query::PromQlRatio {
+                numerator,
+                denominator,
+            }),
+            (n, d) => Err(n
+                .err()
+                .map(|m| ("numerator.promql", m))
+                .into_iter()
+                .chain(d.err().map(|m| ("denominator.promql", m)))
+                .collect()),
+        },
+        Query::InfluxQl(q) => one("query.influxql", validate_influxql(&q)).map(Query::InfluxQl),
+    }
+}
+
+/// A PromQL expression: not empty, not huge. Its syntax is the server's to judge: a bad
+/// one fails `kpiwatch check` with Prometheus's own message.
+fn validate_promql(expr: &str) -> Result<String, String> {
+    let trimmed = expr.trim();
+    if trimmed.is_empty() {
+        return Err("the PromQL expression is empty".to_owned());
+    }
+    if trimmed.len() > 64 * 1024 {
+        return Err("the PromQL expression is longer than 64 KiB".to_owned());
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// An InfluxQL KPI query: one `SELECT` without `INTO`, filtering on `$start` and `$end`.
+///
+/// InfluxDB 1.x runs writes sent with GET (it only warns that this is deprecated), so this
+/// check is what keeps InfluxDB sources read-only; the source runs it again before every
+/// request. Give kpiwatch a user with READ privilege only, too.
+pub fn validate_influxql(q: &str) -> Result<String, String> {
+    let trimmed = q.trim().trim_end_matches(';').trim();
+    if trimmed.is_empty() {
+        return Err("the InfluxQL query is empty".to_owned());
+    }
+    if trimmed.len() > 64 * 1024 {
+        return Err("the InfluxQL query is longer than 64 KiB".to_owned());
+    }
+    let code = code_only(trimmed);
+    let mut words = code
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_lowercase);
+    let first = words.next().unwrap_or_default();
+    if first != "select" {
+        return Err(format!(
+            "an InfluxQL KPI query must be a single SELECT, not {first:?}"
+        ));
+    }
+    if words.any(|w| w == "into") {
+        return Err("an InfluxQL KPI query must not write: SELECT … INTO is not allowed".to_owned());
+    }
+    if code.contains(';') {
+        return Err("an InfluxQL KPI query must be a single statement (found ';')".to_owned());
+    }
+    for p in ["$start", "$end"] {
+        if !contains_placeholder(&code, p) {
+            return Err(format!(
+                "the query must filter on the window with {p} (WHERE time >= $start AND time < $end)"
+            ));
+        }
+    }
+    Ok(trimmed.to_owned())
+}
+
 /// Lexical checks on a KPI query. The real protection is the read-only transaction the
 /// source runs it in; this catches the common mistakes with a clear message.
 fn validate_query(sql: &str) -> Result<String, String> {
@@ -627,7 +817,7 @@ pub fn load_models(dir: &Path) -> Result<Vec<KpiSpec>, ModelErrors> {
     let mut dirs: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.is_dir())
+        .filter(|p| p.is_dir() && !p.ends_with(EXAMPLES_DIR))
         .collect();
     dirs.sort();
     let mut specs = Vec::new();
@@ -644,8 +834,8 @@ pub fn load_models(dir: &Path) -> Result<Vec<KpiSpec>, ModelErrors> {
                 message: format!("cannot read: {e}"),
             })
         };
-        match (read("model.toml"), read("query.sql")) {
-            (Ok(model), Ok(sql)) => match KpiSpec::parse(&id, &model, &sql, &path) {
+        match (read("model.toml"), read_query(&path)) {
+            (Ok(model), Ok(query)) => match KpiSpec::parse_with(&id, &model, query, &path) {
                 Ok(spec) => specs.push(spec),
                 Err(mut p) => problems.append(&mut p),
             },
@@ -656,6 +846,45 @@ pub fn load_models(dir: &Path) -> Result<Vec<KpiSpec>, ModelErrors> {
         Ok(specs)
     } else {
         Err(ModelErrors(problems))
+    }
+}
+
+/// The query of the model in `dir`, from whichever query file(s) it has: exactly one of
+/// `query.sql`, `query.promql`, `query.influxql`, or the pair `numerator.promql` +
+/// `denominator.promql`.
+fn read_query(dir: &Path) -> Result<Query, ModelProblem> {
+    let present: Vec<&str> = QUERY_FILES
+        .into_iter()
+        .filter(|f| dir.join(f).is_file())
+        .collect();
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name)).map_err(|e| ModelProblem {
+            file: dir.join(name),
+            field: None,
+            message: format!("cannot read: {e}"),
+        })
+    };
+    match present.as_slice() {
+        ["query.sql"] => Ok(Query::Sql(read("query.sql")?)),
+        ["query.promql"] => Ok(Query::PromQl(read("query.promql")?)),
+        ["numerator.promql", "denominator.promql"] => Ok(Query::PromQlRatio {
+            numerator: read("numerator.promql")?,
+            denominator: read("denominator.promql")?,
+        }),
+        ["query.influxql"] => Ok(Query::InfluxQl(read("query.influxql")?)),
+        [] => Err(ModelProblem {
+            file: dir.join("query.sql"),
+            field: None,
+            message: "no query file: add query.sql, query.promql (or numerator.promql + denominator.promql) or query.influxql".to_owned(),
+        }),
+        found => Err(ModelProblem {
+            file: dir.to_owned(),
+            field: None,
+            message: format!(
+                "one query per model: found {}; keep query.sql, query.promql, query.influxql, or numerator.promql + denominator.promql",
+                found.join(", ")
+            ),
+        }),
     }
 }
 

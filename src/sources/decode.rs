@@ -1,5 +1,6 @@
 //! Decodes one result row into a [`RawRow`] following the query contract, whatever column
-//! types the driver reports (integers, floats, decimals, timestamps, dates, text).
+//! types the driver reports (integers, floats, decimals, timestamps, dates, text) — and the
+//! same for rows that arrive as JSON from an HTTP source ([`JsonRow`]).
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use rust_decimal::prelude::ToPrimitive;
@@ -148,6 +149,51 @@ impl Cells for SqliteRow {
         first_decoding!(self, i, [
             String => Some, i64 => |v: i64| Some(v.to_string()), f64 => |v: f64| Some(v.to_string()),
         ])
+    }
+}
+
+/// A result row that arrived as JSON (InfluxDB): column names and their values, in order.
+#[derive(Debug)]
+pub(super) struct JsonRow<'a> {
+    /// Column names, lower-case, the time column named `ts`.
+    pub(super) names: &'a [String],
+    /// One value per name.
+    pub(super) values: &'a [serde_json::Value],
+}
+
+impl JsonRow<'_> {
+    fn cell(&self, i: usize) -> &serde_json::Value {
+        self.values.get(i).unwrap_or(&serde_json::Value::Null)
+    }
+}
+
+impl Cells for JsonRow<'_> {
+    fn column_names(&self) -> Vec<String> {
+        self.names.to_vec()
+    }
+    fn number(&self, i: usize) -> std::result::Result<Option<f64>, ()> {
+        match self.cell(i) {
+            serde_json::Value::Null => Ok(None),
+            serde_json::Value::Number(n) => n.as_f64().map(Some).ok_or(()),
+            _ => Err(()),
+        }
+    }
+    fn timestamp(&self, i: usize) -> std::result::Result<Option<DateTime<Utc>>, ()> {
+        match self.cell(i) {
+            serde_json::Value::Null => Ok(None),
+            serde_json::Value::Number(n) => n.as_i64().map(epoch).ok_or(()),
+            serde_json::Value::String(s) => Ok(parse_timestamp(s)),
+            _ => Err(()),
+        }
+    }
+    fn text(&self, i: usize) -> std::result::Result<Option<String>, ()> {
+        match self.cell(i) {
+            serde_json::Value::Null => Ok(None),
+            serde_json::Value::String(s) => Ok(Some(s.clone())),
+            serde_json::Value::Number(n) => Ok(Some(n.to_string())),
+            serde_json::Value::Bool(b) => Ok(Some(b.to_string())),
+            _ => Err(()),
+        }
     }
 }
 

@@ -1,19 +1,27 @@
-//! KPI sources: the databases teams already have (PostgreSQL, MySQL/MariaDB, SQLite).
+//! KPI sources: the databases and metric stores teams already have — PostgreSQL,
+//! MySQL/MariaDB and SQLite (SQL), Prometheus (PromQL, [`prometheus`]) and InfluxDB 1.x
+//! (InfluxQL, [`influxdb`]).
 //!
 //! [`SourceRegistry`] holds one [`Source`] per configured name; [`Source::fetch`] runs a KPI
 //! query over a half-open window and returns [`RawRow`]s following the query contract:
-//! a `ts` column, then `value` (or `numerator` + `denominator` for ratios), and any other
-//! columns as dimensions.
+//! a `ts` (bucket start), then `value` (or `numerator` + `denominator` for ratios), and any
+//! other columns (labels, tags) as dimensions — plus any warnings the server gave
+//! ([`Fetched`]). After fetching, every kind is the same to the pipeline.
 //!
-//! Safety against production databases: every query runs in a read-only transaction (a
+//! Safety against production databases: every SQL query runs in a read-only transaction (a
 //! read-only connection for SQLite), with a server-side statement timeout where the driver
 //! has one plus a client-side timeout, a row cap, and at most `max_connections` queries at
 //! once per source. `:start` and `:end` are bound as parameters, never spliced into the SQL.
+//! The HTTP sources (one shared client, `http.rs`) call only query endpoints with GET, under
+//! the same timeout, point cap and concurrency limit.
 //!
 //! An IO edge: knows nothing of the detector, the store or alerting.
 
 mod decode;
+mod http;
+pub mod influxdb;
 mod placeholders;
+pub mod prometheus;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,8 +35,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor};
 
-use crate::config::{redact_url, SourceConfig};
-use crate::kpi::Kind;
+use crate::config::{redact_url, SourceConfig, SourceKind};
+use crate::kpi::{Interval, Kind, Query};
 
 pub use decode::{parse_timestamp, RawRow};
 pub use placeholders::{rewrite, Dialect, Param};
@@ -40,7 +48,7 @@ pub enum Error {
     #[error("no source named {0:?} is configured")]
     UnknownSource(String),
     /// The URL's scheme is not one we speak.
-    #[error("source {name:?}: unsupported URL scheme {scheme:?} (use postgres://, mysql://, mariadb:// or sqlite://)")]
+    #[error("source {name:?}: unsupported URL scheme {scheme:?} (use postgres://, mysql://, mariadb:// or sqlite://, or set type = \"prometheus\" or \"influxdb\" for an http(s):// URL)")]
     UnsupportedScheme {
         /// Source name.
         name: String,
@@ -84,6 +92,18 @@ pub enum Error {
     /// The query ran but its result does not follow the query contract.
     #[error("the query's result does not follow the contract: {0}")]
     Contract(String),
+    /// The model's query is in another language than its source speaks.
+    #[error("source {name:?} is a {speaks} source: its KPIs need {expected}, not {found}")]
+    WrongLanguage {
+        /// Source name.
+        name: String,
+        /// What the source is.
+        speaks: &'static str,
+        /// The query file(s) it takes.
+        expected: &'static str,
+        /// The query file(s) the model has.
+        found: &'static str,
+    },
 }
 
 impl Error {
@@ -97,7 +117,8 @@ impl Error {
 /// `Result` with this module's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// A connection pool of one of the supported kinds. The set is closed, so an enum.
+/// A connection pool (or HTTP client) of one of the supported kinds. The set is closed, so
+/// an enum.
 #[derive(Debug, Clone)]
 pub enum SourcePool {
     /// PostgreSQL.
@@ -106,6 +127,21 @@ pub enum SourcePool {
     MySql(MySqlPool),
     /// SQLite, opened read-only.
     Sqlite(SqlitePool),
+    /// Prometheus's query API.
+    Prometheus(Arc<prometheus::Prometheus>),
+    /// InfluxDB 1.x's query API.
+    InfluxDb(Arc<influxdb::InfluxDb>),
+}
+
+/// What a query returned: rows under the query contract, and the server's warnings (e.g.
+/// Prometheus's `warnings`, InfluxDB's statement messages), which reach `kpiwatch check`
+/// and the KPI's run status.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fetched {
+    /// The rows.
+    pub rows: Vec<RawRow>,
+    /// Warnings, in the server's words.
+    pub warnings: Vec<String>,
 }
 
 /// One configured source.
@@ -142,8 +178,14 @@ impl Source {
         let acquire = Duration::from_secs(5).min(cfg.statement_timeout);
         // Long backfill queries are expected; only warn when a query nears its timeout.
         let slow = cfg.statement_timeout / 2;
-        let pool = match scheme.as_str() {
-            "postgres" | "postgresql" => {
+        let pool = match (cfg.resolved_kind(), scheme.as_str()) {
+            (Some(SourceKind::Prometheus), _) => {
+                SourcePool::Prometheus(Arc::new(prometheus::Prometheus::build(name, cfg)?))
+            }
+            (Some(SourceKind::Influxdb), _) => {
+                SourcePool::InfluxDb(Arc::new(influxdb::InfluxDb::build(name, cfg)?))
+            }
+            (_, "postgres" | "postgresql") => {
                 let opts: PgConnectOptions = raw.parse().map_err(unreachable)?;
                 let opts = opts
                     .application_name("kpiwatch")
@@ -155,7 +197,7 @@ impl Source {
                         .connect_lazy_with(opts),
                 )
             }
-            "mysql" | "mariadb" => {
+            (_, "mysql" | "mariadb") => {
                 let fixed = raw.replacen("mariadb:", "mysql:", 1);
                 let opts: MySqlConnectOptions = fixed.parse().map_err(unreachable)?;
                 let opts = opts.log_slow_statements(log::LevelFilter::Warn, slow);
@@ -166,7 +208,7 @@ impl Source {
                         .connect_lazy_with(opts),
                 )
             }
-            "sqlite" => {
+            (_, "sqlite") => {
                 let opts: SqliteConnectOptions = raw.parse().map_err(unreachable)?;
                 let opts = opts
                     .read_only(true)
@@ -185,7 +227,7 @@ impl Source {
                         .connect_lazy_with(opts),
                 )
             }
-            other => {
+            (_, other) => {
                 return Err(Error::UnsupportedScheme {
                     name: name.to_owned(),
                     scheme: other.to_owned(),
@@ -211,13 +253,20 @@ impl Source {
         &self.url
     }
 
-    /// `SELECT 1`, the way a KPI query would reach the database.
+    /// `SELECT 1` (or the HTTP sources' equivalent query), the way a KPI query would reach
+    /// the database.
     pub async fn healthcheck(&self) -> Result<()> {
+        match &self.pool {
+            SourcePool::Prometheus(p) => return p.healthcheck().await,
+            SourcePool::InfluxDb(i) => return i.healthcheck().await,
+            _ => {}
+        }
         let work = async {
             match &self.pool {
                 SourcePool::Postgres(p) => p.execute("SELECT 1").await.map(drop),
                 SourcePool::MySql(p) => p.execute("SELECT 1").await.map(drop),
                 SourcePool::Sqlite(p) => p.execute("SELECT 1").await.map(drop),
+                SourcePool::Prometheus(_) | SourcePool::InfluxDb(_) => Ok(()),
             }
         };
         match tokio::time::timeout(self.statement_timeout, work).await {
@@ -227,14 +276,39 @@ impl Source {
         }
     }
 
-    /// Run a KPI query over `window` and decode its rows.
-    pub async fn fetch(&self, sql: &str, kind: Kind, window: Window) -> Result<Vec<RawRow>> {
+    /// Run a KPI query of `kind` at buckets of `interval` over `window` and decode its rows.
+    pub async fn fetch(
+        &self,
+        query: &Query,
+        kind: Kind,
+        interval: Interval,
+        window: Window,
+    ) -> Result<Fetched> {
+        let sql = match (&self.pool, query) {
+            // The HTTP sources enforce their timeout per request (a window may take several).
+            (SourcePool::Prometheus(p), q) => return p.fetch(q, kind, interval, window).await,
+            (SourcePool::InfluxDb(i), q) => return i.fetch(q, kind, interval, window).await,
+            (_, Query::Sql(sql)) => sql.as_str(),
+            (_, other) => {
+                return Err(Error::WrongLanguage {
+                    name: self.name.clone(),
+                    speaks: "SQL",
+                    expected: "query.sql",
+                    found: other.files(),
+                })
+            }
+        };
         let work = async {
-            match &self.pool {
+            let rows = match &self.pool {
                 SourcePool::Postgres(p) => self.fetch_postgres(p, sql, kind, window).await,
                 SourcePool::MySql(p) => self.fetch_mysql(p, sql, kind, window).await,
                 SourcePool::Sqlite(p) => self.fetch_sqlite(p, sql, kind, window).await,
-            }
+                SourcePool::Prometheus(_) | SourcePool::InfluxDb(_) => Ok(Vec::new()),
+            };
+            rows.map(|rows| Fetched {
+                rows,
+                warnings: Vec::new(),
+            })
         };
         // Client-side backstop for the server-side statement timeout (and the only one for
         // SQLite); a little slack so the server's own, clearer error usually wins.

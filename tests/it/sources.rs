@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kpiwatch::config::SourceConfig;
-use kpiwatch::kpi::Kind;
+use kpiwatch::kpi::{Interval, Kind, Query};
 use kpiwatch::sources::{Error, Source, Window};
 use secrecy::SecretString;
 use sqlx::Executor;
@@ -20,6 +20,16 @@ fn cfg(url: &str, timeout: Duration, row_cap: usize) -> SourceConfig {
     let mut c: SourceConfig = toml::from_str(&toml).expect("source config");
     c.url = SecretString::from(url.to_owned());
     c
+}
+
+/// A SQL query through the same `Source::fetch` the pipeline uses, at 5-minute buckets.
+async fn fetch_sql(source: &Source, sql: &str, kind: Kind) -> Result<Vec<kpiwatch::sources::RawRow>, Error> {
+    let interval = Interval::parse("5m").expect("valid");
+    let query = Query::Sql(sql.to_owned());
+    source
+        .fetch(&query, kind, interval, window())
+        .await
+        .map(|f| f.rows)
 }
 
 fn at(s: &str) -> DateTime<Utc> {
@@ -75,21 +85,18 @@ fn expected() -> Vec<(String, Option<f64>, Option<f64>, String)> {
 }
 
 async fn check_contract(source: &Source, ratio_sql: &str, wrong_sql: &str) {
-    let rows = source
-        .fetch(ratio_sql, Kind::Ratio, window())
+    let rows = fetch_sql(source, ratio_sql, Kind::Ratio)
         .await
         .expect("ratio query");
     assert_eq!(sorted(rows), expected());
-    let err = source
-        .fetch(wrong_sql, Kind::Ratio, window())
+    let err = fetch_sql(source, wrong_sql, Kind::Ratio)
         .await
         .expect_err("wrong columns");
     match err {
         Error::Contract(msg) => assert!(msg.contains("numerator") && msg.contains("returned"), "{msg}"),
         other => panic!("expected a contract error, got {other}"),
     }
-    let err = source
-        .fetch("SELECT * FROM no_such_table WHERE 1 = 1", Kind::Count, window())
+    let err = fetch_sql(source, "SELECT * FROM no_such_table WHERE 1 = 1", Kind::Count)
         .await
         .expect_err("missing table");
     assert!(matches!(err, Error::Query { .. }), "{err}");
@@ -139,12 +146,7 @@ async fn postgres_source_follows_the_query_contract_read_only() {
     check_contract(&source, ratio, wrong).await;
 
     // Read-only: a data-modifying CTE is refused and nothing is deleted.
-    let err = source
-        .fetch(
-            "WITH gone AS (DELETE FROM payments RETURNING created_at) SELECT created_at AS ts, 1 AS value FROM gone WHERE :start < :end",
-            Kind::Count,
-            window(),
-        )
+    let err = fetch_sql(&source, "WITH gone AS (DELETE FROM payments RETURNING created_at) SELECT created_at AS ts, 1 AS value FROM gone WHERE :start < :end", Kind::Count)
         .await
         .expect_err("writes are refused");
     assert!(err.to_string().contains("read-only"), "{err}");
@@ -156,23 +158,25 @@ async fn postgres_source_follows_the_query_contract_read_only() {
 
     // The statement timeout cancels a slow query on the server.
     let slow = Source::build("pg", &cfg(&url, Duration::from_millis(300), 1000)).expect("source");
-    let err = slow
-        .fetch(
-            "SELECT now() AS ts, 1 AS value FROM pg_sleep(3) WHERE :start < :end",
-            Kind::Count,
-            window(),
-        )
-        .await
-        .expect_err("too slow");
+    let err = fetch_sql(
+        &slow,
+        "SELECT now() AS ts, 1 AS value FROM pg_sleep(3) WHERE :start < :end",
+        Kind::Count,
+    )
+    .await
+    .expect_err("too slow");
     assert!(matches!(err, Error::Timeout { .. }), "{err}");
     assert!(err.is_outage());
 
     // The row cap.
     let capped = Source::build("pg", &cfg(&url, Duration::from_secs(5), 3)).expect("source");
-    let err = capped
-        .fetch("SELECT created_at AS ts, 1 AS value FROM payments WHERE created_at >= :start AND created_at < :end", Kind::Count, window())
-        .await
-        .expect_err("over the cap");
+    let err = fetch_sql(
+        &capped,
+        "SELECT created_at AS ts, 1 AS value FROM payments WHERE created_at >= :start AND created_at < :end",
+        Kind::Count,
+    )
+    .await
+    .expect_err("over the cap");
     assert!(matches!(err, Error::TooManyRows { cap: 3, .. }), "{err}");
 
     pool.close().await;
@@ -216,14 +220,13 @@ async fn mariadb_source_follows_the_query_contract_read_only() {
     check_contract(&source, ratio, wrong).await;
 
     // The read-only transaction refuses a write sent down the same path.
-    let err = source
-        .fetch(
-            "DELETE FROM payments WHERE created_at >= :start AND created_at < :end",
-            Kind::Count,
-            window(),
-        )
-        .await
-        .expect_err("writes are refused");
+    let err = fetch_sql(
+        &source,
+        "DELETE FROM payments WHERE created_at >= :start AND created_at < :end",
+        Kind::Count,
+    )
+    .await
+    .expect_err("writes are refused");
     assert!(
         err.to_string().to_ascii_lowercase().contains("read only"),
         "{err}"
@@ -273,25 +276,23 @@ async fn sqlite_source_is_read_only_and_decodes_text_timestamps() {
     let wrong =
         "SELECT created_at AS ts, 1 AS value FROM payments WHERE created_at >= :start AND created_at < :end";
     check_contract(&source, ratio, wrong).await;
-    let err = source
-        .fetch(
-            "DELETE FROM payments WHERE created_at >= :start AND created_at < :end",
-            Kind::Count,
-            window(),
-        )
-        .await
-        .expect_err("the connection is read-only");
+    let err = fetch_sql(
+        &source,
+        "DELETE FROM payments WHERE created_at >= :start AND created_at < :end",
+        Kind::Count,
+    )
+    .await
+    .expect_err("the connection is read-only");
     assert!(err.to_string().contains("readonly"), "{err}");
 
     // Wrong types get a clear contract error.
-    let err = source
-        .fetch(
-            "SELECT 'soon' AS ts, 1 AS value FROM payments WHERE created_at >= :start AND created_at < :end",
-            Kind::Count,
-            window(),
-        )
-        .await
-        .expect_err("bad ts");
+    let err = fetch_sql(
+        &source,
+        "SELECT 'soon' AS ts, 1 AS value FROM payments WHERE created_at >= :start AND created_at < :end",
+        Kind::Count,
+    )
+    .await
+    .expect_err("bad ts");
     assert!(err.to_string().contains("`ts`"), "{err}");
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
         .fetch_one(&pool)
@@ -312,14 +313,13 @@ async fn an_unreachable_source_is_an_outage_not_a_query_error() {
         ),
     )
     .expect("builds lazily");
-    let err = source
-        .fetch(
-            "SELECT 1 AS ts, 1 AS value WHERE :start < :end",
-            Kind::Count,
-            window(),
-        )
-        .await
-        .expect_err("down");
+    let err = fetch_sql(
+        &source,
+        "SELECT 1 AS ts, 1 AS value WHERE :start < :end",
+        Kind::Count,
+    )
+    .await
+    .expect_err("down");
     assert!(err.is_outage(), "{err}");
     assert!(
         !err.to_string().contains("secret-pw"),
