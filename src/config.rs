@@ -742,4 +742,52 @@ mod tests {
         let err = load_from(Some(Path::new("/nonexistent/kpiwatch.toml")), &[]).expect_err("missing file");
         assert!(err.to_string().contains("does not exist"));
     }
+
+    #[test]
+    fn http_sources_need_a_type_and_their_own_settings() {
+        let ok = load_from(
+            None,
+            &env(&[
+                ("KPIWATCH_SOURCES__PROM__TYPE", "prometheus"),
+                ("KPIWATCH_SOURCES__PROM__URL", "http://127.0.0.1:9090"),
+                ("KPIWATCH_SOURCES__PROM__BEARER_TOKEN", "t0ken"),
+                ("KPIWATCH_SOURCES__INFLUX__TYPE", "influxdb"),
+                ("KPIWATCH_SOURCES__INFLUX__URL", "http://127.0.0.1:8086"),
+                ("KPIWATCH_SOURCES__INFLUX__DATABASE", "shop"),
+                ("KPIWATCH_SOURCES__INFLUX__USERNAME", "kpiwatch"),
+                ("KPIWATCH_SOURCES__INFLUX__PASSWORD", "pw"),
+            ]),
+        )
+        .expect("valid HTTP sources");
+        assert_eq!(ok.sources["prom"].resolved_kind(), Some(SourceKind::Prometheus));
+        assert_eq!(ok.sources["prom"].max_steps_per_query, 11_000);
+        assert_eq!(ok.sources["influx"].database.as_deref(), Some("shop"));
+
+        let err = load_from(
+            None,
+            &env(&[
+                ("KPIWATCH_SOURCES__A__URL", "http://127.0.0.1:9090"),
+                ("KPIWATCH_SOURCES__B__TYPE", "influxdb"),
+                ("KPIWATCH_SOURCES__B__URL", "http://127.0.0.1:8086"),
+                ("KPIWATCH_SOURCES__C__TYPE", "prometheus"),
+                ("KPIWATCH_SOURCES__C__URL", "postgres://db/x"),
+                ("KPIWATCH_SOURCES__D__URL", "postgres://db/x"),
+                ("KPIWATCH_SOURCES__D__BEARER_TOKEN", "secret-token"),
+                ("KPIWATCH_SOURCES__E__TYPE", "sqlite"),
+                ("KPIWATCH_SOURCES__E__URL", "postgres://db/x"),
+            ]),
+        )
+        .expect_err("invalid")
+        .to_string();
+        for needle in [
+            "sources.a: an http(s) URL needs type = \"prometheus\" or \"influxdb\"",
+            "sources.b.database: an influxdb source needs",
+            "sources.c.url: a prometheus source needs an http:// or https:// URL",
+            "sources.d.bearer_token: only prometheus and influxdb sources take it",
+            "sources.e: type = \"sqlite\" does not match",
+        ] {
+            assert!(err.contains(needle), "missing {needle:?} in {err}");
+        }
+        assert!(!err.contains("secret-token"), "{err}");
+    }
 }

@@ -6,6 +6,11 @@
 //! payment-provider failure: most card payments decline while order volume stays normal.
 //! The payment success rate leaves its band, an alert e-mail lands in the outbox folder,
 //! and the demo says where to look.
+//!
+//! With `--shop-metrics ADDR` the shop also publishes its running totals as Prometheus
+//! counters on `http://ADDR/metrics` (`demo_shop_orders_total`,
+//! `demo_shop_payments_total{provider,status}`), so a Prometheus can scrape them and the
+//! example models in `models/examples/` can watch the shop through PromQL.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +52,10 @@ pub struct DemoOptions {
     /// Give up (non-zero exit) if no alert arrived within this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
+    /// Also publish the shop's counters for Prometheus on `http://ADDR/metrics`
+    /// (e.g. `127.0.0.1:9464`).
+    #[arg(long, value_name = "ADDR")]
+    pub shop_metrics: Option<std::net::SocketAddr>,
 }
 
 const MODELS: [(&str, &str, &str); 3] = [
@@ -178,6 +187,91 @@ impl Shop {
     }
 }
 
+/// The shop's running totals in the Prometheus text format: `demo_shop_orders_total` and
+/// `demo_shop_payments_total{provider, status}`, counted from the shop database at each
+/// scrape (rows are only ever added, so they only go up).
+pub async fn shop_metrics(pool: &SqlitePool) -> anyhow::Result<String> {
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family;
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(pool)
+        .await?;
+    let payments: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT provider, status, count(*) FROM payments GROUP BY provider, status")
+            .fetch_all(pool)
+            .await?;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let orders_total: Counter = Counter::default();
+    orders_total.inc_by(u64::try_from(orders).unwrap_or_default());
+    registry.register("demo_shop_orders", "Orders placed in the demo shop", orders_total);
+    let payments_total = Family::<Vec<(String, String)>, Counter>::default();
+    for (provider, status, n) in payments {
+        payments_total
+            .get_or_create(&vec![
+                ("provider".to_owned(), provider),
+                ("status".to_owned(), status),
+            ])
+            .inc_by(u64::try_from(n).unwrap_or_default());
+    }
+    registry.register(
+        "demo_shop_payments",
+        "Card payments in the demo shop, by provider and outcome",
+        payments_total,
+    );
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+/// Serve [`shop_metrics`] on `addr` until `token` is cancelled.
+async fn serve_shop_metrics(
+    addr: std::net::SocketAddr,
+    pool: SqlitePool,
+    token: CancellationToken,
+) -> anyhow::Result<std::net::SocketAddr> {
+    use axum::http::{header, StatusCode};
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("Failed to bind the shop metrics address {addr}"))?;
+    let bound = listener.local_addr()?;
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let pool = pool.clone();
+            async move {
+                match shop_metrics(&pool).await {
+                    Ok(text) => (
+                        StatusCode::OK,
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        text,
+                    ),
+                    Err(error) => {
+                        warn!(message = "Demo shop metrics failed.", %error);
+                        (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                            "shop metrics unavailable\n".to_owned(),
+                        )
+                    }
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let shutdown = async move { token.cancelled().await };
+        if let Err(error) = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            warn!(message = "Demo shop metrics server stopped.", %error);
+        }
+    });
+    Ok(bound)
+}
+
 /// The demo's models: the shipped ones, with sub-daily KPIs at 1-minute buckets.
 fn demo_models() -> anyhow::Result<Vec<KpiSpec>> {
     let one_minute = Interval::from_secs(60).map_err(anyhow::Error::msg)?;
@@ -279,6 +373,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     cancel_on_signal(token.clone());
     let server = tokio::spawn(app.run_until_stopped(token.clone()));
+    if let Some(addr) = opts.shop_metrics {
+        let bound = serve_shop_metrics(addr, shop.pool.clone(), token.clone()).await?;
+        println!("demo shop counters for Prometheus: http://{bound}/metrics (see models/examples/README.md)");
+    }
 
     // Live traffic, and the injected failure.
     let failing = Arc::new(AtomicBool::new(false));
@@ -378,6 +476,30 @@ mod tests {
             .find(|s| s.id.as_str() == "revenue_daily")
             .expect("present");
         assert_eq!(revenue.interval.secs(), 86_400);
+    }
+
+    #[tokio::test]
+    async fn shop_metrics_count_orders_and_payments_by_outcome() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut shop = Shop::create(&dir.path().join("shop.db")).await.expect("shop");
+        let from = DateTime::parse_from_rfc3339("2026-03-03T14:00:00Z")
+            .expect("valid")
+            .with_timezone(&Utc);
+        let orders = shop.orders(from, 600, 0.5);
+        let paid = orders.iter().filter(|o| o.paid).count();
+        shop.insert(&orders).await.expect("insert");
+        let text = shop_metrics(&shop.pool).await.expect("metrics");
+        assert!(
+            text.contains(&format!("demo_shop_orders_total {}\n", orders.len())),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "demo_shop_payments_total{{provider=\"cardpay\",status=\"succeeded\"}} {paid}\n"
+            )),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE demo_shop_payments counter"), "{text}");
     }
 
     #[test]

@@ -983,6 +983,158 @@ mod tests {
         assert!(Interval::parse("30s").is_err());
     }
 
+    fn write_model(root: &Path, id: &str, model: &str, files: &[(&str, &str)]) {
+        let dir = root.join(id);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("model.toml"), model).expect("model");
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).expect("query file");
+        }
+    }
+
+    const COUNT: &str = "source = \"metrics\"\nkind = \"count\"\ninterval = \"5m\"\n";
+    const RATIO: &str = "source = \"metrics\"\nkind = \"ratio\"\ninterval = \"5m\"\n";
+
+    #[test]
+    fn models_take_promql_and_influxql_query_files_and_skip_the_examples_folder() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let r = root.path();
+        write_model(
+            r,
+            "orders",
+            COUNT,
+            &[("query.promql", " sum(increase(orders_total[$__interval]))\n")],
+        );
+        write_model(
+            r,
+            "success",
+            RATIO,
+            &[
+                (
+                    "numerator.promql",
+                    "sum(increase(payments_total{status=\"ok\"}[5m]))",
+                ),
+                ("denominator.promql", "sum(increase(payments_total[5m]))"),
+            ],
+        );
+        write_model(
+            r,
+            "signups",
+            COUNT,
+            &[(
+                "query.influxql",
+                "SELECT sum(n) AS value FROM signups WHERE time >= $start AND time < $end GROUP BY time(5m)",
+            )],
+        );
+        // Not a KPI: examples are loaded only when pointed at.
+        write_model(&r.join(EXAMPLES_DIR), "broken", "kind = ", &[]);
+        let specs = load_models(r).expect("valid models");
+        let by_id: BTreeMap<&str, &Query> = specs.iter().map(|s| (s.id.as_str(), &s.query)).collect();
+        assert_eq!(by_id.len(), 3, "{by_id:?}");
+        assert_eq!(
+            by_id["orders"],
+            &Query::PromQl("sum(increase(orders_total[$__interval]))".to_owned())
+        );
+        assert!(matches!(by_id["success"], Query::PromQlRatio { numerator, .. } if numerator.contains("ok")));
+        assert!(matches!(by_id["signups"], Query::InfluxQl(q) if q.starts_with("SELECT")));
+    }
+
+    #[test]
+    fn a_model_needs_exactly_one_query_matching_its_kind() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let r = root.path();
+        let sql = "SELECT ts, value FROM t WHERE ts >= :start AND ts < :end";
+        write_model(r, "both", COUNT, &[("query.sql", sql), ("query.promql", "up")]);
+        write_model(r, "none", COUNT, &[]);
+        write_model(r, "ratio_one_expr", RATIO, &[("query.promql", "up")]);
+        write_model(
+            r,
+            "count_two_exprs",
+            COUNT,
+            &[("numerator.promql", "a"), ("denominator.promql", "b")],
+        );
+        write_model(r, "half_a_ratio", RATIO, &[("numerator.promql", "a")]);
+        write_model(r, "empty_expr", COUNT, &[("query.promql", "  \n")]);
+        let problems = load_models(r).expect_err("all invalid").0;
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        let joined = text.join("\n");
+        for needle in [
+            "both: one query per model: found query.sql, query.promql",
+            "none/query.sql: no query file",
+            "ratio_one_expr/query.promql: a ratio KPI on Prometheus needs two expressions",
+            "count_two_exprs/model.toml: kind: numerator.promql and denominator.promql make a ratio KPI",
+            "half_a_ratio: one query per model: found numerator.promql",
+            "empty_expr/query.promql: the PromQL expression is empty",
+        ] {
+            assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+        }
+        assert_eq!(problems.len(), 6, "{joined}");
+    }
+
+    #[test]
+    fn influxql_queries_must_be_one_select_that_cannot_write() {
+        let ok = "SELECT sum(n) AS value FROM orders WHERE time >= $start AND time < $end GROUP BY time(5m), country";
+        assert_eq!(validate_influxql(&format!("  {ok};\n")), Ok(ok.to_owned()));
+        for (bad, why) in [
+            (
+                "SELECT * INTO copy FROM orders WHERE time >= $start AND time < $end",
+                "INTO",
+            ),
+            (
+                "select n into\"copy\" from o where time >= $start and time < $end",
+                "INTO",
+            ),
+            ("DROP MEASUREMENT orders", "not \"drop\""),
+            (
+                "DELETE FROM orders WHERE time >= $start AND time < $end",
+                "not \"delete\"",
+            ),
+            (
+                "SELECT n FROM o WHERE time >= $start AND time < $end; DROP DATABASE shop",
+                "single statement",
+            ),
+            ("SELECT n FROM o WHERE time >= $start", "$end"),
+            (
+                "SELECT n FROM o WHERE time >= $starting AND time < $end",
+                "$start",
+            ),
+        ] {
+            let err = validate_influxql(bad).expect_err(bad);
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        // Names and text that merely look like keywords are fine.
+        assert!(validate_influxql(
+            "SELECT \"into\" AS value FROM o WHERE note = 'x; into' AND time >= $start AND time < $end"
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn interval_literals_use_the_largest_whole_unit() {
+        let lit = |s: &str| Interval::parse(s).expect("valid").literal();
+        assert_eq!(lit("1m"), "1m");
+        assert_eq!(lit("90m"), "90m");
+        assert_eq!(lit("2h"), "2h");
+        assert_eq!(lit("1d"), "1d");
+        assert_eq!(lit("7d"), "7d");
+    }
+
+    #[test]
+    fn the_example_models_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models")
+            .join(EXAMPLES_DIR);
+        let specs = load_models(&dir).expect("example models are valid");
+        let languages: Vec<&str> = specs.iter().map(|s| s.query.language()).collect();
+        assert!(
+            languages.contains(&"PromQL") && languages.contains(&"InfluxQL"),
+            "{languages:?}"
+        );
+        assert!(specs
+            .iter()
+            .any(|s| matches!(s.query, Query::PromQlRatio { .. }) && s.kind == Kind::Ratio));
+    }
+
     #[test]
     fn the_shipped_models_load() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
