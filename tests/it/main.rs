@@ -1,7 +1,8 @@
 #![allow(unreachable_pub)]
 
-//! The one integration test binary: real SQLite, PostgreSQL and MariaDB sources, a real
-//! SMTP server on loopback, the service driven by a manual clock.
+//! The one integration test binary: real SQLite, PostgreSQL and MariaDB sources, real
+//! Prometheus and InfluxDB servers, a real SMTP server on loopback, the service driven by a
+//! manual clock.
 
 mod alerting;
 mod api;
@@ -11,6 +12,9 @@ mod digest;
 mod e2e;
 mod email;
 mod helpers;
+mod influxdb;
+mod metric_stores;
+mod prometheus;
 mod sources;
 mod store;
 mod ui;

@@ -1,0 +1,369 @@
+//! Prometheus as a KPI source, against Debian's real `prometheus` started in a temporary
+//! directory on a free loopback port, scraping a small exporter this test runs.
+//!
+//! Compressing days into seconds: the exporter publishes its counters with explicit
+//! timestamps, one hourly sample per scrape (every 100 ms), and Prometheus is configured
+//! with an out-of-order window (`storage.tsdb.out_of_order_time_window`) so it accepts
+//! samples older than its head block. Everything after that — scraping, storage, PromQL —
+//! is Prometheus's own.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kpiwatch::clock::ManualClock;
+use kpiwatch::config::SourceConfig;
+use kpiwatch::kpi::{Interval, Kind, Query};
+use kpiwatch::pipeline::RunOutcome;
+use kpiwatch::sources::{Error, RawRow, Source, Window};
+
+use crate::helpers::{init_logs, SmtpServer};
+use crate::metric_stores::{
+    after, anomaly_alerts, build_app, check, free_port, hourly_model, known_orders, outage_is_data_missing,
+    pass, server_binary, stored, write_model, KnownOrders, Server, COUNTRIES,
+};
+
+/// What the exporter publishes: sample `next` at the next scrape, never beyond `limit`.
+struct Exporter {
+    known: KnownOrders,
+    next: usize,
+    limit: usize,
+    served_at_limit: usize,
+}
+
+impl Exporter {
+    /// The exposition of sample `j`: the counters at the start of bucket `j`, stamped with it.
+    fn body(&self, j: usize) -> String {
+        let k = &self.known;
+        let ms = k.at(j) * 1000;
+        let mut out = String::from("# TYPE shop_orders_total counter\n");
+        for (c, base) in COUNTRIES.iter().zip([5_000u64, 2_000]) {
+            let total: u64 = base + (0..j).map(|b| k.count(b, c)).sum::<u64>();
+            out.push_str(&format!("shop_orders_total{{country=\"{c}\"}} {total} {ms}\n"));
+        }
+        let (ok, all) = (0..j).fold((0, 0), |(o, a), b| {
+            let (bo, ba) = k.payments(b);
+            (o + bo, a + ba)
+        });
+        out.push_str("# TYPE shop_payments_total counter\n");
+        out.push_str(&format!(
+            "shop_payments_total{{status=\"succeeded\"}} {ok} {ms}\n"
+        ));
+        out.push_str(&format!(
+            "shop_payments_total{{status=\"declined\"}} {} {ms}\n",
+            all - ok
+        ));
+        out
+    }
+
+    fn scrape(&mut self) -> String {
+        let j = self.next.min(self.limit);
+        if self.next < self.limit {
+            self.next += 1;
+        } else {
+            self.served_at_limit += 1;
+        }
+        self.body(j)
+    }
+}
+
+async fn start_exporter(known: &KnownOrders) -> (u16, Arc<Mutex<Exporter>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind exporter");
+    let port = listener.local_addr().expect("addr").port();
+    let state = Arc::new(Mutex::new(Exporter {
+        known: known.clone(),
+        next: 0,
+        limit: 0,
+        served_at_limit: 0,
+    }));
+    let shared = Arc::clone(&state);
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let shared = Arc::clone(&shared);
+            async move { shared.lock().expect("exporter lock").scrape() }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (port, state)
+}
+
+/// Let the exporter run up to sample `limit` and wait until Prometheus has it: a scrape
+/// is appended before the next one starts, so two scrapes at the limit mean it is stored.
+async fn publish(exporter: &Mutex<Exporter>, limit: usize, prom: &Server) {
+    {
+        let mut e = exporter.lock().expect("exporter lock");
+        e.limit = limit;
+        e.served_at_limit = 0;
+    }
+    for _ in 0..1200 {
+        if exporter.lock().expect("exporter lock").served_at_limit >= 2 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "Prometheus did not scrape up to sample {limit}; its log:\n{}",
+        prom.log_text()
+    );
+}
+
+/// Prometheus in `dir`, scraping `target` every 100 ms, plus `extra` YAML.
+async fn start_prometheus(bin: &Path, dir: &Path, target: Option<u16>, extra: &str) -> Server {
+    let scrape = match target {
+        Some(port) => format!(
+            "scrape_configs:\n  - job_name: shop\n    honor_timestamps: true\n    static_configs:\n      - targets: [\"127.0.0.1:{port}\"]\n"
+        ),
+        None => "scrape_configs: []\n".to_owned(),
+    };
+    let config = format!(
+        "global:\n  scrape_interval: 100ms\n  scrape_timeout: 100ms\nstorage:\n  tsdb:\n    out_of_order_time_window: 30d\n{scrape}{extra}"
+    );
+    std::fs::write(dir.join("prometheus.yml"), config).expect("prometheus.yml");
+    let port = free_port();
+    let args = [
+        "--config.file=prometheus.yml".to_owned(),
+        format!("--storage.tsdb.path={}", dir.join("prometheus-data").display()),
+        format!("--web.listen-address=127.0.0.1:{port}"),
+        "--log.level=warn".to_owned(),
+    ];
+    Server::start(bin, &args, dir, "prometheus", port, "/-/ready").await
+}
+
+fn source(url: &str, max_steps: usize) -> Source {
+    let cfg: SourceConfig = toml::from_str(&format!(
+        "type = \"prometheus\"\nurl = {url:?}\nmax_steps_per_query = {max_steps}\nstatement_timeout = \"20s\""
+    ))
+    .expect("source config");
+    Source::build("prom", &cfg).expect("source")
+}
+
+fn sorted(mut rows: Vec<RawRow>) -> Vec<RawRow> {
+    rows.sort_by(|a, b| (a.ts, &a.dims).cmp(&(b.ts, &b.dims)));
+    rows
+}
+
+const ORDERS: &str = "sum by (country) (increase(shop_orders_total[$__interval]))";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_counters_scraped_from_an_exporter_become_the_known_buckets_and_the_drop_alerts_once() {
+    init_logs();
+    let Some(bin) = server_binary("TEST_PROMETHEUS_BIN", "prometheus") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let known = KnownOrders::ending_now(98);
+    let (exporter_port, exporter) = start_exporter(&known).await;
+    let mut prom = start_prometheus(&bin, dir.path(), Some(exporter_port), "").await;
+
+    let models = dir.path().join("models");
+    write_model(
+        &models,
+        "orders",
+        &hourly_model("Orders", "prom", "count"),
+        &[("query.promql", ORDERS)],
+    );
+    write_model(
+        &models,
+        "payment_success",
+        &hourly_model("Payment success", "prom", "ratio"),
+        &[
+            (
+                "numerator.promql",
+                "sum(increase(shop_payments_total{status=\"succeeded\"}[$__interval]))",
+            ),
+            (
+                "denominator.promql",
+                "sum(increase(shop_payments_total[$__interval]))",
+            ),
+        ],
+    );
+
+    // Four days of normal history, scraped.
+    publish(&exporter, known.drop_from, &prom).await;
+    let smtp = SmtpServer::start();
+    let clock = ManualClock::new(after(known.at(known.drop_from), 1));
+    let env = [
+        ("KPIWATCH_SOURCES__PROM__TYPE", "prometheus".to_owned()),
+        ("KPIWATCH_SOURCES__PROM__URL", prom.url.clone()),
+    ];
+    let app = build_app(dir.path(), &smtp, &clock, &known, &env).await;
+    let outcomes = pass(&app).await;
+    let history = known.drop_from;
+    assert!(
+        matches!(outcomes["orders"], RunOutcome::Ok { judged, .. } if judged == 2 * history),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        stored(&app, "orders", known.start, known.end()).await,
+        known_orders(&known, 0, history),
+        "the stored buckets are the exporter's series (Prometheus log:\n{})",
+        prom.log_text()
+    );
+    let ratio: BTreeMap<String, Vec<(i64, f64, Option<f64>)>> = BTreeMap::from([(
+        "{}".to_owned(),
+        (0..history)
+            .map(|b| {
+                let (ok, all) = known.payments(b);
+                (known.at(b), ok as f64, Some(all as f64))
+            })
+            .collect(),
+    )]);
+    assert_eq!(
+        stored(&app, "payment_success", known.start, known.end()).await,
+        ratio
+    );
+    assert!(
+        anomaly_alerts(&app).await.is_empty(),
+        "normal history must not alert"
+    );
+
+    // Germany's orders drop for two hours; the next run reads them and alerts once.
+    publish(&exporter, known.buckets, &prom).await;
+    clock.set(after(known.end(), 1));
+    let outcomes = pass(&app).await;
+    assert!(
+        matches!(outcomes["orders"], RunOutcome::Ok { .. }),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        stored(&app, "orders", known.start, known.end()).await,
+        known_orders(&known, 0, known.buckets)
+    );
+    assert_eq!(
+        anomaly_alerts(&app).await,
+        vec![("orders".to_owned(), "{\"country\":\"DE\"}".to_owned())]
+    );
+    clock.advance(chrono::Duration::minutes(2));
+    pass(&app).await; // delivers once the grouping wait is over
+    let mail = smtp.received();
+    assert_eq!(
+        mail.len(),
+        1,
+        "{:?}",
+        mail.iter().map(|m| m.subject()).collect::<Vec<_>>()
+    );
+    assert!(mail[0].subject().contains("Orders"), "{}", mail[0].subject());
+    assert!(mail[0].text().contains("DE"), "{}", mail[0].text());
+
+    // Long windows are split under Prometheus's 11,000-point limit, and reading them in
+    // pieces changes nothing.
+    let window = Window {
+        start: after(known.start, 0),
+        end: after(known.end(), 0),
+    };
+    let hourly = Interval::parse("1h").expect("valid");
+    let orders = Query::PromQl(ORDERS.to_owned());
+    let whole = source(&prom.url, 11_000)
+        .fetch(&orders, Kind::Count, hourly, window)
+        .await
+        .expect("one query");
+    let pieces = source(&prom.url, 7)
+        .fetch(&orders, Kind::Count, hourly, window)
+        .await
+        .expect("14 queries");
+    assert_eq!(whole.rows.len(), 2 * known.buckets);
+    assert_eq!(sorted(whole.rows), sorted(pieces.rows));
+    let minute = Interval::parse("1m").expect("valid");
+    let gauge = Query::PromQl("sum by (country) (shop_orders_total)".to_owned());
+    let eight_days = Window {
+        start: after(known.end() - 8 * 86_400, 0),
+        end: window.end,
+    };
+    let err = source(&prom.url, 20_000)
+        .fetch(&gauge, Kind::Gauge, minute, eight_days)
+        .await
+        .expect_err("11,520 steps in one query");
+    assert!(
+        matches!(&err, Error::Query { message, .. } if message.contains("11,000 points")),
+        "Prometheus's own message: {err}"
+    );
+    let split = source(&prom.url, 11_000)
+        .fetch(&gauge, Kind::Gauge, minute, eight_days)
+        .await
+        .expect("split in two");
+    let mut keys: Vec<(i64, String)> = split
+        .rows
+        .iter()
+        .map(|r| (r.ts.timestamp(), format!("{:?}", r.dims)))
+        .collect();
+    let n = keys.len();
+    keys.dedup();
+    assert!(n > 0 && keys.len() == n, "each bucket once: {n} rows");
+    assert!(split
+        .rows
+        .iter()
+        .all(|r| r.ts >= eight_days.start && r.ts < eight_days.end));
+
+    // Prometheus goes away: data missing, never a drop.
+    prom.stop();
+    outage_is_data_missing(&app, &clock, &["orders", "payment_success"]).await;
+    assert_eq!(anomaly_alerts(&app).await.len(), 1, "no new anomaly alert");
+}
+
+#[tokio::test]
+async fn check_quotes_prometheus_on_a_bad_query_and_passes_its_warnings_on() {
+    init_logs();
+    let Some(bin) = server_binary("TEST_PROMETHEUS_BIN", "prometheus") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A remote-read endpoint that refuses connections: Prometheus answers every query and
+    // adds a warning about it.
+    let closed = free_port();
+    let prom = start_prometheus(
+        &bin,
+        dir.path(),
+        None,
+        &format!("remote_read:\n  - url: http://127.0.0.1:{closed}/api/v1/read\n    read_recent: true\n"),
+    )
+    .await;
+    let models = dir.path().join("models");
+    write_model(
+        &models,
+        "good",
+        &hourly_model("Good", "prom", "gauge"),
+        &[("query.promql", "sum(up)")],
+    );
+    write_model(
+        &models,
+        "bad",
+        &hourly_model("Bad", "prom", "count"),
+        &[("query.promql", "sum(rate(shop_orders_total[5m])")],
+    );
+    write_model(
+        &models,
+        "gone",
+        &hourly_model("Gone", "down", "count"),
+        &[("query.promql", "sum(up)")],
+    );
+    let config = format!(
+        "[sources.prom]\ntype = \"prometheus\"\nurl = \"{}\"\n\n[sources.down]\ntype = \"prometheus\"\nurl = \"http://kpiwatch:topsecret@127.0.0.1:{closed}\"\nstatement_timeout = \"2s\"\n",
+        prom.url
+    );
+    let (code, out) = check(dir.path(), &config, &models);
+    assert_eq!(code, Some(1), "{out}");
+    let line = |kpi: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("{kpi} ")))
+            .unwrap_or_else(|| panic!("no row for {kpi} in:\n{out}"))
+            .to_owned()
+    };
+    let bad = line("bad");
+    assert!(
+        bad.contains("FAIL") && bad.contains("bad_data") && bad.contains("parse error"),
+        "{bad}"
+    );
+    assert!(
+        bad.contains("unclosed left parenthesis"),
+        "Prometheus's own words: {bad}"
+    );
+    let good = line("good");
+    assert!(good.contains("warn") && good.contains("remote_read"), "{good}");
+    let gone = line("gone");
+    assert!(gone.contains("FAIL") && gone.contains("unreachable"), "{gone}");
+    assert!(!out.contains("topsecret"), "credentials must not leak:\n{out}");
+}
