@@ -1,1 +1,241 @@
+//! InfluxDB 1.x as a KPI source, against Debian's real `influxd` started in a temporary
+//! directory on free loopback ports, loaded with the known order series through its HTTP
+//! write API.
 
+use std::path::Path;
+
+use kpiwatch::clock::ManualClock;
+use kpiwatch::config::SourceConfig;
+use kpiwatch::kpi::{Interval, Kind, Query};
+use kpiwatch::pipeline::RunOutcome;
+use kpiwatch::sources::{Error, Source, Window};
+
+use crate::helpers::{init_logs, SmtpServer};
+use crate::metric_stores::{
+    after, anomaly_alerts, assert_same_buckets, build_app, check, free_port, hourly_model, known_orders,
+    outage_is_data_missing, pass, server_binary, stored, write_model, KnownOrders, Server, COUNTRIES,
+};
+
+/// influxd in `dir` with the HTTP API and its RPC port on free loopback ports, nothing
+/// else listening, no usage reporting.
+async fn start_influxd(bin: &Path, dir: &Path) -> Server {
+    let http = free_port();
+    let rpc = free_port();
+    let d = dir.display();
+    let config = format!(
+        "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc}\"\n\
+         [meta]\n  dir = \"{d}/influx/meta\"\n\
+         [data]\n  dir = \"{d}/influx/data\"\n  wal-dir = \"{d}/influx/wal\"\n  query-log-enabled = false\n\
+         [http]\n  bind-address = \"127.0.0.1:{http}\"\n  log-enabled = false\n\
+         [monitor]\n  store-enabled = false\n\
+         [logging]\n  level = \"warn\"\n"
+    );
+    let path = dir.join("influxdb.conf");
+    std::fs::write(&path, config).expect("influxdb.conf");
+    let args = ["-config".to_owned(), path.display().to_string()];
+    Server::start(bin, &args, dir, "influxd", http, "/ping").await
+}
+
+/// A statement as an administrator would send it (the test's setup, not kpiwatch).
+async fn admin(server: &Server, q: &str) -> serde_json::Value {
+    let r = reqwest::Client::new()
+        .post(format!("{}/query", server.url))
+        .form(&[("q", q), ("db", "shop")])
+        .send()
+        .await
+        .expect("influxd answers");
+    assert!(r.status().is_success(), "{q}: {}", r.status());
+    r.json().await.expect("json")
+}
+
+/// Write buckets `[from, to)` of the known orders: each bucket's count in four points a
+/// quarter of an hour apart, per country (`orders,country=DE n=…`).
+async fn write_orders(server: &Server, known: &KnownOrders, from: usize, to: usize) {
+    let mut lines = String::new();
+    for b in from..to {
+        for c in COUNTRIES {
+            let n = known.count(b, c);
+            for q in 0..4u64 {
+                let part = n / 4 + u64::from(q < n % 4);
+                let ts = known.at(b) + q as i64 * 900;
+                lines.push_str(&format!("orders,country={c} n={part}i {ts}\n"));
+            }
+        }
+    }
+    let r = reqwest::Client::new()
+        .post(format!("{}/write?db=shop&precision=s", server.url))
+        .body(lines)
+        .send()
+        .await
+        .expect("influxd answers");
+    assert_eq!(r.status(), 204, "{:?}", r.text().await);
+}
+
+const ORDERS: &str = "SELECT sum(\"n\") AS value FROM \"orders\"\n\
+    WHERE time >= $start AND time < $end\n\
+    GROUP BY time($__interval), \"country\"\n";
+
+#[tokio::test]
+async fn influxdb_points_written_over_http_become_the_known_buckets_and_the_drop_alerts_once() {
+    init_logs();
+    let Some(bin) = server_binary("TEST_INFLUXD_BIN", "influxd") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let known = KnownOrders::ending_now(98);
+    let mut influx = start_influxd(&bin, dir.path()).await;
+    admin(&influx, "CREATE DATABASE shop").await;
+    write_model(
+        &dir.path().join("models"),
+        "orders",
+        &hourly_model("Orders", "influx", "count"),
+        &[("query.influxql", ORDERS)],
+    );
+
+    // Four days of normal history.
+    write_orders(&influx, &known, 0, known.drop_from).await;
+    let smtp = SmtpServer::start();
+    let clock = ManualClock::new(after(known.at(known.drop_from), 1));
+    let env = [
+        ("KPIWATCH_SOURCES__INFLUX__TYPE", "influxdb".to_owned()),
+        ("KPIWATCH_SOURCES__INFLUX__URL", influx.url.clone()),
+        ("KPIWATCH_SOURCES__INFLUX__DATABASE", "shop".to_owned()),
+    ];
+    let app = build_app(dir.path(), &smtp, &clock, &known, &env).await;
+    let outcomes = pass(&app).await;
+    assert!(
+        matches!(outcomes["orders"], RunOutcome::Ok { judged, .. } if judged == 2 * known.drop_from),
+        "{outcomes:?}"
+    );
+    assert_same_buckets(
+        &stored(&app, "orders", known.start, known.end()).await,
+        &known_orders(&known, 0, known.drop_from),
+        "orders",
+    );
+    assert!(
+        anomaly_alerts(&app).await.is_empty(),
+        "normal history must not alert"
+    );
+
+    // Read-only by construction: a query that would write is never sent.
+    let cfg: SourceConfig = toml::from_str(&format!(
+        "type = \"influxdb\"\nurl = {:?}\ndatabase = \"shop\"",
+        influx.url
+    ))
+    .expect("source config");
+    let source = Source::build("influx", &cfg).expect("source");
+    let window = Window {
+        start: after(known.start, 0),
+        end: after(known.end(), 0),
+    };
+    let err = source
+        .fetch(
+            &Query::InfluxQl(
+                "SELECT * INTO \"copy\" FROM \"orders\" WHERE time >= $start AND time < $end".to_owned(),
+            ),
+            Kind::Count,
+            Interval::parse("1h").expect("valid"),
+            window,
+        )
+        .await
+        .expect_err("SELECT INTO is refused");
+    assert!(matches!(&err, Error::Contract(m) if m.contains("INTO")), "{err}");
+    let measurements = admin(&influx, "SHOW MEASUREMENTS").await;
+    assert_eq!(
+        measurements["results"][0]["series"][0]["values"],
+        serde_json::json!([["orders"]]),
+        "nothing was written"
+    );
+
+    // Germany's orders drop for two hours; the next run reads them and alerts once.
+    write_orders(&influx, &known, known.drop_from, known.buckets).await;
+    clock.set(after(known.end(), 1));
+    let outcomes = pass(&app).await;
+    assert!(
+        matches!(outcomes["orders"], RunOutcome::Ok { .. }),
+        "{outcomes:?}"
+    );
+    assert_same_buckets(
+        &stored(&app, "orders", known.start, known.end()).await,
+        &known_orders(&known, 0, known.buckets),
+        "orders",
+    );
+    assert_eq!(
+        anomaly_alerts(&app).await,
+        vec![("orders".to_owned(), "{\"country\":\"DE\"}".to_owned())]
+    );
+    clock.advance(chrono::Duration::minutes(2));
+    pass(&app).await; // delivers once the grouping wait is over
+    let mail = smtp.received();
+    assert_eq!(
+        mail.len(),
+        1,
+        "{:?}",
+        mail.iter().map(|m| m.subject()).collect::<Vec<_>>()
+    );
+    assert!(mail[0].text().contains("DE"), "{}", mail[0].text());
+
+    // InfluxDB goes away: data missing, never a drop.
+    influx.stop();
+    outage_is_data_missing(&app, &clock, &["orders"]).await;
+    assert_eq!(anomaly_alerts(&app).await.len(), 1, "no new anomaly alert");
+}
+
+#[tokio::test]
+async fn check_quotes_influxdb_on_a_bad_query_and_a_missing_database() {
+    init_logs();
+    let Some(bin) = server_binary("TEST_INFLUXD_BIN", "influxd") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let influx = start_influxd(&bin, dir.path()).await;
+    admin(&influx, "CREATE DATABASE shop").await;
+    let models = dir.path().join("models");
+    write_model(
+        &models,
+        "good",
+        &hourly_model("Good", "influx", "count"),
+        &[("query.influxql", ORDERS)],
+    );
+    write_model(
+        &models,
+        "bad",
+        &hourly_model("Bad", "influx", "count"),
+        &[(
+            "query.influxql",
+            "SELECT sum(n) AS value FROM orders WHERE time >= $start AND time < $end GROUP BY time(1h",
+        )],
+    );
+    write_model(
+        &models,
+        "elsewhere",
+        &hourly_model("Elsewhere", "nodb", "count"),
+        &[("query.influxql", ORDERS)],
+    );
+    let config = format!(
+        "[sources.influx]\ntype = \"influxdb\"\nurl = \"{url}\"\ndatabase = \"shop\"\nusername = \"kpiwatch\"\npassword = \"topsecret\"\n\n\
+         [sources.nodb]\ntype = \"influxdb\"\nurl = \"{url}\"\ndatabase = \"nope\"\n",
+        url = influx.url
+    );
+    let (code, out) = check(dir.path(), &config, &models);
+    assert_eq!(code, Some(1), "{out}");
+    let line = |kpi: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("{kpi} ")))
+            .unwrap_or_else(|| panic!("no row for {kpi} in:\n{out}"))
+            .to_owned()
+    };
+    let bad = line("bad");
+    assert!(
+        bad.contains("FAIL") && bad.contains("error parsing query"),
+        "InfluxDB's own words: {bad}"
+    );
+    let elsewhere = line("elsewhere");
+    assert!(
+        elsewhere.contains("FAIL") && elsewhere.contains("database not found: nope"),
+        "{elsewhere}"
+    );
+    let good = line("good");
+    assert!(good.contains(" ok "), "{good}");
+    assert!(!out.contains("topsecret"), "credentials must not leak:\n{out}");
+}

@@ -263,6 +263,28 @@ pub async fn stored(
     out
 }
 
+/// `got` equals `want`, or the first bucket where they differ is named.
+#[track_caller]
+pub fn assert_same_buckets(
+    got: &BTreeMap<String, Vec<(i64, f64, Option<f64>)>>,
+    want: &BTreeMap<String, Vec<(i64, f64, Option<f64>)>>,
+    context: &str,
+) {
+    let keys = |m: &BTreeMap<String, _>| m.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(got), keys(want), "series differ; {context}");
+    for (series, want_rows) in want {
+        let got_rows = &got[series];
+        if let Some((g, w)) = got_rows.iter().zip(want_rows).find(|(g, w)| g != w) {
+            panic!("{series}: stored {g:?}, known {w:?}; {context}");
+        }
+        assert_eq!(
+            got_rows.len(),
+            want_rows.len(),
+            "{series}: bucket count; {context}"
+        );
+    }
+}
+
 /// The known orders of buckets `[from, to)` in the shape [`stored`] returns for the
 /// `orders` KPI (one series per country).
 pub fn known_orders(

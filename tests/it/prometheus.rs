@@ -20,8 +20,8 @@ use kpiwatch::sources::{Error, RawRow, Source, Window};
 
 use crate::helpers::{init_logs, SmtpServer};
 use crate::metric_stores::{
-    after, anomaly_alerts, build_app, check, free_port, hourly_model, known_orders, outage_is_data_missing,
-    pass, server_binary, stored, write_model, KnownOrders, Server, COUNTRIES,
+    after, anomaly_alerts, assert_same_buckets, build_app, check, free_port, hourly_model, known_orders,
+    outage_is_data_missing, pass, server_binary, stored, write_model, KnownOrders, Server, COUNTRIES,
 };
 
 /// What the exporter publishes: sample `next` at the next scrape, never beyond `limit`.
@@ -197,11 +197,10 @@ async fn prometheus_counters_scraped_from_an_exporter_become_the_known_buckets_a
         matches!(outcomes["orders"], RunOutcome::Ok { judged, .. } if judged == 2 * history),
         "{outcomes:?}"
     );
-    assert_eq!(
-        stored(&app, "orders", known.start, known.end()).await,
-        known_orders(&known, 0, history),
-        "the stored buckets are the exporter's series (Prometheus log:\n{})",
-        prom.log_text()
+    assert_same_buckets(
+        &stored(&app, "orders", known.start, known.end()).await,
+        &known_orders(&known, 0, history),
+        &format!("the exporter's series; Prometheus log:\n{}", prom.log_text()),
     );
     let ratio: BTreeMap<String, Vec<(i64, f64, Option<f64>)>> = BTreeMap::from([(
         "{}".to_owned(),
@@ -229,9 +228,10 @@ async fn prometheus_counters_scraped_from_an_exporter_become_the_known_buckets_a
         matches!(outcomes["orders"], RunOutcome::Ok { .. }),
         "{outcomes:?}"
     );
-    assert_eq!(
-        stored(&app, "orders", known.start, known.end()).await,
-        known_orders(&known, 0, known.buckets)
+    assert_same_buckets(
+        &stored(&app, "orders", known.start, known.end()).await,
+        &known_orders(&known, 0, known.buckets),
+        "orders",
     );
     assert_eq!(
         anomaly_alerts(&app).await,
