@@ -225,6 +225,9 @@ pub async fn build_app(
     .expect("app builds")
 }
 
+/// Stored or known buckets per series (dimension JSON): (bucket start, value, denominator).
+pub type Buckets = BTreeMap<String, Vec<(i64, f64, Option<f64>)>>;
+
 /// A moment `minutes` after the unix time `secs`.
 pub fn after(secs: i64, minutes: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(secs + minutes * 60, 0).expect("valid time")
@@ -242,12 +245,7 @@ pub async fn pass(app: &Application) -> BTreeMap<String, RunOutcome> {
 
 /// The stored buckets of `kpi` in `[from, to)`, per series (dimension JSON), as
 /// (bucket start, value, denominator).
-pub async fn stored(
-    app: &Application,
-    kpi: &str,
-    from: i64,
-    to: i64,
-) -> BTreeMap<String, Vec<(i64, f64, Option<f64>)>> {
+pub async fn stored(app: &Application, kpi: &str, from: i64, to: i64) -> Buckets {
     let mut out = BTreeMap::new();
     for s in app.store().series_of(kpi).await.expect("series") {
         let rows = app
@@ -265,11 +263,7 @@ pub async fn stored(
 
 /// `got` equals `want`, or the first bucket where they differ is named.
 #[track_caller]
-pub fn assert_same_buckets(
-    got: &BTreeMap<String, Vec<(i64, f64, Option<f64>)>>,
-    want: &BTreeMap<String, Vec<(i64, f64, Option<f64>)>>,
-    context: &str,
-) {
+pub fn assert_same_buckets(got: &Buckets, want: &Buckets, context: &str) {
     let keys = |m: &BTreeMap<String, _>| m.keys().cloned().collect::<Vec<_>>();
     assert_eq!(keys(got), keys(want), "series differ; {context}");
     for (series, want_rows) in want {
@@ -287,11 +281,7 @@ pub fn assert_same_buckets(
 
 /// The known orders of buckets `[from, to)` in the shape [`stored`] returns for the
 /// `orders` KPI (one series per country).
-pub fn known_orders(
-    known: &KnownOrders,
-    from: usize,
-    to: usize,
-) -> BTreeMap<String, Vec<(i64, f64, Option<f64>)>> {
+pub fn known_orders(known: &KnownOrders, from: usize, to: usize) -> Buckets {
     COUNTRIES
         .iter()
         .map(|c| {

@@ -21,7 +21,8 @@ use kpiwatch::sources::{Error, RawRow, Source, Window};
 use crate::helpers::{init_logs, SmtpServer};
 use crate::metric_stores::{
     after, anomaly_alerts, assert_same_buckets, build_app, check, free_port, hourly_model, known_orders,
-    outage_is_data_missing, pass, server_binary, stored, write_model, KnownOrders, Server, COUNTRIES,
+    outage_is_data_missing, pass, server_binary, stored, write_model, Buckets, KnownOrders, Server,
+    COUNTRIES,
 };
 
 /// What the exporter publishes: sample `next` at the next scrape, never beyond `limit`.
@@ -202,7 +203,7 @@ async fn prometheus_counters_scraped_from_an_exporter_become_the_known_buckets_a
         &known_orders(&known, 0, history),
         &format!("the exporter's series; Prometheus log:\n{}", prom.log_text()),
     );
-    let ratio: BTreeMap<String, Vec<(i64, f64, Option<f64>)>> = BTreeMap::from([(
+    let ratio: Buckets = BTreeMap::from([(
         "{}".to_owned(),
         (0..history)
             .map(|b| {
