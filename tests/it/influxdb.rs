@@ -17,8 +17,8 @@ use crate::metric_stores::{
 };
 
 /// influxd in `dir` with the HTTP API and its RPC port on free loopback ports, nothing
-/// else listening, no usage reporting.
-async fn start_influxd(bin: &Path, dir: &Path) -> Server {
+/// else listening, no usage reporting; with `auth`, every query needs a user.
+async fn start_influxd(bin: &Path, dir: &Path, auth: bool) -> Server {
     let http = free_port();
     let rpc = free_port();
     let d = dir.display();
@@ -26,7 +26,7 @@ async fn start_influxd(bin: &Path, dir: &Path) -> Server {
         "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc}\"\n\
          [meta]\n  dir = \"{d}/influx/meta\"\n\
          [data]\n  dir = \"{d}/influx/data\"\n  wal-dir = \"{d}/influx/wal\"\n  query-log-enabled = false\n\
-         [http]\n  bind-address = \"127.0.0.1:{http}\"\n  log-enabled = false\n\
+         [http]\n  bind-address = \"127.0.0.1:{http}\"\n  log-enabled = false\n  auth-enabled = {auth}\n\
          [monitor]\n  store-enabled = false\n\
          [logging]\n  level = \"warn\"\n"
     );
@@ -36,10 +36,13 @@ async fn start_influxd(bin: &Path, dir: &Path) -> Server {
     Server::start(bin, &args, dir, "influxd", http, "/ping").await
 }
 
-/// A statement as an administrator would send it (the test's setup, not kpiwatch).
+/// A statement as an administrator would send it (the test's setup, not kpiwatch), as
+/// `admin` (InfluxDB ignores credentials while auth is off, and lets the first user be
+/// created without them).
 async fn admin(server: &Server, q: &str) -> serde_json::Value {
     let r = reqwest::Client::new()
         .post(format!("{}/query", server.url))
+        .basic_auth("admin", Some("adminpw"))
         .form(&[("q", q), ("db", "shop")])
         .send()
         .await
@@ -83,7 +86,7 @@ async fn influxdb_points_written_over_http_become_the_known_buckets_and_the_drop
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let known = KnownOrders::ending_now(98);
-    let mut influx = start_influxd(&bin, dir.path()).await;
+    let mut influx = start_influxd(&bin, dir.path(), false).await;
     admin(&influx, "CREATE DATABASE shop").await;
     write_model(
         &dir.path().join("models"),
@@ -182,14 +185,21 @@ async fn influxdb_points_written_over_http_become_the_known_buckets_and_the_drop
 }
 
 #[tokio::test]
-async fn check_quotes_influxdb_on_a_bad_query_and_a_missing_database() {
+async fn check_quotes_influxdb_on_a_bad_query_and_a_missing_database_and_logs_in_as_a_reader() {
     init_logs();
     let Some(bin) = server_binary("TEST_INFLUXD_BIN", "influxd") else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let influx = start_influxd(&bin, dir.path()).await;
+    let influx = start_influxd(&bin, dir.path(), true).await;
+    admin(
+        &influx,
+        "CREATE USER admin WITH PASSWORD 'adminpw' WITH ALL PRIVILEGES",
+    )
+    .await;
     admin(&influx, "CREATE DATABASE shop").await;
+    admin(&influx, "CREATE USER kpiwatch WITH PASSWORD 'topsecret'").await;
+    admin(&influx, "GRANT READ ON shop TO kpiwatch").await;
     let models = dir.path().join("models");
     write_model(
         &models,
@@ -212,10 +222,18 @@ async fn check_quotes_influxdb_on_a_bad_query_and_a_missing_database() {
         &hourly_model("Elsewhere", "nodb", "count"),
         &[("query.influxql", ORDERS)],
     );
+    write_model(
+        &models,
+        "locked",
+        &hourly_model("Locked", "wrong", "count"),
+        &[("query.influxql", ORDERS)],
+    );
     let config = format!(
         "[sources.influx]\ntype = \"influxdb\"\nurl = \"{url}\"\ndatabase = \"shop\"\nusername = \"kpiwatch\"\npassword = \"topsecret\"\n\n\
-         [sources.nodb]\ntype = \"influxdb\"\nurl = \"{url}\"\ndatabase = \"nope\"\n",
-        url = influx.url
+         [sources.nodb]\ntype = \"influxdb\"\nurl = \"http://admin:adminpw@{host}\"\ndatabase = \"nope\"\n\n\
+         [sources.wrong]\ntype = \"influxdb\"\nurl = \"{url}\"\ndatabase = \"shop\"\nusername = \"kpiwatch\"\npassword = \"guess\"\n",
+        url = influx.url,
+        host = influx.url.trim_start_matches("http://"),
     );
     let (code, out) = check(dir.path(), &config, &models);
     assert_eq!(code, Some(1), "{out}");
@@ -236,6 +254,15 @@ async fn check_quotes_influxdb_on_a_bad_query_and_a_missing_database() {
         "{elsewhere}"
     );
     let good = line("good");
-    assert!(good.contains(" ok "), "{good}");
-    assert!(!out.contains("topsecret"), "credentials must not leak:\n{out}");
+    assert!(good.contains(" ok "), "the reader logs in: {good}");
+    let locked = line("locked");
+    assert!(
+        locked.contains("FAIL")
+            && locked.contains("refused kpiwatch's credentials")
+            && locked.contains("401"),
+        "{locked}"
+    );
+    for secret in ["topsecret", "adminpw", "guess"] {
+        assert!(!out.contains(secret), "credentials must not leak:\n{out}");
+    }
 }

@@ -91,7 +91,8 @@ impl Server {
         let http = reqwest::Client::new();
         for _ in 0..300 {
             if let Ok(r) = http.get(&ready).send().await {
-                if r.status().is_success() {
+                // Up, even if it wants credentials first.
+                if r.status().is_success() || r.status() == reqwest::StatusCode::UNAUTHORIZED {
                     return server;
                 }
             }

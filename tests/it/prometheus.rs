@@ -112,8 +112,15 @@ async fn publish(exporter: &Mutex<Exporter>, limit: usize, prom: &Server) {
     );
 }
 
-/// Prometheus in `dir`, scraping `target` every 100 ms, plus `extra` YAML.
-async fn start_prometheus(bin: &Path, dir: &Path, target: Option<u16>, extra: &str) -> Server {
+/// Prometheus in `dir`, scraping `target` every 100 ms, plus `extra` YAML; with
+/// `basic_auth`, its API wants user `kpiwatch` with the password of that bcrypt hash.
+async fn start_prometheus(
+    bin: &Path,
+    dir: &Path,
+    target: Option<u16>,
+    extra: &str,
+    basic_auth: Option<&str>,
+) -> Server {
     let scrape = match target {
         Some(port) => format!(
             "scrape_configs:\n  - job_name: shop\n    honor_timestamps: true\n    static_configs:\n      - targets: [\"127.0.0.1:{port}\"]\n"
@@ -125,14 +132,25 @@ async fn start_prometheus(bin: &Path, dir: &Path, target: Option<u16>, extra: &s
     );
     std::fs::write(dir.join("prometheus.yml"), config).expect("prometheus.yml");
     let port = free_port();
-    let args = [
+    let mut args = vec![
         "--config.file=prometheus.yml".to_owned(),
         format!("--storage.tsdb.path={}", dir.join("prometheus-data").display()),
         format!("--web.listen-address=127.0.0.1:{port}"),
         "--log.level=warn".to_owned(),
     ];
+    if let Some(hash) = basic_auth {
+        std::fs::write(
+            dir.join("web.yml"),
+            format!("basic_auth_users:\n  kpiwatch: {hash}\n"),
+        )
+        .expect("web.yml");
+        args.push("--web.config.file=web.yml".to_owned());
+    }
     Server::start(bin, &args, dir, "prometheus", port, "/-/ready").await
 }
+
+/// bcrypt of `s3cret` (cost 4), for Prometheus's `basic_auth_users`.
+const S3CRET_BCRYPT: &str = "$2b$04$Fn.vHrSOw/yFdno/0O7L2OuBNiZ39C80IaF/itOBwX89.kcqiCAcC";
 
 fn source(url: &str, max_steps: usize) -> Source {
     let cfg: SourceConfig = toml::from_str(&format!(
@@ -158,7 +176,7 @@ async fn prometheus_counters_scraped_from_an_exporter_become_the_known_buckets_a
     let dir = tempfile::tempdir().expect("tempdir");
     let known = KnownOrders::ending_now(98);
     let (exporter_port, exporter) = start_exporter(&known).await;
-    let mut prom = start_prometheus(&bin, dir.path(), Some(exporter_port), "").await;
+    let mut prom = start_prometheus(&bin, dir.path(), Some(exporter_port), "", None).await;
 
     let models = dir.path().join("models");
     write_model(
@@ -306,7 +324,7 @@ async fn prometheus_counters_scraped_from_an_exporter_become_the_known_buckets_a
 }
 
 #[tokio::test]
-async fn check_quotes_prometheus_on_a_bad_query_and_passes_its_warnings_on() {
+async fn check_quotes_prometheus_on_a_bad_query_passes_its_warnings_on_and_logs_in() {
     init_logs();
     let Some(bin) = server_binary("TEST_PROMETHEUS_BIN", "prometheus") else {
         return;
@@ -320,6 +338,7 @@ async fn check_quotes_prometheus_on_a_bad_query_and_passes_its_warnings_on() {
         dir.path(),
         None,
         &format!("remote_read:\n  - url: http://127.0.0.1:{closed}/api/v1/read\n    read_recent: true\n"),
+        Some(S3CRET_BCRYPT),
     )
     .await;
     let models = dir.path().join("models");
@@ -341,9 +360,17 @@ async fn check_quotes_prometheus_on_a_bad_query_and_passes_its_warnings_on() {
         &hourly_model("Gone", "down", "count"),
         &[("query.promql", "sum(up)")],
     );
+    write_model(
+        &models,
+        "locked",
+        &hourly_model("Locked", "wrong", "count"),
+        &[("query.promql", "sum(up)")],
+    );
     let config = format!(
-        "[sources.prom]\ntype = \"prometheus\"\nurl = \"{}\"\n\n[sources.down]\ntype = \"prometheus\"\nurl = \"http://kpiwatch:topsecret@127.0.0.1:{closed}\"\nstatement_timeout = \"2s\"\n",
-        prom.url
+        "[sources.prom]\ntype = \"prometheus\"\nurl = \"{url}\"\nusername = \"kpiwatch\"\npassword = \"s3cret\"\n\n\
+         [sources.wrong]\ntype = \"prometheus\"\nurl = \"{url}\"\nusername = \"kpiwatch\"\npassword = \"guess\"\n\n\
+         [sources.down]\ntype = \"prometheus\"\nurl = \"http://kpiwatch:topsecret@127.0.0.1:{closed}\"\nstatement_timeout = \"2s\"\n",
+        url = prom.url
     );
     let (code, out) = check(dir.path(), &config, &models);
     assert_eq!(code, Some(1), "{out}");
@@ -366,5 +393,14 @@ async fn check_quotes_prometheus_on_a_bad_query_and_passes_its_warnings_on() {
     assert!(good.contains("warn") && good.contains("remote_read"), "{good}");
     let gone = line("gone");
     assert!(gone.contains("FAIL") && gone.contains("unreachable"), "{gone}");
-    assert!(!out.contains("topsecret"), "credentials must not leak:\n{out}");
+    let locked = line("locked");
+    assert!(
+        locked.contains("FAIL")
+            && locked.contains("refused kpiwatch's credentials")
+            && locked.contains("401"),
+        "{locked}"
+    );
+    for secret in ["topsecret", "s3cret", "guess"] {
+        assert!(!out.contains(secret), "credentials must not leak:\n{out}");
+    }
 }
