@@ -143,6 +143,16 @@ async fn influxdb_points_written_over_http_become_the_known_buckets_and_the_drop
         .await
         .expect_err("SELECT INTO is refused");
     assert!(matches!(&err, Error::Contract(m) if m.contains("INTO")), "{err}");
+    let err = source
+        .fetch(
+            &Query::PromQl("sum(orders)".to_owned()),
+            Kind::Count,
+            Interval::parse("1h").expect("valid"),
+            window,
+        )
+        .await
+        .expect_err("wrong language");
+    assert!(matches!(err, Error::WrongLanguage { .. }), "{err}");
     let measurements = admin(&influx, "SHOW MEASUREMENTS").await;
     assert_eq!(
         measurements["results"][0]["series"][0]["values"],

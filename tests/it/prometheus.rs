@@ -317,6 +317,17 @@ async fn prometheus_counters_scraped_from_an_exporter_become_the_known_buckets_a
         .iter()
         .all(|r| r.ts >= eight_days.start && r.ts < eight_days.end));
 
+    // A SQL query on a Prometheus source is named as such, not sent.
+    let err = source(&prom.url, 11_000)
+        .fetch(&Query::Sql("SELECT 1".to_owned()), Kind::Count, hourly, window)
+        .await
+        .expect_err("wrong language");
+    assert!(
+        err.to_string()
+            .contains("is a Prometheus source: its KPIs need query.promql"),
+        "{err}"
+    );
+
     // Prometheus goes away: data missing, never a drop.
     prom.stop();
     outage_is_data_missing(&app, &clock, &["orders", "payment_success"]).await;

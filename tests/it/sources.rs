@@ -326,3 +326,25 @@ async fn an_unreachable_source_is_an_outage_not_a_query_error() {
         "credentials must not leak: {err}"
     );
 }
+
+#[tokio::test]
+async fn a_sql_source_refuses_a_promql_or_influxql_query_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("none.db").display());
+    let source = Source::build("shop", &cfg(&url, Duration::from_secs(1), 10)).expect("builds lazily");
+    let interval = Interval::parse("5m").expect("valid");
+    for query in [
+        Query::PromQl("sum(up)".to_owned()),
+        Query::InfluxQl("SELECT n AS value FROM m WHERE time >= $start AND time < $end".to_owned()),
+    ] {
+        let err = source
+            .fetch(&query, Kind::Count, interval, window())
+            .await
+            .expect_err("not SQL");
+        assert!(
+            err.to_string()
+                .contains("is a SQL source: its KPIs need query.sql"),
+            "{err}"
+        );
+    }
+}
