@@ -1,13 +1,14 @@
 //! kpiwatch: catches business incidents that infrastructure monitoring misses.
 //!
-//! It runs the KPI SQL queries teams register against their own databases on a schedule,
-//! fits seasonal baselines, and alerts the owning team when a metric leaves its band.
+//! It runs the KPI queries teams register against their own databases and metric stores
+//! (SQL, PromQL, InfluxQL) on a schedule, fits seasonal baselines, and alerts the owning team
+//! when a metric leaves its band.
 //!
 //! # Layout
 //!
 //! - [`kpi`]: domain types and the `models/` loader (everything depends on it).
 //! - [`config`], [`telemetry`], [`clock`]: leaves.
-//! - [`sources`]: the databases KPI queries run against (IO edge).
+//! - [`sources`]: the databases and metric stores KPI queries run against (IO edge).
 //! - [`baseline`]: the pure detector (no IO); [`detect`] is its offline CSV front end.
 //! - [`store`]: the only owner of the state database.
 //! - [`alerting`]: incident lifecycle, messages, e-mail delivery (IO edge).

@@ -266,6 +266,7 @@ impl Source {
                 SourcePool::Postgres(p) => p.execute("SELECT 1").await.map(drop),
                 SourcePool::MySql(p) => p.execute("SELECT 1").await.map(drop),
                 SourcePool::Sqlite(p) => p.execute("SELECT 1").await.map(drop),
+                // Answered above, with their own timeout.
                 SourcePool::Prometheus(_) | SourcePool::InfluxDb(_) => Ok(()),
             }
         };
@@ -303,6 +304,7 @@ impl Source {
                 SourcePool::Postgres(p) => self.fetch_postgres(p, sql, kind, window).await,
                 SourcePool::MySql(p) => self.fetch_mysql(p, sql, kind, window).await,
                 SourcePool::Sqlite(p) => self.fetch_sqlite(p, sql, kind, window).await,
+                // Answered above, before the SQL timeout.
                 SourcePool::Prometheus(_) | SourcePool::InfluxDb(_) => Ok(Vec::new()),
             };
             rows.map(|rows| Fetched {

@@ -317,6 +317,19 @@ async fn prometheus_counters_scraped_from_an_exporter_become_the_known_buckets_a
         .iter()
         .all(|r| r.ts >= eight_days.start && r.ts < eight_days.end));
 
+    // A query that outlives the timeout is a timeout (data missing), not a failure.
+    let impatient: SourceConfig = toml::from_str(&format!(
+        "type = \"prometheus\"\nurl = {:?}\nstatement_timeout = \"1ms\"",
+        prom.url
+    ))
+    .expect("source config");
+    let err = Source::build("prom", &impatient)
+        .expect("source")
+        .fetch(&gauge, Kind::Gauge, minute, eight_days)
+        .await
+        .expect_err("1 ms is too short");
+    assert!(matches!(err, Error::Timeout { .. }) && err.is_outage(), "{err}");
+
     // A SQL query on a Prometheus source is named as such, not sent.
     let err = source(&prom.url, 11_000)
         .fetch(&Query::Sql("SELECT 1".to_owned()), Kind::Count, hourly, window)
