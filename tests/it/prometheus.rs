@@ -389,7 +389,7 @@ async fn prometheus_counters_scraped_from_an_exporter_become_the_known_buckets_a
 }
 
 #[tokio::test]
-async fn check_quotes_prometheus_on_a_bad_query_passes_its_warnings_on_and_logs_in() {
+async fn check_and_runs_quote_prometheus_errors_and_warnings_and_log_in_with_basic_auth() {
     init_logs();
     let Some(bin) = server_binary("TEST_PROMETHEUS_BIN", "prometheus") else {
         return;
@@ -468,4 +468,37 @@ async fn check_quotes_prometheus_on_a_bad_query_passes_its_warnings_on_and_logs_
     for secret in ["topsecret", "s3cret", "guess"] {
         assert!(!out.contains(secret), "credentials must not leak:\n{out}");
     }
+
+    // The same warning rides on a scheduled run's status, which stays ok.
+    let good: Vec<_> = kpiwatch::kpi::load_models(&models)
+        .expect("models")
+        .into_iter()
+        .filter(|s| s.id.as_str() == "good")
+        .collect();
+    let smtp = SmtpServer::start();
+    let settings = crate::helpers::settings(
+        dir.path(),
+        Some(smtp.port),
+        &[
+            ("KPIWATCH_SOURCES__PROM__TYPE", "prometheus".to_owned()),
+            ("KPIWATCH_SOURCES__PROM__URL", prom.url.clone()),
+            ("KPIWATCH_SOURCES__PROM__USERNAME", "kpiwatch".to_owned()),
+            ("KPIWATCH_SOURCES__PROM__PASSWORD", "s3cret".to_owned()),
+            ("KPIWATCH_SCHEDULER__BACKFILL", "1d".to_owned()),
+        ],
+    );
+    let app = kpiwatch::app::Application::build(settings, good, kpiwatch::app::BuildOptions::default())
+        .await
+        .expect("app builds");
+    let outcomes = pass(&app).await;
+    assert!(matches!(outcomes["good"], RunOutcome::Ok { .. }), "{outcomes:?}");
+    let row = app.store().kpi("good").await.expect("kpi").expect("row");
+    assert_eq!(row.last_status.as_deref(), Some("ok"));
+    assert!(
+        row.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("warned: remote_read")),
+        "{:?}",
+        row.last_error
+    );
 }
