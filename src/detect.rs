@@ -293,7 +293,7 @@ fn json_str(s: &str) -> String {
 fn write_json(out: &mut impl Write, ts: &str, v: &Verdict) -> io::Result<()> {
     writeln!(
         out,
-        "{{\"timestamp\":{},\"value\":{},\"expected\":{},\"lower\":{},\"upper\":{},\"score\":{},\"anomaly\":{},\"status\":\"{}\",\"warming_up\":{},\"seasonality\":\"{}\",\"volume\":{}}}",
+        "{{\"timestamp\":{},\"value\":{},\"expected\":{},\"lower\":{},\"upper\":{},\"score\":{},\"anomaly\":{},\"status\":\"{}\",\"warming_up\":{},\"seasonality\":\"{}\",\"volume\":{},\"trigger\":{},\"side\":{}}}",
         json_str(ts),
         json_num(v.value),
         json_num(v.expected),
@@ -305,6 +305,8 @@ fn write_json(out: &mut impl Write, ts: &str, v: &Verdict) -> io::Result<()> {
         v.status == baseline::Status::WarmingUp,
         v.seasonality.as_str(),
         json_num(v.volume),
+        v.trigger.map_or("null".to_owned(), |t| json_str(t.as_str())),
+        v.side.map_or("null".to_owned(), |s| json_str(s.as_str())),
     )
 }
 
@@ -364,9 +366,10 @@ fn parse(reader: impl BufRead, kind: Option<Kind>, path: &Path) -> Result<(Kind,
         [t, n, d] if t == "timestamp" && n == "numerator" && d == "denominator" => true,
         _ => return Err(Error::BadHeader { got: header }),
     };
+    let auto = kind.is_none();
     let kind = match (kind, is_ratio) {
         (None, true) | (Some(Kind::Ratio), true) => Kind::Ratio,
-        (None, false) => Kind::Count,
+        (None, false) => Kind::Count, // refined below from the values
         (Some(Kind::Ratio), false) => {
             return Err(Error::KindMismatch {
                 kind: Kind::Ratio,
@@ -403,18 +406,6 @@ fn parse(reader: impl BufRead, kind: Option<Kind>, path: &Path) -> Result<(Kind,
         let Some(ts) = parse_ts(&raw_ts) else {
             return Err(Error::BadTimestamp { line, got: raw_ts });
         };
-        if let Some(prev) = rows.last() {
-            if ts == prev.ts {
-                return Err(Error::Duplicate { line, got: raw_ts });
-            }
-            if ts < prev.ts {
-                return Err(Error::Unsorted {
-                    line,
-                    got: raw_ts,
-                    previous: prev.raw_ts.clone(),
-                });
-            }
-        }
         let (value, denominator) = if is_ratio {
             let n = parse_number(line, "numerator", fields[1])?;
             let d = parse_number(line, "denominator", fields[2])?;
@@ -444,7 +435,7 @@ fn parse(reader: impl BufRead, kind: Option<Kind>, path: &Path) -> Result<(Kind,
             (n, Some(d))
         } else {
             let v = parse_number(line, "value", fields[1])?;
-            if kind == Kind::Count && v < 0.0 {
+            if kind == Kind::Count && v < 0.0 && !auto {
                 return Err(Error::Negative {
                     line,
                     column: "value",
@@ -461,6 +452,11 @@ fn parse(reader: impl BufRead, kind: Option<Kind>, path: &Path) -> Result<(Kind,
             denominator,
         });
     }
+    let kind = if auto && kind == Kind::Count && rows.iter().any(|r| r.value < 0.0 || r.value.fract() != 0.0) {
+        Kind::Gauge
+    } else {
+        kind
+    };
     Ok((kind, rows))
 }
 
