@@ -358,6 +358,20 @@ struct Scored {
     chosen: Option<usize>,
 }
 
+/// A recent bucket that the single-bucket test found beyond its threshold (flagged or not):
+/// what makes a deviation "this series' behaviour" once it recurs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Event {
+    /// `learned` when it happened.
+    at: u64,
+    below: bool,
+    /// Its deviation from the expected value, in the value's units.
+    dev: f32,
+}
+
+/// Recent events kept per series.
+const EVENTS: usize = 32;
+
 /// Lag-1 autocorrelation of the z-scores of learned buckets, over about a week.
 #[derive(Debug, Clone, Copy, Default)]
 struct Autocorrelation {
@@ -384,6 +398,7 @@ pub struct OnlineDetector {
     ac: Autocorrelation,
     cal_z: TailCalibrator,
     cal_cusum: TailCalibrator,
+    events: Vec<Event>,
 }
 
 /// Experiment knob (temporary).
@@ -416,15 +431,34 @@ const ZERO_HOLD_BACK: f64 = 0.5;
 /// Smallest single-bucket |z| (and CUSUM decision interval) that can flag, whatever the budget:
 /// below it a daily series' budget would flag ordinary noise.
 const MIN_Z: f64 = 3.0;
+/// A deviation at least this large that the recent history already holds this many times is
+/// the series' behaviour, not news.
+const RECURRENT: usize = 3;
+/// Deviations at least this share of the current one count as comparable.
+const COMPARABLE: f64 = 0.8;
 /// Evidence (nats) that the level is back at the baseline before an incident ends: 20 to 1.
 const RECOVERY_NATS: f64 = 3.0;
 /// The smallest incident level (in z units) recovery is tested against.
 const RECOVERY_MIN_SHIFT: f64 = 1.0;
-/// Where the z calibrator checks the noise model's tail: P(z > 3) = 0.00135 per side.
-const Z_REFERENCE: (f64, f64) = (3.0, 0.00135);
+/// Where the z calibrator checks the noise model's tail: `P(z > level)` per side.
+const Z_REFERENCE: &[(f64, f64)] = &[
+    (3.0, 1.35e-3),
+    (4.0, 3.17e-5),
+    (5.0, 2.87e-7),
+    (6.0, 9.87e-10),
+    (8.0, 6.2e-16),
+];
 /// Where the CUSUM calibrator checks it: a CUSUM with reference 0.75 on independent standard
-/// normal increments is above 2 about 2.1 % of the time (simulated, 5 M steps).
-const CUSUM_REFERENCE: (f64, f64) = (2.0, 0.0212);
+/// normal increments exceeds `c` about `exp(-0.87 - 1.51 c)` of the time (simulated, 5 M
+/// steps: 2.1 % above 2, 0.47 % above 3, 0.10 % above 4).
+const CUSUM_REFERENCE: &[(f64, f64)] = &[
+    (2.0, 2.12e-2),
+    (3.0, 4.66e-3),
+    (4.0, 1.01e-3),
+    (6.0, 4.9e-5),
+    (8.0, 2.4e-6),
+    (12.0, 5.7e-9),
+];
 
 impl OnlineDetector {
     /// A detector with no history. Fails on a bad configuration.
@@ -478,6 +512,7 @@ impl OnlineDetector {
             ac: Autocorrelation::default(),
             cal_z: TailCalibrator::new(Z_REFERENCE),
             cal_cusum: TailCalibrator::new(CUSUM_REFERENCE),
+            events: Vec::new(),
         })
     }
 
@@ -507,6 +542,7 @@ impl OnlineDetector {
                 .sum::<usize>()
             + self.cal_z.heap_bytes()
             + self.cal_cusum.heap_bytes()
+            + self.events.capacity() * std::mem::size_of::<Event>()
     }
 
     /// The noise model's single-bucket |z| threshold at the configured sensitivity (the band's
@@ -619,7 +655,7 @@ impl OnlineDetector {
     }
 
     /// The sensitivity at which a z magnitude `m` on `side` fires the single-bucket test.
-    fn sens_for_z(&self, m: f64, side: Side) -> f64 {
+    fn sens_for_z(&self, m: f64, dev: f64, side: Side) -> f64 {
         if m < MIN_Z {
             return f64::INFINITY;
         }
@@ -630,7 +666,23 @@ impl OnlineDetector {
                 s = s.max(self.sens_for_tail(f.sf(m).unwrap_or(1.0)));
             }
         }
+        if s.is_finite() && self.recurrent(dev, below) {
+            // It has happened often enough lately to be this series' behaviour.
+            return f64::INFINITY;
+        }
         s
+    }
+
+    /// Whether at least `RECURRENT` recent events on this side deviated at least
+    /// `COMPARABLE` times as much as `dev`.
+    fn recurrent(&self, dev: f64, below: bool) -> bool {
+        let since = self.learned.saturating_sub(calibrate::CAPACITY as u64);
+        let bar = (COMPARABLE * dev) as f32;
+        self.events
+            .iter()
+            .filter(|e| e.below == below && e.at >= since && e.dev >= bar)
+            .count()
+            >= RECURRENT
     }
 
     /// The sensitivity at which a CUSUM magnitude `c` on `side` fires.
@@ -641,6 +693,9 @@ impl OnlineDetector {
             if let Some(f) = self.cal_cusum.fit(below) {
                 s = s.max(self.sens_for_tail(f.sf(c).unwrap_or(1.0)));
             }
+        }
+        if s.is_finite() && self.cal_cusum.count_beyond((knob("KW_COMP", 0.8) * c).max(self.cusum_threshold(side)), below) >= RECURRENT {
+            return f64::INFINITY;
         }
         s
     }
@@ -655,6 +710,18 @@ impl OnlineDetector {
             }
         }
         t
+    }
+
+    /// The CUSUM decision interval on `side` at the configured sensitivity.
+    fn cusum_threshold(&self, side: Side) -> f64 {
+        let mut h = self.thresholds.cusum_h;
+        let below = side == Side::Below;
+        if self.cal_cusum.rejected(below) {
+            if let Some(f) = self.cal_cusum.fit(below) {
+                h = h.max(f.quantile(self.thresholds.alpha));
+            }
+        }
+        h
     }
 
     /// Score `b`, then apply `feedback` to the verdict and to the state it would leave.
@@ -751,6 +818,9 @@ impl OnlineDetector {
         }
         let z = self.z_score(y, weight, &p);
         scored.z = Some(z);
+        if knob("KW_DUMPZ", 0.0) > 0.0 {
+            eprintln!("Z {z}");
+        }
         if self.learned < self.judge_after {
             // Warm-up: learned, never judged; no alarm state builds up.
             scored.next = AlarmState::quiet();
@@ -816,13 +886,14 @@ impl OnlineDetector {
                 Side::Below => -z,
                 Side::Above => z,
             };
-            let mut s_bucket = self.sens_for_z(m, side);
+            let dev = (value - p.rate).abs();
+            let mut s_bucket = self.sens_for_z(m, dev, side);
             if let Some(vz) = veto_z {
                 let vm = match side {
                     Side::Below => -vz,
                     Side::Above => vz,
                 };
-                s_bucket = s_bucket.max(self.sens_for_z(vm, side));
+                s_bucket = s_bucket.max(self.sens_for_z(vm, dev, side));
             }
             let s_cusum = self.sens_for_side_cusum(next.cusum[i], side);
             let s_zero = if side == Side::Below && next.zero_run > 0.0 {
@@ -887,6 +958,9 @@ impl OnlineDetector {
             }
         }
         scored.next = next;
+        if knob("KW_DUMPS", 0.0) > 0.0 {
+            eprintln!("S {} {}", b.ts, best_sens);
+        }
         let v = &mut scored.verdict;
         v.score = score_for_sensitivity(best_sens, self.buckets_per_week);
         if low_volume {
@@ -1056,9 +1130,37 @@ impl OnlineDetector {
         if let Some(z) = scored.z {
             let calibrating = self.learned * 2 >= self.judge_after;
             if calibrating && was_quiet && feedback == Feedback::None {
-                self.cal_z.push(z);
+                // A bucket beyond the threshold enters capped near it: an event that recurs
+                // raises the threshold step by step until it stops being news, while one
+                // incident moves it little.
+                let cap = knob("KW_CAP", 1.5);
+                let zc = if z < 0.0 {
+                    z.max(-cap * self.z_threshold(Side::Below))
+                } else {
+                    z.min(cap * self.z_threshold(Side::Above))
+                };
+                self.cal_z.push(if knob("KW_CAPZ", 0.0) > 0.0 { zc } else { z });
+                let side = if z < 0.0 { Side::Below } else { Side::Above };
+                if scored.judged && z.abs() >= self.z_threshold(side) {
+                    let dev = (scored.verdict.value - scored.verdict.expected).abs();
+                    if dev.is_finite() {
+                        if self.events.len() >= EVENTS {
+                            self.events.remove(0);
+                        }
+                        self.events.push(Event {
+                            at: self.learned,
+                            below: side == Side::Below,
+                            dev: dev as f32,
+                        });
+                    }
+                }
                 let [lo, hi] = scored.cusum;
-                self.cal_cusum.push(if hi >= lo { hi } else { -lo });
+                let c = if hi >= lo {
+                    hi.min(cap * self.cusum_threshold(Side::Above))
+                } else {
+                    -lo.min(cap * self.cusum_threshold(Side::Below))
+                };
+                self.cal_cusum.push(if knob("KW_CAPZ", 0.0) > 0.0 { c } else if hi >= lo { hi } else { -lo });
             }
         }
         if held_back {

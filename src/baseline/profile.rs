@@ -28,6 +28,8 @@ const RATIO_EDGE: f64 = 1e-3;
 const LEVEL_MIN_BUCKETS: f64 = 24.0;
 /// Fewest events (or ratio trials) the level's memory spans.
 const LEVEL_EVENTS: f64 = 100.0;
+/// A gauge's spread is at least this share of its typical magnitude.
+const SPREAD_FLOOR: f64 = 1e-3;
 /// Residuals a gauge's spread must have seen before it is used to winsorise.
 const MIN_SPREAD_SAMPLES: u32 = 20;
 const DAY: i64 = 86_400;
@@ -67,6 +69,8 @@ pub(crate) struct SeasonalModel {
     additive: bool,
     /// Gauges: exponentially weighted mean absolute residual (the spread, robust to spikes).
     abs_dev: f64,
+    /// Gauges: exponentially weighted mean absolute value, for the spread's floor.
+    magnitude: f64,
     num: Vec<f64>,
     den: Vec<f64>,
     visits: Vec<u16>,
@@ -126,6 +130,7 @@ impl SeasonalModel {
             count_prior: kind == Kind::Count,
             additive: kind == Kind::Gauge,
             abs_dev: 0.0,
+            magnitude: 0.0,
             num: vec![0.0; slots],
             den: vec![0.0; slots],
             visits: vec![0; slots],
@@ -193,11 +198,14 @@ impl SeasonalModel {
         let n = self.num.len();
         let (mut sn, mut sd, mut w) = (2.0 * self.num[slot], 2.0 * self.den[slot], 2.0);
         if self.smooth {
+            // Neighbours lend their estimate while the slot's own is thin, and less as it
+            // firms up, so a sharp pattern (a step at 09:00) is learnt sharp.
+            let lend = 1.0 / f64::from(self.visits[slot].max(1));
             for j in [(slot + n - 1) % n, (slot + 1) % n] {
                 if self.visits[j] > 0 {
-                    sn += self.num[j];
-                    sd += self.den[j];
-                    w += 1.0;
+                    sn += lend * self.num[j];
+                    sd += lend * self.den[j];
+                    w += lend;
                 }
             }
         }
@@ -241,8 +249,11 @@ impl SeasonalModel {
         let (s, n_eff) = self.profile_n(self.slot(ts));
         if self.additive {
             let mu = self.level() + s;
-            // Spread: the mean absolute residual of a normal is 0.8 sd.
-            let sd = (self.abs_dev * 1.2533).max(mu.abs() * 1e-9).max(1e-300);
+            // Spread: the mean absolute residual of a normal is 0.8 sd. Deviations smaller than
+            // `SPREAD_FLOOR` of the series' typical magnitude are never news.
+            let sd = (self.abs_dev * 1.2533)
+                .max(self.magnitude.max(mu.abs()) * SPREAD_FLOOR)
+                .max(1e-300);
             let var = sd * sd;
             return Prediction {
                 profile: s,
@@ -329,6 +340,7 @@ impl SeasonalModel {
                 self.disp_n = self.disp_n.saturating_add(1);
                 let a = (1.0 / f64::from(self.disp_n)).max(self.disp_min_rate);
                 self.abs_dev += a * (r.abs() - self.abs_dev);
+                self.magnitude += a * (obs.abs() - self.magnitude);
             }
             let m2 = match kind {
                 Kind::Count => pred.mean * pred.mean,
