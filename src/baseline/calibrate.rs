@@ -26,6 +26,8 @@ const MAX_PEAKS: usize = 160;
 /// the largest peak seen; one heavier than `MAX_GAMMA` every threshold out of reach.
 const MIN_GAMMA: f64 = 0.02;
 const MAX_GAMMA: f64 = 1.0;
+/// A magnitude this many times the largest in the sample is beyond any threshold.
+pub(crate) const RECORD: f64 = 2.0;
 /// Smallest peak threshold for the power-law fit.
 const MIN_U: f64 = 0.5;
 
@@ -39,6 +41,10 @@ pub(crate) struct TailFit {
     pub(crate) share: f64,
     /// Tail index: the mean log-excess of the peaks over `u`.
     pub(crate) gamma: f64,
+    /// The largest magnitude in the sample: `RECORD` times it is flagged whatever the fit
+    /// extrapolates (a heavy tail fitted to a few days would otherwise put the threshold out
+    /// of reach).
+    pub(crate) max: f64,
     /// Samples the fit stands on.
     pub(crate) n: usize,
 }
@@ -50,6 +56,9 @@ impl TailFit {
         if x <= self.u {
             return None;
         }
+        if x >= RECORD * self.max {
+            return Some(0.0);
+        }
         Some(self.share * (x / self.u).powf(-1.0 / self.gamma))
     }
 
@@ -58,7 +67,8 @@ impl TailFit {
         if q >= self.share {
             return self.u;
         }
-        self.u * (self.share / q.max(1e-300)).powf(self.gamma)
+        let hill = self.u * (self.share / q.max(1e-300)).powf(self.gamma);
+        hill.min(RECORD * self.max).max(self.u)
     }
 }
 
@@ -222,6 +232,7 @@ fn fit_side(xs: &mut [f64], k: usize) -> Option<TailFit> {
     // for a power law to mean anything, and `MIN_U` stands in.
     let u = xs[pivot].max(MIN_U);
     let peaks = &mut xs[pivot + 1..];
+    let max = peaks.iter().copied().fold(u, f64::max);
     for x in peaks.iter_mut() {
         *x = (x.max(u) / u).ln();
     }
@@ -235,6 +246,7 @@ fn fit_side(xs: &mut [f64], k: usize) -> Option<TailFit> {
         u,
         share: peaks.len() as f64 / n as f64,
         gamma: gamma.clamp(MIN_GAMMA, MAX_GAMMA),
+        max,
         n,
     })
 }

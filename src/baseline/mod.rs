@@ -845,7 +845,10 @@ impl OnlineDetector {
             Some(_) => 0.0,
             None => z,
         };
-        let zc = z_acc * self.cusum_scale();
+        // One bucket alone is the single-bucket test's business: the CUSUM takes at most the
+        // single-bucket threshold from any bucket, so it accumulates, never replays a spike.
+        let cap = self.thresholds.z_bucket;
+        let zc = z_acc.clamp(-cap, cap) * self.cusum_scale();
         next.cusum[0] = (prev.cusum[0] - zc - CUSUM_K).max(0.0);
         next.cusum[1] = (prev.cusum[1] + zc - CUSUM_K).max(0.0);
         for side in Side::BOTH {
@@ -1127,6 +1130,22 @@ impl OnlineDetector {
         }
         // The series' own tails: from judged buckets outside incidents, whatever they
         // scored, so that spikes that are normal here raise the thresholds.
+        if let (Some(z), Feedback::None) = (scored.z, feedback) {
+                let side = if z < 0.0 { Side::Below } else { Side::Above };
+            if scored.judged && z.abs() >= self.z_threshold(side) {
+                let dev = (scored.verdict.value - scored.verdict.expected).abs();
+                if dev.is_finite() {
+                    if self.events.len() >= EVENTS {
+                        self.events.remove(0);
+                    }
+                    self.events.push(Event {
+                        at: self.learned,
+                        below: side == Side::Below,
+                        dev: dev as f32,
+                    });
+                }
+            }
+        }
         if let Some(z) = scored.z {
             let calibrating = self.learned * 2 >= self.judge_after;
             if calibrating && was_quiet && feedback == Feedback::None {
@@ -1140,20 +1159,6 @@ impl OnlineDetector {
                     z.min(cap * self.z_threshold(Side::Above))
                 };
                 self.cal_z.push(if knob("KW_CAPZ", 0.0) > 0.0 { zc } else { z });
-                let side = if z < 0.0 { Side::Below } else { Side::Above };
-                if scored.judged && z.abs() >= self.z_threshold(side) {
-                    let dev = (scored.verdict.value - scored.verdict.expected).abs();
-                    if dev.is_finite() {
-                        if self.events.len() >= EVENTS {
-                            self.events.remove(0);
-                        }
-                        self.events.push(Event {
-                            at: self.learned,
-                            below: side == Side::Below,
-                            dev: dev as f32,
-                        });
-                    }
-                }
                 let [lo, hi] = scored.cusum;
                 let c = if hi >= lo {
                     hi.min(cap * self.cusum_threshold(Side::Above))

@@ -28,6 +28,8 @@ const RATIO_EDGE: f64 = 1e-3;
 const LEVEL_MIN_BUCKETS: f64 = 24.0;
 /// Fewest events (or ratio trials) the level's memory spans.
 const LEVEL_EVENTS: f64 = 100.0;
+/// Gauges: buckets whose median starts the level.
+const EARLY: usize = 15;
 /// A gauge's spread is at least this share of its typical magnitude.
 const SPREAD_FLOOR: f64 = 1e-3;
 /// Residuals a gauge's spread must have seen before it is used to winsorise.
@@ -71,6 +73,8 @@ pub(crate) struct SeasonalModel {
     abs_dev: f64,
     /// Gauges: exponentially weighted mean absolute value, for the spread's floor.
     magnitude: f64,
+    /// Gauges: the first few values, whose median and MAD start the level and the spread.
+    early: Vec<f64>,
     num: Vec<f64>,
     den: Vec<f64>,
     visits: Vec<u16>,
@@ -91,6 +95,26 @@ pub(crate) struct SeasonalModel {
     run_obs: f64,
     run_exp: f64,
     run_n: f64,
+}
+
+/// Median and median absolute deviation of a few values.
+fn median_mad(xs: &[f64]) -> (f64, f64) {
+    let mut v: Vec<f64> = xs.to_vec();
+    v.sort_unstable_by(f64::total_cmp);
+    let med = median_sorted(&v);
+    for x in v.iter_mut() {
+        *x = (*x - med).abs();
+    }
+    v.sort_unstable_by(f64::total_cmp);
+    (med, median_sorted(&v))
+}
+
+fn median_sorted(v: &[f64]) -> f64 {
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => 0.5 * (v[n / 2 - 1] + v[n / 2]),
+    }
 }
 
 impl SeasonalModel {
@@ -131,6 +155,7 @@ impl SeasonalModel {
             additive: kind == Kind::Gauge,
             abs_dev: 0.0,
             magnitude: 0.0,
+            early: Vec::new(),
             num: vec![0.0; slots],
             den: vec![0.0; slots],
             visits: vec![0; slots],
@@ -156,7 +181,8 @@ impl SeasonalModel {
 
     /// Heap bytes held by this model.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.num.capacity() * std::mem::size_of::<f64>()
+        self.early.capacity() * std::mem::size_of::<f64>()
+            + self.num.capacity() * std::mem::size_of::<f64>()
             + self.den.capacity() * std::mem::size_of::<f64>()
             + self.visits.capacity() * std::mem::size_of::<u16>()
     }
@@ -322,6 +348,7 @@ impl SeasonalModel {
             return;
         }
         let ready = self.ready(ts);
+        let raw = obs;
         let mut obs = obs;
         if ready {
             // A gauge's spread starts at zero: winsorising against it before it has seen a
@@ -340,17 +367,18 @@ impl SeasonalModel {
                 self.disp_n = self.disp_n.saturating_add(1);
                 let a = (1.0 / f64::from(self.disp_n)).max(self.disp_min_rate);
                 self.abs_dev += a * (r.abs() - self.abs_dev);
-                self.magnitude += a * (obs.abs() - self.magnitude);
             }
             let m2 = match kind {
                 Kind::Count => pred.mean * pred.mean,
                 Kind::Ratio => weight * (weight - 1.0).max(0.0) * pred.rate * (1.0 - pred.rate),
                 Kind::Gauge => pred.mean.abs().max(1e-9).powi(2),
             };
-            self.disp_n = self.disp_n.saturating_add(1);
-            let a = (1.0 / f64::from(self.disp_n)).max(self.disp_min_rate);
-            self.disp_a += a * ((r * r - pred.base_var - pred.est_var) - self.disp_a);
-            self.disp_b += a * (m2 - self.disp_b);
+            if !self.additive {
+                self.disp_n = self.disp_n.saturating_add(1);
+                let a = (1.0 / f64::from(self.disp_n)).max(self.disp_min_rate);
+                self.disp_a += a * ((r * r - pred.base_var - pred.est_var) - self.disp_a);
+                self.disp_b += a * (m2 - self.disp_b);
+            }
         }
         // Level: ratio of exponentially weighted sums of observation and profile-expected.
         let slot = self.slot(ts);
@@ -367,8 +395,24 @@ impl SeasonalModel {
         if self.additive {
             let a = (1.0 / f64::from(self.level_n)).max(self.level_min_rate);
             let offset = if self.visits[slot] > 0 { pred.profile } else { 0.0 };
-            if self.visits[slot] > 0 || self.level_n == 1 {
+            let m = (1.0 / f64::from(self.level_n)).max(self.disp_min_rate);
+            self.magnitude += m * (raw.abs() - self.magnitude);
+            if self.early.len() < EARLY && self.level_n as usize <= EARLY {
+                // The first buckets set the level by their median and the spread by their
+                // median absolute deviation: one burst among them does not become the level.
+                if self.early.capacity() == 0 {
+                    self.early.reserve_exact(EARLY);
+                }
+                self.early.push(raw - offset);
+                let (med, mad) = median_mad(&self.early);
+                self.level_num = med;
+                // MAD to mean absolute deviation under a normal: 1.4826 * 0.7979.
+                self.abs_dev = mad * 1.1829;
+            } else if self.visits[slot] > 0 || self.level_n == 1 {
                 self.level_num += a * (obs - offset - self.level_num);
+            }
+            if self.early.len() >= EARLY && self.level_n as usize > 4 * EARLY {
+                self.early = Vec::new();
             }
             self.level_den = 1.0;
             let level = self.level_num;
