@@ -164,26 +164,30 @@ impl TailCalibrator {
             self.fits = [None, None];
             return;
         }
+        // Oldest first: clusters are runs in time.
+        let (newer, older) = if n < CAPACITY {
+            (&self.buf[..0], &self.buf[..])
+        } else {
+            self.buf.split_at(self.next)
+        };
+        let mut series: Vec<f64> = Vec::with_capacity(n);
         let mut scratch: Vec<f64> = Vec::with_capacity(n);
         let tests = self.reference.len().max(1) as f64;
         for side in 0..2 {
             let sign = if side == 0 { -1.0 } else { 1.0 };
-            scratch.clear();
-            scratch.extend(self.buf.iter().map(|&z| sign * f64::from(z)));
+            series.clear();
+            series.extend(older.iter().chain(newer.iter()).map(|&z| sign * f64::from(z)));
             // The model's tail is refuted when, at some level, the history exceeds it far more
-            // often than the model allows — and at least `MIN_EXCEEDANCES` times: one or two
-            // past incidents do not make a series heavy-tailed.
+            // often than the model allows — and in at least `MIN_EXCEEDANCES` separate
+            // episodes: one or two past incidents do not make a series heavy-tailed.
             self.rejected[side] = self.reference.iter().any(|&(level, p)| {
-                let exceed = scratch.iter().filter(|&&x| x > level).count() as f64;
-                exceed >= MIN_EXCEEDANCES
-                    && poisson_sf(exceed, n as f64 * p) < REJECT_P / tests
+                let episodes = series.iter().filter(|&&x| x > level).count() as f64;
+                episodes >= MIN_EXCEEDANCES
+                    && poisson_sf(episodes, n as f64 * p) < REJECT_P / tests
             });
-            self.fits[side] = fit_side(&mut scratch, k);
-            if super::knob("KW_FITDBG", 0.0) > 0.0 && self.reference.len() == 5 {
-                if let Some(f) = self.fits[side] {
-                    eprintln!("side={side} n={n} u={:.2} share={:.3} gamma={:.3} rej={} q={:.2}", f.u, f.share, f.gamma, self.rejected[side], f.quantile(2.5e-6));
-                }
-            }
+            scratch.clear();
+            scratch.extend_from_slice(&series);
+            self.fits[side] = fit_side(&series, &mut scratch, k);
         }
     }
 }
@@ -222,29 +226,34 @@ fn poisson_sf(k: f64, lambda: f64) -> f64 {
     sum.min(1.0)
 }
 
-/// Fit the top `k` values of `xs` (magnitudes of one side). Reorders `xs`.
-fn fit_side(xs: &mut [f64], k: usize) -> Option<TailFit> {
-    let n = xs.len();
-    // The (k+1)-th largest is the threshold; the k above it are the peaks.
+/// Fit the tail of one side's magnitudes `series` (oldest first), declustered, with its top
+/// `k` values marking the peak threshold. `scratch` is a copy of `series` to reorder.
+fn fit_side(series: &[f64], scratch: &mut [f64], k: usize) -> Option<TailFit> {
+    let n = series.len();
+    // The (k+1)-th largest value is the peak threshold.
     let pivot = n - k - 1;
-    xs.select_nth_unstable_by(pivot, f64::total_cmp);
+    scratch.select_nth_unstable_by(pivot, f64::total_cmp);
     // Hill's estimator needs a positive threshold; below `MIN_U` the body is too close to zero
     // for a power law to mean anything, and `MIN_U` stands in.
-    let u = xs[pivot].max(MIN_U);
-    let peaks = &mut xs[pivot + 1..];
-    let max = peaks.iter().copied().fold(u, f64::max);
-    for x in peaks.iter_mut() {
-        *x = (x.max(u) / u).ln();
+    let u = scratch[pivot].max(MIN_U);
+    let mut logs: Vec<f64> = series
+        .iter()
+        .filter(|&&x| x > u)
+        .map(|&m| (m / u).ln())
+        .collect();
+    if logs.is_empty() {
+        return None;
     }
-    peaks.sort_unstable_by(f64::total_cmp);
+    let max = series.iter().copied().fold(u, f64::max);
+    logs.sort_unstable_by(f64::total_cmp);
     // Robust to a few past incidents: log-excesses are capped at `ROBUST_CAP` times the median
     // one, so one huge value counts as one exceedance without dictating the tail.
-    let median = peaks[peaks.len() / 2];
+    let median = logs[logs.len() / 2];
     let cap = ROBUST_CAP * median.max(1e-3);
-    let gamma = peaks.iter().map(|x| x.min(cap)).sum::<f64>() / peaks.len() as f64;
+    let gamma = logs.iter().map(|x| x.min(cap)).sum::<f64>() / logs.len() as f64;
     Some(TailFit {
         u,
-        share: peaks.len() as f64 / n as f64,
+        share: logs.len() as f64 / n as f64,
         gamma: gamma.clamp(MIN_GAMMA, MAX_GAMMA),
         max,
         n,

@@ -351,11 +351,15 @@ struct Scored {
     fired: bool,
     /// The bucket is judged (past warm-up).
     judged: bool,
+    /// Its deviation from the expected value on the baselines' scale.
+    dev: f64,
     /// Per side, the magnitude beyond which the single-bucket test fires, and the spread that
     /// turns z units back into the value's units (for the band).
     thresholds: [f64; 2],
     preds: [Option<Prediction>; 3],
     chosen: Option<usize>,
+    /// A more specific model that has seen this slot but is not the chosen one.
+    veto: Option<usize>,
 }
 
 /// A recent bucket that the single-bucket test found beyond its threshold (flagged or not):
@@ -393,32 +397,36 @@ pub struct OnlineDetector {
     per_day: f64,
     buckets_per_week: f64,
     accept_after: u32,
+    /// Buckets over which recent events make a deviation recurrent: four weeks, at most the
+    /// calibration window.
+    recurrence_window: u64,
     alarm: AlarmState,
     incident_len: u32,
     ac: Autocorrelation,
     cal_z: TailCalibrator,
     cal_cusum: TailCalibrator,
     events: Vec<Event>,
+    /// Gauges: the scale the baselines work on, chosen once from the warm-up buckets.
+    scale: GaugeScale,
+    /// Gauges during warm-up: the buckets seen, to choose the scale and replay them on it.
+    early: Vec<(i64, f64)>,
 }
 
-/// Experiment knob (temporary).
-pub(crate) fn knob(name: &str, default: f64) -> f64 {
-    use std::collections::HashMap;
-    use std::sync::OnceLock;
-    static K: OnceLock<HashMap<String, f64>> = OnceLock::new();
-    let m = K.get_or_init(|| {
-        std::env::vars()
-            .filter(|(k, _)| k.starts_with("KW_"))
-            .filter_map(|(k, v)| v.parse().ok().map(|v| (k, v)))
-            .collect()
-    });
-    m.get(name).copied().unwrap_or(default)
+/// The scale a gauge's baselines work on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum GaugeScale {
+    /// Not chosen yet (warm-up): linear.
+    Undecided,
+    /// The values themselves: additive noise.
+    Linear,
+    /// Their logarithm (values are positive and their noise multiplicative); values at or
+    /// below zero are taken as `floor`.
+    Log { floor: f64 },
 }
 
 const SIMPLER_UNLESS_BETTER_BY: f64 = 0.9;
 /// A weekly profile also explains the daily one, so it wins a tie.
 const WEEKLY_UNLESS_WORSE_BY: f64 = 1.0;
-fn weekly_margin() -> f64 { knob("KW_WM", WEEKLY_UNLESS_WORSE_BY) }
 const WINSOR_SD: f64 = 3.0;
 /// Cap on the residual autocorrelation the CUSUM corrects for.
 const MAX_AUTOCORRELATION: f64 = 0.8;
@@ -434,6 +442,13 @@ const MIN_Z: f64 = 3.0;
 /// A deviation at least this large that the recent history already holds this many times is
 /// the series' behaviour, not news.
 const RECURRENT: usize = 3;
+/// Effective buckets behind a gauge's spread before its z-scores calibrate the tails.
+const MIN_SPREAD_FOR_CALIBRATION: f64 = 30.0;
+/// Log-likelihood units by which the log scale must beat the linear one for a gauge.
+const BOX_COX_MARGIN: f64 = 2.0;
+/// On the log scale, values at or below zero count as this share of the warm-up's geometric
+/// mean: a drop to zero is a deep drop, not an error.
+const LOG_FLOOR: f64 = 1e-3;
 /// Deviations at least this share of the current one count as comparable.
 const COMPARABLE: f64 = 0.8;
 /// Evidence (nats) that the level is back at the baseline before an incident ends: 20 to 1.
@@ -507,12 +522,19 @@ impl OnlineDetector {
             per_day,
             buckets_per_week,
             accept_after: (per_day / 2.0).max(3.0).ceil() as u32,
+            recurrence_window: (28.0 * per_day).min(calibrate::CAPACITY as f64).max(1.0) as u64,
             alarm: AlarmState::quiet(),
             incident_len: 0,
             ac: Autocorrelation::default(),
             cal_z: TailCalibrator::new(Z_REFERENCE),
             cal_cusum: TailCalibrator::new(CUSUM_REFERENCE),
             events: Vec::new(),
+            scale: if cfg.kind == Kind::Gauge {
+                GaugeScale::Undecided
+            } else {
+                GaugeScale::Linear
+            },
+            early: Vec::new(),
         })
     }
 
@@ -543,6 +565,7 @@ impl OnlineDetector {
             + self.cal_z.heap_bytes()
             + self.cal_cusum.heap_bytes()
             + self.events.capacity() * std::mem::size_of::<Event>()
+            + self.early.capacity() * std::mem::size_of::<(i64, f64)>()
     }
 
     /// The noise model's single-bucket |z| threshold at the configured sensitivity (the band's
@@ -615,7 +638,7 @@ impl OnlineDetector {
             }
         }
         if let Some(m) = avail(2, per_day.max(7.0)) {
-            if m.mse < weekly_margin() * best_mse {
+            if m.mse < WEEKLY_UNLESS_WORSE_BY * best_mse {
                 best = 2;
             }
         }
@@ -632,8 +655,69 @@ impl OnlineDetector {
                 Some(d) if usable(d) && d >= 0.0 => Some((b.value.clamp(0.0, d), d)),
                 _ => None,
             },
-            Kind::Count | Kind::Gauge => Some((b.value, 1.0)),
+            Kind::Count => Some((b.value, 1.0)),
+            Kind::Gauge => Some((self.to_model(b.value), 1.0)),
         }
+    }
+
+    /// A gauge value on the baselines' scale.
+    fn to_model(&self, v: f64) -> f64 {
+        match self.scale {
+            GaugeScale::Log { floor } => v.max(floor).ln(),
+            _ => v,
+        }
+    }
+
+    /// A value on the baselines' scale back in the value's units.
+    fn from_model(&self, m: f64) -> f64 {
+        match self.scale {
+            GaugeScale::Log { .. } => m.exp(),
+            _ => m,
+        }
+    }
+
+    /// Gauges at the end of warm-up: work on the log scale when every value so far was
+    /// positive and the logarithm fits them better (Box-Cox likelihood of lambda 0 against
+    /// 1, by a clear margin), replaying the warm-up on the chosen scale.
+    fn choose_scale(&mut self) {
+        let values: Vec<f64> = self.early.iter().map(|&(_, v)| v).collect();
+        let positive = values.iter().all(|&v| v > 0.0 && v.is_finite());
+        let mut scale = GaugeScale::Linear;
+        if positive && values.len() >= 8 {
+            let n = values.len() as f64;
+            let var = |xs: &mut dyn Iterator<Item = f64>| {
+                let (mut s, mut s2, mut k) = (0.0, 0.0, 0.0);
+                for x in xs {
+                    s += x;
+                    s2 += x * x;
+                    k += 1.0;
+                }
+                ((s2 - s * s / k) / k).max(1e-300)
+            };
+            let sum_log: f64 = values.iter().map(|v| v.ln()).sum();
+            let ll_linear = -n / 2.0 * var(&mut values.iter().copied()).ln();
+            let ll_log = -n / 2.0 * var(&mut values.iter().map(|v| v.ln())).ln() - sum_log;
+            if ll_log > ll_linear + BOX_COX_MARGIN {
+                let geo = (sum_log / n).exp();
+                scale = GaugeScale::Log {
+                    floor: geo * LOG_FLOOR,
+                };
+            }
+        }
+        let early = std::mem::take(&mut self.early);
+        if let GaugeScale::Log { .. } = scale {
+            // Replay the warm-up on the log scale: the baselines start over there.
+            if let Ok(mut fresh) = OnlineDetector::new(self.cfg) {
+                fresh.scale = scale;
+                for &(ts, v) in &early {
+                    let b = Bucket::new(ts, v);
+                    let scored = fresh.score(&b, Feedback::None);
+                    fresh.learn(&b, &scored, Feedback::None);
+                }
+                *self = fresh;
+            }
+        }
+        self.scale = scale;
     }
 
     /// The sensitivity at which a per-bucket tail probability `p` (one side) just fires the
@@ -666,7 +750,7 @@ impl OnlineDetector {
                 s = s.max(self.sens_for_tail(f.sf(m).unwrap_or(1.0)));
             }
         }
-        if s.is_finite() && self.recurrent(dev, below) {
+        if s < f64::INFINITY && self.recurrent(dev, below) {
             // It has happened often enough lately to be this series' behaviour.
             return f64::INFINITY;
         }
@@ -676,25 +760,41 @@ impl OnlineDetector {
     /// Whether at least `RECURRENT` recent events on this side deviated at least
     /// `COMPARABLE` times as much as `dev`.
     fn recurrent(&self, dev: f64, below: bool) -> bool {
-        let since = self.learned.saturating_sub(calibrate::CAPACITY as u64);
-        let bar = (COMPARABLE * dev) as f32;
-        self.events
+        dev <= self.recurrent_below(below)
+    }
+
+    /// The largest deviation on this side that is recurrent: the `RECURRENT`-th largest recent
+    /// event's deviation over `COMPARABLE` (0 when there are fewer events).
+    fn recurrent_below(&self, below: bool) -> f64 {
+        let since = self.learned.saturating_sub(self.recurrence_window);
+        let mut devs: Vec<f32> = self
+            .events
             .iter()
-            .filter(|e| e.below == below && e.at >= since && e.dev >= bar)
-            .count()
-            >= RECURRENT
+            .filter(|e| e.below == below && e.at >= since)
+            .map(|e| e.dev)
+            .collect();
+        if devs.len() < RECURRENT {
+            return 0.0;
+        }
+        devs.sort_unstable_by(|a, b| b.total_cmp(a));
+        f64::from(devs[RECURRENT - 1]) / COMPARABLE
     }
 
     /// The sensitivity at which a CUSUM magnitude `c` on `side` fires.
     fn sens_for_side_cusum(&self, c: f64, side: Side) -> f64 {
         let mut s = self.sens_for_cusum(c);
         let below = side == Side::Below;
-        if s.is_finite() && self.cal_cusum.rejected(below) {
+        if s < f64::INFINITY && self.cal_cusum.rejected(below) {
             if let Some(f) = self.cal_cusum.fit(below) {
                 s = s.max(self.sens_for_tail(f.sf(c).unwrap_or(1.0)));
             }
         }
-        if s.is_finite() && self.cal_cusum.count_beyond((knob("KW_COMP", 0.8) * c).max(self.cusum_threshold(side)), below) >= RECURRENT {
+        if s < f64::INFINITY
+            && self
+                .cal_cusum
+                .count_beyond((COMPARABLE * c).max(self.cusum_threshold(side)), below)
+                >= RECURRENT
+        {
             return f64::INFINITY;
         }
         s
@@ -757,12 +857,16 @@ impl OnlineDetector {
                 Some(d) if d > 0.0 => b.value / d,
                 _ => f64::NAN,
             },
-            (_, Some(_)) => y,
-            (_, None) => b.value,
+            (_, _) => b.value,
+        };
+        // The value on the baselines' scale (the log of a log-scale gauge).
+        let model_value = match kind {
+            Kind::Ratio => value,
+            _ => y,
         };
         let volume = match kind {
             Kind::Ratio => weight,
-            _ => y,
+            _ => b.value,
         };
         let mut preds: [Option<Prediction>; 3] = [None, None, None];
         for (slot, m) in preds.iter_mut().zip(self.models.iter()) {
@@ -779,7 +883,7 @@ impl OnlineDetector {
         let pred = chosen.and_then(|i| preds[i]);
         let mut scored = Scored {
             verdict: Verdict {
-                expected: pred.map_or(f64::NAN, |p| p.rate),
+                expected: pred.map_or(f64::NAN, |p| self.from_model(p.rate)),
                 lower: f64::NAN,
                 upper: f64::NAN,
                 score: 0.0,
@@ -797,9 +901,11 @@ impl OnlineDetector {
             cusum: [0.0; 2],
             fired: false,
             judged: false,
+            dev: f64::NAN,
             thresholds: [f64::INFINITY; 2],
             preds,
             chosen,
+            veto: None,
         };
         if b.excluded {
             scored.verdict.status = Status::Excluded;
@@ -818,9 +924,7 @@ impl OnlineDetector {
         }
         let z = self.z_score(y, weight, &p);
         scored.z = Some(z);
-        if knob("KW_DUMPZ", 0.0) > 0.0 {
-            eprintln!("Z {z}");
-        }
+        scored.dev = (model_value - p.rate).abs();
         if self.learned < self.judge_after {
             // Warm-up: learned, never judged; no alarm state builds up.
             scored.next = AlarmState::quiet();
@@ -833,11 +937,9 @@ impl OnlineDetector {
         // A more specific candidate that has already seen this slot (the weekly profile in its
         // first days, before it has proven itself) may explain what the chosen one cannot:
         // "it was like this at this time last week" vetoes a single-bucket alarm.
-        let veto_z = chosen.and_then(|c| {
-            (c + 1..3)
-                .rev()
-                .find_map(|i| preds[i].map(|q| self.z_score(y, weight, &q)))
-        });
+        let veto = chosen.and_then(|c| (c + 1..3).rev().find(|&i| preds[i].is_some()));
+        scored.veto = veto;
+        let veto_z = veto.and_then(|i| preds[i].map(|q| self.z_score(y, weight, &q)));
         // Per side: the single bucket, the CUSUM, and (counts, below) the empty run. The CUSUM
         // accumulates only what a vetoing candidate agrees is a deviation.
         let z_acc = match veto_z {
@@ -878,9 +980,6 @@ impl OnlineDetector {
             Kind::Ratio => weight < self.cfg.min_volume,
             Kind::Gauge => false,
         };
-        if knob("KW_DEBUG", 0.0) == b.ts as f64 {
-            eprintln!("chosen={chosen:?} z={z} veto={veto_z:?} preds={:?}", preds.map(|p| p.map(|p| (p.mean, p.var))));
-        }
         let mut best_sens = f64::INFINITY;
         let mut flagged: Option<(Side, Trigger, i64)> = None;
         for side in Side::BOTH {
@@ -889,7 +988,7 @@ impl OnlineDetector {
                 Side::Below => -z,
                 Side::Above => z,
             };
-            let dev = (value - p.rate).abs();
+            let dev = (model_value - p.rate).abs();
             let mut s_bucket = self.sens_for_z(m, dev, side);
             if let Some(vz) = veto_z {
                 let vm = match side {
@@ -961,9 +1060,6 @@ impl OnlineDetector {
             }
         }
         scored.next = next;
-        if knob("KW_DUMPS", 0.0) > 0.0 {
-            eprintln!("S {} {}", b.ts, best_sens);
-        }
         let v = &mut scored.verdict;
         v.score = score_for_sensitivity(best_sens, self.buckets_per_week);
         if low_volume {
@@ -995,15 +1091,16 @@ impl OnlineDetector {
                 z / (p.var / p.base_var.max(1e-12)).max(1.0).sqrt()
             }
             Kind::Gauge => {
-                let t = (y - p.mean) / p.var.max(1e-300).sqrt();
+                // A spread of zero makes any deviation infinitely surprising: keep it finite.
+                let t = ((y - p.mean) / p.var.max(1e-300).sqrt()).clamp(-1e6, 1e6);
                 // A spread estimated from few buckets: a t statistic, made normal.
                 noise::t_to_z(t, p.spread_n)
             }
         };
-        if z.is_finite() {
-            z
-        } else {
+        if z.is_nan() {
             0.0
+        } else {
+            z.clamp(-1e6, 1e6)
         }
     }
 
@@ -1016,30 +1113,57 @@ impl OnlineDetector {
         let Some(p) = scored.chosen.and_then(|i| scored.preds[i]) else {
             return v;
         };
-        let [t_lo, t_hi] = scored.thresholds;
+        let (mut lo, mut hi) = self.band_of(b, &p, scored.thresholds);
+        // A newer, more specific profile vetoes what it explains: its band counts too.
+        if let Some(q) = scored.veto.and_then(|i| scored.preds[i]) {
+            let (vlo, vhi) = self.band_of(b, &q, scored.thresholds);
+            lo = lo.min(vlo);
+            hi = hi.max(vhi);
+        }
+        // Deviations as large as recent recurring ones are not flagged either.
+        let rec_lo = self.recurrent_below(true);
+        let rec_hi = self.recurrent_below(false);
+        if rec_lo > 0.0 {
+            lo = lo.min(self.from_model(p.rate - rec_lo));
+        }
+        if rec_hi > 0.0 {
+            hi = hi.max(self.from_model(p.rate + rec_hi));
+        }
+        if self.cfg.kind != Kind::Gauge {
+            lo = lo.max(0.0);
+        }
+        if self.cfg.kind == Kind::Ratio {
+            hi = hi.min(1.0);
+        }
+        v.lower = lo;
+        v.upper = hi;
+        v
+    }
+
+    /// The values the single-bucket test does not flag under prediction `p` with per-side
+    /// thresholds `[below, above]` (in z units), in the value's units.
+    fn band_of(&self, b: &Bucket, p: &Prediction, [t_lo, t_hi]: [f64; 2]) -> (f64, f64) {
         let d = (p.var / p.base_var.max(1e-12)).max(1.0);
         match self.cfg.kind {
-            Kind::Count => {
-                let (lo, hi) = noise::count_band(p.mean, d, t_lo, t_hi, &self.normal);
-                v.lower = lo;
-                v.upper = hi;
-            }
+            Kind::Count => noise::count_band(p.mean, d, t_lo, t_hi, &self.normal),
             Kind::Ratio => {
                 let n = b.denominator.unwrap_or(0.0).round();
                 if n > 0.0 {
                     let (lo, hi) = noise::ratio_band(n, p.rate, d, t_lo, t_hi, &self.normal);
-                    v.lower = lo / n;
-                    v.upper = hi / n;
+                    (lo / n, hi / n)
+                } else {
+                    (f64::NAN, f64::NAN)
                 }
             }
             Kind::Gauge => {
                 let sd = p.var.max(0.0).sqrt();
                 let nu = p.spread_n;
-                v.lower = p.mean - noise::z_to_t(t_lo, nu) * sd;
-                v.upper = p.mean + noise::z_to_t(t_hi, nu) * sd;
+                (
+                    self.from_model(p.mean - noise::z_to_t(t_lo, nu) * sd),
+                    self.from_model(p.mean + noise::z_to_t(t_hi, nu) * sd),
+                )
             }
         }
-        v
     }
 
     fn learn(&mut self, b: &Bucket, scored: &Scored, feedback: Feedback) {
@@ -1100,17 +1224,10 @@ impl OnlineDetector {
             None
         };
         let kind = self.cfg.kind;
-        // What a model that has never seen this slot learns: the value, or for a bucket held
-        // back, the value pulled into the chosen model's band (an unseen slot must not start
-        // out as the anomaly).
-        let chosen_pred = scored.chosen.and_then(|i| scored.preds[i]);
-        let fill = match (held_back && knob("KW_FILL", 0.0) > 0.0, chosen_pred) {
-            (true, Some(p)) => {
-                let sd = p.var.max(0.0).sqrt();
-                y.clamp(p.mean - WINSOR_SD * sd, p.mean + WINSOR_SD * sd)
-            }
-            _ => y,
-        };
+        // A model that has never seen this slot learns it from this bucket whatever it was:
+        // the first weekend a series shows is how its weekends look, and a slot must not stay
+        // unseen forever. (One that learnt an anomaly this way is corrected over the next
+        // visits, and until it has proven itself the chosen model is a simpler one.)
         for (m, p) in self.models.iter_mut().zip(scored.preds.iter()) {
             if let Some(m) = m {
                 match p {
@@ -1123,7 +1240,7 @@ impl OnlineDetector {
                     Some(_) => {}
                     None => {
                         let p = m.predict(kind, b.ts, weight);
-                        m.learn(kind, b.ts, fill, weight, &p, None);
+                        m.learn(kind, b.ts, y, weight, &p, None);
                     }
                 }
             }
@@ -1133,7 +1250,7 @@ impl OnlineDetector {
         if let (Some(z), Feedback::None) = (scored.z, feedback) {
                 let side = if z < 0.0 { Side::Below } else { Side::Above };
             if scored.judged && z.abs() >= self.z_threshold(side) {
-                let dev = (scored.verdict.value - scored.verdict.expected).abs();
+                let dev = scored.dev;
                 if dev.is_finite() {
                     if self.events.len() >= EVENTS {
                         self.events.remove(0);
@@ -1147,25 +1264,19 @@ impl OnlineDetector {
             }
         }
         if let Some(z) = scored.z {
-            let calibrating = self.learned * 2 >= self.judge_after;
+            // Only once the spread stands on enough buckets: z-scores against a spread that is
+            // still settling would teach the tails wrong extremes.
+            let calibrating = self.learned >= self.judge_after
+                && scored
+                    .chosen
+                    .and_then(|i| scored.preds[i])
+                    .is_some_and(|p| p.spread_n >= MIN_SPREAD_FOR_CALIBRATION);
             if calibrating && was_quiet && feedback == Feedback::None {
-                // A bucket beyond the threshold enters capped near it: an event that recurs
-                // raises the threshold step by step until it stops being news, while one
-                // incident moves it little.
-                let cap = knob("KW_CAP", 1.5);
-                let zc = if z < 0.0 {
-                    z.max(-cap * self.z_threshold(Side::Below))
-                } else {
-                    z.min(cap * self.z_threshold(Side::Above))
-                };
-                self.cal_z.push(if knob("KW_CAPZ", 0.0) > 0.0 { zc } else { z });
+                // Every judged bucket outside an incident, anomalous or not: an extreme that
+                // recurs is this series' behaviour (the fit is robust to a few incidents).
+                self.cal_z.push(z);
                 let [lo, hi] = scored.cusum;
-                let c = if hi >= lo {
-                    hi.min(cap * self.cusum_threshold(Side::Above))
-                } else {
-                    -lo.min(cap * self.cusum_threshold(Side::Below))
-                };
-                self.cal_cusum.push(if knob("KW_CAPZ", 0.0) > 0.0 { c } else if hi >= lo { hi } else { -lo });
+                self.cal_cusum.push(if hi >= lo { hi } else { -lo });
             }
         }
         if held_back {
@@ -1178,6 +1289,17 @@ impl OnlineDetector {
         }
         if weight > 0.0 {
             self.learned += 1;
+        }
+        if self.scale == GaugeScale::Undecided {
+            if self.early.capacity() == 0 {
+                self.early.reserve_exact(self.judge_after.max(48) as usize);
+            }
+            self.early.push((b.ts, b.value));
+            // At least two days of hourly buckets, so the choice rests on more than a few hours.
+            let decide_at = self.judge_after.max((2.0 * self.per_day).min(48.0) as u64);
+            if self.learned >= decide_at {
+                self.choose_scale();
+            }
         }
     }
 

@@ -91,6 +91,9 @@ pub(crate) struct SeasonalModel {
     slow_den: f64,
     pub(crate) mse: f64,
     pub(crate) mse_n: u32,
+    /// Exponentially weighted mean negative log predictive density (times two, up to a
+    /// constant) of the buckets it predicted: a proper score of mean and spread together.
+    pub(crate) nll: f64,
     mse_min_rate: f64,
     run_obs: f64,
     run_exp: f64,
@@ -172,6 +175,7 @@ impl SeasonalModel {
             slow_den: 0.0,
             mse: 0.0,
             mse_n: 0,
+            nll: 0.0,
             mse_min_rate: 1.0 / (per_day * 7.0).max(14.0),
             run_obs: 0.0,
             run_exp: 0.0,
@@ -464,6 +468,11 @@ impl SeasonalModel {
         // a daily profile cannot look good by chasing each weekend with its level.
         let sd = pred.var.max(1e-300).sqrt();
         let s = pred.profile;
+        {
+            let e = ((obs - pred.mean) / sd).clamp(-ERROR_CLIP_SD, ERROR_CLIP_SD);
+            let a = (1.0 / f64::from(self.mse_n.saturating_add(1))).max(self.mse_min_rate);
+            self.nll += a * (pred.var.max(1e-300).ln() + e * e - self.nll);
+        }
         if self.additive {
             let mean = if self.slow_den > 0.0 { self.slow_num + s } else { pred.mean };
             let r = (obs - mean).clamp(-ERROR_CLIP_SD * sd, ERROR_CLIP_SD * sd);
