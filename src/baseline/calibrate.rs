@@ -112,11 +112,6 @@ impl TailCalibrator {
         self.buf.capacity() * std::mem::size_of::<f32>()
     }
 
-    /// Samples held.
-    pub(crate) fn len(&self) -> usize {
-        self.buf.len()
-    }
-
     /// The fit of one side: `below` for deviations under the baseline.
     pub(crate) fn fit(&self, below: bool) -> Option<&TailFit> {
         self.fits[usize::from(!below)].as_ref()
@@ -286,7 +281,7 @@ mod tests {
         }
         let fit = c.fit(false).copied().expect("fitted");
         // Laplace: P(Z > x) = exp(-x) / 2.
-        let q = 1e-5;
+        let q: f64 = 1e-5;
         let want = -(2.0 * q).ln();
         let got = fit.quantile(q);
         assert!(got > want && got < 2.0 * want, "{got} vs {want}, {fit:?}");

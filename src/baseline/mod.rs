@@ -397,6 +397,9 @@ pub struct OnlineDetector {
     per_day: f64,
     buckets_per_week: f64,
     accept_after: u32,
+    /// Buckets learned before the CUSUM accumulates: a day and a half when a daily profile is
+    /// possible (a day to see it, half a day to prove it), else the judging warm-up.
+    accumulate_after: u64,
     /// Buckets over which recent events make a deviation recurrent: four weeks, at most the
     /// calibration window.
     recurrence_window: u64,
@@ -522,6 +525,11 @@ impl OnlineDetector {
             per_day,
             buckets_per_week,
             accept_after: (per_day / 2.0).max(3.0).ceil() as u32,
+            accumulate_after: if per_day >= 2.0 {
+                judge_after.max((1.5 * per_day).ceil() as u64)
+            } else {
+                judge_after
+            },
             recurrence_window: (28.0 * per_day).min(calibrate::CAPACITY as f64).max(1.0) as u64,
             alarm: AlarmState::quiet(),
             incident_len: 0,
@@ -950,7 +958,13 @@ impl OnlineDetector {
         // One bucket alone is the single-bucket test's business: the CUSUM takes at most the
         // single-bucket threshold from any bucket, so it accumulates, never replays a spike.
         let cap = self.thresholds.z_bucket;
-        let zc = z_acc.clamp(-cap, cap) * self.cusum_scale();
+        // Accumulating needs a baseline that has seen a whole day: before the daily profile
+        // can exist, a level alone reads every afternoon as a sustained shift.
+        let zc = if self.learned >= self.accumulate_after {
+            z_acc.clamp(-cap, cap) * self.cusum_scale()
+        } else {
+            0.0
+        };
         next.cusum[0] = (prev.cusum[0] - zc - CUSUM_K).max(0.0);
         next.cusum[1] = (prev.cusum[1] + zc - CUSUM_K).max(0.0);
         for side in Side::BOTH {
@@ -1284,7 +1298,7 @@ impl OnlineDetector {
         } else if feedback != Feedback::None {
             // Its z-score is the model's error, not the series' noise.
             self.ac.prev = 0.0;
-        } else if let (true, Some(z)) = (evaluated, scored.z) {
+        } else if let (true, Some(z)) = (evaluated || status == Status::WarmingUp, scored.z) {
             self.track_autocorrelation(z);
         }
         if weight > 0.0 {
