@@ -544,7 +544,12 @@ fn write_json(out: &mut impl Write, ts: &str, v: &Verdict) -> io::Result<()> {
 /// same with `T`, either with fractional seconds, or RFC 3339 / ISO 8601 with an offset (whose
 /// local wall-clock time is used, as the service does with a KPI's timezone).
 fn parse_ts(s: &str) -> Option<i64> {
-    for fmt in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"] {
+    for fmt in [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M",
+    ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
             return Some(t.and_utc().timestamp());
         }
@@ -552,7 +557,11 @@ fn parse_ts(s: &str) -> Option<i64> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.naive_local().and_utc().timestamp());
     }
-    for fmt in ["%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z"] {
+    for fmt in [
+        "%Y-%m-%d %H:%M:%S%.f%:z",
+        "%Y-%m-%dT%H:%M:%S%.f%z",
+        "%Y-%m-%d %H:%M:%S%.f%z",
+    ] {
         if let Ok(t) = DateTime::parse_from_str(s, fmt) {
             return Some(t.naive_local().and_utc().timestamp());
         }
@@ -623,11 +632,7 @@ fn parse(
     let is_ratio = match names.as_slice() {
         [t, v] if t == "timestamp" && v == "value" => false,
         [t, n, d] if t == "timestamp" && n == "numerator" && d == "denominator" => true,
-        _ => {
-            return Err(Error::BadHeader {
-                got: names.join(","),
-            })
-        }
+        _ => return Err(Error::BadHeader { got: names.join(",") }),
     };
     let kind = match (kind, is_ratio) {
         (KindChoice::Auto, true) | (KindChoice::Fixed(Kind::Ratio), true) => Kind::Ratio,
@@ -679,11 +684,7 @@ fn parse(
                 let d = parse_number(line, "denominator", &record[2])?;
                 for (column, value) in [("denominator", d), ("numerator", n)] {
                     if value < 0.0 {
-                        return Err(Error::Negative {
-                            line,
-                            column,
-                            value,
-                        });
+                        return Err(Error::Negative { line, column, value });
                     }
                 }
                 if n > d {

@@ -124,7 +124,10 @@ fn report_warnings(warnings: &[detect::Warning]) {
     }
     for (kind, n) in shown {
         if n > PER_KIND {
-            eprintln!("kpiwatch detect: warning: {} more like the above ({kind:?})", n - PER_KIND);
+            eprintln!(
+                "kpiwatch detect: warning: {} more like the above ({kind:?})",
+                n - PER_KIND
+            );
         }
     }
 }

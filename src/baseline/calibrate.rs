@@ -144,9 +144,7 @@ impl TailCalibrator {
             self.next = (self.next + 1) % CAPACITY;
         }
         self.since_fit += 1;
-        if self.buf.len() >= MIN_SAMPLES
-            && (self.since_fit >= REFIT_EVERY || self.fits[0].is_none())
-        {
+        if self.buf.len() >= MIN_SAMPLES && (self.since_fit >= REFIT_EVERY || self.fits[0].is_none()) {
             self.refit();
         }
     }
@@ -177,8 +175,7 @@ impl TailCalibrator {
             // episodes: one or two past incidents do not make a series heavy-tailed.
             self.rejected[side] = self.reference.iter().any(|&(level, p)| {
                 let episodes = series.iter().filter(|&&x| x > level).count() as f64;
-                episodes >= MIN_EXCEEDANCES
-                    && poisson_sf(episodes, n as f64 * p) < REJECT_P / tests
+                episodes >= MIN_EXCEEDANCES && poisson_sf(episodes, n as f64 * p) < REJECT_P / tests
             });
             scratch.clear();
             scratch.extend_from_slice(&series);
@@ -231,11 +228,7 @@ fn fit_side(series: &[f64], scratch: &mut [f64], k: usize) -> Option<TailFit> {
     // Hill's estimator needs a positive threshold; below `MIN_U` the body is too close to zero
     // for a power law to mean anything, and `MIN_U` stands in.
     let u = scratch[pivot].max(MIN_U);
-    let mut logs: Vec<f64> = series
-        .iter()
-        .filter(|&&x| x > u)
-        .map(|&m| (m / u).ln())
-        .collect();
+    let mut logs: Vec<f64> = series.iter().filter(|&&x| x > u).map(|&m| (m / u).ln()).collect();
     if logs.is_empty() {
         return None;
     }
@@ -285,7 +278,6 @@ mod tests {
         let want = -(2.0 * q).ln();
         let got = fit.quantile(q);
         assert!(got > want && got < 2.0 * want, "{got} vs {want}, {fit:?}");
-
     }
 
     #[test]

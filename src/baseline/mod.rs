@@ -286,6 +286,10 @@ pub struct Verdict {
     /// For an anomaly: where its incident started — the first bucket of the accumulated
     /// evidence, in the same local seconds as [`Bucket::ts`].
     pub since: Option<i64>,
+    /// An incident on a watched side is still open after this bucket: the evidence that the
+    /// level is back at the baseline is not there yet (whether or not this bucket is flagged).
+    /// Alert lifecycles resolve on this, not on buckets inside the band.
+    pub ongoing: bool,
 }
 
 /// One side's open incident: a deviation that has fired and has not come back yet.
@@ -298,6 +302,9 @@ struct Incident {
     z_sum: f64,
     /// Log-likelihood ratio evidence (CUSUM) that the level is back at the baseline.
     recover: f64,
+    /// Opened by a run of empty count buckets: an outage, whose level is zero, so the first
+    /// events mean it is over.
+    empty: bool,
 }
 
 impl Incident {
@@ -400,6 +407,9 @@ pub struct OnlineDetector {
     /// Buckets learned before the CUSUM accumulates: a day and a half when a daily profile is
     /// possible (a day to see it, half a day to prove it), else the judging warm-up.
     accumulate_after: u64,
+    /// Evidence (nats) that ends an incident: `ln` of the buckets in a day (a false
+    /// "recovered" about once a day of an incident at most), at least `RECOVERY_NATS`.
+    recovery_nats: f64,
     /// Buckets over which recent events make a deviation recurrent: four weeks, at most the
     /// calibration window.
     recurrence_window: u64,
@@ -454,7 +464,9 @@ const BOX_COX_MARGIN: f64 = 2.0;
 const LOG_FLOOR: f64 = 1e-3;
 /// Deviations at least this share of the current one count as comparable.
 const COMPARABLE: f64 = 0.8;
-/// Evidence (nats) that the level is back at the baseline before an incident ends: 20 to 1.
+/// Evidence (nats) that the level is back at the baseline before an incident ends, at least:
+/// 20 to 1. The recovery test is itself a CUSUM, so the evidence it needs grows with the
+/// buckets in a day (see `recovery_nats`), or a long incident would "recover" by chance.
 const RECOVERY_NATS: f64 = 3.0;
 /// The smallest incident level (in z units) recovery is tested against.
 const RECOVERY_MIN_SHIFT: f64 = 1.0;
@@ -530,6 +542,7 @@ impl OnlineDetector {
             } else {
                 judge_after
             },
+            recovery_nats: per_day.ln().max(RECOVERY_NATS),
             recurrence_window: (28.0 * per_day).min(calibrate::CAPACITY as f64).max(1.0) as u64,
             alarm: AlarmState::quiet(),
             incident_len: 0,
@@ -677,7 +690,7 @@ impl OnlineDetector {
     }
 
     /// A value on the baselines' scale back in the value's units.
-    fn from_model(&self, m: f64) -> f64 {
+    fn to_value(&self, m: f64) -> f64 {
         match self.scale {
             GaugeScale::Log { .. } => m.exp(),
             _ => m,
@@ -731,7 +744,7 @@ impl OnlineDetector {
     /// The sensitivity at which a per-bucket tail probability `p` (one side) just fires the
     /// single-bucket test; infinite when it never does.
     fn sens_for_tail(&self, p: f64) -> f64 {
-        if !(p <= threshold::MAX_ALPHA) {
+        if p.is_nan() || p > threshold::MAX_ALPHA {
             return f64::INFINITY;
         }
         threshold::sensitivity_for_budget(2.0 * p * self.buckets_per_week)
@@ -891,7 +904,7 @@ impl OnlineDetector {
         let pred = chosen.and_then(|i| preds[i]);
         let mut scored = Scored {
             verdict: Verdict {
-                expected: pred.map_or(f64::NAN, |p| self.from_model(p.rate)),
+                expected: pred.map_or(f64::NAN, |p| self.to_value(p.rate)),
                 lower: f64::NAN,
                 upper: f64::NAN,
                 score: 0.0,
@@ -903,6 +916,7 @@ impl OnlineDetector {
                 trigger: None,
                 side: None,
                 since: None,
+                ongoing: false,
             },
             z: None,
             next: self.alarm,
@@ -1044,6 +1058,7 @@ impl OnlineDetector {
                     n: 0.0,
                     z_sum: 0.0,
                     recover: 0.0,
+                    empty: trigger == Trigger::EmptyRun,
                 });
                 inc.n += 1.0;
                 inc.z_sum += z;
@@ -1054,18 +1069,16 @@ impl OnlineDetector {
                 inc.recover = (inc.recover + mu * mu / 2.0 - z * mu).max(0.0);
                 inc.n += 1.0;
                 inc.z_sum += z;
-                if inc.recover >= RECOVERY_NATS {
+                let events_again = inc.empty && y > 0.0;
+                if inc.recover >= self.recovery_nats || events_again {
                     next.incident[i] = None;
                 }
             }
             if dir.watches(side == Side::Below) {
                 best_sens = best_sens.min(s_side);
-                // An incident under way flags the buckets whose own evidence favours the
-                // incident's level over the baseline.
-                let ongoing = next.incident[i].is_some_and(|inc| {
-                    let mu = inc.shift(side);
-                    z * mu > mu * mu / 2.0
-                });
+                // An incident under way flags its buckets until the evidence says the level is
+                // back: one long deviation is one flagged stretch, not a flicker.
+                let ongoing = next.incident[i].is_some();
                 if (fires || ongoing) && flagged.is_none() {
                     let trigger = if fires { trigger } else { Trigger::Ongoing };
                     let since = next.incident[i].map_or(since, |inc| inc.since);
@@ -1075,6 +1088,9 @@ impl OnlineDetector {
         }
         scored.next = next;
         let v = &mut scored.verdict;
+        v.ongoing = Side::BOTH
+            .iter()
+            .any(|s| next.incident[s.index()].is_some() && dir.watches(*s == Side::Below));
         v.score = score_for_sensitivity(best_sens, self.buckets_per_week);
         if low_volume {
             v.status = Status::LowVolume;
@@ -1138,10 +1154,10 @@ impl OnlineDetector {
         let rec_lo = self.recurrent_below(true);
         let rec_hi = self.recurrent_below(false);
         if rec_lo > 0.0 {
-            lo = lo.min(self.from_model(p.rate - rec_lo));
+            lo = lo.min(self.to_value(p.rate - rec_lo));
         }
         if rec_hi > 0.0 {
-            hi = hi.max(self.from_model(p.rate + rec_hi));
+            hi = hi.max(self.to_value(p.rate + rec_hi));
         }
         if self.cfg.kind != Kind::Gauge {
             lo = lo.max(0.0);
@@ -1173,8 +1189,8 @@ impl OnlineDetector {
                 let sd = p.var.max(0.0).sqrt();
                 let nu = p.spread_n;
                 (
-                    self.from_model(p.mean - noise::z_to_t(t_lo, nu) * sd),
-                    self.from_model(p.mean + noise::z_to_t(t_hi, nu) * sd),
+                    self.to_value(p.mean - noise::z_to_t(t_lo, nu) * sd),
+                    self.to_value(p.mean + noise::z_to_t(t_hi, nu) * sd),
                 )
             }
         }
@@ -1229,8 +1245,7 @@ impl OnlineDetector {
         // baseline to expect it.
         let building = scored.next.zero_run >= ZERO_HOLD_BACK * self.thresholds.zero_run_nll
             || scored.next.in_incident();
-        let held_back =
-            feedback == Feedback::None && (scored.fired || (evaluated && building));
+        let held_back = feedback == Feedback::None && (scored.fired || (evaluated && building));
         // A false positive is learned in full, so the noise estimate sees how far off it was.
         let winsor = if evaluated && feedback != Feedback::NotAnomaly {
             Some(WINSOR_SD)
@@ -1262,7 +1277,7 @@ impl OnlineDetector {
         // The series' own tails: from judged buckets outside incidents, whatever they
         // scored, so that spikes that are normal here raise the thresholds.
         if let (Some(z), Feedback::None) = (scored.z, feedback) {
-                let side = if z < 0.0 { Side::Below } else { Side::Above };
+            let side = if z < 0.0 { Side::Below } else { Side::Above };
             if scored.judged && z.abs() >= self.z_threshold(side) {
                 let dev = scored.dev;
                 if dev.is_finite() {
@@ -1346,6 +1361,7 @@ fn clear_anomaly(v: &mut Verdict) {
     v.trigger = None;
     v.side = None;
     v.since = None;
+    v.ongoing = false;
 }
 
 /// The score of a bucket that the tests would just flag at sensitivity `s`: `1 - s / 2` for

@@ -228,14 +228,7 @@ pub(crate) fn count_band(mu: f64, d: f64, t_lo: f64, t_hi: f64, normal: &Normal)
 
 /// The successes out of `n` the single-bucket test does not flag against proportion `p` with
 /// variance inflation `d`: the smallest and largest `k`.
-pub(crate) fn ratio_band(
-    n: f64,
-    p: f64,
-    d: f64,
-    t_lo: f64,
-    t_hi: f64,
-    normal: &Normal,
-) -> (f64, f64) {
+pub(crate) fn ratio_band(n: f64, p: f64, d: f64, t_lo: f64, t_hi: f64, normal: &Normal) -> (f64, f64) {
     let sd = d.max(1.0).sqrt();
     let z = |k: f64| ratio_z(k, n, p, normal) / sd;
     let spread = (n * p * (1.0 - p)).max(0.0).sqrt();

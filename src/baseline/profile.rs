@@ -474,7 +474,11 @@ impl SeasonalModel {
             self.nll += a * (pred.var.max(1e-300).ln() + e * e - self.nll);
         }
         if self.additive {
-            let mean = if self.slow_den > 0.0 { self.slow_num + s } else { pred.mean };
+            let mean = if self.slow_den > 0.0 {
+                self.slow_num + s
+            } else {
+                pred.mean
+            };
             let r = (obs - mean).clamp(-ERROR_CLIP_SD * sd, ERROR_CLIP_SD * sd);
             self.slow_num += if self.slow_den > 0.0 {
                 self.mse_min_rate * (obs - s - self.slow_num)

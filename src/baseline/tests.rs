@@ -243,8 +243,13 @@ fn warm_up_flags_nothing_and_draws_no_band() {
     series[11].value = 5000.0;
     let mut det = detector(Kind::Count, 3600);
     let v = run(&mut det, &series);
-    assert!(v[..14].iter().all(|v| !v.anomaly && v.status == Status::WarmingUp));
-    assert!(v[11].lower.is_nan() && v[11].upper.is_nan(), "no calibrated band yet");
+    assert!(v[..14]
+        .iter()
+        .all(|v| !v.anomaly && v.status == Status::WarmingUp));
+    assert!(
+        v[11].lower.is_nan() && v[11].upper.is_nan(),
+        "no calibrated band yet"
+    );
     assert_eq!(v[20].status, Status::Evaluated);
     assert!(v[20].lower.is_finite());
 }
@@ -393,7 +398,12 @@ fn a_recurring_blip_marked_not_anomaly_on_earlier_occurrences_stops_being_flagge
         blip_flags(&v)
     );
     assert_eq!(late(&v), 0, "{} flags in the last two weeks", late(&v));
-    assert_eq!(late(&w), 0, "after feedback: {} flags in the last two weeks", late(&w));
+    assert_eq!(
+        late(&w),
+        0,
+        "after feedback: {} flags in the last two weeks",
+        late(&w)
+    );
     let marked_flags = series
         .iter()
         .zip(&w)
@@ -528,7 +538,11 @@ fn heavy_tailed_noise_keeps_the_alert_budget_and_a_real_drop_still_fires() {
     let days = 21;
     let drop_at = (days - 1) * 288 + 100;
     let series = gauge_5min(days, 31, |i, n| {
-        let level = if (drop_at..drop_at + 12).contains(&i) { 40.0 } else { 100.0 };
+        let level = if (drop_at..drop_at + 12).contains(&i) {
+            40.0
+        } else {
+            100.0
+        };
         level + 3.0 * student_t(n, 3)
     });
     let mut det = detector(Kind::Gauge, 300);
@@ -541,7 +555,9 @@ fn heavy_tailed_noise_keeps_the_alert_budget_and_a_real_drop_still_fires() {
         quiet.len() / 288
     );
     assert!(
-        v[drop_at as usize..drop_at as usize + 12].iter().any(|v| v.anomaly),
+        v[drop_at as usize..drop_at as usize + 12]
+            .iter()
+            .any(|v| v.anomaly),
         "a drop of 60 % still fires"
     );
 }
@@ -583,7 +599,11 @@ fn an_integer_gauge_is_judged_by_its_own_spread_not_as_counts() {
     });
     let mut det = detector(Kind::Gauge, 300);
     let v = run(&mut det, &series);
-    assert!(v[at as usize].anomaly, "a speed of 38 fires: {:?}", v[at as usize]);
+    assert!(
+        v[at as usize].anomaly,
+        "a speed of 38 fires: {:?}",
+        v[at as usize]
+    );
     assert_eq!(v[at as usize].side, Some(Side::Below));
     assert_eq!(episodes(&v[288..at as usize]), 0);
     // As counts (Poisson variance 60) the same drop would be only 2.8 sd away.
@@ -604,11 +624,18 @@ fn a_gauge_around_zero_with_negative_values_has_an_additive_band() {
     let mut det = detector(Kind::Gauge, 300);
     let v = run(&mut det, &series);
     assert!(v[at as usize].anomaly, "{:?}", v[at as usize]);
-    let fa: Vec<(usize, &Verdict)> = v[..at as usize].iter().enumerate().filter(|(_, v)| v.anomaly).collect();
+    let fa: Vec<(usize, &Verdict)> = v[..at as usize]
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.anomaly)
+        .collect();
     assert_eq!(episodes(&v[288..at as usize]), 0, "{fa:?}");
     let b = v[at as usize - 10];
     assert!(b.lower < b.expected && b.expected < b.upper, "{b:?}");
-    assert!(b.upper - b.lower < 8.0, "an additive band, not one scaled by |expected|: {b:?}");
+    assert!(
+        b.upper - b.lower < 8.0,
+        "an additive band, not one scaled by |expected|: {b:?}"
+    );
 }
 
 #[test]
@@ -702,9 +729,17 @@ fn a_low_volume_ratio_drop_stays_flagged_while_it_lasts_and_ends_when_the_rate_i
         "{flagged} of {} buckets of the drop flagged",
         t - first
     );
-    assert!(v[first..t].iter().all(|v| !v.anomaly || v.side == Some(Side::Below)));
+    assert!(v[first..t]
+        .iter()
+        .all(|v| !v.anomaly || v.side == Some(Side::Below)));
     // An hour after the rate is back, the incident is over.
-    assert!(v[t + 12..].iter().all(|v| !v.anomaly), "still flagged after recovery");
+    assert!(
+        v[t + 12..].iter().all(|v| !v.anomaly),
+        "still flagged after recovery"
+    );
     let since = v[first].since.expect("since");
-    assert!(since <= buckets[first].ts && since >= buckets[f].ts - 3600, "since {since}");
+    assert!(
+        since <= buckets[first].ts && since >= buckets[f].ts - 3600,
+        "since {since}"
+    );
 }

@@ -59,7 +59,10 @@ fn detect(dir: &TempDir, name: &str, csv: &str, kind: KindChoice) -> (DetectSumm
 #[test]
 fn input_that_cannot_be_data_is_an_error_naming_its_line() {
     let cases: &[(&str, usize)] = &[
-        ("timestamp,value\n2026-01-01 00:00:00,1\n2026-01-01 01:00:00,x\n", 3),
+        (
+            "timestamp,value\n2026-01-01 00:00:00,1\n2026-01-01 01:00:00,x\n",
+            3,
+        ),
         ("timestamp,value\n2026-01-01 00:00:00,1,4\n", 2),
         ("timestamp,value\nyesterday,1\n", 2),
         ("timestamp,value\n2026-01-01 00:00:00,nan\n", 2),
@@ -78,7 +81,10 @@ fn input_that_cannot_be_data_is_an_error_naming_its_line() {
 
 #[test]
 fn a_bad_header_or_a_kind_that_contradicts_the_columns_is_rejected() {
-    assert!(matches!(parse_str("ts,v\n", KindChoice::Auto), Err(Error::BadHeader { .. })));
+    assert!(matches!(
+        parse_str("ts,v\n", KindChoice::Auto),
+        Err(Error::BadHeader { .. })
+    ));
     assert!(matches!(parse_str("", KindChoice::Auto), Err(Error::Empty)));
     assert!(matches!(
         parse_str("timestamp,value\n", KindChoice::Fixed(Kind::Ratio)),
@@ -106,7 +112,8 @@ fn iso_timestamps_with_or_without_an_offset_and_fractions_parse_to_local_wall_cl
 
 #[test]
 fn quoted_fields_a_byte_order_mark_and_crlf_line_ends_are_read() {
-    let csv = "\u{feff}\"timestamp\",\"value\"\r\n\"2026-01-01 00:00:00\",\"3\"\r\n\r\n2026-01-01T01:00:00,4\r\n";
+    let csv =
+        "\u{feff}\"timestamp\",\"value\"\r\n\"2026-01-01 00:00:00\",\"3\"\r\n\r\n2026-01-01T01:00:00,4\r\n";
     let (kind, rows, warnings) = parse_str(csv, KindChoice::Auto).expect("parses");
     assert_eq!(kind, Kind::Count);
     assert_eq!(rows.len(), 2);
@@ -138,7 +145,9 @@ fn repeated_backward_and_missing_timestamps_are_judged_in_order_with_a_warning_e
             (7, WarningKind::Gap),
         ]
     );
-    assert!(summary.warnings[1].to_string().starts_with("line 5: timestamp 2026-03-29 00:30:00"));
+    assert!(summary.warnings[1]
+        .to_string()
+        .starts_with("line 5: timestamp 2026-03-29 00:30:00"));
     // Output rows keep the input's order and timestamps.
     assert!(out[4].starts_with("2026-03-29 00:30:00,9,"), "{}", out[4]);
 }
@@ -148,7 +157,12 @@ fn auto_kind_judges_whole_numbers_as_counts_and_switches_to_a_gauge_at_the_first
     let dir = TempDir::new("auto");
     let mut csv = String::from("timestamp,value\n");
     for i in 0..48 {
-        csv.push_str(&format!("2026-01-{:02} {:02}:00:00,{}\n", 1 + i / 24, i % 24, 100 + i % 7));
+        csv.push_str(&format!(
+            "2026-01-{:02} {:02}:00:00,{}\n",
+            1 + i / 24,
+            i % 24,
+            100 + i % 7
+        ));
     }
     let (counts, _) = detect(&dir, "counts", &csv, KindChoice::Auto);
     assert_eq!(counts.kind, Kind::Count);
@@ -157,7 +171,10 @@ fn auto_kind_judges_whole_numbers_as_counts_and_switches_to_a_gauge_at_the_first
     let (mixed, out) = detect(&dir, "mixed", &csv, KindChoice::Auto);
     assert_eq!(mixed.kind, Kind::Gauge);
     assert_eq!(mixed.warnings.len(), 1);
-    assert_eq!((mixed.warnings[0].line, mixed.warnings[0].kind), (50, WarningKind::NotACount));
+    assert_eq!(
+        (mixed.warnings[0].line, mixed.warnings[0].kind),
+        (50, WarningKind::NotACount)
+    );
     assert_eq!(out.len(), 51);
     // Under a fixed count kind the negative value is missing, not an error.
     let (fixed, _) = detect(&dir, "fixed", &csv, KindChoice::Fixed(Kind::Count));
@@ -172,7 +189,12 @@ fn whole_numbers_much_tighter_than_event_counts_are_judged_as_a_gauge() {
     // A speed of about 60 that moves by at most 2 between readings: no Poisson count.
     for i in 0..400 {
         let v = 60 + [0, 1, 2, 1, 0, -1, -2, -1][i % 8];
-        csv.push_str(&format!("2026-01-{:02} {:02}:{:02}:00,{v}\n", 1 + i / 288, (i % 288) / 12, (i % 12) * 5));
+        csv.push_str(&format!(
+            "2026-01-{:02} {:02}:{:02}:00,{v}\n",
+            1 + i / 288,
+            (i % 288) / 12,
+            (i % 12) * 5
+        ));
     }
     let (summary, _) = detect(&dir, "tight", &csv, KindChoice::Auto);
     assert_eq!(summary.kind, Kind::Gauge);

@@ -7,6 +7,7 @@ mod alerting;
 mod api;
 mod backtest;
 mod cli;
+mod detection;
 mod digest;
 mod e2e;
 mod email;
