@@ -165,7 +165,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         let summary = detect::run(&DetectOptions {
             input: input.clone(),
             output: Some(out.clone()),
-            kind: None,
+            kind: detect::KindChoice::Auto,
             interval: None,
             direction: Direction::Both,
             sensitivity: Sensitivity::MEDIUM,

@@ -14,7 +14,7 @@ use crate::alerting;
 use crate::alerting::lifecycle::{self, Step};
 use crate::baseline::{Bucket, OnlineDetector};
 use crate::kpi::{Direction, KpiSpec, Sensitivity};
-use crate::pipeline::{bucket_verdict, detector_config, local_secs};
+use crate::pipeline::{bucket_verdict, detector_config, local_secs, since_utc};
 use crate::store::ObservationRow;
 
 /// What to try.
@@ -121,8 +121,9 @@ pub fn run(
         let mut open: Option<lifecycle::Incident> = None;
         let mut current: Option<WouldAlert> = None;
         for o in rows.iter().filter(|o| o.ts < to) {
+            let local = local_secs(spec.timezone, o.ts);
             let v = detector.step(&Bucket {
-                ts: local_secs(spec.timezone, o.ts),
+                ts: local,
                 value: o.value,
                 denominator: o.denominator,
                 excluded: false,
@@ -141,7 +142,7 @@ pub fn run(
                     score: v.score,
                 });
             }
-            let verdict = bucket_verdict(o.ts, &v, cfg.direction);
+            let verdict = bucket_verdict(o.ts, &v, since_utc(&v, local, o.ts));
             let severity = alerting::severity_for(spec, &verdict);
             match lifecycle::step(open.as_ref(), &verdict, &rule, severity, o.ts + step) {
                 Step::Nothing => {}

@@ -1,13 +1,22 @@
 //! `kpiwatch detect`: the offline CSV contract around [`crate::baseline::OnlineDetector`].
 //!
-//! Reads `timestamp,value` or `timestamp,numerator,denominator`, validates every line (errors
-//! name the line), runs the very detector the service runs, online (row t sees rows <= t), and
-//! writes `timestamp,value,expected,lower,upper,score,anomaly` or, with `explain`, one JSON
-//! object per row. This is the only module here that touches files; the detector stays pure.
+//! Reads `timestamp,value` or `timestamp,numerator,denominator` with the `csv` crate (quoted
+//! fields, a byte-order mark and CRLF line ends are fine), runs the very detector the service
+//! runs, online (row t sees rows <= t), and writes `timestamp,value,expected,lower,upper,score,
+//! anomaly` or, with `explain`, one JSON object per row. This is the only module here that
+//! touches files; the detector stays pure.
+//!
+//! Real exports are untidy. A timestamp that repeats or steps back, a gap, a negative value
+//! or a value that is not a whole number under `--kind auto` is data: the row is judged in
+//! order as the next bucket and a [`Warning`] names its line. Only input that cannot be read
+//! as data — a value that is not a number, a timestamp that does not parse, a numerator above
+//! its denominator, a row with the wrong number of fields — is an [`Error`] naming the line.
 
+use std::fmt;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use chrono::{DateTime, NaiveDateTime};
 
@@ -16,6 +25,12 @@ use crate::kpi::{Direction, Kind, Sensitivity};
 
 /// Interval assumed when the input has fewer than two rows and none was given.
 const DEFAULT_INTERVAL_SECS: u32 = 3600;
+/// Rows a `--kind auto` series is watched for whole-number values spread much tighter than
+/// event counts are, before it is judged as a count for good.
+const DISPERSION_CHECK_ROWS: usize = 288;
+/// Below this ratio of the variance of successive differences (halved) to the mean, whole
+/// numbers are readings (a speed of 60 ± 5), not event counts (Poisson: about 1).
+const UNDERDISPERSED: f64 = 0.5;
 
 /// What `kpiwatch detect` failed on.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +70,14 @@ pub enum Error {
         /// Columns found.
         columns: usize,
     },
+    /// A line is not valid CSV (an unterminated quote, invalid UTF-8).
+    #[error("line {line}: {message}")]
+    Csv {
+        /// 1-based line number.
+        line: usize,
+        /// What the CSV reader said.
+        message: String,
+    },
     /// A data line has the wrong number of fields.
     #[error("line {line}: expected {expected} comma-separated fields, found {got}")]
     ColumnCount {
@@ -66,7 +89,7 @@ pub enum Error {
         got: usize,
     },
     /// A timestamp did not parse.
-    #[error("line {line}: timestamp {got:?} is neither `YYYY-MM-DD HH:MM:SS` nor RFC 3339")]
+    #[error("line {line}: timestamp {got:?} is neither `YYYY-MM-DD HH:MM:SS`, ISO 8601 `YYYY-MM-DDTHH:MM:SS` (with or without an offset) nor RFC 3339")]
     BadTimestamp {
         /// 1-based line number.
         line: usize,
@@ -83,8 +106,8 @@ pub enum Error {
         /// The field as read.
         got: String,
     },
-    /// A count, numerator or denominator below zero.
-    #[error("line {line}: {column} {value:?} is negative{hint}")]
+    /// A numerator or denominator below zero.
+    #[error("line {line}: {column} {value:?} is negative: a ratio counts successes out of attempts")]
     Negative {
         /// 1-based line number.
         line: usize,
@@ -92,8 +115,6 @@ pub enum Error {
         column: &'static str,
         /// The value.
         value: f64,
-        /// How to fix it, if there is an obvious way.
-        hint: &'static str,
     },
     /// Numerator above denominator.
     #[error("line {line}: numerator {numerator:?} is greater than denominator {denominator:?}")]
@@ -104,26 +125,6 @@ pub enum Error {
         numerator: f64,
         /// The denominator.
         denominator: f64,
-    },
-    /// Timestamp not after the previous one.
-    #[error(
-        "line {line}: timestamp {got} is before the previous row's {previous}; rows must be sorted by time"
-    )]
-    Unsorted {
-        /// 1-based line number.
-        line: usize,
-        /// This row's timestamp.
-        got: String,
-        /// The previous row's timestamp.
-        previous: String,
-    },
-    /// Same timestamp twice.
-    #[error("line {line}: timestamp {got} repeats the previous row's")]
-    Duplicate {
-        /// 1-based line number.
-        line: usize,
-        /// The timestamp.
-        got: String,
     },
     /// `--interval` did not parse.
     #[error("invalid --interval {0:?}: expected a positive duration like 30s, 5m, 1h or 1d")]
@@ -136,6 +137,39 @@ pub enum Error {
 /// `Result` with this module's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// `--kind`: a noise model, or `auto` to infer it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KindChoice {
+    /// Ratio when the input has `numerator,denominator`; otherwise count while every value is
+    /// a whole number at least 0 that varies like event counts do, else gauge (decided online:
+    /// the first value that rules out a count switches to gauge, replaying the rows before it).
+    #[default]
+    Auto,
+    /// This noise model.
+    Fixed(Kind),
+}
+
+impl FromStr for KindChoice {
+    type Err = crate::kpi::ParseError;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        if s.trim().eq_ignore_ascii_case("auto") {
+            Ok(KindChoice::Auto)
+        } else {
+            s.parse().map(KindChoice::Fixed)
+        }
+    }
+}
+
+impl fmt::Display for KindChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KindChoice::Auto => f.write_str("auto"),
+            KindChoice::Fixed(k) => k.fmt(f),
+        }
+    }
+}
+
 /// Options of `kpiwatch detect`.
 #[derive(Debug, Clone)]
 pub struct DetectOptions {
@@ -143,8 +177,8 @@ pub struct DetectOptions {
     pub input: PathBuf,
     /// Output file; `None` writes to stdout.
     pub output: Option<PathBuf>,
-    /// Noise model; `None` infers ratio from three columns, else count.
-    pub kind: Option<Kind>,
+    /// Noise model, or [`KindChoice::Auto`].
+    pub kind: KindChoice,
     /// Bucket length like `5m` or `1h`; `None` infers it from the timestamps.
     pub interval: Option<String>,
     /// Which deviations are anomalies.
@@ -155,6 +189,40 @@ pub struct DetectOptions {
     pub explain: bool,
 }
 
+/// Something odd in the input that was handled, naming the line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Warning {
+    /// 1-based line number.
+    pub line: usize,
+    /// What it was.
+    pub kind: WarningKind,
+    /// What was done about it.
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+/// The kinds of [`Warning`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WarningKind {
+    /// The same timestamp as the previous row.
+    RepeatedTimestamp,
+    /// A timestamp before the previous row's.
+    BackwardTimestamp,
+    /// More than one interval since the previous row.
+    Gap,
+    /// A value that is not a whole number at least 0 under `--kind auto`: judged as a gauge.
+    NotACount,
+    /// A negative value under `--kind count`: judged as missing.
+    NegativeCount,
+    /// A row without a value (empty field): judged as missing.
+    MissingValue,
+}
+
 /// What a run did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DetectSummary {
@@ -162,15 +230,18 @@ pub struct DetectSummary {
     pub rows: usize,
     /// Rows flagged as anomalies.
     pub anomalies: usize,
-    /// Noise model used.
+    /// Noise model used at the end (with `auto`, gauge once a value ruled out a count).
     pub kind: Kind,
     /// Bucket length used, in seconds.
     pub interval_secs: u32,
+    /// Odd input that was handled, in line order.
+    pub warnings: Vec<Warning>,
 }
 
-/// One validated input row.
+/// One input row.
 #[derive(Debug, Clone)]
 struct Row {
+    line: usize,
     raw_ts: String,
     ts: i64,
     value: f64,
@@ -183,11 +254,20 @@ pub fn run(opts: &DetectOptions) -> Result<DetectSummary> {
         path: opts.input.clone(),
         source,
     })?;
-    let (kind, rows) = parse(BufReader::new(file), opts.kind, &opts.input)?;
+    let mut warnings = Vec::new();
+    let mut data = Vec::new();
+    BufReader::new(file)
+        .read_to_end(&mut data)
+        .map_err(|source| Error::Read {
+            path: opts.input.clone(),
+            source,
+        })?;
+    let (kind, rows) = parse(&data, opts.kind, &opts.input, &mut warnings)?;
     let interval_secs = match &opts.interval {
         Some(s) => parse_interval(s)?,
         None => infer_interval(&rows),
     };
+    check_order(&rows, interval_secs, &mut warnings);
     let cfg = DetectorConfig {
         kind,
         interval_secs,
@@ -196,7 +276,7 @@ pub fn run(opts: &DetectOptions) -> Result<DetectSummary> {
         min_volume: 0.0,
         seasonality: SeasonalityMode::Auto,
     };
-    let mut det = OnlineDetector::new(cfg)?;
+    let mut det = AutoDetector::new(cfg, opts.kind == KindChoice::Auto)?;
     let target = opts
         .output
         .as_ref()
@@ -214,14 +294,8 @@ pub fn run(opts: &DetectOptions) -> Result<DetectSummary> {
         writeln!(out, "timestamp,value,expected,lower,upper,score,anomaly").map_err(werr)?;
     }
     let mut anomalies = 0;
-    for row in &rows {
-        let bucket = Bucket {
-            ts: row.ts,
-            value: row.value,
-            denominator: row.denominator,
-            excluded: false,
-        };
-        let v = det.step(&bucket);
+    for (i, row) in rows.iter().enumerate() {
+        let v = det.step(&rows, i, &mut warnings)?;
         anomalies += usize::from(v.anomaly);
         if opts.explain {
             write_json(&mut out, &row.raw_ts, &v).map_err(werr)?;
@@ -229,8 +303,8 @@ pub fn run(opts: &DetectOptions) -> Result<DetectSummary> {
             writeln!(
                 out,
                 "{},{},{},{},{},{},{}",
-                row.raw_ts,
-                num(v.value),
+                csv_field(&row.raw_ts),
+                num(row.value_in_band_units()),
                 num(v.expected),
                 num(v.lower),
                 num(v.upper),
@@ -241,12 +315,158 @@ pub fn run(opts: &DetectOptions) -> Result<DetectSummary> {
         }
     }
     out.flush().map_err(werr)?;
+    warnings.sort_by_key(|w| w.line);
     Ok(DetectSummary {
         rows: rows.len(),
         anomalies,
-        kind,
+        kind: det.kind(),
         interval_secs,
+        warnings,
     })
+}
+
+impl Row {
+    /// The value in the band's units: numerator / denominator for ratios.
+    fn value_in_band_units(&self) -> f64 {
+        match self.denominator {
+            Some(d) if d > 0.0 => self.value / d,
+            Some(_) => f64::NAN,
+            None => self.value,
+        }
+    }
+
+    fn bucket(&self) -> Bucket {
+        Bucket {
+            ts: self.ts,
+            value: self.value,
+            denominator: self.denominator,
+            excluded: false,
+        }
+    }
+}
+
+/// The detector with `--kind auto`'s online choice between count and gauge.
+#[derive(Debug)]
+struct AutoDetector {
+    det: OnlineDetector,
+    /// Still free to decide the series is not counts.
+    auto: bool,
+}
+
+impl AutoDetector {
+    fn new(cfg: DetectorConfig, auto: bool) -> Result<Self> {
+        Ok(AutoDetector {
+            det: OnlineDetector::new(cfg)?,
+            auto: auto && cfg.kind == Kind::Count,
+        })
+    }
+
+    fn kind(&self) -> Kind {
+        self.det.config().kind
+    }
+
+    /// Judge `rows[i]`, after switching to a gauge (replaying `rows[..i]`) if it, or the rows
+    /// so far, rule out a count.
+    fn step(&mut self, rows: &[Row], i: usize, warnings: &mut Vec<Warning>) -> Result<Verdict> {
+        let row = &rows[i];
+        let mut bucket = row.bucket();
+        if self.auto {
+            let whole = row.value >= 0.0 && row.value.fract() == 0.0;
+            let tight = whole && i + 1 == DISPERSION_CHECK_ROWS && underdispersed(&rows[..=i]);
+            if !whole || tight {
+                let message = if tight {
+                    format!(
+                        "the first {DISPERSION_CHECK_ROWS} values are whole numbers that vary much less than event counts do: judged as a gauge from here on, the earlier rows replayed as one"
+                    )
+                } else {
+                    format!(
+                        "value {} is not a whole number at least 0, so not a count: judged as a gauge from here on, the earlier rows replayed as one",
+                        row.value
+                    )
+                };
+                warnings.push(Warning {
+                    line: row.line,
+                    kind: WarningKind::NotACount,
+                    message,
+                });
+                let cfg = DetectorConfig {
+                    kind: Kind::Gauge,
+                    ..*self.det.config()
+                };
+                let history: Vec<Bucket> = rows[..i].iter().map(Row::bucket).collect();
+                self.det = OnlineDetector::warm(cfg, &history)?;
+                self.auto = false;
+            }
+        } else if self.kind() == Kind::Count && row.value < 0.0 {
+            warnings.push(Warning {
+                line: row.line,
+                kind: WarningKind::NegativeCount,
+                message: format!(
+                    "value {} is negative under --kind count: judged as missing (use --kind gauge or auto for signed values)",
+                    row.value
+                ),
+            });
+            bucket.value = f64::NAN;
+        }
+        Ok(self.det.step(&bucket))
+    }
+}
+
+/// Whether whole numbers vary much less than event counts would: the variance of successive
+/// differences (halved, so a level or a slow pattern does not count) against the mean.
+fn underdispersed(rows: &[Row]) -> bool {
+    let values: Vec<f64> = rows.iter().map(|r| r.value).collect();
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    if mean < 5.0 {
+        // Sparse counts: too few events to tell.
+        return false;
+    }
+    let diffs = values.windows(2).map(|w| (w[1] - w[0]).powi(2)).sum::<f64>();
+    let var = diffs / (2.0 * (n - 1.0).max(1.0));
+    var < UNDERDISPERSED * mean
+}
+
+/// Warn about timestamps that repeat, step back or leave a gap; the rows are judged in order.
+fn check_order(rows: &[Row], interval_secs: u32, warnings: &mut Vec<Warning>) {
+    let interval = i64::from(interval_secs.max(1));
+    for w in rows.windows(2) {
+        let (prev, row) = (&w[0], &w[1]);
+        let step = row.ts - prev.ts;
+        let (kind, message) = if step == 0 {
+            (
+                WarningKind::RepeatedTimestamp,
+                format!(
+                    "timestamp {} repeats the previous row's (a clock change or a late row?): judged as the next bucket",
+                    row.raw_ts
+                ),
+            )
+        } else if step < 0 {
+            (
+                WarningKind::BackwardTimestamp,
+                format!(
+                    "timestamp {} is before the previous row's {}: judged as the next bucket, in input order",
+                    row.raw_ts, prev.raw_ts
+                ),
+            )
+        } else if step > 2 * interval {
+            (
+                WarningKind::Gap,
+                format!(
+                    "{} intervals since the previous row ({}): the missing buckets are not judged",
+                    step / interval - 1,
+                    prev.raw_ts
+                ),
+            )
+        } else {
+            continue;
+        };
+        warnings.push(Warning {
+            line: row.line,
+            kind,
+            message,
+        });
+    }
 }
 
 /// A number for CSV: up to 6 decimals, empty when not finite.
@@ -261,6 +481,15 @@ fn num(x: f64) -> String {
     let s = s.trim_end_matches('0').trim_end_matches('.');
     if s == "-0" {
         "0".to_owned()
+    } else {
+        s.to_owned()
+    }
+}
+
+/// A timestamp as a CSV field, quoted when it has to be.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s.to_owned()
     }
@@ -291,9 +520,10 @@ fn json_str(s: &str) -> String {
 }
 
 fn write_json(out: &mut impl Write, ts: &str, v: &Verdict) -> io::Result<()> {
+    let opt = |s: Option<&str>| s.map_or_else(|| "null".to_owned(), json_str);
     writeln!(
         out,
-        "{{\"timestamp\":{},\"value\":{},\"expected\":{},\"lower\":{},\"upper\":{},\"score\":{},\"anomaly\":{},\"status\":\"{}\",\"warming_up\":{},\"seasonality\":\"{}\",\"volume\":{}}}",
+        "{{\"timestamp\":{},\"value\":{},\"expected\":{},\"lower\":{},\"upper\":{},\"score\":{},\"anomaly\":{},\"trigger\":{},\"side\":{},\"status\":\"{}\",\"warming_up\":{},\"seasonality\":\"{}\",\"volume\":{}}}",
         json_str(ts),
         json_num(v.value),
         json_num(v.expected),
@@ -301,6 +531,8 @@ fn write_json(out: &mut impl Write, ts: &str, v: &Verdict) -> io::Result<()> {
         json_num(v.upper),
         json_num(v.score),
         v.anomaly,
+        opt(v.trigger.map(|t| t.as_str())),
+        opt(v.side.map(|s| s.as_str())),
         v.status.as_str(),
         v.status == baseline::Status::WarmingUp,
         v.seasonality.as_str(),
@@ -308,20 +540,38 @@ fn write_json(out: &mut impl Write, ts: &str, v: &Verdict) -> io::Result<()> {
     )
 }
 
-/// Parse a timestamp as local wall-clock seconds since the epoch.
+/// Parse a timestamp as local wall-clock seconds since the epoch: `YYYY-MM-DD HH:MM:SS`, the
+/// same with `T`, either with fractional seconds, or RFC 3339 / ISO 8601 with an offset (whose
+/// local wall-clock time is used, as the service does with a KPI's timezone).
 fn parse_ts(s: &str) -> Option<i64> {
-    if let Ok(t) = NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S") {
-        return Some(t.and_utc().timestamp());
+    for fmt in [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M",
+    ] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
+            return Some(t.and_utc().timestamp());
+        }
     }
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.naive_local().and_utc().timestamp());
     }
+    for fmt in [
+        "%Y-%m-%d %H:%M:%S%.f%:z",
+        "%Y-%m-%dT%H:%M:%S%.f%z",
+        "%Y-%m-%d %H:%M:%S%.f%z",
+    ] {
+        if let Ok(t) = DateTime::parse_from_str(s, fmt) {
+            return Some(t.naive_local().and_utc().timestamp());
+        }
+    }
+    if let Some(date) = s.strip_suffix(" 00:00:00").or(Some(s)) {
+        if let Ok(d) = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d") {
+            return d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp());
+        }
+    }
     None
-}
-
-fn unquote(s: &str) -> &str {
-    let s = s.trim();
-    s.strip_prefix('"').and_then(|x| x.strip_suffix('"')).unwrap_or(s)
 }
 
 fn parse_number(line: usize, column: &'static str, field: &str) -> Result<f64> {
@@ -335,126 +585,129 @@ fn parse_number(line: usize, column: &'static str, field: &str) -> Result<f64> {
     }
 }
 
-/// Parse and validate the CSV; returns the kind used and the rows.
-fn parse(reader: impl BufRead, kind: Option<Kind>, path: &Path) -> Result<(Kind, Vec<Row>)> {
-    let read_err = |source: io::Error| Error::Read {
-        path: path.to_path_buf(),
-        source,
+/// Parse the CSV; returns the kind to start with and the rows.
+fn parse(
+    data: &[u8],
+    kind: KindChoice,
+    path: &Path,
+    warnings: &mut Vec<Warning>,
+) -> Result<(Kind, Vec<Row>)> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(data);
+    let lines = Lines::new(data);
+    let read_err = |e: csv::Error| {
+        let line = e.position().map_or(0, |p| lines.at(p.byte()));
+        match e.into_kind() {
+            csv::ErrorKind::Io(source) => Error::Read {
+                path: path.to_path_buf(),
+                source,
+            },
+            other => Error::Csv {
+                line,
+                message: format!("not valid CSV: {other:?}"),
+            },
+        }
     };
-    let mut lines = reader.lines().enumerate();
+    let mut records = rdr.records();
+    // The header: the first line that is not blank.
     let header = loop {
-        match lines.next() {
+        match records.next() {
             None => return Err(Error::Empty),
-            Some((_, l)) => {
-                let l = l.map_err(read_err)?;
-                let l = l.trim_start_matches('\u{feff}').trim().to_owned();
-                if !l.is_empty() {
-                    break l;
+            Some(r) => {
+                let r = r.map_err(read_err)?;
+                if r.iter().any(|f| !f.trim_start_matches('\u{feff}').is_empty()) {
+                    break r;
                 }
             }
         }
     };
     let names: Vec<String> = header
-        .split(',')
-        .map(|f| unquote(f).to_ascii_lowercase())
+        .iter()
+        .map(|f| f.trim_start_matches('\u{feff}').trim().to_ascii_lowercase())
         .collect();
     let columns = names.len();
     let is_ratio = match names.as_slice() {
         [t, v] if t == "timestamp" && v == "value" => false,
         [t, n, d] if t == "timestamp" && n == "numerator" && d == "denominator" => true,
-        _ => return Err(Error::BadHeader { got: header }),
+        _ => return Err(Error::BadHeader { got: names.join(",") }),
     };
     let kind = match (kind, is_ratio) {
-        (None, true) | (Some(Kind::Ratio), true) => Kind::Ratio,
-        (None, false) => Kind::Count,
-        (Some(Kind::Ratio), false) => {
+        (KindChoice::Auto, true) | (KindChoice::Fixed(Kind::Ratio), true) => Kind::Ratio,
+        (KindChoice::Auto, false) => Kind::Count,
+        (KindChoice::Fixed(Kind::Ratio), false) => {
             return Err(Error::KindMismatch {
                 kind: Kind::Ratio,
                 needs: "`timestamp,numerator,denominator`",
                 columns,
             })
         }
-        (Some(k), true) => {
+        (KindChoice::Fixed(k), true) => {
             return Err(Error::KindMismatch {
                 kind: k,
                 needs: "`timestamp,value`",
                 columns,
             })
         }
-        (Some(k), false) => k,
+        (KindChoice::Fixed(k), false) => k,
     };
     let mut rows: Vec<Row> = Vec::new();
-    for (idx, l) in lines {
-        let line = idx + 1;
-        let l = l.map_err(read_err)?;
-        let l = l.trim();
-        if l.is_empty() {
+    for record in records {
+        let record = record.map_err(read_err)?;
+        let line = record.position().map_or(0, |p| lines.at(p.byte()));
+        if record.iter().all(str::is_empty) {
             continue;
         }
-        let fields: Vec<&str> = l.split(',').map(unquote).collect();
-        if fields.len() != columns {
+        if record.len() != columns {
             return Err(Error::ColumnCount {
                 line,
                 expected: columns,
-                got: fields.len(),
+                got: record.len(),
             });
         }
-        let raw_ts = fields[0].to_owned();
+        let raw_ts = record[0].to_owned();
         let Some(ts) = parse_ts(&raw_ts) else {
             return Err(Error::BadTimestamp { line, got: raw_ts });
         };
-        if let Some(prev) = rows.last() {
-            if ts == prev.ts {
-                return Err(Error::Duplicate { line, got: raw_ts });
-            }
-            if ts < prev.ts {
-                return Err(Error::Unsorted {
-                    line,
-                    got: raw_ts,
-                    previous: prev.raw_ts.clone(),
-                });
-            }
-        }
         let (value, denominator) = if is_ratio {
-            let n = parse_number(line, "numerator", fields[1])?;
-            let d = parse_number(line, "denominator", fields[2])?;
-            if d < 0.0 {
-                return Err(Error::Negative {
+            if record[1].is_empty() || record[2].is_empty() {
+                warnings.push(Warning {
                     line,
-                    column: "denominator",
-                    value: d,
-                    hint: "",
+                    kind: WarningKind::MissingValue,
+                    message: "no numerator or denominator: judged as missing".to_owned(),
                 });
+                (f64::NAN, Some(f64::NAN))
+            } else {
+                let n = parse_number(line, "numerator", &record[1])?;
+                let d = parse_number(line, "denominator", &record[2])?;
+                for (column, value) in [("denominator", d), ("numerator", n)] {
+                    if value < 0.0 {
+                        return Err(Error::Negative { line, column, value });
+                    }
+                }
+                if n > d {
+                    return Err(Error::NumeratorAboveDenominator {
+                        line,
+                        numerator: n,
+                        denominator: d,
+                    });
+                }
+                (n, Some(d))
             }
-            if n < 0.0 {
-                return Err(Error::Negative {
-                    line,
-                    column: "numerator",
-                    value: n,
-                    hint: "",
-                });
-            }
-            if n > d {
-                return Err(Error::NumeratorAboveDenominator {
-                    line,
-                    numerator: n,
-                    denominator: d,
-                });
-            }
-            (n, Some(d))
+        } else if record[1].is_empty() {
+            warnings.push(Warning {
+                line,
+                kind: WarningKind::MissingValue,
+                message: "no value: judged as missing".to_owned(),
+            });
+            (f64::NAN, None)
         } else {
-            let v = parse_number(line, "value", fields[1])?;
-            if kind == Kind::Count && v < 0.0 {
-                return Err(Error::Negative {
-                    line,
-                    column: "value",
-                    value: v,
-                    hint: " (a count cannot be; use --kind gauge for signed values)",
-                });
-            }
-            (v, None)
+            (parse_number(line, "value", &record[1])?, None)
         };
         rows.push(Row {
+            line,
             raw_ts,
             ts,
             value,
@@ -464,13 +717,44 @@ fn parse(reader: impl BufRead, kind: Option<Kind>, path: &Path) -> Result<(Kind,
     Ok((kind, rows))
 }
 
+/// Line numbers of byte offsets. (The `csv` crate's own line count skips blank lines and
+/// miscounts CRLF ends; errors must name the line an editor shows.)
+#[derive(Debug)]
+struct Lines<'a> {
+    data: &'a [u8],
+    /// Offsets of every `\n`.
+    newlines: Vec<u64>,
+}
+
+impl<'a> Lines<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        let newlines = data
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b == b'\n')
+            .map(|(i, _)| i as u64)
+            .collect();
+        Lines { data, newlines }
+    }
+
+    /// The 1-based line of the first character that is not a line end at or after `byte`
+    /// (where the `csv` crate says a record starts).
+    fn at(&self, byte: u64) -> usize {
+        let mut b = byte as usize;
+        while b < self.data.len() && matches!(self.data[b], b'\r' | b'\n') {
+            b += 1;
+        }
+        self.newlines.partition_point(|&nl| (nl as usize) < b) + 1
+    }
+}
+
 /// Parse `30s`, `5m`, `1h`, `1d`, `1w` (or bare seconds) into seconds.
 fn parse_interval(s: &str) -> Result<u32> {
     let t = s.trim().to_ascii_lowercase();
     let bad = || Error::BadInterval(s.to_owned());
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().map_err(|_| bad())?;
     let mult: u64 = match unit.trim() {
         "" | "s" | "sec" | "secs" => 1,
         "m" | "min" | "mins" => 60,
@@ -512,151 +796,4 @@ fn infer_interval(rows: &[Row]) -> u32 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse_str(s: &str, kind: Option<Kind>) -> Result<(Kind, Vec<Row>)> {
-        parse(s.as_bytes(), kind, Path::new("test.csv"))
-    }
-
-    fn line_of(e: &Error) -> Option<usize> {
-        match e {
-            Error::ColumnCount { line, .. }
-            | Error::BadTimestamp { line, .. }
-            | Error::BadNumber { line, .. }
-            | Error::Negative { line, .. }
-            | Error::NumeratorAboveDenominator { line, .. }
-            | Error::Unsorted { line, .. }
-            | Error::Duplicate { line, .. } => Some(*line),
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn validation_errors_name_the_offending_line() {
-        let cases: &[(&str, usize)] = &[
-            (
-                "timestamp,value\n2026-01-01 00:00:00,1\n2026-01-01 01:00:00,x\n",
-                3,
-            ),
-            (
-                "timestamp,value\n2026-01-01 00:00:00,1\n2026-01-01 00:00:00,2\n",
-                3,
-            ),
-            (
-                "timestamp,value\n2026-01-01 01:00:00,1\n2026-01-01 00:00:00,2\n",
-                3,
-            ),
-            ("timestamp,value\n2026-01-01 00:00:00,1,4\n", 2),
-            ("timestamp,value\nyesterday,1\n", 2),
-            ("timestamp,value\n2026-01-01 00:00:00,nan\n", 2),
-            ("timestamp,numerator,denominator\n2026-01-01 00:00:00,1,-2\n", 2),
-            (
-                "timestamp,numerator,denominator\n2026-01-01 00:00:00,1,2\n2026-01-01 00:05:00,5,2\n",
-                3,
-            ),
-        ];
-        for (input, line) in cases {
-            let err = parse_str(input, None).expect_err(input);
-            assert_eq!(line_of(&err), Some(*line), "{input}: {err}");
-            assert!(err.to_string().starts_with(&format!("line {line}:")), "{err}");
-        }
-    }
-
-    #[test]
-    fn a_bad_header_or_a_kind_that_contradicts_the_columns_is_rejected() {
-        assert!(matches!(parse_str("ts,v\n", None), Err(Error::BadHeader { .. })));
-        assert!(matches!(parse_str("", None), Err(Error::Empty)));
-        assert!(matches!(
-            parse_str("timestamp,value\n", Some(Kind::Ratio)),
-            Err(Error::KindMismatch { .. })
-        ));
-    }
-
-    #[test]
-    fn kind_is_inferred_from_the_columns_unless_given() {
-        let (k, rows) = parse_str(
-            "timestamp,numerator,denominator\n2026-01-01T00:00:00Z,1,2\n",
-            None,
-        )
-        .expect("parses");
-        assert_eq!(k, Kind::Ratio);
-        assert_eq!(rows.len(), 1);
-        let (k, _) =
-            parse_str("timestamp,value\n2026-01-01 00:00:00,-1.5\n", Some(Kind::Gauge)).expect("parses");
-        assert_eq!(k, Kind::Gauge);
-    }
-
-    #[test]
-    fn odd_input_is_an_error_or_a_result_never_a_panic() {
-        let inputs = [
-            "timestamp,value\n,\n",
-            "timestamp,value\n2026-13-45 99:99:99,1\n",
-            "timestamp,value\n2026-01-01 00:00:00,1e999\n",
-            "timestamp,numerator,denominator\n2026-01-01 00:00:00,,\n",
-            "timestamp,numerator,denominator\n2026-01-01 00:00:00,0,0\n",
-            "\u{feff}timestamp,value\n\n\n2026-01-01 00:00:00,1\n",
-            "timestamp,value\n\"2026-01-01 00:00:00\",\"3\"\n",
-            "timestamp,value\n2026-01-01T00:00:00+14:00,1\n2026-01-01T00:00:00-12:00,1\n",
-            "timestamp\n",
-            "timestamp,value,extra\n",
-        ];
-        for input in inputs {
-            let _ = parse_str(input, None);
-            let _ = parse_str(input, Some(Kind::Gauge));
-        }
-    }
-
-    #[test]
-    fn the_output_for_a_row_depends_only_on_rows_up_to_it() {
-        let dir = std::env::temp_dir().join(format!("kpiwatch-detect-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let mut csv = String::from("timestamp,value\n");
-        for i in 0..(24 * 12) {
-            let v = 100 + (i * 37) % 23 + if i == 250 { 400 } else { 0 };
-            csv.push_str(&format!("2026-01-{:02} {:02}:00:00,{v}\n", 1 + i / 24, i % 24));
-        }
-        let lines: Vec<&str> = csv.lines().collect();
-        let run_on = |n: usize, name: &str| {
-            let input = dir.join(format!("{name}.csv"));
-            let output = dir.join(format!("{name}.out"));
-            std::fs::write(&input, lines[..=n].join("\n")).expect("write input");
-            let opts = DetectOptions {
-                input,
-                output: Some(output.clone()),
-                kind: None,
-                interval: Some("1h".to_owned()),
-                direction: Direction::Both,
-                sensitivity: Sensitivity::MEDIUM,
-                explain: false,
-            };
-            let summary = run(&opts).expect("detect runs");
-            assert_eq!(summary.rows, n);
-            std::fs::read_to_string(output).expect("read output")
-        };
-        let full = run_on(lines.len() - 1, "full");
-        let cut = run_on(260, "cut");
-        let full_rows: Vec<&str> = full.lines().collect();
-        assert_eq!(cut.lines().collect::<Vec<_>>(), full_rows[..=260].to_vec());
-        assert!(
-            full_rows[251].ends_with(",1"),
-            "the spike is flagged: {}",
-            full_rows[251]
-        );
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn intervals_parse_and_are_inferred_from_the_most_common_gap() {
-        assert_eq!(parse_interval("5m").ok(), Some(300));
-        assert_eq!(parse_interval("1h").ok(), Some(3600));
-        assert!(parse_interval("0m").is_err());
-        assert!(parse_interval("fast").is_err());
-        let (_, rows) = parse_str(
-            "timestamp,value\n2026-01-01 00:00:00,1\n2026-01-01 00:05:00,1\n2026-01-01 00:20:00,1\n2026-01-01 00:25:00,1\n",
-            None,
-        )
-        .expect("parses");
-        assert_eq!(infer_interval(&rows), 300);
-    }
-}
+mod tests;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use kpiwatch::kpi::{Direction, Kind, Sensitivity};
+use kpiwatch::kpi::{Direction, Sensitivity};
 use kpiwatch::{app, check, config, demo, detect, kpi, telemetry};
 
 #[derive(Debug, Parser)]
@@ -92,9 +92,10 @@ enum Command {
         /// Output CSV (default: stdout).
         #[arg(long)]
         output: Option<PathBuf>,
-        /// count | ratio | gauge (default: ratio if the input has numerator/denominator, else count).
-        #[arg(long)]
-        kind: Option<Kind>,
+        /// auto | count | ratio | gauge. `auto`: ratio for numerator/denominator columns,
+        /// otherwise count while the values look like event counts, else gauge.
+        #[arg(long, default_value = "auto")]
+        kind: detect::KindChoice,
         /// Bucket length, e.g. 5m (default: inferred from the timestamps).
         #[arg(long)]
         interval: Option<String>,
@@ -108,6 +109,27 @@ enum Command {
         #[arg(long)]
         explain: bool,
     },
+}
+
+/// Print `detect`'s warnings to stderr: the first few of each kind, then how many more.
+fn report_warnings(warnings: &[detect::Warning]) {
+    const PER_KIND: usize = 5;
+    let mut shown: std::collections::HashMap<detect::WarningKind, usize> = Default::default();
+    for w in warnings {
+        let n = shown.entry(w.kind).or_default();
+        *n += 1;
+        if *n <= PER_KIND {
+            eprintln!("kpiwatch detect: warning: {w}");
+        }
+    }
+    for (kind, n) in shown {
+        if n > PER_KIND {
+            eprintln!(
+                "kpiwatch detect: warning: {} more like the above ({kind:?})",
+                n - PER_KIND
+            );
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -132,7 +154,10 @@ fn main() -> ExitCode {
                 explain,
             };
             match detect::run(&opts) {
-                Ok(_) => ExitCode::SUCCESS,
+                Ok(summary) => {
+                    report_warnings(&summary.warnings);
+                    ExitCode::SUCCESS
+                }
                 Err(e) => {
                     eprintln!("kpiwatch detect: {e}");
                     ExitCode::from(2)

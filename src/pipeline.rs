@@ -413,14 +413,15 @@ pub fn detector_config(spec: &KpiSpec) -> DetectorConfig {
     }
 }
 
+/// The UTC start of an incident the detector dates `v.since` in local seconds, for the bucket
+/// `local` (local seconds) starting at `utc`: the same distance back in time (an hour off
+/// when a clock change falls inside the incident).
+pub fn since_utc(v: &crate::baseline::Verdict, local: i64, utc: i64) -> Option<i64> {
+    v.since.map(|s| utc - (local - s).max(0))
+}
+
 /// What alerting needs to know of the detector's verdict on the bucket starting at `ts`.
-pub fn bucket_verdict(
-    ts: i64,
-    v: &crate::baseline::Verdict,
-    direction: crate::kpi::Direction,
-) -> BucketVerdict {
-    let below = v.value < v.lower;
-    let outside = (below || v.value > v.upper) && direction.watches(below);
+pub fn bucket_verdict(ts: i64, v: &crate::baseline::Verdict, since: Option<i64>) -> BucketVerdict {
     BucketVerdict {
         ts,
         value: v.value,
@@ -432,7 +433,10 @@ pub fn bucket_verdict(
         seasonality: v.seasonality.as_str().to_owned(),
         anomaly: v.anomaly,
         judged: v.status == Status::Evaluated,
-        outside: v.anomaly || (v.status == Status::Evaluated && outside),
+        outside: v.anomaly || v.ongoing,
+        below: v.side.map(|s| s == crate::baseline::Side::Below),
+        since: since.map(|s| s.min(ts)),
+        trigger: v.trigger.map(|t| t.as_str()),
     }
 }
 
@@ -495,7 +499,7 @@ async fn judge_series(
             };
             let v = detector.step_with_feedback(&bucket, feedback.get(&o.ts).copied().unwrap_or_default());
             if o.ts >= judged_until {
-                out.push((o.ts, v));
+                out.push((o.ts, v, since_utc(&v, bucket.ts, o.ts)));
             }
         }
         Ok::<_, crate::baseline::Error>(out)
@@ -508,7 +512,7 @@ async fn judge_series(
     let finite = |x: f64| x.is_finite().then_some(x);
     let mut evaluations = Vec::with_capacity(verdicts.len());
     let mut anomalies = Vec::new();
-    for (t, v) in &verdicts {
+    for (t, v, _) in &verdicts {
         evaluations.push(EvaluationRow {
             ts: *t,
             value: finite(v.value),
@@ -519,6 +523,7 @@ async fn judge_series(
             anomaly: v.anomaly,
             status: v.status.as_str().to_owned(),
             volume: v.volume,
+            flagged_by: v.trigger.map(|t| t.as_str().to_owned()),
         });
         if v.anomaly {
             anomalies.push(NewAnomaly {
@@ -531,6 +536,8 @@ async fn judge_series(
                 volume: v.volume,
                 seasonality: v.seasonality.as_str().to_owned(),
                 alerted: *t >= horizon,
+                flagged_by: v.trigger.map(|t| t.as_str().to_owned()),
+                side: v.side.map(|s| s.as_str().to_owned()),
             });
         }
     }
@@ -555,8 +562,8 @@ async fn judge_series(
     let rule = alerting::rule_for(spec, sched.recovery_buckets);
     let group = alerting::group_key(&labels, &cx.settings.alerting.grouping.by);
     let fp = alerting::fingerprint("anomaly", spec, dims);
-    for (t, v) in verdicts.iter().filter(|(t, _)| *t >= horizon) {
-        let verdict = bucket_verdict(*t, v, spec.direction);
+    for (t, v, since) in verdicts.iter().filter(|(t, _, _)| *t >= horizon) {
+        let verdict = bucket_verdict(*t, v, *since);
         if v.anomaly {
             summary.live_anomalies += 1;
             cx.metrics

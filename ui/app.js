@@ -187,9 +187,11 @@
     for (const s of series) {
       for (const p of s.points) {
         let o = by.get(p.ts);
-        if (!o) by.set(p.ts, (o = { ts: p.ts, num: 0, den: 0, exp: 0, expW: 0, n: 0, anomaly: false, hasExp: true }));
+        if (!o) by.set(p.ts, (o = { ts: p.ts, num: 0, den: 0, exp: 0, expW: 0, n: 0, anomaly: false, own: false, hasExp: true }));
         o.n++;
         o.anomaly = o.anomaly || !!p.anomaly;
+        // Flagged by its own value (outside its band) rather than by accumulated evidence.
+        o.own = o.own || (!!p.anomaly && (p.flagged_by == null || p.flagged_by === "bucket"));
         if (kind === "ratio") {
           const d = p.denominator || 0;
           o.num += p.value || 0;
@@ -207,11 +209,11 @@
         if (kind === "ratio") {
           if (series.length === 1) {
             const p = series[0].points.find((q) => q.ts === o.ts);
-            return { ts: o.ts, value: p.band_value, expected: p.expected, anomaly: o.anomaly };
+            return { ts: o.ts, value: p.band_value, expected: p.expected, anomaly: o.anomaly, own: o.own };
           }
-          return { ts: o.ts, value: o.den ? o.num / o.den : null, expected: o.hasExp && o.expW ? o.exp / o.expW : null, anomaly: o.anomaly };
+          return { ts: o.ts, value: o.den ? o.num / o.den : null, expected: o.hasExp && o.expW ? o.exp / o.expW : null, anomaly: o.anomaly, own: o.own };
         }
-        return { ts: o.ts, value: o.num, expected: o.hasExp ? o.exp : null, anomaly: o.anomaly };
+        return { ts: o.ts, value: o.num, expected: o.hasExp ? o.exp : null, anomaly: o.anomaly, own: o.own };
       });
   }
 
@@ -416,7 +418,7 @@
     const chartBox = h("div", { class: "chart" });
     const legendNote = h("div", { class: "legend-note small muted" },
       h("span", { class: "key k-actual" }), " actual ", h("span", { class: "key k-exp" }), " expected ",
-      h("span", { class: "key k-band" }), " normal band ", h("span", { class: "key k-anom" }), " anomaly (recorded) ",
+      h("span", { class: "key k-band" }), " normal band ", h("span", { class: "key k-anom" }), " anomaly (recorded) ", h("span", { class: "key k-acc" }), " flagged by accumulated evidence ",
       h("span", { class: "key k-would" }), " would fire at the slider's sensitivity",
       h("span", { class: "spacer" }), "Drag across the chart to zoom, double-click to zoom out. Times are local.");
 
@@ -609,7 +611,11 @@
       const yRange = [kind === "ratio" ? Math.max(0, yMin - padY) : yMin - padY, kind === "ratio" ? Math.min(1.0001, yMax + padY) : yMax + padY];
       const big = Math.max(Math.abs(yRange[0]), Math.abs(yRange[1])) >= 1e5;
       const axisFmt = (v) => (kind !== "ratio" && big ? v.toLocaleString("en-US", { notation: "compact", maximumFractionDigits: 2 }) : fmtValue(v, kind));
-      const an = pts.map((p, i) => (p.anomaly ? val[i] : null));
+      // Filled: the bucket's own value is outside its band. Hollow: flagged by evidence
+      // accumulated over recent buckets (or an incident still under way).
+      const own = (p) => p.own ?? (p.flagged_by == null || p.flagged_by === "bucket");
+      const an = pts.map((p, i) => (p.anomaly && own(p) ? val[i] : null));
+      const acc = pts.map((p, i) => (p.anomaly && !own(p) ? val[i] : null));
       const dims = state.series[state.dimsIdx].dims;
       const would = wouldFireData(xs, dims);
       const fmt = (u, v) => fmtValue(v, k.kind);
@@ -630,6 +636,7 @@
           { label: "actual", stroke: "#111827", width: 1.5, value: fmt },
           { label: "anomaly", stroke: "#dc2626", fill: "#dc2626", width: 0, paths: () => null, points: { show: true, size: 7, width: 1, stroke: "#dc2626", fill: "#dc2626" }, value: fmt },
           { label: "would fire", stroke: "#f97316", width: 0, paths: () => null, points: { show: false }, value: (u, v) => (v == null ? "—" : fmtValue(v, kind)) },
+          { label: "accumulated", stroke: "#dc2626", fill: "#ffffff", width: 0, paths: () => null, points: { show: true, size: 7, width: 1.5, stroke: "#dc2626", fill: "#ffffff" }, value: fmt },
         ],
         bands: [{ series: [2, 1], fill: "rgba(37,99,235,0.12)" }],
         hooks: {
@@ -661,7 +668,7 @@
           }],
         },
       };
-      state.plot = new uPlot(opts, [xs, lo, hi, exp, val, an, would], chartBox);
+      state.plot = new uPlot(opts, [xs, lo, hi, exp, val, an, would, acc], chartBox);
       updateChartMsg();
     }
 

@@ -3,9 +3,11 @@
 //!
 //! - Trigger: fire when `fire_n` of the last `fire_m` judged buckets are anomalous (`1 of 1`
 //!   fires on the first). Until then the incident is pending and sends nothing.
-//! - Recovery: `recover_k` consecutive judged buckets back *inside* the band resolve it; a
-//!   bucket still outside the band on a watched side holds the incident open even when it is
-//!   not flagged on its own (a long outage stays one open incident).
+//! - Recovery: `recover_k` consecutive judged buckets that are not flagged and after which the
+//!   detector no longer holds an incident open ([`BucketVerdict::outside`]) resolve it. The
+//!   detector closes its incident only on evidence that the level is back (a likelihood ratio
+//!   of the baseline against the incident's own level), so a drop at low volume, whose buckets
+//!   often land inside a wide band, stays one open incident until the rate has recovered.
 //! - While firing: a message again every `repeat` (unless acknowledged), and when the
 //!   severity escalates.
 //!
@@ -134,7 +136,9 @@ pub fn step(
         let incident = Incident {
             phase: if fires { Phase::Firing } else { Phase::Pending },
             severity,
-            started_ts: v.ts,
+            // Where the shift began, by the detector's estimate: often before the bucket
+            // whose accumulated evidence fired.
+            started_ts: v.since.map_or(v.ts, |s| s.min(v.ts)),
             last_anomaly_ts: v.ts,
             hits_mask: 1,
             seen: 1,
@@ -211,17 +215,8 @@ mod tests {
 
     fn v(ts: i64, anomaly: bool) -> BucketVerdict {
         BucketVerdict {
-            ts,
             value: 0.0,
-            expected: 1.0,
-            lower: 0.5,
-            upper: 1.5,
-            score: if anomaly { 0.99 } else { 0.1 },
-            volume: 100.0,
-            seasonality: "daily".to_owned(),
-            anomaly,
-            judged: true,
-            outside: anomaly,
+            ..BucketVerdict::plain(ts, 0.0, 1.0, 0.5, 1.5, anomaly)
         }
     }
 

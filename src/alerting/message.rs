@@ -82,7 +82,16 @@ pub fn message(cx: &MessageContext<'_>, event: Event) -> (String, String) {
         Kind::Ratio => "Attempts:",
         _ => "Volume:",
     };
-    let word = if v.value < v.lower { "dropped" } else { "rose" };
+    // The side the detector flagged: an accumulated drop can fire on a bucket that alone is
+    // above its expected value.
+    let below = v.below.unwrap_or(v.value < v.expected);
+    let word = if below { "dropped" } else { "rose" };
+    let evidence = match v.trigger {
+        Some("accumulated") => "the evidence accumulated over the buckets since the start",
+        Some("empty_run") => "a run of empty buckets where events were expected",
+        Some("ongoing") => "the level has not come back since the start",
+        _ => "this bucket alone is outside its band",
+    };
     let severity = cx.severity.to_string().to_uppercase();
     let (subject, headline) = match event {
         Event::Resolved => (
@@ -125,6 +134,7 @@ pub fn message(cx: &MessageContext<'_>, event: Event) -> (String, String) {
          {volume_label:<12} {volume:.0}\n\
          Bucket:      {bucket} ({interval} buckets)\n\
          Since:       {since}\n\
+         Evidence:    {evidence}\n\
          Seasonality: {seasonality}\n\
          Severity:    {sev}\n\
          Owner:       {owner}\n\n{links}",
@@ -210,17 +220,8 @@ mod tests {
 
     fn verdict() -> BucketVerdict {
         BucketVerdict {
-            ts: 0,
-            value: 0.4,
-            expected: 0.97,
-            lower: 0.9,
-            upper: 1.0,
-            score: 0.99,
             volume: 120.0,
-            seasonality: "daily".to_owned(),
-            anomaly: true,
-            judged: true,
-            outside: true,
+            ..BucketVerdict::plain(0, 0.4, 0.97, 0.9, 1.0, true)
         }
     }
 

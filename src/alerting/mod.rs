@@ -70,8 +70,41 @@ pub struct BucketVerdict {
     pub anomaly: bool,
     /// Judged at all (not warming up / low volume / missing)?
     pub judged: bool,
-    /// Outside the band on a side the KPI watches (flagged or not): not yet recovered.
+    /// Not yet recovered: flagged, or the detector's incident on a watched side is still open
+    /// (the level has not been shown to be back, whether or not this bucket is in its band).
     pub outside: bool,
+    /// For an anomaly: whether it is below the band (a drop) or above it.
+    pub below: Option<bool>,
+    /// For an anomaly: the estimated start of the shift (bucket start, unix seconds), which
+    /// can be earlier than the bucket that fired.
+    pub since: Option<i64>,
+    /// For an anomaly: what flagged it — `bucket` (its own value is outside the band),
+    /// `accumulated` (evidence over recent buckets, each possibly inside the band),
+    /// `empty_run`, or `ongoing` (an incident still under way).
+    pub trigger: Option<&'static str>,
+}
+
+impl BucketVerdict {
+    /// A verdict for tests and callers that only know the numbers: flagged when `anomaly`,
+    /// below when the value is under the expected value.
+    pub fn plain(ts: i64, value: f64, expected: f64, lower: f64, upper: f64, anomaly: bool) -> Self {
+        BucketVerdict {
+            ts,
+            value,
+            expected,
+            lower,
+            upper,
+            score: if anomaly { 0.99 } else { 0.1 },
+            volume: 100.0,
+            seasonality: "daily".to_owned(),
+            anomaly,
+            judged: true,
+            outside: anomaly,
+            below: anomaly.then_some(value < expected),
+            since: anomaly.then_some(ts),
+            trigger: anomaly.then_some("bucket"),
+        }
+    }
 }
 
 /// The labels an alert is routed and silenced by: the model's labels, the series'
@@ -620,6 +653,9 @@ mod tests {
             anomaly: true,
             judged: true,
             outside: true,
+            below: Some(true),
+            since: Some(0),
+            trigger: Some("bucket"),
         };
         assert_eq!(severity_for(&spec, &v), Severity::Info);
         v.value = 0.0;

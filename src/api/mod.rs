@@ -305,6 +305,9 @@ struct EvaluationDto {
     upper: Option<f64>,
     score: f64,
     anomaly: bool,
+    /// What flagged it: `bucket` (its own value is outside the band), `accumulated`
+    /// (evidence over recent buckets), `empty_run` or `ongoing` (an incident under way).
+    flagged_by: Option<String>,
     status: String,
 }
 
@@ -370,6 +373,7 @@ async fn series(
                     upper: e.upper,
                     score: e.score,
                     anomaly: e.anomaly,
+                    flagged_by: e.flagged_by.clone(),
                     status: e.status.clone(),
                 }),
             })
@@ -405,6 +409,10 @@ struct AnomalyDto {
     seasonality: String,
     /// False for anomalies found in backfilled history (recorded, not alerted).
     live: bool,
+    /// What flagged it: `bucket`, `accumulated`, `empty_run` or `ongoing`.
+    flagged_by: Option<String>,
+    /// `below` or `above` the band.
+    side: Option<String>,
 }
 
 impl From<AnomalyRow> for AnomalyDto {
@@ -422,6 +430,8 @@ impl From<AnomalyRow> for AnomalyDto {
             volume: a.volume,
             seasonality: a.seasonality,
             live: a.alerted,
+            flagged_by: a.flagged_by,
+            side: a.side,
         }
     }
 }

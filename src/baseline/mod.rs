@@ -23,6 +23,7 @@
 //!   slot of the week, a day to compare weekly against daily), else 2 days; at least 14
 //!   buckets.
 
+mod calibrate;
 mod noise;
 mod profile;
 mod threshold;
@@ -31,6 +32,7 @@ use statrs::distribution::{ContinuousCDF, Normal};
 
 use crate::kpi::{Direction, Kind, Sensitivity};
 
+use self::calibrate::TailCalibrator;
 use self::profile::{Prediction, SeasonalModel};
 use self::threshold::{Thresholds, CUSUM_K};
 
@@ -116,6 +118,59 @@ impl Status {
     }
 }
 
+/// Which test flagged a bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Trigger {
+    /// The bucket alone is beyond the band.
+    Bucket,
+    /// Accumulated evidence (CUSUM) over recent buckets: each may be inside the band.
+    Accumulated,
+    /// A run of empty count buckets where events were expected.
+    EmptyRun,
+    /// An incident opened earlier is still under way: the level has not come back.
+    Ongoing,
+}
+
+impl Trigger {
+    /// Lower-case snake name, e.g. `accumulated`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Bucket => "bucket",
+            Trigger::Accumulated => "accumulated",
+            Trigger::EmptyRun => "empty_run",
+            Trigger::Ongoing => "ongoing",
+        }
+    }
+}
+
+/// The side of the baseline a deviation is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// Below the expected value (a drop).
+    Below,
+    /// Above the expected value (a rise).
+    Above,
+}
+
+impl Side {
+    /// `below` or `above`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Below => "below",
+            Side::Above => "above",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Side::Below => 0,
+            Side::Above => 1,
+        }
+    }
+
+    const BOTH: [Side; 2] = [Side::Below, Side::Above];
+}
+
 /// How to detect on one series.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DetectorConfig {
@@ -157,10 +212,10 @@ pub enum Feedback {
     None,
     /// A false positive: the bucket is not flagged, is learned as normal (level, profile and
     /// noise estimate, without winsorising, so the band widens where it was too tight) and does
-    /// not feed the CUSUM, empty-run or level-shift state as a deviation.
+    /// not feed the CUSUM, empty-run or incident state as a deviation.
     NotAnomaly,
     /// The level changed for good: every baseline's level is rescaled at once to this bucket
-    /// (profiles keep their shape), the CUSUM and run state restart, and the bucket is not
+    /// (profiles keep their shape), the CUSUM and incident state restart, and the bucket is not
     /// flagged.
     NewNormal,
 }
@@ -205,12 +260,14 @@ impl Bucket {
 pub struct Verdict {
     /// Expected value in the band's units; NaN while no baseline exists.
     pub expected: f64,
-    /// Lower edge of the band (NaN while no baseline exists).
+    /// Lower edge of the band: the smallest value the single-bucket test at the configured
+    /// sensitivity does not flag (NaN while no calibrated baseline exists).
     pub lower: f64,
-    /// Upper edge of the band (NaN while no baseline exists).
+    /// Upper edge of the band: the largest value the single-bucket test does not flag.
     pub upper: f64,
-    /// In [0, 1], higher is more anomalous in the watched direction; an anomaly scores at
-    /// least the band's two-sided confidence.
+    /// Calibrated anomaly likelihood in [0, 1]: the bucket is an anomaly at sensitivity `s`
+    /// exactly when `score >= 1 - s / 2` (so 0.75 at `medium`); 0.5 is about one false alarm a
+    /// week on this series, 1 at most one in 10,000 weeks. See `docs/DETECTION.md`.
     pub score: f64,
     /// Whether this bucket is an anomaly at the configured sensitivity and direction.
     pub anomaly: bool,
@@ -222,29 +279,117 @@ pub struct Verdict {
     pub volume: f64,
     /// The observed value in the band's units: ratio = numerator / denominator.
     pub value: f64,
+    /// Why an anomaly was flagged (`None` when it is not one).
+    pub trigger: Option<Trigger>,
+    /// The side of the baseline an anomaly is on (`None` when it is not one).
+    pub side: Option<Side>,
+    /// For an anomaly: where its incident started — the first bucket of the accumulated
+    /// evidence, in the same local seconds as [`Bucket::ts`].
+    pub since: Option<i64>,
+    /// An incident on a watched side is still open after this bucket: the evidence that the
+    /// level is back at the baseline is not there yet (whether or not this bucket is flagged).
+    /// Alert lifecycles resolve on this, not on buckets inside the band.
+    pub ongoing: bool,
 }
 
-/// Persistent deviation being watched for acceptance as a new level.
-#[derive(Debug, Clone, Copy, Default)]
-struct Run {
-    sign: i8,
-    total: u32,
-    deviating: u32,
-    quiet: u32,
+/// One side's open incident: a deviation that has fired and has not come back yet.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Incident {
+    /// Local seconds of its first bucket.
+    since: i64,
+    /// Buckets and the sum of their z-scores, for the incident's own level.
+    n: f64,
+    z_sum: f64,
+    /// Log-likelihood ratio evidence (CUSUM) that the level is back at the baseline.
+    recover: f64,
+    /// Opened by a run of empty count buckets: an outage, whose level is zero, so the first
+    /// events mean it is over.
+    empty: bool,
+}
+
+impl Incident {
+    /// The incident's level in z units, signed, at least `RECOVERY_MIN_SHIFT` away from zero.
+    fn shift(&self, side: Side) -> f64 {
+        let mean = if self.n > 0.0 { self.z_sum / self.n } else { 0.0 };
+        match side {
+            Side::Below => mean.min(-RECOVERY_MIN_SHIFT),
+            Side::Above => mean.max(RECOVERY_MIN_SHIFT),
+        }
+    }
+}
+
+/// The alarm statistics after a bucket: what `learn` commits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct AlarmState {
+    cusum: [f64; 2],
+    cusum_since: [i64; 2],
+    zero_run: f64,
+    zero_since: i64,
+    incident: [Option<Incident>; 2],
+}
+
+impl AlarmState {
+    fn quiet() -> Self {
+        AlarmState {
+            cusum: [0.0; 2],
+            cusum_since: [0; 2],
+            zero_run: 0.0,
+            zero_since: 0,
+            incident: [None, None],
+        }
+    }
+
+    fn in_incident(&self) -> bool {
+        self.incident.iter().any(Option::is_some)
+    }
 }
 
 /// Everything `step` needs after scoring, to learn.
 #[derive(Debug, Clone, Copy)]
 struct Scored {
     verdict: Verdict,
-    z: f64,
-    cusum_lo: f64,
-    cusum_hi: f64,
-    zero_run: f64,
-    incident_lo: bool,
-    incident_hi: bool,
-    outlier: bool,
+    /// The bucket's z-score, when it had a prediction.
+    z: Option<f64>,
+    /// The alarm state this bucket leaves.
+    next: AlarmState,
+    /// The CUSUMs after this bucket, before an alarm restarts them.
+    cusum: [f64; 2],
+    /// A test fired on this bucket (on any side, watched or not).
+    fired: bool,
+    /// The bucket is judged (past warm-up).
+    judged: bool,
+    /// Its deviation from the expected value on the baselines' scale.
+    dev: f64,
+    /// Per side, the magnitude beyond which the single-bucket test fires, and the spread that
+    /// turns z units back into the value's units (for the band).
+    thresholds: [f64; 2],
     preds: [Option<Prediction>; 3],
+    chosen: Option<usize>,
+    /// A more specific model that has seen this slot but is not the chosen one.
+    veto: Option<usize>,
+}
+
+/// A recent bucket that the single-bucket test found beyond its threshold (flagged or not):
+/// what makes a deviation "this series' behaviour" once it recurs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Event {
+    /// `learned` when it happened.
+    at: u64,
+    below: bool,
+    /// Its deviation from the expected value, in the value's units.
+    dev: f32,
+}
+
+/// Recent events kept per series.
+const EVENTS: usize = 32;
+
+/// Lag-1 autocorrelation of the z-scores of learned buckets, over about a week.
+#[derive(Debug, Clone, Copy, Default)]
+struct Autocorrelation {
+    prev: f64,
+    lag: f64,
+    sq: f64,
+    n: u32,
 }
 
 /// The online detector of one series; clone it to branch a backtest.
@@ -255,19 +400,41 @@ pub struct OnlineDetector {
     thresholds: Thresholds,
     models: [Option<SeasonalModel>; 3],
     learned: u64,
-    warm_buckets: u64,
+    judge_after: u64,
     per_day: f64,
+    buckets_per_week: f64,
     accept_after: u32,
-    cusum_lo: f64,
-    cusum_hi: f64,
-    zero_run: f64,
-    incident_lo: bool,
-    incident_hi: bool,
-    prev_z: f64,
-    z_lag: f64,
-    z_sq: f64,
-    z_n: u32,
-    run: Run,
+    /// Buckets learned before the CUSUM accumulates: a day and a half when a daily profile is
+    /// possible (a day to see it, half a day to prove it), else the judging warm-up.
+    accumulate_after: u64,
+    /// Evidence (nats) that ends an incident: `ln` of the buckets in a day (a false
+    /// "recovered" about once a day of an incident at most), at least `RECOVERY_NATS`.
+    recovery_nats: f64,
+    /// Buckets over which recent events make a deviation recurrent: four weeks, at most the
+    /// calibration window.
+    recurrence_window: u64,
+    alarm: AlarmState,
+    incident_len: u32,
+    ac: Autocorrelation,
+    cal_z: TailCalibrator,
+    cal_cusum: TailCalibrator,
+    events: Vec<Event>,
+    /// Gauges: the scale the baselines work on, chosen once from the warm-up buckets.
+    scale: GaugeScale,
+    /// Gauges during warm-up: the buckets seen, to choose the scale and replay them on it.
+    early: Vec<(i64, f64)>,
+}
+
+/// The scale a gauge's baselines work on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum GaugeScale {
+    /// Not chosen yet (warm-up): linear.
+    Undecided,
+    /// The values themselves: additive noise.
+    Linear,
+    /// Their logarithm (values are positive and their noise multiplicative); values at or
+    /// below zero are taken as `floor`.
+    Log { floor: f64 },
 }
 
 const SIMPLER_UNLESS_BETTER_BY: f64 = 0.9;
@@ -282,7 +449,46 @@ const MAX_MAGNITUDE: f64 = 1e15;
 /// Fraction of the zero-run threshold beyond which empty count buckets are held back from
 /// learning.
 const ZERO_HOLD_BACK: f64 = 0.5;
-const RUN_DEVIATION_Z: f64 = 1.5;
+/// Smallest single-bucket |z| (and CUSUM decision interval) that can flag, whatever the budget:
+/// below it a daily series' budget would flag ordinary noise.
+const MIN_Z: f64 = 3.0;
+/// A deviation at least this large that the recent history already holds this many times is
+/// the series' behaviour, not news.
+const RECURRENT: usize = 3;
+/// Effective buckets behind a gauge's spread before its z-scores calibrate the tails.
+const MIN_SPREAD_FOR_CALIBRATION: f64 = 30.0;
+/// Log-likelihood units by which the log scale must beat the linear one for a gauge.
+const BOX_COX_MARGIN: f64 = 2.0;
+/// On the log scale, values at or below zero count as this share of the warm-up's geometric
+/// mean: a drop to zero is a deep drop, not an error.
+const LOG_FLOOR: f64 = 1e-3;
+/// Deviations at least this share of the current one count as comparable.
+const COMPARABLE: f64 = 0.8;
+/// Evidence (nats) that the level is back at the baseline before an incident ends, at least:
+/// 20 to 1. The recovery test is itself a CUSUM, so the evidence it needs grows with the
+/// buckets in a day (see `recovery_nats`), or a long incident would "recover" by chance.
+const RECOVERY_NATS: f64 = 3.0;
+/// The smallest incident level (in z units) recovery is tested against.
+const RECOVERY_MIN_SHIFT: f64 = 1.0;
+/// Where the z calibrator checks the noise model's tail: `P(z > level)` per side.
+const Z_REFERENCE: &[(f64, f64)] = &[
+    (3.0, 1.35e-3),
+    (4.0, 3.17e-5),
+    (5.0, 2.87e-7),
+    (6.0, 9.87e-10),
+    (8.0, 6.2e-16),
+];
+/// Where the CUSUM calibrator checks it: a CUSUM with reference 0.75 on independent standard
+/// normal increments exceeds `c` about `exp(-0.87 - 1.51 c)` of the time (simulated, 5 M
+/// steps: 2.1 % above 2, 0.47 % above 3, 0.10 % above 4).
+const CUSUM_REFERENCE: &[(f64, f64)] = &[
+    (2.0, 2.12e-2),
+    (3.0, 4.66e-3),
+    (4.0, 1.01e-3),
+    (6.0, 4.9e-5),
+    (8.0, 2.4e-6),
+    (12.0, 5.7e-9),
+];
 
 impl OnlineDetector {
     /// A detector with no history. Fails on a bad configuration.
@@ -296,7 +502,8 @@ impl OnlineDetector {
         let normal = Normal::new(0.0, 1.0).map_err(|e| Error::Statistics(e.to_string()))?;
         let interval = i64::from(cfg.interval_secs);
         let per_day = 86_400.0 / f64::from(cfg.interval_secs);
-        let thresholds = Thresholds::new(cfg.sensitivity.get(), per_day * 7.0, &normal);
+        let buckets_per_week = (per_day * 7.0).max(1.0);
+        let thresholds = Thresholds::new(cfg.sensitivity.get(), buckets_per_week, &normal);
         let wanted = |s: Seasonality| match cfg.seasonality {
             SeasonalityMode::Auto => true,
             SeasonalityMode::None => s == Seasonality::None,
@@ -319,26 +526,36 @@ impl OnlineDetector {
             // A forced seasonality longer than the bucket allows: fall back to a level.
             models[0] = SeasonalModel::new(cfg.kind, Seasonality::None, interval);
         }
-        let warm_buckets = warm_up_buckets(cfg.seasonality, per_day, models[2].is_some());
+        let judge_after = judge_after_buckets(cfg.seasonality, per_day);
         Ok(OnlineDetector {
             cfg,
             normal,
             thresholds,
             models,
             learned: 0,
-            warm_buckets,
+            judge_after,
             per_day,
+            buckets_per_week,
             accept_after: (per_day / 2.0).max(3.0).ceil() as u32,
-            cusum_lo: 0.0,
-            cusum_hi: 0.0,
-            zero_run: 0.0,
-            incident_lo: false,
-            incident_hi: false,
-            prev_z: 0.0,
-            z_lag: 0.0,
-            z_sq: 0.0,
-            z_n: 0,
-            run: Run::default(),
+            accumulate_after: if per_day >= 2.0 {
+                judge_after.max((1.5 * per_day).ceil() as u64)
+            } else {
+                judge_after
+            },
+            recovery_nats: per_day.ln().max(RECOVERY_NATS),
+            recurrence_window: (28.0 * per_day).min(calibrate::CAPACITY as f64).max(1.0) as u64,
+            alarm: AlarmState::quiet(),
+            incident_len: 0,
+            ac: Autocorrelation::default(),
+            cal_z: TailCalibrator::new(Z_REFERENCE),
+            cal_cusum: TailCalibrator::new(CUSUM_REFERENCE),
+            events: Vec::new(),
+            scale: if cfg.kind == Kind::Gauge {
+                GaugeScale::Undecided
+            } else {
+                GaugeScale::Linear
+            },
+            early: Vec::new(),
         })
     }
 
@@ -346,7 +563,8 @@ impl OnlineDetector {
     pub fn warm(cfg: DetectorConfig, history: &[Bucket]) -> Result<Self> {
         let mut det = OnlineDetector::new(cfg)?;
         for b in history {
-            det.step(b);
+            let scored = det.score(b, Feedback::None);
+            det.learn(b, &scored, Feedback::None);
         }
         Ok(det)
     }
@@ -365,16 +583,22 @@ impl OnlineDetector {
                 .flatten()
                 .map(SeasonalModel::heap_bytes)
                 .sum::<usize>()
+            + self.cal_z.heap_bytes()
+            + self.cal_cusum.heap_bytes()
+            + self.events.capacity() * std::mem::size_of::<Event>()
+            + self.early.capacity() * std::mem::size_of::<(i64, f64)>()
     }
 
-    /// The single-bucket |z| threshold in use (the band half-width in standard deviations).
+    /// The noise model's single-bucket |z| threshold at the configured sensitivity (the band's
+    /// half-width in standard deviations where the series' own history does not widen it).
     pub fn band_z(&self) -> f64 {
         self.thresholds.z_bucket
     }
 
     /// Score `b` without learning from it.
     pub fn evaluate(&self, b: &Bucket) -> Verdict {
-        self.score(b, Feedback::None).verdict
+        let scored = self.score(b, Feedback::None);
+        self.with_band(b, &scored)
     }
 
     /// Score `b`, then learn from it unless it is anomalous, excluded or missing.
@@ -387,27 +611,29 @@ impl OnlineDetector {
     /// feedback is [`Feedback::None`].
     pub fn step_with_feedback(&mut self, b: &Bucket, feedback: Feedback) -> Verdict {
         let scored = self.score(b, feedback);
+        let verdict = self.with_band(b, &scored);
         self.learn(b, &scored, feedback);
-        scored.verdict
+        verdict
     }
 
     /// `sqrt((1 - rho) / (1 + rho))` for the lag-1 autocorrelation `rho` of recent z-scores.
     fn cusum_scale(&self) -> f64 {
-        if self.z_n < 50 || self.z_sq <= 0.0 {
+        if self.ac.n < 50 || self.ac.sq <= 0.0 {
             return 1.0;
         }
-        let rho = (self.z_lag / self.z_sq).clamp(0.0, MAX_AUTOCORRELATION);
+        let rho = (self.ac.lag / self.ac.sq).clamp(0.0, MAX_AUTOCORRELATION);
         ((1.0 - rho) / (1.0 + rho)).sqrt()
     }
 
     /// Track the lag-1 autocorrelation of the z-scores of learned buckets, over about a week.
     fn track_autocorrelation(&mut self, z: f64) {
         let z = z.clamp(-4.0, 4.0);
-        self.z_n = self.z_n.saturating_add(1);
-        let a = (1.0 / f64::from(self.z_n)).max(1.0 / (self.per_day * 7.0).max(14.0));
-        self.z_lag += a * (z * self.prev_z - self.z_lag);
-        self.z_sq += a * (z * z - self.z_sq);
-        self.prev_z = z;
+        let ac = &mut self.ac;
+        ac.n = ac.n.saturating_add(1);
+        let a = (1.0 / f64::from(ac.n)).max(1.0 / (self.per_day * 7.0).max(14.0));
+        ac.lag += a * (z * ac.prev - ac.lag);
+        ac.sq += a * (z * z - ac.sq);
+        ac.prev = z;
     }
 
     /// Index of the model used for this bucket.
@@ -450,8 +676,173 @@ impl OnlineDetector {
                 Some(d) if usable(d) && d >= 0.0 => Some((b.value.clamp(0.0, d), d)),
                 _ => None,
             },
-            Kind::Count | Kind::Gauge => Some((b.value, 1.0)),
+            Kind::Count => Some((b.value, 1.0)),
+            Kind::Gauge => Some((self.to_model(b.value), 1.0)),
         }
+    }
+
+    /// A gauge value on the baselines' scale.
+    fn to_model(&self, v: f64) -> f64 {
+        match self.scale {
+            GaugeScale::Log { floor } => v.max(floor).ln(),
+            _ => v,
+        }
+    }
+
+    /// A value on the baselines' scale back in the value's units.
+    fn to_value(&self, m: f64) -> f64 {
+        match self.scale {
+            GaugeScale::Log { .. } => m.exp(),
+            _ => m,
+        }
+    }
+
+    /// Gauges at the end of warm-up: work on the log scale when every value so far was
+    /// positive and the logarithm fits them better (Box-Cox likelihood of lambda 0 against
+    /// 1, by a clear margin), replaying the warm-up on the chosen scale.
+    fn choose_scale(&mut self) {
+        let values: Vec<f64> = self.early.iter().map(|&(_, v)| v).collect();
+        let positive = values.iter().all(|&v| v > 0.0 && v.is_finite());
+        let mut scale = GaugeScale::Linear;
+        if positive && values.len() >= 8 {
+            let n = values.len() as f64;
+            let var = |xs: &mut dyn Iterator<Item = f64>| {
+                let (mut s, mut s2, mut k) = (0.0, 0.0, 0.0);
+                for x in xs {
+                    s += x;
+                    s2 += x * x;
+                    k += 1.0;
+                }
+                ((s2 - s * s / k) / k).max(1e-300)
+            };
+            let sum_log: f64 = values.iter().map(|v| v.ln()).sum();
+            let ll_linear = -n / 2.0 * var(&mut values.iter().copied()).ln();
+            let ll_log = -n / 2.0 * var(&mut values.iter().map(|v| v.ln())).ln() - sum_log;
+            if ll_log > ll_linear + BOX_COX_MARGIN {
+                let geo = (sum_log / n).exp();
+                scale = GaugeScale::Log {
+                    floor: geo * LOG_FLOOR,
+                };
+            }
+        }
+        let early = std::mem::take(&mut self.early);
+        if let GaugeScale::Log { .. } = scale {
+            // Replay the warm-up on the log scale: the baselines start over there.
+            if let Ok(mut fresh) = OnlineDetector::new(self.cfg) {
+                fresh.scale = scale;
+                for &(ts, v) in &early {
+                    let b = Bucket::new(ts, v);
+                    let scored = fresh.score(&b, Feedback::None);
+                    fresh.learn(&b, &scored, Feedback::None);
+                }
+                *self = fresh;
+            }
+        }
+        self.scale = scale;
+    }
+
+    /// The sensitivity at which a per-bucket tail probability `p` (one side) just fires the
+    /// single-bucket test; infinite when it never does.
+    fn sens_for_tail(&self, p: f64) -> f64 {
+        if p.is_nan() || p > threshold::MAX_ALPHA {
+            return f64::INFINITY;
+        }
+        threshold::sensitivity_for_budget(2.0 * p * self.buckets_per_week)
+    }
+
+    /// The sensitivity at which a CUSUM value `c` just fires; infinite when it never does.
+    fn sens_for_cusum(&self, c: f64) -> f64 {
+        if c < MIN_Z {
+            return f64::INFINITY;
+        }
+        let arl = threshold::cusum_arl0(CUSUM_K, c);
+        threshold::sensitivity_for_budget(2.0 * self.buckets_per_week / arl.max(1.0))
+    }
+
+    /// The sensitivity at which a z magnitude `m` on `side` fires the single-bucket test.
+    fn sens_for_z(&self, m: f64, dev: f64, side: Side) -> f64 {
+        if m < MIN_Z {
+            return f64::INFINITY;
+        }
+        let mut s = self.sens_for_tail(self.normal.cdf(-m));
+        let below = side == Side::Below;
+        if self.cal_z.rejected(below) {
+            if let Some(f) = self.cal_z.fit(below) {
+                s = s.max(self.sens_for_tail(f.sf(m).unwrap_or(1.0)));
+            }
+        }
+        if s < f64::INFINITY && self.recurrent(dev, below) {
+            // It has happened often enough lately to be this series' behaviour.
+            return f64::INFINITY;
+        }
+        s
+    }
+
+    /// Whether at least `RECURRENT` recent events on this side deviated at least
+    /// `COMPARABLE` times as much as `dev`.
+    fn recurrent(&self, dev: f64, below: bool) -> bool {
+        dev <= self.recurrent_below(below)
+    }
+
+    /// The largest deviation on this side that is recurrent: the `RECURRENT`-th largest recent
+    /// event's deviation over `COMPARABLE` (0 when there are fewer events).
+    fn recurrent_below(&self, below: bool) -> f64 {
+        let since = self.learned.saturating_sub(self.recurrence_window);
+        let mut devs: Vec<f32> = self
+            .events
+            .iter()
+            .filter(|e| e.below == below && e.at >= since)
+            .map(|e| e.dev)
+            .collect();
+        if devs.len() < RECURRENT {
+            return 0.0;
+        }
+        devs.sort_unstable_by(|a, b| b.total_cmp(a));
+        f64::from(devs[RECURRENT - 1]) / COMPARABLE
+    }
+
+    /// The sensitivity at which a CUSUM magnitude `c` on `side` fires.
+    fn sens_for_side_cusum(&self, c: f64, side: Side) -> f64 {
+        let mut s = self.sens_for_cusum(c);
+        let below = side == Side::Below;
+        if s < f64::INFINITY && self.cal_cusum.rejected(below) {
+            if let Some(f) = self.cal_cusum.fit(below) {
+                s = s.max(self.sens_for_tail(f.sf(c).unwrap_or(1.0)));
+            }
+        }
+        if s < f64::INFINITY
+            && self
+                .cal_cusum
+                .count_beyond((COMPARABLE * c).max(self.cusum_threshold(side)), below)
+                >= RECURRENT
+        {
+            return f64::INFINITY;
+        }
+        s
+    }
+
+    /// The single-bucket |z| threshold on `side` at the configured sensitivity.
+    fn z_threshold(&self, side: Side) -> f64 {
+        let mut t = self.thresholds.z_bucket;
+        let below = side == Side::Below;
+        if self.cal_z.rejected(below) {
+            if let Some(f) = self.cal_z.fit(below) {
+                t = t.max(f.quantile(self.thresholds.alpha));
+            }
+        }
+        t
+    }
+
+    /// The CUSUM decision interval on `side` at the configured sensitivity.
+    fn cusum_threshold(&self, side: Side) -> f64 {
+        let mut h = self.thresholds.cusum_h;
+        let below = side == Side::Below;
+        if self.cal_cusum.rejected(below) {
+            if let Some(f) = self.cal_cusum.fit(below) {
+                h = h.max(f.quantile(self.thresholds.alpha));
+            }
+        }
+        h
     }
 
     /// Score `b`, then apply `feedback` to the verdict and to the state it would leave.
@@ -464,22 +855,14 @@ impl OnlineDetector {
             Feedback::None => {}
             Feedback::NotAnomaly => {
                 // Normal by the user's word: the bucket moves none of the alarm statistics.
-                scored.cusum_lo = self.cusum_lo;
-                scored.cusum_hi = self.cusum_hi;
-                scored.zero_run = self.zero_run;
-                scored.incident_lo = self.incident_lo;
-                scored.incident_hi = self.incident_hi;
-                scored.outlier = false;
-                scored.verdict.anomaly = false;
+                scored.next = self.alarm;
+                scored.fired = false;
+                clear_anomaly(&mut scored.verdict);
             }
             Feedback::NewNormal => {
-                scored.cusum_lo = 0.0;
-                scored.cusum_hi = 0.0;
-                scored.zero_run = 0.0;
-                scored.incident_lo = false;
-                scored.incident_hi = false;
-                scored.outlier = false;
-                scored.verdict.anomaly = false;
+                scored.next = AlarmState::quiet();
+                scored.fired = false;
+                clear_anomaly(&mut scored.verdict);
             }
         }
         scored
@@ -495,12 +878,16 @@ impl OnlineDetector {
                 Some(d) if d > 0.0 => b.value / d,
                 _ => f64::NAN,
             },
-            (_, Some(_)) => y,
-            (_, None) => b.value,
+            (_, _) => b.value,
+        };
+        // The value on the baselines' scale (the log of a log-scale gauge).
+        let model_value = match kind {
+            Kind::Ratio => value,
+            _ => y,
         };
         let volume = match kind {
             Kind::Ratio => weight,
-            _ => y,
+            _ => b.value,
         };
         let mut preds: [Option<Prediction>; 3] = [None, None, None];
         for (slot, m) in preds.iter_mut().zip(self.models.iter()) {
@@ -515,75 +902,216 @@ impl OnlineDetector {
             .and_then(|i| self.models[i].as_ref())
             .map_or(Seasonality::None, |m| m.seasonality);
         let pred = chosen.and_then(|i| preds[i]);
-        let mut verdict = Verdict {
-            expected: f64::NAN,
-            lower: f64::NAN,
-            upper: f64::NAN,
-            score: 0.0,
-            anomaly: false,
-            status: Status::WarmingUp,
-            seasonality,
-            volume,
-            value,
-        };
         let mut scored = Scored {
-            verdict,
-            z: 0.0,
-            cusum_lo: self.cusum_lo,
-            cusum_hi: self.cusum_hi,
-            zero_run: 0.0,
-            incident_lo: false,
-            incident_hi: false,
-            outlier: false,
+            verdict: Verdict {
+                expected: pred.map_or(f64::NAN, |p| self.to_value(p.rate)),
+                lower: f64::NAN,
+                upper: f64::NAN,
+                score: 0.0,
+                anomaly: false,
+                status: Status::WarmingUp,
+                seasonality,
+                volume,
+                value,
+                trigger: None,
+                side: None,
+                since: None,
+                ongoing: false,
+            },
+            z: None,
+            next: self.alarm,
+            cusum: [0.0; 2],
+            fired: false,
+            judged: false,
+            dev: f64::NAN,
+            thresholds: [f64::INFINITY; 2],
             preds,
+            chosen,
+            veto: None,
         };
-        let z_band = self.thresholds.z_bucket;
-        if let Some(p) = pred {
-            // Band in the value's units.
-            let (expected, sd) = match kind {
-                Kind::Ratio => {
-                    let n = weight.max(1.0);
-                    let var = if weight > 0.0 {
-                        p.var / (weight * weight)
-                    } else {
-                        p.rate * (1.0 - p.rate) / n
-                    };
-                    (p.rate, var.max(0.0).sqrt())
-                }
-                _ => (p.rate, p.var.max(0.0).sqrt()),
-            };
-            verdict.expected = expected;
-            verdict.lower = expected - z_band * sd;
-            verdict.upper = expected + z_band * sd;
-            match kind {
-                Kind::Count => verdict.lower = verdict.lower.max(0.0),
-                Kind::Ratio => {
-                    verdict.lower = verdict.lower.max(0.0);
-                    verdict.upper = verdict.upper.min(1.0);
-                }
-                Kind::Gauge => {}
-            }
-        }
         if b.excluded {
-            verdict.status = Status::Excluded;
-            scored.verdict = verdict;
+            scored.verdict.status = Status::Excluded;
             return scored;
         }
         if obs.is_none() {
-            verdict.status = Status::Missing;
-            scored.verdict = verdict;
+            scored.verdict.status = Status::Missing;
             return scored;
         }
         let Some(p) = pred else {
-            scored.verdict = verdict;
             return scored;
         };
         if kind == Kind::Ratio && weight <= 0.0 {
-            verdict.status = Status::LowVolume;
-            scored.verdict = verdict;
+            scored.verdict.status = Status::LowVolume;
             return scored;
         }
-        let z = match kind {
+        let z = self.z_score(y, weight, &p);
+        scored.z = Some(z);
+        scored.dev = (model_value - p.rate).abs();
+        if self.learned < self.judge_after {
+            // Warm-up: learned, never judged; no alarm state builds up.
+            scored.next = AlarmState::quiet();
+            return scored;
+        }
+        scored.judged = true;
+        let ts = b.ts;
+        let prev = self.alarm;
+        let mut next = prev;
+        // A more specific candidate that has already seen this slot (the weekly profile in its
+        // first days, before it has proven itself) may explain what the chosen one cannot:
+        // "it was like this at this time last week" vetoes a single-bucket alarm.
+        let veto = chosen.and_then(|c| (c + 1..3).rev().find(|&i| preds[i].is_some()));
+        scored.veto = veto;
+        let veto_z = veto.and_then(|i| preds[i].map(|q| self.z_score(y, weight, &q)));
+        // Per side: the single bucket, the CUSUM, and (counts, below) the empty run. The CUSUM
+        // accumulates only what a vetoing candidate agrees is a deviation.
+        let z_acc = match veto_z {
+            Some(vz) if vz.signum() == z.signum() => z.signum() * z.abs().min(vz.abs()),
+            Some(_) => 0.0,
+            None => z,
+        };
+        // One bucket alone is the single-bucket test's business: the CUSUM takes at most the
+        // single-bucket threshold from any bucket, so it accumulates, never replays a spike.
+        let cap = self.thresholds.z_bucket;
+        // Accumulating needs a baseline that has seen a whole day: before the daily profile
+        // can exist, a level alone reads every afternoon as a sustained shift.
+        let zc = if self.learned >= self.accumulate_after {
+            z_acc.clamp(-cap, cap) * self.cusum_scale()
+        } else {
+            0.0
+        };
+        next.cusum[0] = (prev.cusum[0] - zc - CUSUM_K).max(0.0);
+        next.cusum[1] = (prev.cusum[1] + zc - CUSUM_K).max(0.0);
+        for side in Side::BOTH {
+            let i = side.index();
+            if prev.cusum[i] <= 0.0 && next.cusum[i] > 0.0 {
+                next.cusum_since[i] = ts;
+            }
+        }
+        scored.cusum = next.cusum;
+        // A run of empty buckets where events were expected: the chance that all of them are
+        // zero, exact under the (overdispersed) Poisson, against the one-bucket budget.
+        next.zero_run = if kind == Kind::Count && y < 0.5 {
+            let mu = p.mean.max(1e-12);
+            let phi = ((p.var - mu) / (mu * mu)).max(0.0);
+            let nll = if phi > 1e-9 { (phi * mu).ln_1p() / phi } else { mu };
+            if prev.zero_run <= 0.0 {
+                next.zero_since = ts;
+            }
+            prev.zero_run + nll
+        } else {
+            0.0
+        };
+        let s_cfg = self.cfg.sensitivity.get();
+        let dir = self.cfg.direction;
+        let low_volume = match kind {
+            Kind::Count => y.max(p.mean) < self.cfg.min_volume,
+            Kind::Ratio => weight < self.cfg.min_volume,
+            Kind::Gauge => false,
+        };
+        let mut best_sens = f64::INFINITY;
+        let mut flagged: Option<(Side, Trigger, i64)> = None;
+        for side in Side::BOTH {
+            let i = side.index();
+            let m = match side {
+                Side::Below => -z,
+                Side::Above => z,
+            };
+            let dev = (model_value - p.rate).abs();
+            let mut s_bucket = self.sens_for_z(m, dev, side);
+            if let Some(vz) = veto_z {
+                let vm = match side {
+                    Side::Below => -vz,
+                    Side::Above => vz,
+                };
+                s_bucket = s_bucket.max(self.sens_for_z(vm, dev, side));
+            }
+            let s_cusum = self.sens_for_side_cusum(next.cusum[i], side);
+            let s_zero = if side == Side::Below && next.zero_run > 0.0 {
+                self.sens_for_tail((-next.zero_run).exp())
+            } else {
+                f64::INFINITY
+            };
+            scored.thresholds[i] = self.z_threshold(side);
+            let s_side = s_bucket.min(s_cusum).min(s_zero);
+            let fires = s_cfg >= s_side;
+            let trigger = if s_cfg >= s_bucket {
+                Trigger::Bucket
+            } else if s_cfg >= s_zero {
+                Trigger::EmptyRun
+            } else {
+                Trigger::Accumulated
+            };
+            let since = match trigger {
+                Trigger::Bucket => ts,
+                Trigger::EmptyRun => next.zero_since,
+                _ => next.cusum_since[i],
+            };
+            if fires {
+                scored.fired = true;
+                // Evidence already spent: the accumulators restart.
+                next.cusum[i] = 0.0;
+                if side == Side::Below && trigger == Trigger::EmptyRun {
+                    next.zero_run = 0.0;
+                }
+                let inc = next.incident[i].get_or_insert(Incident {
+                    since,
+                    n: 0.0,
+                    z_sum: 0.0,
+                    recover: 0.0,
+                    empty: trigger == Trigger::EmptyRun,
+                });
+                inc.n += 1.0;
+                inc.z_sum += z;
+                inc.recover = 0.0;
+            } else if let Some(inc) = next.incident[i].as_mut() {
+                // Still the incident's level, or back at the baseline?
+                let mu = inc.shift(side);
+                inc.recover = (inc.recover + mu * mu / 2.0 - z * mu).max(0.0);
+                inc.n += 1.0;
+                inc.z_sum += z;
+                let events_again = inc.empty && y > 0.0;
+                if inc.recover >= self.recovery_nats || events_again {
+                    next.incident[i] = None;
+                }
+            }
+            if dir.watches(side == Side::Below) {
+                best_sens = best_sens.min(s_side);
+                // An incident under way flags its buckets until the evidence says the level is
+                // back: one long deviation is one flagged stretch, not a flicker.
+                let ongoing = next.incident[i].is_some();
+                if (fires || ongoing) && flagged.is_none() {
+                    let trigger = if fires { trigger } else { Trigger::Ongoing };
+                    let since = next.incident[i].map_or(since, |inc| inc.since);
+                    flagged = Some((side, trigger, since));
+                }
+            }
+        }
+        scored.next = next;
+        let v = &mut scored.verdict;
+        v.ongoing = Side::BOTH
+            .iter()
+            .any(|s| next.incident[s.index()].is_some() && dir.watches(*s == Side::Below));
+        v.score = score_for_sensitivity(best_sens, self.buckets_per_week);
+        if low_volume {
+            v.status = Status::LowVolume;
+            return scored;
+        }
+        v.status = Status::Evaluated;
+        if let Some((side, trigger, since)) = flagged {
+            v.anomaly = true;
+            v.trigger = Some(trigger);
+            v.side = Some(side);
+            v.since = Some(since);
+            // An ongoing incident is an anomaly at this sensitivity whatever its own bucket
+            // scores: the score says so too.
+            v.score = v.score.max(score_for_sensitivity(s_cfg, self.buckets_per_week));
+        }
+        scored
+    }
+
+    /// The bucket's signed z-score under the chosen model's noise.
+    fn z_score(&self, y: f64, weight: f64, p: &Prediction) -> f64 {
+        let z = match self.cfg.kind {
             Kind::Count => {
                 let z = noise::count_z(y, p.mean, &self.normal);
                 z / (p.var / p.base_var.max(1e-12)).max(1.0).sqrt()
@@ -592,72 +1120,80 @@ impl OnlineDetector {
                 let z = noise::ratio_z(y, weight, p.rate, &self.normal);
                 z / (p.var / p.base_var.max(1e-12)).max(1.0).sqrt()
             }
-            Kind::Gauge => (y - p.mean) / p.var.max(1e-300).sqrt(),
+            Kind::Gauge => {
+                // A spread of zero makes any deviation infinitely surprising: keep it finite.
+                let t = ((y - p.mean) / p.var.max(1e-300).sqrt()).clamp(-1e6, 1e6);
+                // A spread estimated from few buckets: a t statistic, made normal.
+                noise::t_to_z(t, p.spread_n)
+            }
         };
-        let z = if z.is_finite() { z } else { 0.0 };
-        scored.z = z;
-        let warming = self.learned < self.warm_buckets;
-        let h = self.thresholds.cusum_h;
-        // Residuals of real series are autocorrelated (a busy day stays busy all day); the
-        // CUSUM assumes independent increments, so it sees z scaled to the variance of a sum
-        // of AR(1) terms with the lag-1 autocorrelation of recent (learned) z-scores.
-        let zc = z * self.cusum_scale();
-        let lo = (self.cusum_lo + zc + CUSUM_K).min(0.0);
-        let hi = (self.cusum_hi + zc - CUSUM_K).max(0.0);
-        // A run of empty buckets where events were expected: the chance that all of them
-        // are zero, exact under the (overdispersed) Poisson, against the one-bucket budget.
-        let zero_run = if kind == Kind::Count && y < 0.5 {
-            let mu = p.mean.max(1e-12);
-            let phi = ((p.var - mu) / (mu * mu)).max(0.0);
-            let nll = if phi > 1e-9 { (phi * mu).ln_1p() / phi } else { mu };
-            self.zero_run + nll
-        } else {
+        if z.is_nan() {
             0.0
-        };
-        let zero_fire = zero_run >= self.thresholds.zero_run_nll;
-        scored.zero_run = if zero_fire { 0.0 } else { zero_run };
-        let fire_lo = z <= -z_band || lo <= -h || zero_fire;
-        let fire_hi = z >= z_band || hi >= h;
-        scored.cusum_lo = if fire_lo { 0.0 } else { lo };
-        scored.cusum_hi = if fire_hi { 0.0 } else { hi };
-        // After an alarm the incident lasts while its CUSUM stays off zero; its buckets are
-        // kept out of the baseline, so a long drop does not drag the level down with it.
-        scored.incident_lo = fire_lo || (self.incident_lo && lo < 0.0);
-        scored.incident_hi = fire_hi || (self.incident_hi && hi > 0.0);
-        if warming {
-            scored.cusum_lo = 0.0;
-            scored.cusum_hi = 0.0;
-            scored.zero_run = 0.0;
-            scored.incident_lo = false;
-            scored.incident_hi = false;
-            scored.verdict = verdict;
-            return scored;
-        }
-        scored.outlier = fire_lo || fire_hi;
-        let dir = self.cfg.direction;
-        let strength = |bucket_z: f64, cusum: f64| bucket_z.max(z_band * cusum / h);
-        let mut s = f64::NEG_INFINITY;
-        if dir.watches(true) {
-            s = s.max(strength(-z, -lo));
-            s = s.max(z_band * zero_run / self.thresholds.zero_run_nll);
-        }
-        if dir.watches(false) {
-            s = s.max(strength(z, hi));
-        }
-        let low_volume = match kind {
-            Kind::Count => y.max(p.mean) < self.cfg.min_volume,
-            Kind::Ratio => weight < self.cfg.min_volume,
-            Kind::Gauge => false,
-        };
-        verdict.score = (2.0 * self.normal.cdf(s) - 1.0).clamp(0.0, 1.0);
-        if low_volume {
-            verdict.status = Status::LowVolume;
         } else {
-            verdict.status = Status::Evaluated;
-            verdict.anomaly = (fire_lo && dir.watches(true)) || (fire_hi && dir.watches(false));
+            z.clamp(-1e6, 1e6)
         }
-        scored.verdict = verdict;
-        scored
+    }
+
+    /// The verdict with its band: the values the single-bucket test would not flag.
+    fn with_band(&self, b: &Bucket, scored: &Scored) -> Verdict {
+        let mut v = scored.verdict;
+        if !scored.judged {
+            return v;
+        }
+        let Some(p) = scored.chosen.and_then(|i| scored.preds[i]) else {
+            return v;
+        };
+        let (mut lo, mut hi) = self.band_of(b, &p, scored.thresholds);
+        // A newer, more specific profile vetoes what it explains: its band counts too.
+        if let Some(q) = scored.veto.and_then(|i| scored.preds[i]) {
+            let (vlo, vhi) = self.band_of(b, &q, scored.thresholds);
+            lo = lo.min(vlo);
+            hi = hi.max(vhi);
+        }
+        // Deviations as large as recent recurring ones are not flagged either.
+        let rec_lo = self.recurrent_below(true);
+        let rec_hi = self.recurrent_below(false);
+        if rec_lo > 0.0 {
+            lo = lo.min(self.to_value(p.rate - rec_lo));
+        }
+        if rec_hi > 0.0 {
+            hi = hi.max(self.to_value(p.rate + rec_hi));
+        }
+        if self.cfg.kind != Kind::Gauge {
+            lo = lo.max(0.0);
+        }
+        if self.cfg.kind == Kind::Ratio {
+            hi = hi.min(1.0);
+        }
+        v.lower = lo;
+        v.upper = hi;
+        v
+    }
+
+    /// The values the single-bucket test does not flag under prediction `p` with per-side
+    /// thresholds `[below, above]` (in z units), in the value's units.
+    fn band_of(&self, b: &Bucket, p: &Prediction, [t_lo, t_hi]: [f64; 2]) -> (f64, f64) {
+        let d = (p.var / p.base_var.max(1e-12)).max(1.0);
+        match self.cfg.kind {
+            Kind::Count => noise::count_band(p.mean, d, t_lo, t_hi, &self.normal),
+            Kind::Ratio => {
+                let n = b.denominator.unwrap_or(0.0).round();
+                if n > 0.0 {
+                    let (lo, hi) = noise::ratio_band(n, p.rate, d, t_lo, t_hi, &self.normal);
+                    (lo / n, hi / n)
+                } else {
+                    (f64::NAN, f64::NAN)
+                }
+            }
+            Kind::Gauge => {
+                let sd = p.var.max(0.0).sqrt();
+                let nu = p.spread_n;
+                (
+                    self.to_value(p.mean - noise::z_to_t(t_lo, nu) * sd),
+                    self.to_value(p.mean + noise::z_to_t(t_hi, nu) * sd),
+                )
+            }
+        }
     }
 
     fn learn(&mut self, b: &Bucket, scored: &Scored, feedback: Feedback) {
@@ -668,11 +1204,8 @@ impl OnlineDetector {
         let Some((y, weight)) = self.observation(b) else {
             return;
         };
-        self.cusum_lo = scored.cusum_lo;
-        self.cusum_hi = scored.cusum_hi;
-        self.zero_run = scored.zero_run;
-        self.incident_lo = scored.incident_lo;
-        self.incident_hi = scored.incident_hi;
+        let was_quiet = !self.alarm.in_incident();
+        self.alarm = scored.next;
         let evaluated = matches!(status, Status::Evaluated | Status::LowVolume);
         for (m, p) in self.models.iter_mut().zip(scored.preds.iter()) {
             if let (Some(m), Some(p)) = (m, p) {
@@ -681,27 +1214,38 @@ impl OnlineDetector {
                 }
             }
         }
-        match feedback {
-            Feedback::None if evaluated => self.track_run(y, scored),
-            // Not a deviation: it cannot start a run, and counts as quiet in one under way.
-            Feedback::NotAnomaly if evaluated => self.track_run(
-                y,
-                &Scored {
-                    z: 0.0,
-                    outlier: false,
-                    ..*scored
-                },
-            ),
-            Feedback::NewNormal => self.rebase(b.ts, y, &scored.preds),
-            _ => {}
+        if feedback == Feedback::NewNormal {
+            self.rebase(b.ts, y, &scored.preds);
         }
-        // Anomalous buckets are not learned, nor are those of an incident still under way
-        // (see `incident_lo`) or of a run of empty buckets half-way to an alarm: a sustained
-        // drop must not teach the baseline to expect it.
-        let building = scored.zero_run >= ZERO_HOLD_BACK * self.thresholds.zero_run_nll
-            || scored.incident_lo
-            || scored.incident_hi;
-        let held_back = feedback == Feedback::None && (scored.outlier || (evaluated && building));
+        // A deviation that lasts becomes the new normal: after `accept_after` buckets of one
+        // incident, every level is rescaled to what the incident's buckets showed.
+        if self.alarm.in_incident() && feedback == Feedback::None {
+            if self.incident_len == 0 {
+                self.clear_run();
+            }
+            self.incident_len += 1;
+            for (m, p) in self.models.iter_mut().zip(scored.preds.iter()) {
+                if let (Some(m), Some(p)) = (m, p) {
+                    m.run_add(y, p);
+                }
+            }
+            if self.incident_len >= self.accept_after {
+                for m in self.models.iter_mut().flatten() {
+                    m.run_accept();
+                }
+                self.alarm = AlarmState::quiet();
+                self.incident_len = 0;
+            }
+        } else if self.incident_len > 0 {
+            self.incident_len = 0;
+            self.clear_run();
+        }
+        // Anomalous buckets are not learned, nor are those of an incident still under way or
+        // of a run of empty buckets half-way to an alarm: a sustained drop must not teach the
+        // baseline to expect it.
+        let building = scored.next.zero_run >= ZERO_HOLD_BACK * self.thresholds.zero_run_nll
+            || scored.next.in_incident();
+        let held_back = feedback == Feedback::None && (scored.fired || (evaluated && building));
         // A false positive is learned in full, so the noise estimate sees how far off it was.
         let winsor = if evaluated && feedback != Feedback::NotAnomaly {
             Some(WINSOR_SD)
@@ -709,6 +1253,10 @@ impl OnlineDetector {
             None
         };
         let kind = self.cfg.kind;
+        // A model that has never seen this slot learns it from this bucket whatever it was:
+        // the first weekend a series shows is how its weekends look, and a slot must not stay
+        // unseen forever. (One that learnt an anomaly this way is corrected over the next
+        // visits, and until it has proven itself the chosen model is a simpler one.)
         for (m, p) in self.models.iter_mut().zip(scored.preds.iter()) {
             if let Some(m) = m {
                 match p {
@@ -719,8 +1267,6 @@ impl OnlineDetector {
                     }
                     Some(p) if !held_back => m.learn(kind, b.ts, y, weight, p, winsor),
                     Some(_) => {}
-                    // A model that has never seen this slot has nothing to call it an outlier
-                    // against: it learns the slot, or the slot would stay unseen forever.
                     None => {
                         let p = m.predict(kind, b.ts, weight);
                         m.learn(kind, b.ts, y, weight, &p, None);
@@ -728,107 +1274,112 @@ impl OnlineDetector {
                 }
             }
         }
-        if held_back {
-            self.prev_z = 0.0;
-            return;
+        // The series' own tails: from judged buckets outside incidents, whatever they
+        // scored, so that spikes that are normal here raise the thresholds.
+        if let (Some(z), Feedback::None) = (scored.z, feedback) {
+            let side = if z < 0.0 { Side::Below } else { Side::Above };
+            if scored.judged && z.abs() >= self.z_threshold(side) {
+                let dev = scored.dev;
+                if dev.is_finite() {
+                    if self.events.len() >= EVENTS {
+                        self.events.remove(0);
+                    }
+                    self.events.push(Event {
+                        at: self.learned,
+                        below: side == Side::Below,
+                        dev: dev as f32,
+                    });
+                }
+            }
         }
-        if feedback != Feedback::None {
+        if let Some(z) = scored.z {
+            // Only once the spread stands on enough buckets: z-scores against a spread that is
+            // still settling would teach the tails wrong extremes.
+            let calibrating = self.learned >= self.judge_after
+                && scored
+                    .chosen
+                    .and_then(|i| scored.preds[i])
+                    .is_some_and(|p| p.spread_n >= MIN_SPREAD_FOR_CALIBRATION);
+            if calibrating && was_quiet && feedback == Feedback::None {
+                // Every judged bucket outside an incident, anomalous or not: an extreme that
+                // recurs is this series' behaviour (the fit is robust to a few incidents).
+                self.cal_z.push(z);
+                let [lo, hi] = scored.cusum;
+                self.cal_cusum.push(if hi >= lo { hi } else { -lo });
+            }
+        }
+        if held_back {
+            self.ac.prev = 0.0;
+        } else if feedback != Feedback::None {
             // Its z-score is the model's error, not the series' noise.
-            self.prev_z = 0.0;
-        } else if evaluated {
-            self.track_autocorrelation(scored.z);
+            self.ac.prev = 0.0;
+        } else if let (true, Some(z)) = (evaluated || status == Status::WarmingUp, scored.z) {
+            self.track_autocorrelation(z);
         }
         if weight > 0.0 {
             self.learned += 1;
         }
-    }
-
-    /// Watch a persistent deviation; after `accept_after` buckets mostly on one side, take
-    /// its level as the new normal.
-    fn track_run(&mut self, y: f64, scored: &Scored) {
-        let z = scored.z;
-        let sign: i8 = if z >= RUN_DEVIATION_Z {
-            1
-        } else if z <= -RUN_DEVIATION_Z {
-            -1
-        } else {
-            0
-        };
-        if self.run.sign == 0 {
-            if scored.outlier && sign != 0 {
-                self.run = Run {
-                    sign,
-                    total: 1,
-                    deviating: 1,
-                    quiet: 0,
-                };
-                self.run_add(y, scored);
+        if self.scale == GaugeScale::Undecided {
+            if self.early.capacity() == 0 {
+                self.early.reserve_exact(self.judge_after.max(48) as usize);
             }
-            return;
-        }
-        self.run.total += 1;
-        self.run_add(y, scored);
-        if sign == self.run.sign {
-            self.run.deviating += 1;
-            self.run.quiet = 0;
-        } else {
-            self.run.quiet += 1;
-        }
-        if self.run.quiet >= 3 {
-            self.clear_run();
-        } else if self.run.total >= self.accept_after {
-            if f64::from(self.run.deviating) >= 0.7 * f64::from(self.run.total) {
-                for m in self.models.iter_mut().flatten() {
-                    m.run_accept();
-                }
-                self.cusum_lo = 0.0;
-                self.cusum_hi = 0.0;
-                self.zero_run = 0.0;
-                self.incident_lo = false;
-                self.incident_hi = false;
-                self.run = Run::default();
-            } else {
-                self.clear_run();
+            self.early.push((b.ts, b.value));
+            // At least two days of hourly buckets, so the choice rests on more than a few hours.
+            let decide_at = self.judge_after.max((2.0 * self.per_day).min(48.0) as u64);
+            if self.learned >= decide_at {
+                self.choose_scale();
             }
         }
     }
 
-    /// Take `y` as the new level at once: every model's level is rescaled by the bucket's
-    /// observed/expected ratio under its own prediction (or under the chosen model's, for a
-    /// model that has not seen this slot), as when a run is accepted; any run is forgotten.
+    /// Take `y` as the new level at once: every model's level is moved to the bucket's value
+    /// under its own prediction (or under the chosen model's, for a model that has not seen
+    /// this slot); any incident is forgotten.
     fn rebase(&mut self, ts: i64, y: f64, preds: &[Option<Prediction>; 3]) {
-        let factor =
-            |p: &Prediction| (p.mean.abs() > 1e-12 && y.is_finite()).then(|| (y / p.mean).clamp(0.02, 50.0));
-        let fallback = self.chosen(ts).and_then(|i| preds[i].as_ref()).and_then(factor);
+        let fallback = self.chosen(ts).and_then(|i| preds[i]);
         for (m, p) in self.models.iter_mut().zip(preds.iter()) {
             if let Some(m) = m {
-                if let Some(f) = p.as_ref().and_then(factor).or(fallback) {
-                    m.rebase(f);
+                if let Some(p) = p.or(fallback) {
+                    m.rebase(y, &p);
                 }
             }
         }
         self.clear_run();
-        self.cusum_lo = 0.0;
-        self.cusum_hi = 0.0;
-        self.zero_run = 0.0;
-        self.incident_lo = false;
-        self.incident_hi = false;
-    }
-
-    fn run_add(&mut self, y: f64, scored: &Scored) {
-        for (m, p) in self.models.iter_mut().zip(scored.preds.iter()) {
-            if let (Some(m), Some(p)) = (m, p) {
-                m.run_add(y, p);
-            }
-        }
+        self.incident_len = 0;
+        self.alarm = AlarmState::quiet();
     }
 
     fn clear_run(&mut self) {
-        self.run = Run::default();
         for m in self.models.iter_mut().flatten() {
             m.run_clear();
         }
     }
+}
+
+fn clear_anomaly(v: &mut Verdict) {
+    v.anomaly = false;
+    v.trigger = None;
+    v.side = None;
+    v.since = None;
+    v.ongoing = false;
+}
+
+/// The score of a bucket that the tests would just flag at sensitivity `s`: `1 - s / 2` for
+/// `s` in [0, 1] (0.75 at medium), falling on to 0 for budgets between one false alarm a week
+/// and every bucket.
+fn score_for_sensitivity(s: f64, buckets_per_week: f64) -> f64 {
+    if s <= 0.0 {
+        return 1.0;
+    }
+    if s <= 1.0 {
+        return 1.0 - s / 2.0;
+    }
+    if !s.is_finite() {
+        return 0.0;
+    }
+    // s = 1 is one false alarm a week; every bucket flagged is s_top.
+    let s_top = threshold::sensitivity_for_budget(buckets_per_week).max(1.0 + 1e-9);
+    (0.5 * (1.0 - (s - 1.0) / (s_top - 1.0))).clamp(0.0, 0.5)
 }
 
 /// The nominal number of false alarms per week a sensitivity in (0, 1) budgets for, on a
@@ -839,16 +1390,15 @@ pub fn false_alarms_per_week(sensitivity: Sensitivity) -> f64 {
     threshold::false_alarms_per_week(sensitivity.get())
 }
 
-/// Buckets of history before anything is flagged: two days (at least 14 buckets), or with
-/// automatic seasonality and a possible weekly profile, eight days: a week to see every slot of
-/// the week once, plus a day to compare the weekly profile against the daily one.
-fn warm_up_buckets(mode: SeasonalityMode, per_day: f64, weekly_possible: bool) -> u64 {
-    let days = match mode {
-        SeasonalityMode::Auto if weekly_possible => 8.0,
-        SeasonalityMode::Weekly => 8.0,
-        _ => 2.0,
-    };
-    (days * per_day).max(14.0).ceil() as u64
+/// Buckets of history before anything is judged: half a day of buckets, at least 14 and at
+/// most 288 (or eight days with a forced weekly seasonality). Until a seasonal profile has
+/// proven itself the level alone is used, with the spread it has measured; a slot the chosen
+/// profile has never seen is not judged either.
+fn judge_after_buckets(mode: SeasonalityMode, per_day: f64) -> u64 {
+    if mode == SeasonalityMode::Weekly {
+        return (8.0 * per_day).max(14.0).ceil() as u64;
+    }
+    (per_day / 2.0).clamp(14.0, 288.0).ceil() as u64
 }
 
 #[cfg(test)]

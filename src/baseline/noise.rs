@@ -107,6 +107,140 @@ pub(crate) fn ratio_z(k: f64, n: f64, p: f64, normal: &Normal) -> f64 {
     probit_from_tails(lower_mid, upper_mid, root, normal)
 }
 
+/// A t statistic with `nu` degrees of freedom as a standard normal score (Wallace 1959):
+/// a spread estimated from few buckets makes a deviation less surprising than a known one.
+pub(crate) fn t_to_z(t: f64, nu: f64) -> f64 {
+    if !t.is_finite() || !nu.is_finite() {
+        return t;
+    }
+    let nu = nu.max(1.0);
+    let c = (8.0 * nu + 1.0) / (8.0 * nu + 3.0);
+    t.signum() * c * (nu * (t * t / nu).ln_1p()).sqrt()
+}
+
+/// The inverse of [`t_to_z`].
+pub(crate) fn z_to_t(z: f64, nu: f64) -> f64 {
+    if !z.is_finite() || !nu.is_finite() {
+        return z;
+    }
+    let nu = nu.max(1.0);
+    let c = (8.0 * nu + 1.0) / (8.0 * nu + 3.0);
+    let w = z / c;
+    // Beyond ~700 the exponential overflows: the t is astronomically large anyway.
+    let e = (w * w / nu).min(700.0);
+    z.signum() * (nu * e.exp_m1()).sqrt()
+}
+
+/// The largest integer `y` in `[lo, hi]` with `f(y) < t`, for `f` increasing, searched from
+/// `guess` (a few evaluations when the guess is close). `None` when even `f(lo) >= t`.
+fn last_below(f: impl Fn(f64) -> f64, t: f64, guess: f64, lo: f64, hi: f64) -> Option<f64> {
+    // NaN counts as flagged, so the search always ends.
+    let f = |y: f64| {
+        let v = f(y);
+        if v.is_nan() {
+            f64::INFINITY
+        } else {
+            v
+        }
+    };
+    if !(t.is_finite() && lo <= hi) {
+        return if t > f(hi) { Some(hi) } else { None };
+    }
+    if f(lo) >= t {
+        return None;
+    }
+    if f(hi) < t {
+        return Some(hi);
+    }
+    // Invariant: f(a) < t <= f(b).
+    let g = guess.round().clamp(lo, hi);
+    let (mut a, mut b);
+    if f(g) < t {
+        a = g;
+        let mut step = 1.0;
+        loop {
+            if a >= hi {
+                return Some(hi);
+            }
+            let next = (a + step).min(hi);
+            if f(next) >= t {
+                b = next;
+                break;
+            }
+            a = next;
+            step *= 2.0;
+        }
+    } else {
+        b = g;
+        let mut step = 1.0;
+        loop {
+            if b <= lo {
+                return Some(lo);
+            }
+            let next = (b - step).max(lo);
+            if f(next) < t {
+                a = next;
+                break;
+            }
+            b = next;
+            step *= 2.0;
+        }
+    }
+    for _ in 0..128 {
+        if b - a <= 1.0 {
+            break;
+        }
+        let mid = ((a + b) / 2.0).floor();
+        if mid <= a || mid >= b {
+            break;
+        }
+        if f(mid) < t {
+            a = mid;
+        } else {
+            b = mid;
+        }
+    }
+    Some(a)
+}
+
+/// A Cornish-Fisher guess of the count whose Poisson probit is `z` (mean `mu`).
+fn poisson_guess(mu: f64, z: f64) -> f64 {
+    mu + z * mu.sqrt() + (z * z - 1.0) / 6.0
+}
+
+/// The counts the single-bucket test does not flag: the smallest and largest `y` with
+/// `-t_lo < z(y) < t_hi`, where `z(y)` is the Poisson probit of `y` against `mu` divided by
+/// `sqrt(d)` (the variance inflation). Exactly the decision the detector makes.
+pub(crate) fn count_band(mu: f64, d: f64, t_lo: f64, t_hi: f64, normal: &Normal) -> (f64, f64) {
+    let sd = d.max(1.0).sqrt();
+    let z = |y: f64| count_z(y, mu, normal) / sd;
+    let top = (mu * 50.0 + 1e4).min(1e15);
+    let upper = last_below(z, t_hi, poisson_guess(mu, t_hi * sd), 0.0, top).unwrap_or(0.0);
+    // The lowest unflagged count: one above the largest flagged one.
+    let neg = |y: f64| -z(-y);
+    let lower = match last_below(neg, t_lo, -poisson_guess(mu, -t_lo * sd), -top, 0.0) {
+        // `neg(-y) < t_lo` means `z(y) > -t_lo`: the largest such -y is the smallest such y.
+        Some(m) => -m,
+        None => 0.0,
+    };
+    (lower.max(0.0), upper)
+}
+
+/// The successes out of `n` the single-bucket test does not flag against proportion `p` with
+/// variance inflation `d`: the smallest and largest `k`.
+pub(crate) fn ratio_band(n: f64, p: f64, d: f64, t_lo: f64, t_hi: f64, normal: &Normal) -> (f64, f64) {
+    let sd = d.max(1.0).sqrt();
+    let z = |k: f64| ratio_z(k, n, p, normal) / sd;
+    let spread = (n * p * (1.0 - p)).max(0.0).sqrt();
+    let upper = last_below(z, t_hi, n * p + t_hi * sd * spread, 0.0, n).unwrap_or(0.0);
+    let neg = |k: f64| -z(-k);
+    let lower = match last_below(neg, t_lo, -(n * p - t_lo * sd * spread), -n, 0.0) {
+        Some(m) => -m,
+        None => 0.0,
+    };
+    (lower.max(0.0), upper.min(n))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

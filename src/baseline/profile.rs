@@ -28,6 +28,12 @@ const RATIO_EDGE: f64 = 1e-3;
 const LEVEL_MIN_BUCKETS: f64 = 24.0;
 /// Fewest events (or ratio trials) the level's memory spans.
 const LEVEL_EVENTS: f64 = 100.0;
+/// Gauges: buckets whose median starts the level.
+const EARLY: usize = 15;
+/// A gauge's spread is at least this share of its typical magnitude.
+const SPREAD_FLOOR: f64 = 1e-3;
+/// Residuals a gauge's spread must have seen before it is used to winsorise.
+const MIN_SPREAD_SAMPLES: u32 = 20;
 const DAY: i64 = 86_400;
 const WEEK: i64 = 7 * DAY;
 
@@ -46,6 +52,8 @@ pub(crate) struct Prediction {
     pub(crate) est_var: f64,
     /// Total variance of the observation including overdispersion and profile error.
     pub(crate) var: f64,
+    /// Effective observations behind the spread estimate (gauges; infinite otherwise).
+    pub(crate) spread_n: f64,
 }
 
 /// A level-times-profile model with one seasonality.
@@ -58,6 +66,15 @@ pub(crate) struct SeasonalModel {
     slot_min_rate: f64,
     prior_weight: f64,
     count_prior: bool,
+    /// Gauges: `expected = level + offset[slot]` with an additive spread; counts and ratios:
+    /// `expected = level * profile[slot]`.
+    additive: bool,
+    /// Gauges: exponentially weighted mean absolute residual (the spread, robust to spikes).
+    abs_dev: f64,
+    /// Gauges: exponentially weighted mean absolute value, for the spread's floor.
+    magnitude: f64,
+    /// Gauges: the first few values, whose median and MAD start the level and the spread.
+    early: Vec<f64>,
     num: Vec<f64>,
     den: Vec<f64>,
     visits: Vec<u16>,
@@ -74,9 +91,33 @@ pub(crate) struct SeasonalModel {
     slow_den: f64,
     pub(crate) mse: f64,
     pub(crate) mse_n: u32,
+    /// Exponentially weighted mean negative log predictive density (times two, up to a
+    /// constant) of the buckets it predicted: a proper score of mean and spread together.
+    pub(crate) nll: f64,
     mse_min_rate: f64,
     run_obs: f64,
     run_exp: f64,
+    run_n: f64,
+}
+
+/// Median and median absolute deviation of a few values.
+fn median_mad(xs: &[f64]) -> (f64, f64) {
+    let mut v: Vec<f64> = xs.to_vec();
+    v.sort_unstable_by(f64::total_cmp);
+    let med = median_sorted(&v);
+    for x in v.iter_mut() {
+        *x = (*x - med).abs();
+    }
+    v.sort_unstable_by(f64::total_cmp);
+    (med, median_sorted(&v))
+}
+
+fn median_sorted(v: &[f64]) -> f64 {
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => 0.5 * (v[n / 2 - 1] + v[n / 2]),
+    }
 }
 
 impl SeasonalModel {
@@ -114,6 +155,10 @@ impl SeasonalModel {
                 0.0
             },
             count_prior: kind == Kind::Count,
+            additive: kind == Kind::Gauge,
+            abs_dev: 0.0,
+            magnitude: 0.0,
+            early: Vec::new(),
             num: vec![0.0; slots],
             den: vec![0.0; slots],
             visits: vec![0; slots],
@@ -130,15 +175,18 @@ impl SeasonalModel {
             slow_den: 0.0,
             mse: 0.0,
             mse_n: 0,
+            nll: 0.0,
             mse_min_rate: 1.0 / (per_day * 7.0).max(14.0),
             run_obs: 0.0,
             run_exp: 0.0,
+            run_n: 0.0,
         })
     }
 
     /// Heap bytes held by this model.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.num.capacity() * std::mem::size_of::<f64>()
+        self.early.capacity() * std::mem::size_of::<f64>()
+            + self.num.capacity() * std::mem::size_of::<f64>()
             + self.den.capacity() * std::mem::size_of::<f64>()
             + self.visits.capacity() * std::mem::size_of::<u16>()
     }
@@ -154,6 +202,9 @@ impl SeasonalModel {
     }
 
     fn level(&self) -> f64 {
+        if self.additive {
+            return self.level_num;
+        }
         if self.level_den > 0.0 {
             self.level_num / self.level_den
         } else {
@@ -177,15 +228,21 @@ impl SeasonalModel {
         let n = self.num.len();
         let (mut sn, mut sd, mut w) = (2.0 * self.num[slot], 2.0 * self.den[slot], 2.0);
         if self.smooth {
+            // Neighbours lend their estimate while the slot's own is thin, and less as it
+            // firms up, so a sharp pattern (a step at 09:00) is learnt sharp.
+            let lend = 1.0 / f64::from(self.visits[slot].max(1));
             for j in [(slot + n - 1) % n, (slot + 1) % n] {
                 if self.visits[j] > 0 {
-                    sn += self.num[j];
-                    sd += self.den[j];
-                    w += 1.0;
+                    sn += lend * self.num[j];
+                    sd += lend * self.den[j];
+                    w += lend;
                 }
             }
         }
         let n_eff = self.slot_n_eff(slot, w);
+        if self.additive {
+            return if sd > 0.0 { (sn / sd, n_eff) } else { (0.0, n_eff) };
+        }
         if self.prior_weight > 0.0 {
             // Shrink towards the level (s = 1) by a prior worth `prior_weight` trials, against
             // the trials the slot's estimate stands on.
@@ -220,6 +277,24 @@ impl SeasonalModel {
     /// Predict the bucket at `ts` holding `weight` (the denominator for ratios).
     pub(crate) fn predict(&self, kind: Kind, ts: i64, weight: f64) -> Prediction {
         let (s, n_eff) = self.profile_n(self.slot(ts));
+        if self.additive {
+            let mu = self.level() + s;
+            // Spread: the mean absolute residual of a normal is 0.8 sd. Deviations smaller than
+            // `SPREAD_FLOOR` of the series' typical magnitude are never news.
+            let sd = (self.abs_dev * 1.2533)
+                .max(self.magnitude.max(mu.abs()) * SPREAD_FLOOR)
+                .max(1e-300);
+            let var = sd * sd;
+            return Prediction {
+                profile: s,
+                rate: mu,
+                mean: mu,
+                base_var: 0.0,
+                est_var: var / n_eff,
+                var: var + var / n_eff,
+                spread_n: f64::from(self.disp_n).min(2.0 / self.disp_min_rate - 1.0),
+            };
+        }
         let rate_raw = self.level() * s;
         let phi = self.dispersion();
         match kind {
@@ -232,6 +307,7 @@ impl SeasonalModel {
                     base_var: mu,
                     est_var: mu / n_eff,
                     var: mu + mu / n_eff + phi * mu * mu,
+                    spread_n: f64::INFINITY,
                 }
             }
             Kind::Ratio => {
@@ -245,19 +321,19 @@ impl SeasonalModel {
                     base_var: base,
                     est_var: base / n_eff,
                     var: base + base / n_eff + phi * n * (n - 1.0).max(0.0) * p * (1.0 - p),
+                    spread_n: f64::INFINITY,
                 }
             }
-            Kind::Gauge => {
-                let scale = rate_raw.abs().max(1e-9);
-                Prediction {
-                    profile: s,
-                    rate: rate_raw,
-                    mean: rate_raw,
-                    base_var: 0.0,
-                    est_var: 0.0,
-                    var: phi.max(1e-8) * scale * scale,
-                }
-            }
+            // Gauges are additive: predicted above.
+            Kind::Gauge => Prediction {
+                profile: s,
+                rate: rate_raw,
+                mean: rate_raw,
+                base_var: 0.0,
+                est_var: 0.0,
+                var: 1e-300,
+                spread_n: f64::INFINITY,
+            },
         }
     }
 
@@ -276,9 +352,13 @@ impl SeasonalModel {
             return;
         }
         let ready = self.ready(ts);
+        let raw = obs;
         let mut obs = obs;
         if ready {
-            if let Some(w) = winsor {
+            // A gauge's spread starts at zero: winsorising against it before it has seen a
+            // few residuals would keep it there.
+            let spread_known = !self.additive || self.disp_n >= MIN_SPREAD_SAMPLES;
+            if let (Some(w), true) = (winsor, spread_known) {
                 let sd = pred.var.max(1e-12).sqrt();
                 obs = obs.clamp(pred.mean - w * sd, pred.mean + w * sd);
             }
@@ -287,15 +367,22 @@ impl SeasonalModel {
             }
             // Noise and fit quality, measured against what the model predicted.
             let r = obs - pred.mean;
+            if self.additive {
+                self.disp_n = self.disp_n.saturating_add(1);
+                let a = (1.0 / f64::from(self.disp_n)).max(self.disp_min_rate);
+                self.abs_dev += a * (r.abs() - self.abs_dev);
+            }
             let m2 = match kind {
                 Kind::Count => pred.mean * pred.mean,
                 Kind::Ratio => weight * (weight - 1.0).max(0.0) * pred.rate * (1.0 - pred.rate),
                 Kind::Gauge => pred.mean.abs().max(1e-9).powi(2),
             };
-            self.disp_n = self.disp_n.saturating_add(1);
-            let a = (1.0 / f64::from(self.disp_n)).max(self.disp_min_rate);
-            self.disp_a += a * ((r * r - pred.base_var - pred.est_var) - self.disp_a);
-            self.disp_b += a * (m2 - self.disp_b);
+            if !self.additive {
+                self.disp_n = self.disp_n.saturating_add(1);
+                let a = (1.0 / f64::from(self.disp_n)).max(self.disp_min_rate);
+                self.disp_a += a * ((r * r - pred.base_var - pred.est_var) - self.disp_a);
+                self.disp_b += a * (m2 - self.disp_b);
+            }
         }
         // Level: ratio of exponentially weighted sums of observation and profile-expected.
         let slot = self.slot(ts);
@@ -309,6 +396,36 @@ impl SeasonalModel {
             0.0
         };
         self.level_n = self.level_n.saturating_add(1);
+        if self.additive {
+            let a = (1.0 / f64::from(self.level_n)).max(self.level_min_rate);
+            let offset = if self.visits[slot] > 0 { pred.profile } else { 0.0 };
+            let m = (1.0 / f64::from(self.level_n)).max(self.disp_min_rate);
+            self.magnitude += m * (raw.abs() - self.magnitude);
+            if self.early.len() < EARLY && self.level_n as usize <= EARLY {
+                // The first buckets set the level by their median and the spread by their
+                // median absolute deviation: one burst among them does not become the level.
+                if self.early.capacity() == 0 {
+                    self.early.reserve_exact(EARLY);
+                }
+                self.early.push(raw - offset);
+                let (med, mad) = median_mad(&self.early);
+                self.level_num = med;
+                // MAD to mean absolute deviation under a normal: 1.4826 * 0.7979.
+                self.abs_dev = mad * 1.1829;
+            } else if self.visits[slot] > 0 || self.level_n == 1 {
+                self.level_num += a * (obs - offset - self.level_num);
+            }
+            if self.early.len() >= EARLY && self.level_n as usize > 4 * EARLY {
+                self.early = Vec::new();
+            }
+            self.level_den = 1.0;
+            let level = self.level_num;
+            self.visits[slot] = self.visits[slot].saturating_add(1);
+            let b = (1.0 / f64::from(self.visits[slot])).max(self.slot_min_rate);
+            self.num[slot] += b * (obs - level - self.num[slot]);
+            self.den[slot] += b * (1.0 - self.den[slot]);
+            return;
+        }
         if self.level_n == 1 || (self.level_num == 0.0 && obs != 0.0) {
             // The first observation that is not zero sets the units: slots seen before it
             // hold zeros, which are zero in any units.
@@ -349,8 +466,32 @@ impl SeasonalModel {
         }
         // Judge the profile, not the fast level: predict with a slow (about a week) level, so
         // a daily profile cannot look good by chasing each weekend with its level.
-        let sd = pred.var.max(1e-12).sqrt();
+        let sd = pred.var.max(1e-300).sqrt();
         let s = pred.profile;
+        {
+            let e = ((obs - pred.mean) / sd).clamp(-ERROR_CLIP_SD, ERROR_CLIP_SD);
+            let a = (1.0 / f64::from(self.mse_n.saturating_add(1))).max(self.mse_min_rate);
+            self.nll += a * (pred.var.max(1e-300).ln() + e * e - self.nll);
+        }
+        if self.additive {
+            let mean = if self.slow_den > 0.0 {
+                self.slow_num + s
+            } else {
+                pred.mean
+            };
+            let r = (obs - mean).clamp(-ERROR_CLIP_SD * sd, ERROR_CLIP_SD * sd);
+            self.slow_num += if self.slow_den > 0.0 {
+                self.mse_min_rate * (obs - s - self.slow_num)
+            } else {
+                obs - s
+            };
+            self.slow_den = 1.0;
+            self.mse_n = self.mse_n.saturating_add(1);
+            let a = (1.0 / f64::from(self.mse_n)).max(self.mse_min_rate);
+            self.bias += BIAS_RATE * (r - self.bias);
+            self.mse += a * (self.bias * self.bias - self.mse);
+            return;
+        }
         let slow = if self.slow_den > 0.0 {
             self.slow_num / self.slow_den
         } else {
@@ -382,25 +523,40 @@ impl SeasonalModel {
     pub(crate) fn run_add(&mut self, obs: f64, pred: &Prediction) {
         self.run_obs += obs;
         self.run_exp += pred.mean;
+        self.run_n += 1.0;
     }
 
     /// Forget the current run.
     pub(crate) fn run_clear(&mut self) {
         self.run_obs = 0.0;
         self.run_exp = 0.0;
+        self.run_n = 0.0;
     }
 
     /// Multiply the level (the fast one and the slow one the fit is judged with) by `factor`:
     /// the series changed level for good. The profile keeps its shape.
-    pub(crate) fn rebase(&mut self, factor: f64) {
-        self.level_num *= factor;
-        self.slow_num *= factor;
+    pub(crate) fn rebase(&mut self, obs: f64, pred: &Prediction) {
+        if self.additive {
+            let delta = obs - pred.mean;
+            if delta.is_finite() {
+                self.level_num += delta;
+                self.slow_num += delta;
+            }
+        } else if pred.mean.abs() > 1e-12 && obs.is_finite() {
+            let factor = (obs / pred.mean).clamp(0.02, 50.0);
+            self.level_num *= factor;
+            self.slow_num *= factor;
+        }
         self.run_clear();
     }
 
     /// Accept the run's level as the new normal.
     pub(crate) fn run_accept(&mut self) {
-        if self.run_exp.abs() > 1e-12 {
+        if self.additive {
+            if self.run_n > 0.0 {
+                self.level_num += (self.run_obs - self.run_exp) / self.run_n;
+            }
+        } else if self.run_exp.abs() > 1e-12 {
             let factor = (self.run_obs / self.run_exp).clamp(0.02, 50.0);
             self.level_num *= factor;
         }

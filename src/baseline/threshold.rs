@@ -18,6 +18,8 @@ pub(crate) struct Thresholds {
     pub(crate) cusum_h: f64,
     /// Negative log-probability at which a run of empty count buckets is an anomaly.
     pub(crate) zero_run_nll: f64,
+    /// One-sided tail probability per bucket of the single-bucket test.
+    pub(crate) alpha: f64,
 }
 
 /// The nominal number of false alarms per week for a sensitivity in (0, 1).
@@ -25,9 +27,21 @@ pub(crate) fn false_alarms_per_week(sensitivity: f64) -> f64 {
     10f64.powf(4.0 * sensitivity - 4.0)
 }
 
+/// Largest per-bucket tail probability the single-bucket test may flag at: `P(Z > 3)`.
+pub(crate) const MAX_ALPHA: f64 = 0.001_349_898_031_630_094_5;
+
+/// The sensitivity whose budget is `budget` false alarms per week: the inverse of
+/// [`false_alarms_per_week`].
+pub(crate) fn sensitivity_for_budget(budget: f64) -> f64 {
+    if budget <= 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    (budget.log10() + 4.0) / 4.0
+}
+
 /// Siegmund's approximation of the in-control average run length of a one-sided CUSUM on
 /// standard normal increments with reference `k` and decision interval `h`.
-fn cusum_arl0(k: f64, h: f64) -> f64 {
+pub(crate) fn cusum_arl0(k: f64, h: f64) -> f64 {
     let b = h + 1.166;
     ((2.0 * k * b).exp() - 2.0 * k * b - 1.0) / (2.0 * k * k)
 }
@@ -52,6 +66,7 @@ impl Thresholds {
             z_bucket,
             cusum_h: hi.max(3.0),
             zero_run_nll: -normal.cdf(-z_bucket).ln(),
+            alpha,
         }
     }
 }

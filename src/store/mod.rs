@@ -100,6 +100,8 @@ pub struct EvaluationRow {
     pub status: String,
     /// Volume behind the bucket.
     pub volume: f64,
+    /// What flagged it (`bucket`, `accumulated`, `empty_run`, `ongoing`), when flagged.
+    pub flagged_by: Option<String>,
 }
 
 /// A stored series.
@@ -169,6 +171,11 @@ pub struct AnomalyRow {
     pub seasonality: String,
     /// Whether it was within the alert horizon (live) rather than backfilled history.
     pub alerted: bool,
+    /// What flagged it (`bucket`, `accumulated`, `empty_run`, `ongoing`; `None` for rows
+    /// stored before this was recorded).
+    pub flagged_by: Option<String>,
+    /// `below` or `above` the band.
+    pub side: Option<String>,
 }
 
 /// An alert (incident) row.
@@ -287,6 +294,10 @@ pub struct NewAnomaly {
     pub seasonality: String,
     /// Within the alert horizon.
     pub alerted: bool,
+    /// What flagged it (`bucket`, `accumulated`, `empty_run`, `ongoing`).
+    pub flagged_by: Option<String>,
+    /// `below` or `above` the band.
+    pub side: Option<String>,
 }
 
 /// A message to queue for delivery.
@@ -639,11 +650,12 @@ impl Store {
             let mut tx = pool.begin().await?;
             for e in evaluations {
                 sqlx::query(
-                    "INSERT INTO evaluations (series_id, ts, value, expected, lower, upper, score, anomaly, status, volume)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                    "INSERT INTO evaluations (series_id, ts, value, expected, lower, upper, score, anomaly, status, volume, flagged_by)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                      ON CONFLICT (series_id, ts) DO UPDATE SET value = excluded.value, expected = excluded.expected,
                        lower = excluded.lower, upper = excluded.upper, score = excluded.score,
-                       anomaly = excluded.anomaly, status = excluded.status, volume = excluded.volume",
+                       anomaly = excluded.anomaly, status = excluded.status, volume = excluded.volume,
+                       flagged_by = excluded.flagged_by",
                 )
                 .bind(series_id)
                 .bind(e.ts)
@@ -655,13 +667,14 @@ impl Store {
                 .bind(e.anomaly)
                 .bind(&e.status)
                 .bind(e.volume)
+                .bind(&e.flagged_by)
                 .execute(&mut *tx)
                 .await?;
             }
             for a in anomalies {
                 sqlx::query(
-                    "INSERT INTO anomalies (series_id, ts, value, expected, lower, upper, score, volume, seasonality, alerted, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (series_id, ts) DO NOTHING",
+                    "INSERT INTO anomalies (series_id, ts, value, expected, lower, upper, score, volume, seasonality, alerted, created_at, flagged_by, side)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (series_id, ts) DO NOTHING",
                 )
                 .bind(series_id)
                 .bind(a.ts)
@@ -674,6 +687,8 @@ impl Store {
                 .bind(&a.seasonality)
                 .bind(a.alerted)
                 .bind(now)
+                .bind(&a.flagged_by)
+                .bind(&a.side)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -691,7 +706,7 @@ impl Store {
     pub async fn evaluations(&self, series_id: i64, from: i64, to: i64) -> Result<Vec<EvaluationRow>> {
         run!(self, |pool| {
             Ok(sqlx::query_as::<_, EvaluationRow>(
-                "SELECT ts, value, expected, lower, upper, score, anomaly, status, volume FROM evaluations
+                "SELECT ts, value, expected, lower, upper, score, anomaly, status, volume, flagged_by FROM evaluations
              WHERE series_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts",
             )
             .bind(series_id)
@@ -712,7 +727,7 @@ impl Store {
         run!(self, |pool| {
             Ok(sqlx::query_as::<_, AnomalyRow>(
                 "SELECT a.id, s.kpi_id, s.dims, a.ts, a.value, a.expected, a.lower, a.upper, a.score, a.volume,
-                        a.seasonality, a.alerted
+                        a.seasonality, a.alerted, a.flagged_by, a.side
                  FROM anomalies a JOIN series s ON s.id = a.series_id
                  WHERE ($1 IS NULL OR s.kpi_id = $2) AND ($3 IS NULL OR a.ts >= $4)
                  ORDER BY a.ts DESC, a.id DESC LIMIT $5",

@@ -8,6 +8,7 @@ mod alerting;
 mod api;
 mod backtest;
 mod cli;
+mod detection;
 mod digest;
 mod e2e;
 mod email;

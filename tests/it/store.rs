@@ -21,6 +21,7 @@ fn evaluation(ts: i64, value: f64, anomaly: bool) -> EvaluationRow {
         anomaly,
         status: "evaluated".to_owned(),
         volume: value,
+        flagged_by: anomaly.then(|| "accumulated".to_owned()),
     }
 }
 
@@ -35,6 +36,8 @@ fn anomaly(ts: i64, value: f64, alerted: bool) -> NewAnomaly {
         volume: value,
         seasonality: "daily".to_owned(),
         alerted,
+        flagged_by: Some("accumulated".to_owned()),
+        side: Some("below".to_owned()),
     }
 }
 
