@@ -11,7 +11,7 @@
 //! The GPD is fitted by probability-weighted moments (Hosking & Wallis 1987), which is stable
 //! for the few dozen peaks a few days of buckets give. Pure arithmetic: no IO.
 
-/// Recent z-scores kept per series. At 5-minute buckets this is a week.
+/// Most recent values kept per series: a week of 5-minute buckets.
 pub(crate) const CAPACITY: usize = 2048;
 /// Refit the tails after this many new z-scores.
 const REFIT_EVERY: u32 = 16;
@@ -75,6 +75,8 @@ impl TailFit {
 /// The recent values of one statistic of a series and the tail fits made from them.
 #[derive(Debug, Clone)]
 pub(crate) struct TailCalibrator {
+    /// Values kept: at most `CAPACITY`.
+    capacity: usize,
     buf: Vec<f32>,
     next: usize,
     since_fit: u32,
@@ -91,8 +93,9 @@ pub(crate) struct TailCalibrator {
 impl TailCalibrator {
     /// A calibrator whose model says a magnitude beyond `level` has probability `p` on each
     /// side, for each `(level, p)` of `reference`.
-    pub(crate) fn new(reference: &'static [(f64, f64)]) -> Self {
+    pub(crate) fn new(reference: &'static [(f64, f64)], capacity: usize) -> Self {
         TailCalibrator {
+            capacity: capacity.clamp(MIN_SAMPLES * 2, CAPACITY),
             buf: Vec::new(),
             next: 0,
             since_fit: 0,
@@ -134,14 +137,14 @@ impl TailCalibrator {
             return;
         }
         let z = z.clamp(-1e6, 1e6) as f32;
-        if self.buf.len() < CAPACITY {
+        if self.buf.len() < self.capacity {
             if self.buf.capacity() == 0 {
-                self.buf.reserve_exact(CAPACITY);
+                self.buf.reserve_exact(self.capacity);
             }
             self.buf.push(z);
         } else {
             self.buf[self.next] = z;
-            self.next = (self.next + 1) % CAPACITY;
+            self.next = (self.next + 1) % self.capacity;
         }
         self.since_fit += 1;
         if self.buf.len() >= MIN_SAMPLES && (self.since_fit >= REFIT_EVERY || self.fits[0].is_none()) {
@@ -158,7 +161,7 @@ impl TailCalibrator {
             return;
         }
         // Oldest first: clusters are runs in time.
-        let (newer, older) = if n < CAPACITY {
+        let (newer, older) = if n < self.capacity {
             (&self.buf[..0], &self.buf[..])
         } else {
             self.buf.split_at(self.next)
@@ -266,7 +269,7 @@ mod tests {
     #[test]
     fn an_exponential_tail_is_recovered() {
         let mut rng = Lcg(7);
-        let mut c = TailCalibrator::new(&[(3.0, 0.00135)]);
+        let mut c = TailCalibrator::new(&[(3.0, 0.00135)], CAPACITY);
         for _ in 0..CAPACITY {
             let e = -rng.uniform().ln();
             let z = if rng.uniform() < 0.5 { e } else { -e };
@@ -283,7 +286,7 @@ mod tests {
     #[test]
     fn a_pareto_tail_has_a_positive_shape_and_a_far_threshold() {
         let mut rng = Lcg(11);
-        let mut c = TailCalibrator::new(&[(3.0, 0.00135)]);
+        let mut c = TailCalibrator::new(&[(3.0, 0.00135)], CAPACITY);
         for _ in 0..CAPACITY {
             let x = rng.uniform().powf(-1.0 / 3.0) - 1.0; // Pareto with index 3: xi = 1/3
             c.push(x);

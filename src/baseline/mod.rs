@@ -543,12 +543,12 @@ impl OnlineDetector {
                 judge_after
             },
             recovery_nats: per_day.ln().max(RECOVERY_NATS),
-            recurrence_window: (28.0 * per_day).min(calibrate::CAPACITY as f64).max(1.0) as u64,
+            recurrence_window: (28.0 * per_day).clamp(1.0, calibrate::CAPACITY as f64) as u64,
             alarm: AlarmState::quiet(),
             incident_len: 0,
             ac: Autocorrelation::default(),
-            cal_z: TailCalibrator::new(Z_REFERENCE),
-            cal_cusum: TailCalibrator::new(CUSUM_REFERENCE),
+            cal_z: TailCalibrator::new(Z_REFERENCE, calibration_window(per_day)),
+            cal_cusum: TailCalibrator::new(CUSUM_REFERENCE, calibration_window(per_day)),
             events: Vec::new(),
             scale: if cfg.kind == Kind::Gauge {
                 GaugeScale::Undecided
@@ -1388,6 +1388,14 @@ fn score_for_sensitivity(s: f64, buckets_per_week: f64) -> f64 {
 /// `docs/DETECTION.md`.
 pub fn false_alarms_per_week(sensitivity: Sensitivity) -> f64 {
     threshold::false_alarms_per_week(sensitivity.get())
+}
+
+/// Buckets of history the tails are calibrated on and recurring events are remembered over:
+/// four weeks, at least 256 buckets (a daily KPI's last eight months), at most a week of
+/// 5-minute buckets.
+fn calibration_window(per_day: f64) -> usize {
+    let four_weeks = (28.0 * per_day) as usize;
+    four_weeks.clamp(256, calibrate::CAPACITY)
 }
 
 /// Buckets of history before anything is judged: half a day of buckets, at least 14 and at
