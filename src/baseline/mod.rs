@@ -33,7 +33,7 @@ use statrs::distribution::{ContinuousCDF, Normal};
 use crate::kpi::{Direction, Kind, Sensitivity};
 
 use self::calibrate::TailCalibrator;
-use self::profile::{Prediction, SeasonalModel};
+use self::profile::{Prediction, SeasonalModel, Shift};
 use self::threshold::{Thresholds, CUSUM_K};
 
 /// Errors of the detector: only a bad configuration can fail.
@@ -367,6 +367,9 @@ struct Scored {
     chosen: Option<usize>,
     /// A more specific model that has seen this slot but is not the chosen one.
     veto: Option<usize>,
+    /// The level before the last accepted new normal explains this bucket and the current
+    /// one does not.
+    back_home: bool,
 }
 
 /// A recent bucket that the single-bucket test found beyond its threshold (flagged or not):
@@ -419,10 +422,24 @@ pub struct OnlineDetector {
     cal_z: TailCalibrator,
     cal_cusum: TailCalibrator,
     events: Vec<Event>,
+    /// The level before the last accepted new normal, for a while: a series that comes back
+    /// to it is going home, not breaking out again.
+    previous: Option<PreviousLevel>,
     /// Gauges: the scale the baselines work on, chosen once from the warm-up buckets.
     scale: GaugeScale,
     /// Gauges during warm-up: the buckets seen, to choose the scale and replay them on it.
     early: Vec<(i64, f64)>,
+}
+
+/// What accepting a new normal did to each candidate's level, to undo it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct PreviousLevel {
+    /// Per candidate, the shift back to the old level.
+    back: [Shift; 3],
+    /// `learned` when the new normal was accepted.
+    at: u64,
+    /// Consecutive buckets the old level explains and the new one does not.
+    agree: u32,
 }
 
 /// The scale a gauge's baselines work on.
@@ -457,6 +474,12 @@ const MIN_Z: f64 = 3.0;
 const RECURRENT: usize = 3;
 /// Effective buckets behind a gauge's spread before its z-scores calibrate the tails.
 const MIN_SPREAD_FOR_CALIBRATION: f64 = 30.0;
+/// After a new normal, a bucket within this |z| of the old level ...
+const RETURN_Z: f64 = 2.0;
+/// ... and at least this far from the new one is one going back; `RETURN_AFTER` in a row
+/// undo the new normal.
+const RUN_AWAY_Z: f64 = 3.0;
+const RETURN_AFTER: u32 = 3;
 /// Log-likelihood units by which the log scale must beat the linear one for a gauge.
 const BOX_COX_MARGIN: f64 = 2.0;
 /// On the log scale, values at or below zero count as this share of the warm-up's geometric
@@ -550,6 +573,7 @@ impl OnlineDetector {
             cal_z: TailCalibrator::new(Z_REFERENCE, calibration_window(per_day)),
             cal_cusum: TailCalibrator::new(CUSUM_REFERENCE, calibration_window(per_day)),
             events: Vec::new(),
+            previous: None,
             scale: if cfg.kind == Kind::Gauge {
                 GaugeScale::Undecided
             } else {
@@ -928,6 +952,7 @@ impl OnlineDetector {
             preds,
             chosen,
             veto: None,
+            back_home: false,
         };
         if b.excluded {
             scored.verdict.status = Status::Excluded;
@@ -961,7 +986,22 @@ impl OnlineDetector {
         // "it was like this at this time last week" vetoes a single-bucket alarm.
         let veto = chosen.and_then(|c| (c + 1..3).rev().find(|&i| preds[i].is_some()));
         scored.veto = veto;
-        let veto_z = veto.and_then(|i| preds[i].map(|q| self.z_score(y, weight, &q)));
+        let mut veto_z = veto.and_then(|i| preds[i].map(|q| self.z_score(y, weight, &q)));
+        // For a while after a new normal was accepted, the old level vetoes too: a series
+        // coming back to where it was is not breaking out again.
+        if let (Some(prev), Some(c)) = (
+            self.previous
+                .filter(|p| self.learned - p.at < self.recurrence_window),
+            chosen,
+        ) {
+            let home = prev.back[c].moved(kind, &p);
+            let z_home = self.z_score(y, weight, &home);
+            scored.back_home = z_home.abs() <= RETURN_Z && z.abs() >= RUN_AWAY_Z;
+            veto_z = Some(match veto_z {
+                Some(v) if v.abs() < z_home.abs() => v,
+                _ => z_home,
+            });
+        }
         // Per side: the single bucket, the CUSUM, and (counts, below) the empty run. The CUSUM
         // accumulates only what a vetoing candidate agrees is a deviation.
         let z_acc = match veto_z {
@@ -1206,6 +1246,28 @@ impl OnlineDetector {
         };
         let was_quiet = !self.alarm.in_incident();
         self.alarm = scored.next;
+        if let Some(prev) = self.previous.as_mut() {
+            if self.learned - prev.at >= self.recurrence_window {
+                self.previous = None;
+            } else if scored.back_home && feedback == Feedback::None {
+                prev.agree += 1;
+                if prev.agree >= RETURN_AFTER {
+                    // Back at the old level for good: undo the new normal.
+                    let back = prev.back;
+                    for (m, s) in self.models.iter_mut().zip(back) {
+                        if let Some(m) = m {
+                            m.apply(s);
+                        }
+                    }
+                    self.previous = None;
+                    self.alarm = AlarmState::quiet();
+                    self.incident_len = 0;
+                    self.clear_run();
+                }
+            } else if scored.z.is_some_and(|z| z.abs() < RUN_AWAY_Z) {
+                prev.agree = 0;
+            }
+        }
         let evaluated = matches!(status, Status::Evaluated | Status::LowVolume);
         for (m, p) in self.models.iter_mut().zip(scored.preds.iter()) {
             if let (Some(m), Some(p)) = (m, p) {
@@ -1230,9 +1292,17 @@ impl OnlineDetector {
                 }
             }
             if self.incident_len >= self.accept_after {
-                for m in self.models.iter_mut().flatten() {
-                    m.run_accept();
+                let mut back = [Shift::None; 3];
+                for (b, m) in back.iter_mut().zip(self.models.iter_mut()) {
+                    if let Some(m) = m {
+                        *b = m.run_accept().inverse();
+                    }
                 }
+                self.previous = Some(PreviousLevel {
+                    back,
+                    at: self.learned,
+                    agree: 0,
+                });
                 self.alarm = AlarmState::quiet();
                 self.incident_len = 0;
             }

@@ -37,6 +37,71 @@ const MIN_SPREAD_SAMPLES: u32 = 20;
 const DAY: i64 = 86_400;
 const WEEK: i64 = 7 * DAY;
 
+/// A change of a model's level: what accepting a new normal did, and its inverse.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Shift {
+    /// Nothing.
+    None,
+    /// Counts and ratios: the level times this.
+    Multiply(f64),
+    /// Gauges: the level plus this.
+    Add(f64),
+}
+
+impl Shift {
+    /// The shift that undoes this one.
+    pub(crate) fn inverse(self) -> Shift {
+        match self {
+            Shift::Multiply(f) if f.abs() > 1e-12 => Shift::Multiply(1.0 / f),
+            Shift::Add(d) => Shift::Add(-d),
+            _ => Shift::None,
+        }
+    }
+
+    /// `pred` as it would be with the level moved by this shift (the spread scaled with a
+    /// count's or a ratio's mean, as their noise is).
+    pub(crate) fn moved(self, kind: Kind, pred: &Prediction) -> Prediction {
+        match self {
+            Shift::None => *pred,
+            Shift::Add(d) => Prediction {
+                rate: pred.rate + d,
+                mean: pred.mean + d,
+                ..*pred
+            },
+            Shift::Multiply(f) => {
+                let rate = match kind {
+                    Kind::Ratio => (pred.rate * f).clamp(RATIO_EDGE, 1.0 - RATIO_EDGE),
+                    _ => (pred.rate * f).max(1e-6),
+                };
+                let g = if pred.rate.abs() > 1e-12 {
+                    rate / pred.rate
+                } else {
+                    1.0
+                };
+                let base_g = match kind {
+                    Kind::Ratio => {
+                        let old = pred.rate * (1.0 - pred.rate);
+                        if old > 0.0 {
+                            rate * (1.0 - rate) / old
+                        } else {
+                            1.0
+                        }
+                    }
+                    _ => g,
+                };
+                Prediction {
+                    rate,
+                    mean: pred.mean * g,
+                    base_var: pred.base_var * base_g,
+                    est_var: pred.est_var * base_g,
+                    var: pred.var * base_g,
+                    ..*pred
+                }
+            }
+        }
+    }
+}
+
 /// Prediction of one model for one bucket.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Prediction {
@@ -551,15 +616,35 @@ impl SeasonalModel {
     }
 
     /// Accept the run's level as the new normal.
-    pub(crate) fn run_accept(&mut self) {
-        if self.additive {
+    pub(crate) fn run_accept(&mut self) -> Shift {
+        let shift = if self.additive {
             if self.run_n > 0.0 {
-                self.level_num += (self.run_obs - self.run_exp) / self.run_n;
+                Shift::Add((self.run_obs - self.run_exp) / self.run_n)
+            } else {
+                Shift::None
             }
         } else if self.run_exp.abs() > 1e-12 {
-            let factor = (self.run_obs / self.run_exp).clamp(0.02, 50.0);
-            self.level_num *= factor;
-        }
+            Shift::Multiply((self.run_obs / self.run_exp).clamp(0.02, 50.0))
+        } else {
+            Shift::None
+        };
+        self.apply(shift);
         self.run_clear();
+        shift
+    }
+
+    /// Move the level (and the slow level the fit is judged with) by `shift`.
+    pub(crate) fn apply(&mut self, shift: Shift) {
+        match shift {
+            Shift::Multiply(f) => {
+                self.level_num *= f;
+                self.slow_num *= f;
+            }
+            Shift::Add(d) => {
+                self.level_num += d;
+                self.slow_num += d;
+            }
+            Shift::None => {}
+        }
     }
 }

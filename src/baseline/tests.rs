@@ -743,3 +743,31 @@ fn a_low_volume_ratio_drop_stays_flagged_while_it_lasts_and_ends_when_the_rate_i
         "since {since}"
     );
 }
+
+#[test]
+fn a_temporary_level_that_was_accepted_is_undone_when_the_series_comes_back() {
+    // 5-minute gauge: 40 for a day, accepted as the new normal after half a day, then back
+    // to 50 for good. Coming back is not a second incident.
+    let days = 12;
+    let from = 9 * 288;
+    let to = from + 288;
+    let series = gauge_5min(days, 38, |i, n| {
+        let level = if (from..to).contains(&i) { 40.0 } else { 50.0 };
+        level + n.normal()
+    });
+    let mut det = detector(Kind::Gauge, 300);
+    let v = run(&mut det, &series);
+    let (f, t) = (from as usize, to as usize);
+    assert!(v[f..f + 6].iter().any(|v| v.anomaly), "the drop is flagged");
+    assert!(
+        !v[f + 200..t].iter().any(|v| v.anomaly),
+        "the lasting level was accepted as the new normal"
+    );
+    let after = v[t..].iter().filter(|v| v.anomaly).count();
+    assert!(after <= RETURN_AFTER as usize, "{after} flags after coming back");
+    let last = v.last().expect("verdicts");
+    assert!(
+        (last.expected - 50.0).abs() < 1.0,
+        "back at the old level: {last:?}"
+    );
+}
