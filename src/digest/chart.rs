@@ -253,6 +253,7 @@ mod tests {
             id: "orders".into(),
             title: "Orders".into(),
             kind: Kind::Count,
+            unit: None,
             owner: None,
             status: DigestStatus::Ok,
             value: None,

@@ -58,6 +58,8 @@ pub struct KpiDigest {
     pub title: String,
     /// Count, ratio or gauge (decides how values are formatted: ratios as percentages).
     pub kind: Kind,
+    /// The model's unit, shown beside counts and gauges.
+    pub unit: Option<String>,
     /// Owner.
     pub owner: Option<String>,
     /// Status badge.
@@ -127,7 +129,11 @@ pub struct NearMiss {
     pub value: f64,
     /// Expected.
     pub expected: f64,
-    /// Score in [0, 1].
+    /// Band lower edge.
+    pub lower: f64,
+    /// Band upper edge.
+    pub upper: f64,
+    /// Score in [0, 1] (ranks near-misses; never shown).
     pub score: f64,
 }
 

@@ -11,6 +11,7 @@ mod digest;
 mod e2e;
 mod email;
 mod helpers;
+mod interfaces;
 mod sources;
 mod store;
 mod ui;

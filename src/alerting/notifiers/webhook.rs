@@ -155,7 +155,7 @@ fn body(n: &Notification) -> serde_json::Value {
             "resolved_at": n.resolved_at.map(|t| t.to_rfc3339()),
         },
         "links": {
-            "series": n.links.series,
+            "series": n.links.kpi,
             "ack": n.links.ack,
             "silence": n.links.silence,
         },
