@@ -61,6 +61,7 @@ pub(super) struct AlertQuery {
     open: Option<bool>,
     /// At most this many (default 200).
     #[param(minimum = 1, maximum = 10000)]
+    #[serde(default, deserialize_with = "super::whole::opt")]
     limit: Option<i64>,
 }
 

@@ -25,6 +25,7 @@ pub(super) struct AnomalyQuery {
     since: Option<String>,
     /// At most this many (default 100).
     #[param(minimum = 1, maximum = 10000)]
+    #[serde(default, deserialize_with = "super::whole::opt")]
     limit: Option<i64>,
 }
 
@@ -85,6 +86,7 @@ impl From<AnomalyRow> for AnomalyDto {
         (status = 400, description = "A bad parameter", body = ErrorBody),
         (status = 401, description = "A token is needed", body = ErrorBody),
         (status = 404, description = "No such KPI", body = ErrorBody),
+        (status = 422, description = "`since` is a date that does not exist", body = ErrorBody),
         (status = 500, description = "The state store failed", body = ErrorBody),
     )
 )]

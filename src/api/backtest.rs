@@ -17,6 +17,7 @@ use super::{dims_json, ApiError, ApiResult, AppState, ErrorBody};
 pub(super) struct BacktestBody {
     /// Weeks to report on (default 4).
     #[schema(minimum = 1, maximum = 52)]
+    #[serde(default, deserialize_with = "super::whole::opt")]
     weeks: Option<u32>,
     /// `low | medium | high` or a number in (0, 1).
     #[schema(schema_with = sensitivity_schema)]
@@ -50,10 +51,11 @@ impl From<DirectionDto> for crate::kpi::Direction {
     }
 }
 
-/// `low | medium | high`, or a number strictly between 0 and 1.
+/// `low | medium | high`, or a number strictly between 0 and 1 (null: the model's).
 pub(super) fn sensitivity_schema() -> utoipa::openapi::schema::Schema {
     use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
     OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Null))
         .item(
             ObjectBuilder::new()
                 .schema_type(Type::String)
@@ -167,7 +169,7 @@ pub(super) async fn backtest(
         ));
     }
     let sensitivity = match &body.sensitivity {
-        None => spec.sensitivity,
+        None | Some(serde_json::Value::Null) => spec.sensitivity,
         Some(v) => parse_sensitivity(v)?,
     };
     if body.min_volume.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {

@@ -324,6 +324,74 @@ fn positive_id(what: &str, id: i64) -> ApiResult<i64> {
     Ok(id)
 }
 
+/// Integers as JSON Schema means them: `18` and `18.0` are the same integer (schemathesis and
+/// some JSON encoders send the latter). In bodies and query strings.
+pub(crate) mod whole {
+    use serde::de::{Deserializer, Error, Visitor};
+
+    struct Whole;
+
+    impl<'de> Visitor<'de> for Whole {
+        type Value = Option<i128>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an integer")
+        }
+
+        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(Whole)
+        }
+
+        fn visit_i64<E: Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(i128::from(v)))
+        }
+
+        fn visit_u64<E: Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(i128::from(v)))
+        }
+
+        fn visit_f64<E: Error>(self, v: f64) -> Result<Self::Value, E> {
+            if v.is_finite() && v.fract() == 0.0 && v.abs() < 1e18 {
+                Ok(Some(v as i128))
+            } else {
+                Err(E::custom(format!("{v} is not an integer")))
+            }
+        }
+
+        fn visit_str<E: Error>(self, v: &str) -> Result<Self::Value, E> {
+            if let Ok(n) = v.parse::<i128>() {
+                return Ok(Some(n));
+            }
+            match v.parse::<f64>() {
+                Ok(f) => self.visit_f64(f),
+                Err(_) => Err(E::custom(format!("{v:?} is not an integer"))),
+            }
+        }
+    }
+
+    /// An optional integer that may be written `18.0`; out of the target type's range is an error.
+    pub(crate) fn opt<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<i128>,
+    {
+        match d.deserialize_any(Whole)? {
+            None => Ok(None),
+            Some(n) => T::try_from(n)
+                .map(Some)
+                .map_err(|_| D::Error::custom(format!("{n} is out of range"))),
+        }
+    }
+}
+
 fn escape_html(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")

@@ -21,18 +21,52 @@ use crate::kpi::{KpiSpec, API_ORIGIN};
 /// A KPI as the API takes it: the fields of `model.toml`, plus `id` and `query`. Anything
 /// the schema allows but the model parser refuses (an unknown source, `interval = "7m"`, a
 /// query that fails) is a 422 naming every problem.
-#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct KpiBody {
     /// 1–64 characters of `a-z`, `0-9`, `_` and `-`, starting with a letter.
-    #[schema(pattern = "^[a-z][a-z0-9_-]{0,63}$")]
     id: String,
     /// One SELECT with `:start` and `:end` (the half-open window), at most 64 KiB.
-    #[schema(min_length = 1, max_length = 65536)]
     query: String,
     #[serde(flatten)]
     model: ModelFields,
 }
+
+// The schema of `KpiBody` is `ModelFields`' with `id` and `query` added: one object, so that
+// its `additionalProperties: false` holds (a derived `allOf` of two closed objects would
+// allow no body at all), and the model's fields are still declared once.
+impl utoipa::PartialSchema for KpiBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+        use utoipa::openapi::RefOr;
+        let model = <ModelFields as utoipa::PartialSchema>::schema();
+        let RefOr::T(Schema::Object(mut object)) = model else {
+            return model;
+        };
+        object.properties.insert(
+            "id".to_owned(),
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[a-z][a-z0-9_-]{0,63}$"))
+                .description(Some("1-64 characters of a-z, 0-9, _ and -, starting with a letter"))
+                .into(),
+        );
+        object.properties.insert(
+            "query".to_owned(),
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(65536))
+                .description(Some("One SELECT with :start and :end (the half-open window)"))
+                .into(),
+        );
+        object.required.extend(["id".to_owned(), "query".to_owned()]);
+        object.description = Some("A KPI: the fields of model.toml, plus id and query".to_owned());
+        RefOr::T(Schema::Object(object))
+    }
+}
+
+impl ToSchema for KpiBody {}
 
 /// The `model.toml` fields (all checked by `KpiSpec::parse`).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
@@ -89,6 +123,7 @@ pub(super) struct ModelFields {
     /// Most series (dimension combinations).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 10000)]
+    #[serde(default, deserialize_with = "super::whole::opt")]
     max_series: Option<usize>,
     /// `N of M`: fire when N of the last M judged buckets are anomalous.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -96,6 +131,7 @@ pub(super) struct ModelFields {
     /// In-band buckets that resolve an alert.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "super::whole::opt")]
     recover_after: Option<u32>,
     /// Remind while firing, e.g. `4h`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -416,6 +452,7 @@ pub(super) struct DraftBacktest {
     kpi: KpiBody,
     /// Weeks to report on (default 4).
     #[schema(minimum = 1, maximum = 12)]
+    #[serde(default, deserialize_with = "super::whole::opt")]
     weeks: Option<u32>,
 }
 

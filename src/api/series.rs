@@ -71,9 +71,10 @@ const MAX_POINTS: i64 = 50_000;
     ),
     responses(
         (status = 200, description = "The KPI's series", body = Vec<SeriesDto>),
-        (status = 400, description = "A bad range: unparseable, empty or reversed, or more than 50,000 buckets", body = ErrorBody),
+        (status = 400, description = "`from` or `to` is neither RFC 3339 nor unix seconds", body = ErrorBody),
         (status = 401, description = "A token is needed", body = ErrorBody),
         (status = 404, description = "No such KPI", body = ErrorBody),
+        (status = 422, description = "`from` is not before `to`, the range holds more than 50,000 buckets, or a date that does not exist", body = ErrorBody),
         (status = 500, description = "The state store failed", body = ErrorBody),
     )
 )]
@@ -102,10 +103,10 @@ pub(super) async fn series(
         .transpose()?
         .unwrap_or(to - 86_400);
     if from >= to {
-        return Err(ApiError::BadRequest("`from` must be before `to`".to_owned()));
+        return Err(ApiError::Unprocessable("`from` must be before `to`".to_owned()));
     }
     if (to - from) / spec.interval.secs_i64() > MAX_POINTS {
-        return Err(ApiError::BadRequest(format!(
+        return Err(ApiError::Unprocessable(format!(
             "the range holds more than {MAX_POINTS} buckets; narrow it"
         )));
     }
