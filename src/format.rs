@@ -131,9 +131,9 @@ pub fn distance(value: f64, expected: f64, lower: f64, upper: f64) -> String {
     } else {
         f64::INFINITY
     };
-    let how = if beyond < 0.5 {
+    let how = if beyond < 0.25 {
         "just"
-    } else if beyond < 2.0 {
+    } else if beyond < 1.0 {
         "well"
     } else {
         "far"
@@ -224,9 +224,10 @@ mod tests {
     fn distances_are_words_not_scores() {
         assert_eq!(distance(95.0, 100.0, 90.0, 110.0), "inside the band");
         assert_eq!(distance(88.0, 100.0, 90.0, 110.0), "just below the band");
-        assert_eq!(distance(80.0, 100.0, 90.0, 110.0), "well below the band");
+        assert_eq!(distance(85.0, 100.0, 90.0, 110.0), "well below the band");
+        assert_eq!(distance(0.0, 150.0, 93.0, 207.0), "far below the band");
         assert_eq!(distance(3.0, 16.0, 12.0, 20.0), "far below the band");
-        assert_eq!(distance(130.0, 100.0, 90.0, 110.0), "well above the band");
+        assert_eq!(distance(115.0, 100.0, 90.0, 110.0), "well above the band");
     }
 
     #[test]

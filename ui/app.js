@@ -516,9 +516,9 @@
       if (!focused) {
         focused = true;
         const start = new Date(a.started_at).getTime();
-        const end = a.resolved_at ? new Date(a.resolved_at).getTime() : Date.now();
+        const end = new Date(a.resolved_at || a.last_anomaly_at || a.started_at).getTime();
         const pad = Math.max(6 * intervalSecs(k.interval) * 1000, 3 * 3600000);
-        state.window = [start - pad, Math.min(Date.now(), end + pad)];
+        state.window = [start - pad, end + pad];
         loadSeries();
       }
     }

@@ -2,7 +2,9 @@
 //! buffer and encoded as PNG. Pure: no IO (no files, no fonts).
 //!
 //! The chart carries no text at all, on purpose: system fonts are not guaranteed on the
-//! machines that send e-mail, and the HTML next to the image carries the numbers. It shows the
+//! machines that send e-mail. Its axes are labelled by the HTML around the image: values at
+//! the bottom, middle and top grid lines ([`y_range`]), dates under the first, middle and
+//! last points. It shows the
 //! expected band (shaded), the expected line (dashed grey), the actual line (blue) and anomalies
 //! (red dots), with the last point (the digest's day) highlighted. Missing values (`None`, NaN,
 //! infinities) break the lines into segments; an isolated point is drawn as a dot.
@@ -96,9 +98,10 @@ fn draw(root: &DrawingArea<BitMapBackend<'_>, Shift>, points: &[ChartPoint], w: 
         )))?;
     }
 
-    // Four faint horizontal grid lines, no labels.
-    chart.draw_series((0..=4).map(|i| {
-        let y = y_lo + (y_hi - y_lo) * f64::from(i) / 4.0;
+    // Faint horizontal grid lines at the bottom, middle and top: the HTML beside the image
+    // labels them with their values (the PNG carries no text: no fonts needed).
+    chart.draw_series((0..=2).map(|i| {
+        let y = y_lo + (y_hi - y_lo) * f64::from(i) / 2.0;
         PathElement::new(
             vec![(x_lo, y), (x_hi, y)],
             ShapeStyle::from(GRID).stroke_width(px(1.0)),
@@ -187,8 +190,9 @@ fn runs<T: Copy>(points: &[ChartPoint], get: impl Fn(&ChartPoint) -> Option<T>) 
     out
 }
 
-/// The y range covering every finite value, padded; never empty or inverted.
-fn y_range(points: &[ChartPoint]) -> (f64, f64) {
+/// The y range covering every finite value, padded; never empty or inverted. The digest
+/// labels its value axis with these bounds.
+pub(super) fn y_range(points: &[ChartPoint]) -> (f64, f64) {
     let values = points
         .iter()
         .flat_map(|p| [p.value, p.expected, p.lower, p.upper])
@@ -264,6 +268,7 @@ mod tests {
             incidents: vec![],
             near_misses: vec![],
             data_health: None,
+            note: None,
             url: String::new(),
         }
     }

@@ -80,6 +80,9 @@ pub struct KpiDigest {
     pub near_misses: Vec<NearMiss>,
     /// What is wrong with the data, if anything (source failing, late, empty).
     pub data_health: Option<String>,
+    /// The day's value was outside its band without an alert (e.g. a rise on a KPI that
+    /// watches drops), said in words.
+    pub note: Option<String>,
     /// Link to the KPI's series.
     pub url: String,
 }

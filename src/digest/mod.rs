@@ -285,7 +285,28 @@ async fn kpi_digest(
             }
         }
     }
-    let (value, expected, _, _) = day_acc.finish(spec.kind);
+    let (value, expected, day_lower, day_upper) = day_acc.finish(spec.kind);
+    // A day outside its band that raised no alert is not "plain ok": say so, and why.
+    let note = match (value, expected, day_lower, day_upper) {
+        (Some(v), Some(e), Some(l), Some(u)) if v < l || v > u => {
+            let below = v < l;
+            let fmt = crate::format::ValueFormat::of(spec);
+            let change = fmt.change(v, e).map(|c| format!(" ({c})")).unwrap_or_default();
+            let why = if spec.direction.watches(below) {
+                String::new()
+            } else if below {
+                "; not alerted: this KPI alerts on rises only".to_owned()
+            } else {
+                "; not alerted: this KPI alerts on drops only".to_owned()
+            };
+            Some(format!(
+                "The day was {} its expected band {}{change}{why}.",
+                if below { "below" } else { "above" },
+                fmt.band(l, u)
+            ))
+        }
+        _ => None,
+    };
     let (last_week, ..) = week_acc.finish(spec.kind);
     let points = buckets
         .iter()
@@ -397,6 +418,7 @@ async fn kpi_digest(
         incidents,
         near_misses,
         data_health,
+        note,
         url: crate::alerting::kpi_url(public_url, spec.id.as_str(), None),
     })
 }

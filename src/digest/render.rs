@@ -218,6 +218,8 @@ struct KpiView {
     data_health: Option<String>,
     url: String,
     href: Value,
+    /// A day outside its band that did not alert (e.g. a rise on a KPI that watches drops).
+    note: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -226,6 +228,14 @@ struct ChartView {
     width: u32,
     height: u32,
     alt: String,
+    /// Value axis: the values at the top, middle and bottom grid lines.
+    y_top: String,
+    y_mid: String,
+    y_bottom: String,
+    /// Time axis: the dates of the first, middle and last points.
+    x_first: String,
+    x_mid: String,
+    x_last: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -315,11 +325,25 @@ fn chart_for(kpi: &KpiDigest, fmt: &Formatter) -> Option<ChartView> {
             fmt.time(last.ts),
         ));
     }
+    let (lo, hi) = super::chart::y_range(&kpi.points);
+    let date = |i: usize| {
+        kpi.points
+            .get(i)
+            .map(|p| p.ts.with_timezone(&fmt.tz).format("%b %-d").to_string())
+            .unwrap_or_default()
+    };
+    let n = kpi.points.len();
     Some(ChartView {
         cid: cid_for(&kpi.id),
         width: CHART_WIDTH,
         height: CHART_HEIGHT,
         alt,
+        y_top: vf(kpi).value(hi),
+        y_mid: vf(kpi).value((lo + hi) / 2.0),
+        y_bottom: vf(kpi).value(lo),
+        x_first: date(0),
+        x_mid: date(n / 2),
+        x_last: date(n.saturating_sub(1)),
     })
 }
 
@@ -372,6 +396,7 @@ fn kpi_view(kpi: &KpiDigest, fmt: &Formatter, public_url: &str, chart: Option<Ch
         data_health: kpi.data_health.clone().filter(|h| !h.trim().is_empty()),
         url: join_url(public_url, &kpi.url),
         href: href(&join_url(public_url, &kpi.url)),
+        note: kpi.note.clone(),
     }
 }
 
@@ -574,6 +599,7 @@ mod tests {
             incidents: vec![],
             near_misses: vec![],
             data_health: None,
+            note: None,
             url: format!("/kpis/{id}"),
         }
     }

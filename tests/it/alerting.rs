@@ -455,8 +455,9 @@ async fn simultaneous_incidents_of_one_kpis_series_go_out_as_one_email() {
     assert!(subject.starts_with("[3 alerts]"), "{subject}");
     for country in ["DE", "FR", "NL"] {
         assert!(
-            got[0].text().contains(&format!("\"country\":\"{country}\"")),
-            "{country} missing"
+            got[0].text().contains(&format!("Series:      country={country}")),
+            "{country} missing: {}",
+            got[0].text()
         );
     }
     let (_, alerts) = call(&app, "GET", "/api/alerts?open=true", "").await;
