@@ -195,7 +195,11 @@ fn demo_models() -> anyhow::Result<Vec<KpiSpec>> {
 }
 
 /// Run the demo.
-pub async fn run(opts: DemoOptions, config_file: Option<&Path>, env: &[(String, String)]) -> anyhow::Result<()> {
+pub async fn run(
+    opts: DemoOptions,
+    config_file: Option<&Path>,
+    env: &[(String, String)],
+) -> anyhow::Result<()> {
     let dir = &opts.dir;
     std::fs::create_dir_all(dir).with_context(|| format!("Failed to create {}", dir.display()))?;
     for stale in [
@@ -257,10 +261,7 @@ pub async fn run(opts: DemoOptions, config_file: Option<&Path>, env: &[(String, 
             "KPIWATCH_EMAIL__OUTBOX_DIR".to_owned(),
             abs(&outbox).display().to_string(),
         ),
-        (
-            "KPIWATCH_HTTP__BIND".to_owned(),
-            format!("127.0.0.1:{port}"),
-        ),
+        ("KPIWATCH_HTTP__BIND".to_owned(), format!("127.0.0.1:{port}")),
         ("KPIWATCH_SCHEDULER__TICK".to_owned(), "2s".to_owned()),
         (
             "KPIWATCH_SCHEDULER__BACKFILL".to_owned(),

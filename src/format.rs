@@ -119,7 +119,11 @@ pub fn distance(value: f64, expected: f64, lower: f64, upper: f64) -> String {
     if (lower..=upper).contains(&value) {
         return "inside the band".to_owned();
     }
-    let (side, edge) = if value < lower { ("below", lower) } else { ("above", upper) };
+    let (side, edge) = if value < lower {
+        ("below", lower)
+    } else {
+        ("above", upper)
+    };
     // Distance beyond the edge, in units of the band's half-width on that side.
     let half = if expected.is_finite() {
         (edge - expected).abs()
@@ -147,7 +151,12 @@ pub fn series_label(dims: &str) -> String {
     match serde_json::from_str::<serde_json::Value>(dims) {
         Ok(serde_json::Value::Object(map)) => map
             .iter()
-            .map(|(k, v)| format!("{k}={}", v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())))
+            .map(|(k, v)| {
+                format!(
+                    "{k}={}",
+                    v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())
+                )
+            })
             .collect::<Vec<_>>()
             .join(","),
         _ => String::new(),

@@ -300,7 +300,12 @@ async fn run_token(settings: &config::Settings, command: TokenCommand) -> anyhow
                 return Ok(ExitCode::from(2));
             };
             store
-                .audit(actor, "token.create", &id.to_string(), &serde_json::json!({"name": name, "role": role}))
+                .audit(
+                    actor,
+                    "token.create",
+                    &id.to_string(),
+                    &serde_json::json!({"name": name, "role": role}),
+                )
                 .await?;
             println!("token {id} for {name} ({role}), shown once:\n{token}");
             ExitCode::SUCCESS
@@ -310,7 +315,10 @@ async fn run_token(settings: &config::Settings, command: TokenCommand) -> anyhow
                 t.and_then(|t| chrono::DateTime::from_timestamp(t, 0))
                     .map_or("-".to_owned(), |t| t.format("%Y-%m-%d %H:%M").to_string())
             };
-            println!("{:>4}  {:<20} {:<7} {:<12} {:<16} {:<16} revoked", "id", "name", "role", "created by", "created", "last used");
+            println!(
+                "{:>4}  {:<20} {:<7} {:<12} {:<16} {:<16} revoked",
+                "id", "name", "role", "created by", "created", "last used"
+            );
             for t in store.tokens().await? {
                 println!(
                     "{:>4}  {:<20} {:<7} {:<12} {:<16} {:<16} {}",
@@ -328,7 +336,12 @@ async fn run_token(settings: &config::Settings, command: TokenCommand) -> anyhow
         TokenCommand::Revoke { id } => match store.revoke_token(id).await? {
             Some(t) => {
                 store
-                    .audit(actor, "token.revoke", &id.to_string(), &serde_json::json!({"name": t.name, "role": t.role}))
+                    .audit(
+                        actor,
+                        "token.revoke",
+                        &id.to_string(),
+                        &serde_json::json!({"name": t.name, "role": t.role}),
+                    )
                     .await?;
                 println!("token {id} ({}) revoked", t.name);
                 ExitCode::SUCCESS

@@ -597,10 +597,16 @@ async fn judge_series(
             row.summary = format!(
                 "{}{} at {}: {}{} vs {} expected, {} ({})",
                 spec.title,
-                if series.is_empty() { String::new() } else { format!(" ({})", series.replace(',', ", ")) },
+                if series.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", series.replace(',', ", "))
+                },
                 alerting::message::fmt_ts(*t),
                 fmt.value(v.value),
-                fmt.change(v.value, v.expected).map(|c| format!(" ({c})")).unwrap_or_default(),
+                fmt.change(v.value, v.expected)
+                    .map(|c| format!(" ({c})"))
+                    .unwrap_or_default(),
                 fmt.value(v.expected),
                 crate::format::distance(v.value, v.expected, v.lower, v.upper),
                 fmt.band(v.lower, v.upper),

@@ -350,9 +350,18 @@ mod tests {
             })
             .inc();
         let text = m.render(Exposition::Prometheus);
-        assert!(text.contains("# TYPE kpiwatch_kpi_runs_total counter\n"), "{text}");
-        assert!(text.contains("# HELP kpiwatch_kpi_runs_total KPI evaluations"), "{text}");
-        assert!(text.contains("kpiwatch_kpi_runs_total{kpi=\"orders\",status=\"ok\"} 1\n"), "{text}");
+        assert!(
+            text.contains("# TYPE kpiwatch_kpi_runs_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP kpiwatch_kpi_runs_total KPI evaluations"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kpiwatch_kpi_runs_total{kpi=\"orders\",status=\"ok\"} 1\n"),
+            "{text}"
+        );
         assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
         let open = m.render(Exposition::OpenMetrics);
         assert!(open.contains("# TYPE kpiwatch_kpi_runs counter\n"), "{open}");
@@ -390,7 +399,13 @@ mod tests {
         }]);
         let text = m.render(Exposition::Prometheus);
         assert!(!text.contains("country=DE"), "{text}");
-        assert!(text.contains("kpiwatch_kpi_value{kpi=\"pay\",series=\"country=FR\"} 0.95"), "{text}");
-        assert!(text.contains("kpiwatch_kpi_bucket_timestamp_seconds{kpi=\"pay\",series=\"country=FR\"} 120"), "{text}");
+        assert!(
+            text.contains("kpiwatch_kpi_value{kpi=\"pay\",series=\"country=FR\"} 0.95"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kpiwatch_kpi_bucket_timestamp_seconds{kpi=\"pay\",series=\"country=FR\"} 120"),
+            "{text}"
+        );
     }
 }

@@ -113,9 +113,16 @@ pub fn message(cx: &MessageContext<'_>, event: Event) -> (String, String) {
     let series_line = if series.is_empty() {
         String::new()
     } else {
-        format!("Series:      {}\n", format::series_label(cx.dims).replace(',', ", "))
+        format!(
+            "Series:      {}\n",
+            format::series_label(cx.dims).replace(',', ", ")
+        )
     };
-    let actual_label = if event == Event::Resolved { "Latest:" } else { "Actual:" };
+    let actual_label = if event == Event::Resolved {
+        "Latest:"
+    } else {
+        "Actual:"
+    };
     let body = format!(
         "{headline}\n\n\
          KPI:         {title} ({id})\n\

@@ -75,11 +75,7 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
         // The process metrics are still worth serving; the KPI gauges keep their last values.
         Err(error) => tracing::warn!(message = "KPI gauges not refreshed.", %error),
     }
-    let format = Exposition::negotiate(
-        headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok()),
-    );
+    let format = Exposition::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     (
         [(header::CONTENT_TYPE, format.content_type())],
         state.metrics.render(format),

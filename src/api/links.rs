@@ -59,7 +59,12 @@ fn check_link(state: &AppState, action: &str, id: &str, sig: &str) -> ApiResult<
 }
 
 /// The alert a signed link in a message is about, after checking its signature.
-async fn linked_alert(state: &AppState, action: &str, id: &str, sig: &str) -> ApiResult<crate::store::AlertRow> {
+async fn linked_alert(
+    state: &AppState,
+    action: &str,
+    id: &str,
+    sig: &str,
+) -> ApiResult<crate::store::AlertRow> {
     let id = check_link(state, action, id, sig)?;
     state
         .store
@@ -105,7 +110,12 @@ async fn ack_by_link(
     let alert = acknowledge(&state, id, "e-mail link").await?;
     state
         .store
-        .audit("e-mail link", "alert.ack", &id.to_string(), &serde_json::json!({}))
+        .audit(
+            "e-mail link",
+            "alert.ack",
+            &id.to_string(),
+            &serde_json::json!({}),
+        )
         .await?;
     let kpi = state.store.alert(id).await?.map(|a| a.kpi_id);
     Ok(page(

@@ -237,7 +237,12 @@ pub fn router(state: AppState) -> Router {
             "/api/openapi.json",
             get(move || {
                 let doc = Arc::clone(&doc_json);
-                async move { ([(header::CONTENT_TYPE, "application/json")], doc.as_str().to_owned()) }
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        doc.as_str().to_owned(),
+                    )
+                }
             }),
         )
         .fallback(|| async { ApiError::NotFound("no such endpoint".to_owned()) })
@@ -267,13 +272,14 @@ fn parse_instant(name: &str, s: &str) -> ApiResult<i64> {
             .map(|t| t.timestamp())
             .ok_or_else(|| ApiError::Unprocessable(message()));
     }
-    let looks_like_a_date = s.len() >= 10 && s.as_bytes()[..10].iter().enumerate().all(|(i, b)| {
-        if i == 4 || i == 7 {
-            *b == b'-'
-        } else {
-            b.is_ascii_digit()
-        }
-    });
+    let looks_like_a_date = s.len() >= 10
+        && s.as_bytes()[..10].iter().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                *b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|t| t.timestamp())
         .map_err(|_| {
@@ -319,7 +325,9 @@ fn text_field(name: &str, value: &str, max: usize) -> ApiResult<()> {
 /// A numeric id from a path, or a 400 naming it.
 fn positive_id(what: &str, id: i64) -> ApiResult<i64> {
     if id < 1 {
-        return Err(ApiError::BadRequest(format!("{what} id must be a positive integer, got {id}")));
+        return Err(ApiError::BadRequest(format!(
+            "{what} id must be a positive integer, got {id}"
+        )));
     }
     Ok(id)
 }
@@ -416,7 +424,14 @@ mod tests {
             parse_instant("from", "2026-01-02T03:04:05Z").ok(),
             Some(1_767_323_045)
         );
-        for bad in ["", "-5", "3.7e31", "99999999999999", "yesterday", "2026-13-40T00:00:00Z"] {
+        for bad in [
+            "",
+            "-5",
+            "3.7e31",
+            "99999999999999",
+            "yesterday",
+            "2026-13-40T00:00:00Z",
+        ] {
             assert!(parse_instant("from", bad).is_err(), "{bad:?}");
         }
     }

@@ -48,7 +48,9 @@ impl utoipa::PartialSchema for KpiBody {
             ObjectBuilder::new()
                 .schema_type(Type::String)
                 .pattern(Some("^[a-z][a-z0-9_-]{0,63}$"))
-                .description(Some("1-64 characters of a-z, 0-9, _ and -, starting with a letter"))
+                .description(Some(
+                    "1-64 characters of a-z, 0-9, _ and -, starting with a letter",
+                ))
                 .into(),
         );
         object.properties.insert(

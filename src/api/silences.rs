@@ -9,7 +9,9 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{dims_json, iso, parse_instant, positive_id, text_field, ApiError, ApiResult, AppState, Caller, ErrorBody};
+use super::{
+    dims_json, iso, parse_instant, positive_id, text_field, ApiError, ApiResult, AppState, Caller, ErrorBody,
+};
 
 /// A new silence.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -29,10 +31,18 @@ pub(super) struct NewSilence {
     #[schema(max_length = 64)]
     duration: Option<String>,
     /// Who silences (1–128 printable characters).
-    #[schema(min_length = 1, max_length = 128, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     author: String,
     /// Why (1–2000 printable characters).
-    #[schema(min_length = 1, max_length = 2000, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 2000,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     comment: String,
 }
 

@@ -38,7 +38,11 @@ impl RoleDto {
 #[serde(deny_unknown_fields)]
 pub(super) struct NewToken {
     /// Who will hold it (1–128 printable characters; unique among active tokens).
-    #[schema(min_length = 1, max_length = 128, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     name: String,
     role: RoleDto,
 }
@@ -99,7 +103,15 @@ pub(super) async fn list_tokens(
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<Json<Vec<TokenDto>>> {
     caller.require_admin("listing tokens")?;
-    Ok(Json(state.store.tokens().await?.into_iter().map(TokenDto::from).collect()))
+    Ok(Json(
+        state
+            .store
+            .tokens()
+            .await?
+            .into_iter()
+            .map(TokenDto::from)
+            .collect(),
+    ))
 }
 
 /// Make a token: it is returned once, and only its SHA-256 is kept.
@@ -128,7 +140,11 @@ pub(super) async fn create_token(
     text_field("name", &new.name, 128)?;
     let (token, hash) = new_token();
     let role = new.role.as_str();
-    let Some(id) = state.store.create_token(&new.name, role, &hash, &caller.name).await? else {
+    let Some(id) = state
+        .store
+        .create_token(&new.name, role, &hash, &caller.name)
+        .await?
+    else {
         return Err(ApiError::Conflict(format!(
             "an active token is named {:?}; revoke it first or pick another name",
             new.name

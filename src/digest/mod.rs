@@ -453,7 +453,12 @@ pub async fn build(
 
 /// The MIME message: text and HTML alternatives, the HTML with its charts inline by
 /// Content-ID (shown by Gmail and Outlook without loading remote images).
-pub fn compose(from: &Mailbox, to: &str, rendered: &RenderedDigest, message_id: &str) -> anyhow::Result<String> {
+pub fn compose(
+    from: &Mailbox,
+    to: &str,
+    rendered: &RenderedDigest,
+    message_id: &str,
+) -> anyhow::Result<String> {
     let to: Mailbox = to.parse().with_context(|| format!("recipient {to:?}"))?;
     let mut related = MultiPart::related().singlepart(SinglePart::html(rendered.html.clone()));
     for image in &rendered.images {
@@ -511,7 +516,9 @@ pub async fn run_due(cx: DigestContext<'_>, now: DateTime<Utc>) -> anyhow::Resul
         .unwrap_or(i64::MIN);
     let mut queued = 0;
     for r in recipients(cx.config, cx.specs) {
-        let Some((day, late, send_at)) = due_at(&r, now) else { continue };
+        let Some((day, late, send_at)) = due_at(&r, now) else {
+            continue;
+        };
         let late = late && send_at.timestamp() >= first_run;
         let event = format!("digest:{day}");
         if cx.store.digest_queued(&r.address, &event).await? {
@@ -522,7 +529,12 @@ pub async fn run_due(cx: DigestContext<'_>, now: DateTime<Utc>) -> anyhow::Resul
             continue;
         }
         let rendered = render(&data).context("Failed to render the digest")?;
-        let eml = compose(cx.from, &r.address, &rendered, &digest_message_id(cx.from, &r.address, day))?;
+        let eml = compose(
+            cx.from,
+            &r.address,
+            &rendered,
+            &digest_message_id(cx.from, &r.address, day),
+        )?;
         if cx
             .store
             .queue_digest(&r.address, &event, &rendered.subject, &eml, now.timestamp())

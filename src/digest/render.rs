@@ -467,7 +467,10 @@ fn near_miss_lines(kpi: &KpiDigest, fmt: &Formatter) -> (Vec<String>, usize) {
                 line.push_str(&format!(" ({change})"));
             }
             if m.lower.is_finite() && m.upper.is_finite() {
-                line.push_str(&format!(", just inside the band {}", vf(kpi).band(m.lower, m.upper)));
+                line.push_str(&format!(
+                    ", just inside the band {}",
+                    vf(kpi).band(m.lower, m.upper)
+                ));
             }
             line
         })
@@ -779,7 +782,10 @@ mod tests {
         for part in [&out.html, &out.text] {
             assert!(part.contains("97.12%"), "{part}");
             assert!(part.contains("99.10%"));
-            assert!(part.contains("-2.0 points"), "a ratio's difference is in points: {part}");
+            assert!(
+                part.contains("-2.0 points"),
+                "a ratio's difference is in points: {part}"
+            );
             assert!(part.contains("1,234,567"));
             assert!(part.contains("7.25"));
         }
@@ -842,7 +848,12 @@ mod tests {
             assert!(part.contains("still open"));
             assert!(part.contains("silenced"));
             assert!(part.contains("worst 81.00% vs 99.00% expected (-18.0 points)"));
-            assert!(part.contains("14:00: 95.00% vs 99.00% expected (-4.0 points), just inside the band 94.00% – 100.00%"), "{part}");
+            assert!(
+                part.contains(
+                    "14:00: 95.00% vs 99.00% expected (-4.0 points), just inside the band 94.00% – 100.00%"
+                ),
+                "{part}"
+            );
             assert!(!part.contains("score"), "no raw scores for people: {part}");
             assert!(part.contains("data arrived 2 h late"));
         }

@@ -407,10 +407,18 @@ impl KpiSpec {
         }
         if let Some(unit) = &raw.unit {
             if unit.trim().is_empty() || unit.chars().count() > 16 || unit.chars().any(char::is_control) {
-                problem(f, Some("unit"), "must be 1-16 printable characters, e.g. \"EUR\" or \"ms\"".to_owned());
+                problem(
+                    f,
+                    Some("unit"),
+                    "must be 1-16 printable characters, e.g. \"EUR\" or \"ms\"".to_owned(),
+                );
             }
             if kind == Some(Kind::Ratio) {
-                problem(f, Some("unit"), "a ratio is shown in %; leave unit out".to_owned());
+                problem(
+                    f,
+                    Some("unit"),
+                    "a ratio is shown in %; leave unit out".to_owned(),
+                );
             }
         }
         let max_series = raw.max_series.unwrap_or(100);

@@ -62,9 +62,10 @@ impl Store {
     /// Whether any token is active (then the API needs one).
     pub async fn any_active_token(&self) -> Result<bool> {
         run!(self, |pool| {
-            let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM api_tokens WHERE revoked_at IS NULL LIMIT 1")
-                .fetch_optional(pool)
-                .await?;
+            let row: Option<(i64,)> =
+                sqlx::query_as("SELECT id FROM api_tokens WHERE revoked_at IS NULL LIMIT 1")
+                    .fetch_optional(pool)
+                    .await?;
             Ok(row.is_some())
         })
     }

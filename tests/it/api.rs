@@ -300,7 +300,9 @@ async fn tokens_made_with_the_cli_and_the_api_are_hashed_shown_once_audited_and_
     let ops = stdout.lines().last().expect("the token").trim().to_owned();
     assert!(ops.starts_with("kpw_") && ops.len() == 52, "{stdout}");
     assert_eq!(
-        cli(&["create", "--name", "ops", "--role", "viewer"]).status.code(),
+        cli(&["create", "--name", "ops", "--role", "viewer"])
+            .status
+            .code(),
         Some(2),
         "one active token per name"
     );
@@ -315,8 +317,14 @@ async fn tokens_made_with_the_cli_and_the_api_are_hashed_shown_once_audited_and_
     )
     .await;
     // A token in the store closes the API, as one in the config would.
-    assert_eq!(call(&app, "GET", "/api/kpis", None, "").await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(call(&app, "GET", "/api/kpis", Some(&ops), "").await.0, StatusCode::OK);
+    assert_eq!(
+        call(&app, "GET", "/api/kpis", None, "").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&app, "GET", "/api/kpis", Some(&ops), "").await.0,
+        StatusCode::OK
+    );
 
     let (status, made) = call(
         &app,
@@ -328,10 +336,28 @@ async fn tokens_made_with_the_cli_and_the_api_are_hashed_shown_once_audited_and_
     .await;
     assert_eq!(status, StatusCode::CREATED, "{made}");
     let viewer = made["token"].as_str().expect("shown once").to_owned();
-    assert_eq!((made["name"].clone(), made["role"].clone(), made["created_by"].clone()), ("grafana".into(), "viewer".into(), "ops".into()));
-    assert_eq!(call(&app, "GET", "/api/kpis", Some(&viewer), "").await.0, StatusCode::OK);
     assert_eq!(
-        call(&app, "POST", "/api/tokens", Some(&viewer), r#"{"name": "x", "role": "admin"}"#).await.0,
+        (
+            made["name"].clone(),
+            made["role"].clone(),
+            made["created_by"].clone()
+        ),
+        ("grafana".into(), "viewer".into(), "ops".into())
+    );
+    assert_eq!(
+        call(&app, "GET", "/api/kpis", Some(&viewer), "").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(
+            &app,
+            "POST",
+            "/api/tokens",
+            Some(&viewer),
+            r#"{"name": "x", "role": "admin"}"#
+        )
+        .await
+        .0,
         StatusCode::FORBIDDEN,
         "a viewer makes no tokens"
     );
@@ -343,22 +369,35 @@ async fn tokens_made_with_the_cli_and_the_api_are_hashed_shown_once_audited_and_
     let (status, list) = call(&app, "GET", "/api/tokens", Some(&ops), "").await;
     assert_eq!(status, StatusCode::OK);
     let text = list.to_string();
-    assert!(!text.contains(&viewer) && !text.contains(&ops), "tokens are never shown again: {text}");
+    assert!(
+        !text.contains(&viewer) && !text.contains(&ops),
+        "tokens are never shown again: {text}"
+    );
     assert!(!text.contains(&hash_token(&ops)), "nor their hashes: {text}");
     let listed = list.as_array().expect("list");
     assert_eq!(listed.len(), 2);
     let ops_row = listed.iter().find(|t| t["name"] == "ops").expect("ops");
-    assert!(ops_row["last_used_at"].is_string(), "last use is recorded: {ops_row}");
+    assert!(
+        ops_row["last_used_at"].is_string(),
+        "last use is recorded: {ops_row}"
+    );
     assert_eq!(ops_row["created_by"], "cli");
 
     let id = made["id"].as_i64().expect("id");
     assert_eq!(
-        call(&app, "DELETE", &format!("/api/tokens/{id}"), Some(&ops), "").await.0,
+        call(&app, "DELETE", &format!("/api/tokens/{id}"), Some(&ops), "")
+            .await
+            .0,
         StatusCode::NO_CONTENT
     );
-    assert_eq!(call(&app, "GET", "/api/kpis", Some(&viewer), "").await.0, StatusCode::UNAUTHORIZED);
     assert_eq!(
-        call(&app, "DELETE", &format!("/api/tokens/{id}"), Some(&ops), "").await.0,
+        call(&app, "GET", "/api/kpis", Some(&viewer), "").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&app, "DELETE", &format!("/api/tokens/{id}"), Some(&ops), "")
+            .await
+            .0,
         StatusCode::NOT_FOUND
     );
 
@@ -367,9 +406,18 @@ async fn tokens_made_with_the_cli_and_the_api_are_hashed_shown_once_audited_and_
         .as_array()
         .expect("audit")
         .iter()
-        .map(|a| (a["actor"].as_str().unwrap_or("").to_owned(), a["action"].as_str().unwrap_or("").to_owned()))
+        .map(|a| {
+            (
+                a["actor"].as_str().unwrap_or("").to_owned(),
+                a["action"].as_str().unwrap_or("").to_owned(),
+            )
+        })
         .collect();
-    for want in [("cli", "token.create"), ("ops", "token.create"), ("ops", "token.revoke")] {
+    for want in [
+        ("cli", "token.create"),
+        ("ops", "token.create"),
+        ("ops", "token.revoke"),
+    ] {
         assert!(
             actions.contains(&(want.0.to_owned(), want.1.to_owned())),
             "{want:?} in {actions:?}"

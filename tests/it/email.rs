@@ -64,11 +64,14 @@ async fn mail_goes_over_starttls_with_auth_as_text_and_html() {
 async fn required_starttls_refuses_a_server_without_it() {
     let server = SmtpServer::start();
     let mailer = Mailer::build(&config(server.port, SmtpTls::Starttls, "pw")).expect("mailer");
-    assert!(mailer.send(
+    assert!(mailer
+        .send(
             "oncall@example.com",
             "s",
             "b",
             &kpiwatch::alerting::Threading::for_rows(&[2], "example.com"),
-        ).await.is_err());
+        )
+        .await
+        .is_err());
     assert!(server.received().is_empty(), "nothing goes out in plain text");
 }

@@ -13,7 +13,7 @@ use kpiwatch::api::hash_token;
 use kpiwatch::store::Store;
 use tokio_util::sync::CancellationToken;
 
-use crate::e2e::{busy_shop, build_full, drive, t0, Shop};
+use crate::e2e::{build_full, busy_shop, drive, t0, Shop};
 use crate::helpers::{init_logs, SmtpServer};
 
 const ADMIN: &str = "fuzz-admin-token";
@@ -67,12 +67,21 @@ impl Running {
         app.scheduler().run_due().await;
         // A drop (no orders for 45 minutes) and the recovery: alerts, anomalies, notifications.
         sqlx::query("DELETE FROM order_counts WHERE ts >= ? AND ts < ?")
-            .bind((t0() + Duration::minutes(5)).format("%Y-%m-%d %H:%M:%S").to_string())
-            .bind((t0() + Duration::minutes(50)).format("%Y-%m-%d %H:%M:%S").to_string())
+            .bind(
+                (t0() + Duration::minutes(5))
+                    .format("%Y-%m-%d %H:%M:%S")
+                    .to_string(),
+            )
+            .bind(
+                (t0() + Duration::minutes(50))
+                    .format("%Y-%m-%d %H:%M:%S")
+                    .to_string(),
+            )
             .execute(&shop.pool)
             .await
             .expect("drop");
-        shop.traffic(t0() + Duration::hours(1), t0() + Duration::hours(2)).await;
+        shop.traffic(t0() + Duration::hours(1), t0() + Duration::hours(2))
+            .await;
         drive(&app, &clock, t0() + Duration::minutes(110)).await;
         let base = format!("http://127.0.0.1:{}", app.port());
         let store = app.store().clone();
@@ -133,7 +142,10 @@ async fn the_served_openapi_document_is_valid_openapi_3_1_and_every_route_answer
     assert_eq!(doc["openapi"], "3.1.0");
     let file = dir.path().join("openapi.json");
     std::fs::write(&file, &doc_text).expect("write");
-    let out = Command::new(&validator).arg(&file).output().expect("validator runs");
+    let out = Command::new(&validator)
+        .arg(&file)
+        .output()
+        .expect("validator runs");
     assert!(
         out.status.success(),
         "{}\n{}",
@@ -151,11 +163,18 @@ async fn the_served_openapi_document_is_valid_openapi_3_1_and_every_route_answer
             let mut uri = path.clone();
             for p in params.iter().filter(|p| p["in"] == "path") {
                 let name = p["name"].as_str().expect("name");
-                let value = if p["schema"]["type"] == "integer" { "987654" } else { "orders" };
+                let value = if p["schema"]["type"] == "integer" {
+                    "987654"
+                } else {
+                    "orders"
+                };
                 uri = uri.replace(&format!("{{{name}}}"), value);
             }
             let request = http
-                .request(method.to_uppercase().parse().expect("method"), format!("{}{uri}", running.base))
+                .request(
+                    method.to_uppercase().parse().expect("method"),
+                    format!("{}{uri}", running.base),
+                )
                 .bearer_auth(ADMIN)
                 .header("content-type", "application/json");
             let request = if op.get("requestBody").is_some() {
@@ -176,11 +195,23 @@ async fn the_served_openapi_document_is_valid_openapi_3_1_and_every_route_answer
     }
     assert!(operations >= 18, "{operations} operations");
     // Without a token the API refuses; the document itself and the reference page need none.
-    let anonymous = http.get(format!("{}/api/kpis", running.base)).send().await.expect("kpis");
+    let anonymous = http
+        .get(format!("{}/api/kpis", running.base))
+        .send()
+        .await
+        .expect("kpis");
     assert_eq!(anonymous.status(), 401);
-    let docs = http.get(format!("{}/api/docs", running.base)).send().await.expect("docs");
+    let docs = http
+        .get(format!("{}/api/docs", running.base))
+        .send()
+        .await
+        .expect("docs");
     assert_eq!(docs.status(), 200);
-    assert!(docs.text().await.expect("html").contains("/vendor/redoc.standalone.js"));
+    assert!(docs
+        .text()
+        .await
+        .expect("html")
+        .contains("/vendor/redoc.standalone.js"));
     running.stop().await;
 }
 
@@ -275,7 +306,10 @@ async fn promtool_accepts_the_live_metrics_and_openmetrics_is_served_when_asked(
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success() && said.trim().is_empty(), "promtool: {said}\n{text}");
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}\n{text}"
+    );
     for family in [
         "kpiwatch_kpi_value",
         "kpiwatch_kpi_expected",
@@ -286,14 +320,23 @@ async fn promtool_accepts_the_live_metrics_and_openmetrics_is_served_when_asked(
         "kpiwatch_notifications_total",
     ] {
         assert!(text.contains(&format!("# HELP {family} ")), "{family}\n{text}");
-        assert!(text.contains(&format!("\n{family}{{")), "{family} has samples\n{text}");
+        assert!(
+            text.contains(&format!("\n{family}{{")),
+            "{family} has samples\n{text}"
+        );
     }
-    assert!(!text.contains('@'), "no e-mail addresses as label values:\n{text}");
+    assert!(
+        !text.contains('@'),
+        "no e-mail addresses as label values:\n{text}"
+    );
     assert!(!text.contains("# EOF"));
 
     let open = http
         .get(format!("{}/metrics", running.base))
-        .header("accept", "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5")
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
         .send()
         .await
         .expect("metrics");
@@ -350,7 +393,10 @@ async fn a_real_prometheus_scraping_kpiwatch_answers_every_query_of_the_grafana_
     let _prometheus = Killed(
         Command::new(prometheus)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("tsdb").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -376,7 +422,8 @@ async fn a_real_prometheus_scraping_kpiwatch_answers_every_query_of_the_grafana_
     // Up, and enough scrapes for the rate() windows.
     let deadline = Instant::now() + StdDuration::from_secs(60);
     loop {
-        let runs = query("sum(rate(kpiwatch_source_query_duration_seconds_count[30s])) >= 0".to_owned()).await;
+        let runs =
+            query("sum(rate(kpiwatch_source_query_duration_seconds_count[30s])) >= 0".to_owned()).await;
         let up = query("up{job=\"kpiwatch\"} == 1".to_owned()).await;
         let ready = |a: &Option<serde_json::Value>| {
             a.as_ref()
@@ -385,7 +432,10 @@ async fn a_real_prometheus_scraping_kpiwatch_answers_every_query_of_the_grafana_
         if ready(&up) && ready(&runs) {
             break;
         }
-        assert!(Instant::now() < deadline, "Prometheus did not scrape kpiwatch: {up:?}");
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus did not scrape kpiwatch: {up:?}"
+        );
         tokio::time::sleep(StdDuration::from_millis(500)).await;
     }
     tokio::time::sleep(StdDuration::from_secs(3)).await;

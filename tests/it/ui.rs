@@ -374,7 +374,12 @@ async fn the_link_in_an_alert_email_opens_the_kpi_page_showing_the_incident() {
     assert!(shown.contains("Orders"), "the summary is there: {shown}");
     assert!(!shown.contains("{}"), "no raw JSON for people: {shown}");
     // It is the KPI's page (title, chart), not JSON.
-    until(&c, "the KPI title", "document.querySelector('h1')?.innerText.includes('Orders')").await;
+    until(
+        &c,
+        "the KPI title",
+        "document.querySelector('h1')?.innerText.includes('Orders')",
+    )
+    .await;
     until(&c, "the chart", "document.querySelector('.chart canvas')").await;
     let png = c.screenshot().await.expect("screenshot");
     std::fs::write(dir.path().join("incident.png"), png).expect("write");

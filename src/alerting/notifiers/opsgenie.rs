@@ -8,9 +8,7 @@
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
-use super::{
-    execute, exposed, truncate, BuildContext, DeliveryError, Endpoint, Event, Notification, Result,
-};
+use super::{execute, exposed, truncate, BuildContext, DeliveryError, Endpoint, Event, Notification, Result};
 
 const DEFAULT_URL: &str = "https://api.opsgenie.com";
 // Opsgenie's limits.
