@@ -166,9 +166,9 @@ pub fn series_label(dims: &str) -> String {
 /// `every 5 minutes`, `every hour`, `every day`, `every 2 days`.
 pub fn every(interval: Interval) -> String {
     let secs = interval.secs();
-    let (n, unit) = if secs % 86_400 == 0 {
+    let (n, unit) = if secs.is_multiple_of(86_400) {
         (secs / 86_400, "day")
-    } else if secs % 3600 == 0 {
+    } else if secs.is_multiple_of(3600) {
         (secs / 3600, "hour")
     } else {
         (secs / 60, "minute")
