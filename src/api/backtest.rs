@@ -146,6 +146,7 @@ fn dims_map(s: &str) -> BTreeMap<String, serde_json::Value> {
         (status = 200, description = "What the setting would have fired", body = BacktestDto),
         (status = 400, description = "The body does not match the schema", body = ErrorBody),
         (status = 401, description = "A token is needed", body = ErrorBody),
+        (status = 403, description = "The token's role is too low (a backtest is a POST: editor needed)", body = ErrorBody),
         (status = 404, description = "No such KPI", body = ErrorBody),
         (status = 413, description = "The body is larger than 256 KiB", body = ErrorBody),
         (status = 500, description = "The state store or the detector failed", body = ErrorBody),

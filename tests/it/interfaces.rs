@@ -254,6 +254,10 @@ async fn a_bounded_schemathesis_fuzz_run_against_serve_finds_no_failures() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("passed"), "{stdout}");
+    // The run's summary, for the record (`--nocapture` shows it).
+    if let Some(summary) = stdout.split("SUMMARY").nth(1) {
+        eprintln!("schemathesis summary:{summary}");
+    }
     running.stop().await;
 }
 
