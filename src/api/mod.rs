@@ -417,6 +417,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_operation_documents_the_statuses_the_middleware_and_extractors_can_return() {
+        let doc = serde_json::to_value(openapi()).expect("JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        let paths = doc["paths"].as_object().expect("paths");
+        let mut operations = 0;
+        for (path, item) in paths {
+            assert!(path.starts_with("/api/"), "{path}");
+            for (method, op) in item.as_object().expect("item") {
+                let has = |code: &str| op["responses"].get(code).is_some();
+                let what = format!("{method} {path}");
+                // The token middleware: 401 without a valid token, 500 if the store fails.
+                assert!(has("401") && has("500"), "{what}");
+                // Writes (POST, PATCH, DELETE) need the editor role.
+                if method != "get" {
+                    assert!(has("403"), "{what}");
+                }
+                // A body can be malformed (400) or too large (413).
+                if op.get("requestBody").is_some() {
+                    assert!(has("400") && has("413"), "{what}");
+                }
+                // Numeric ids in paths can be malformed.
+                let numeric_id = op["parameters"].as_array().is_some_and(|ps| {
+                    ps.iter()
+                        .any(|p| p["in"] == "path" && p["schema"]["type"] == "integer")
+                });
+                if numeric_id {
+                    assert!(has("400") && has("404"), "{what}");
+                }
+                operations += 1;
+            }
+        }
+        assert_eq!(operations, 19, "{:?}", paths.keys().collect::<Vec<_>>());
+    }
+
+    #[test]
     fn instants_parse_as_unix_seconds_or_rfc_3339_and_nothing_else() {
         assert_eq!(parse_instant("from", "0").ok(), Some(0));
         assert_eq!(parse_instant("from", "1700000000").ok(), Some(1_700_000_000));
