@@ -325,7 +325,7 @@ fn chart_for(kpi: &KpiDigest, fmt: &Formatter) -> Option<ChartView> {
             fmt.time(last.ts),
         ));
     }
-    let (lo, hi) = super::chart::y_range(&kpi.points);
+    let (lo, hi) = super::chart::axis_range(kpi);
     let date = |i: usize| {
         kpi.points
             .get(i)
