@@ -34,13 +34,13 @@ fn tool(path: &Path, installs: &str) -> Option<PathBuf> {
 
 /// The Python venv `.ci/run` makes for the PyPI tools.
 fn venv_tool(name: &str) -> Option<PathBuf> {
-    let venv = std::env::var_os("KPIWATCH_VENV")
+    let venv = std::env::var_os("TEST_PYTHON_VENV")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/kpiwatch-venv")))
         .unwrap_or_else(|| PathBuf::from("/nonexistent"));
     tool(
         &venv.join("bin").join(name),
-        ".ci/run installs it in $HOME/.cache/kpiwatch-venv (or set KPIWATCH_VENV)",
+        ".ci/run installs it in $HOME/.cache/kpiwatch-venv (or set TEST_PYTHON_VENV)",
     )
 }
 
