@@ -860,6 +860,26 @@ mod tests {
     }
 
     #[test]
+    fn a_day_outside_its_band_without_an_alert_is_not_plain_ok_and_the_chart_has_axes() {
+        let mut k = kpi("revenue", Kind::Gauge, DigestStatus::Ok, 0.0);
+        k.unit = Some("EUR".into());
+        k.note = Some("The day was above its expected band 38.00 EUR – 46.00 EUR (+21.8%); not alerted: this KPI alerts on drops only.".into());
+        let out = render(&digest(vec![k])).unwrap();
+        for part in [&out.html, &out.text] {
+            assert!(part.contains("Unusual"), "{part}");
+            assert!(
+                part.contains("+21.8%") && part.contains("alerts on drops only"),
+                "{part}"
+            );
+            assert!(part.contains("41.65 EUR"), "values carry the unit: {part}");
+        }
+        // Value axis (bottom, middle, top, in the KPI's unit) and time axis (first, middle, last day).
+        for label in ["EUR</div>", "Nov 10", "Nov 17", "Nov 23"] {
+            assert!(out.html.contains(label), "{label} missing");
+        }
+    }
+
+    #[test]
     fn a_recipient_without_kpis_gets_nothing() {
         assert!(matches!(render(&digest(vec![])), Err(Error::NoKpis { .. })));
     }
