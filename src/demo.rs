@@ -289,7 +289,11 @@ fn demo_models() -> anyhow::Result<Vec<KpiSpec>> {
 }
 
 /// Run the demo.
-pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
+pub async fn run(
+    opts: DemoOptions,
+    config_file: Option<&Path>,
+    env: &[(String, String)],
+) -> anyhow::Result<()> {
     let dir = &opts.dir;
     std::fs::create_dir_all(dir).with_context(|| format!("Failed to create {}", dir.display()))?;
     for stale in [
@@ -330,7 +334,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     info!(message = "Demo shop ready.", orders = total);
 
     let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
-    let env = vec![
+    // The port is fixed before anything is built, so the links in messages name it.
+    let port = match opts.port {
+        0 => std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .context("Failed to find a free port")?,
+        p => p,
+    };
+    let demo_env = vec![
         (
             "KPIWATCH_STATE__URL".to_owned(),
             format!("sqlite://{}", abs(&dir.join("state.db")).display()),
@@ -343,17 +355,22 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             "KPIWATCH_EMAIL__OUTBOX_DIR".to_owned(),
             abs(&outbox).display().to_string(),
         ),
-        (
-            "KPIWATCH_HTTP__BIND".to_owned(),
-            format!("127.0.0.1:{}", opts.port),
-        ),
+        ("KPIWATCH_HTTP__BIND".to_owned(), format!("127.0.0.1:{port}")),
         ("KPIWATCH_SCHEDULER__TICK".to_owned(), "2s".to_owned()),
         (
             "KPIWATCH_SCHEDULER__BACKFILL".to_owned(),
             format!("{}d", opts.history_days),
         ),
     ];
-    let mut settings = config::load_from(None, &env)?;
+    // Like `serve`: the config file (`--config`) and `KPIWATCH_*` variables apply (SMTP,
+    // receivers, tokens, …). The demo's own database, shop source, outbox, port and tick win
+    // over the file; variables win over both.
+    let env: Vec<(String, String)> = demo_env.into_iter().chain(env.iter().cloned()).collect();
+    let mut settings = config::load_from(config_file, &env)?;
+    let default_url = config::load_from(None, &[])?.http.public_url;
+    if settings.http.public_url == default_url {
+        settings.http.public_url = format!("http://127.0.0.1:{}", settings.http.bind.port());
+    }
     // A config for carrying on with `kpiwatch serve` on the demo's databases afterwards.
     let carry_on = format!(
         "# Written by `kpiwatch demo`: `kpiwatch serve --config {cfg}` keeps watching the demo shop.\n\
@@ -368,7 +385,6 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let specs = demo_models()?;
     let app = Application::build(settings.clone(), specs, BuildOptions::default()).await?;
     let port = app.port();
-    settings.http.public_url = format!("http://127.0.0.1:{port}");
     let store = app.store().clone();
     let token = CancellationToken::new();
     cancel_on_signal(token.clone());

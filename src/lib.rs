@@ -7,7 +7,7 @@
 //! # Layout
 //!
 //! - [`kpi`]: domain types and the `models/` loader (everything depends on it).
-//! - [`config`], [`telemetry`], [`clock`]: leaves.
+//! - [`config`], [`telemetry`], [`clock`]: leaves; [`format`]: how KPI values read for people.
 //! - [`sources`]: the databases and metric stores KPI queries run against (IO edge).
 //! - [`baseline`]: the pure detector (no IO); [`detect`] is its offline CSV front end.
 //! - [`store`]: the only owner of the state database.
@@ -30,6 +30,7 @@ pub mod config;
 pub mod demo;
 pub mod detect;
 pub mod digest;
+pub mod format;
 pub mod kpi;
 pub mod pipeline;
 pub mod scheduler;

@@ -60,15 +60,9 @@ enum Command {
         #[arg(long)]
         until: Option<chrono::DateTime<chrono::Utc>>,
     },
-    /// Make an API token: prints the token once and the config lines holding its hash.
-    Token {
-        /// Who will hold it (recorded in the audit log).
-        #[arg(long)]
-        name: String,
-        /// viewer | editor | admin.
-        #[arg(long, default_value = "viewer")]
-        role: String,
-    },
+    /// API tokens: create (stored hashed, shown once), list, revoke; or print config lines.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Render the daily digest without sending it (from the state store).
     Digest {
         /// Render to a file instead of sending (the only mode for now).
@@ -108,6 +102,35 @@ enum Command {
         /// Write JSON lines with the full explanation of each bucket instead of CSV.
         #[arg(long)]
         explain: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a token in the state store: printed once, only its SHA-256 is kept.
+    Create {
+        /// Who will hold it (recorded in the audit log).
+        #[arg(long)]
+        name: String,
+        /// viewer | editor | admin.
+        #[arg(long, default_value = "viewer")]
+        role: String,
+    },
+    /// Every token in the state store: id, name, role, creator, last use, revoked.
+    List,
+    /// Revoke a token by id: requests with it are refused from now on.
+    Revoke {
+        /// The token's id (from `token list`).
+        id: i64,
+    },
+    /// Make a token for the config file instead: prints it once and the `[[api.tokens]]` lines.
+    Config {
+        /// Who will hold it.
+        #[arg(long)]
+        name: String,
+        /// viewer | editor | admin.
+        #[arg(long, default_value = "viewer")]
+        role: String,
     },
 }
 
@@ -164,18 +187,14 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Token { name, role } => {
+        Command::Token(TokenCommand::Config { name, role }) => {
             if !["viewer", "editor", "admin"].contains(&role.as_str()) {
                 eprintln!("kpiwatch token: role must be viewer, editor or admin");
                 return ExitCode::from(2);
             }
-            let bytes: [u8; 24] = rand::random();
-            let token = format!("kpw_{}", hex::encode(bytes));
+            let (token, hash) = kpiwatch::api::new_token();
             println!("token (shown once; give it to {name}): {token}\n");
-            println!(
-                "[[api.tokens]]\nname = {name:?}\nrole = {role:?}\nsha256 = {:?}",
-                kpiwatch::api::hash_token(&token)
-            );
+            println!("[[api.tokens]]\nname = {name:?}\nrole = {role:?}\nsha256 = {hash:?}");
             ExitCode::SUCCESS
         }
         command => {
@@ -195,7 +214,25 @@ async fn run_async(config_path: Option<PathBuf>, models: PathBuf, json: bool, co
     match command {
         Command::Demo(opts) => {
             telemetry::init("info,sqlx=warn", json);
-            report(demo::run(opts).await)
+            let env: Vec<(String, String)> = std::env::vars().collect();
+            report(demo::run(opts, config_path.as_deref(), &env).await)
+        }
+        Command::Token(command) => {
+            telemetry::init("warn,sqlx=error", json);
+            let settings = match config::load(config_path.as_deref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("kpiwatch: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match run_token(&settings, command).await {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("kpiwatch token: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Serve => {
             telemetry::init("info,sqlx=warn", json);
@@ -263,8 +300,86 @@ async fn run_async(config_path: Option<PathBuf>, models: PathBuf, json: bool, co
             let until = until.unwrap_or_else(chrono::Utc::now);
             report(run_backtest(&settings, spec, opts, until).await)
         }
-        Command::Detect { .. } | Command::Token { .. } => ExitCode::FAILURE,
+        Command::Detect { .. } => ExitCode::FAILURE,
     }
+}
+
+/// `kpiwatch token create|list|revoke` on the state store (audited as `cli`).
+async fn run_token(settings: &config::Settings, command: TokenCommand) -> anyhow::Result<ExitCode> {
+    use secrecy::ExposeSecret;
+    let store = kpiwatch::store::Store::connect(settings.state.url.expose_secret()).await?;
+    let actor = "cli";
+    let code = match command {
+        TokenCommand::Create { name, role } => {
+            if !["viewer", "editor", "admin"].contains(&role.as_str()) {
+                eprintln!("kpiwatch token: role must be viewer, editor or admin");
+                return Ok(ExitCode::from(2));
+            }
+            if name.trim().is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
+                eprintln!("kpiwatch token: the name must be 1-128 printable characters");
+                return Ok(ExitCode::from(2));
+            }
+            let (token, hash) = kpiwatch::api::new_token();
+            let Some(id) = store.create_token(&name, &role, &hash, actor).await? else {
+                eprintln!("kpiwatch token: an active token is named {name:?}; revoke it first");
+                return Ok(ExitCode::from(2));
+            };
+            store
+                .audit(
+                    actor,
+                    "token.create",
+                    &id.to_string(),
+                    &serde_json::json!({"name": name, "role": role}),
+                )
+                .await?;
+            println!("token {id} for {name} ({role}), shown once:\n{token}");
+            ExitCode::SUCCESS
+        }
+        TokenCommand::List => {
+            let at = |t: Option<i64>| {
+                t.and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+                    .map_or("-".to_owned(), |t| t.format("%Y-%m-%d %H:%M").to_string())
+            };
+            println!(
+                "{:>4}  {:<20} {:<7} {:<12} {:<16} {:<16} revoked",
+                "id", "name", "role", "created by", "created", "last used"
+            );
+            for t in store.tokens().await? {
+                println!(
+                    "{:>4}  {:<20} {:<7} {:<12} {:<16} {:<16} {}",
+                    t.id,
+                    t.name,
+                    t.role,
+                    t.created_by,
+                    at(Some(t.created_at)),
+                    at(t.last_used_at),
+                    at(t.revoked_at)
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        TokenCommand::Revoke { id } => match store.revoke_token(id).await? {
+            Some(t) => {
+                store
+                    .audit(
+                        actor,
+                        "token.revoke",
+                        &id.to_string(),
+                        &serde_json::json!({"name": t.name, "role": t.role}),
+                    )
+                    .await?;
+                println!("token {id} ({}) revoked", t.name);
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!("kpiwatch token: no active token {id}");
+                ExitCode::from(2)
+            }
+        },
+        TokenCommand::Config { .. } => ExitCode::FAILURE,
+    };
+    store.close().await;
+    Ok(code)
 }
 
 async fn run_backtest(

@@ -578,6 +578,9 @@ async fn judge_series(
         let severity = alerting::severity_for(spec, &verdict);
         let bucket_end = t + step;
         let step_result = lifecycle::step(incident.as_ref(), &verdict, &rule, severity, bucket_end);
+        // For a resolution: the first in-band bucket of the streak that resolves it (the
+        // open row's `ok_streak` counts the in-band buckets before this one).
+        let recovered_since = open.as_ref().map(|o| *t - o.ok_streak * step);
         let (row, event) = match step_result {
             lifecycle::Step::Nothing => continue,
             lifecycle::Step::Open(inc, event) | lifecycle::Step::Update(inc, event) => {
@@ -601,15 +604,24 @@ async fn judge_series(
         };
         let mut row = row;
         if v.anomaly {
+            let fmt = crate::format::ValueFormat::of(spec);
+            let series = crate::format::series_label(dims);
             row.summary = format!(
-                "{} at {}: {:.4} (expected {:.4}, band {:.4}..{:.4}, volume {:.0})",
-                spec.id,
+                "{}{} at {}: {}{} vs {} expected, {} ({})",
+                spec.title,
+                if series.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", series.replace(',', ", "))
+                },
                 alerting::message::fmt_ts(*t),
-                v.value,
-                v.expected,
-                v.lower,
-                v.upper,
-                v.volume
+                fmt.value(v.value),
+                fmt.change(v.value, v.expected)
+                    .map(|c| format!(" ({c})"))
+                    .unwrap_or_default(),
+                fmt.value(v.expected),
+                crate::format::distance(v.value, v.expected, v.lower, v.upper),
+                fmt.band(v.lower, v.upper),
             );
         }
         // The alert needs an id for its acknowledge link: store it first, then the messages.
@@ -623,8 +635,10 @@ async fn judge_series(
                 dims,
                 verdict: &verdict,
                 since: row.started_ts,
+                recovered_since,
                 severity,
                 public_url: &cx.settings.http.public_url,
+                alert_id: Some(id),
                 ack_url: (event != lifecycle::Event::Resolved)
                     .then(|| cx.signer.ack_url(&cx.settings.http.public_url, id)),
                 silence_url: (event != lifecycle::Event::Resolved)

@@ -143,12 +143,13 @@
     const v = a < 90 ? `${Math.round(a)} s` : a < 5400 ? `${Math.round(a / 60)} min` : a < 172800 ? `${Math.round(a / 3600)} h` : `${Math.round(a / 86400)} d`;
     return s >= 0 ? `${v} ago` : `in ${v}`;
   }
-  function fmtValue(v, kind) {
+  function fmtValue(v, kind, unit) {
     if (v == null || !isFinite(v)) return "—";
-    if (kind === "ratio") return `${(v * 100).toFixed(Math.abs(v) >= 0.1 ? 1 : 2)} %`;
+    if (kind === "ratio") return `${(v * 100).toFixed(2)}%`;
     const a = Math.abs(v);
     const digits = a >= 100 ? 0 : a >= 10 ? 1 : 2;
-    return v.toLocaleString("en-US", { maximumFractionDigits: digits });
+    const n = v.toLocaleString("en-US", { maximumFractionDigits: digits });
+    return unit ? `${n} ${unit}` : n;
   }
   function fmtSens(s) {
     return typeof s === "number" ? s.toFixed(2) : String(s);
@@ -168,6 +169,12 @@
   function statusBadge(status) {
     const label = { ok: "ok", data_missing: "data missing", query_error: "query error", pending: "pending" }[status] || status || "unknown";
     return h("span", { class: `badge st-${status || "unknown"}`, title: `status: ${status}` }, label);
+  }
+  // One badge per KPI: a firing alert outranks "ok" (the run worked, the numbers did not);
+  // data problems outrank both.
+  function healthBadge(status, firing) {
+    if (firing && (status === "ok" || !status)) return h("span", { class: "badge anomalous", title: "has a firing alert" }, "anomalous");
+    return statusBadge(status);
   }
   function alertStateBadge(a) {
     return h("span", { class: `badge al-${a.state}` }, a.state);
@@ -326,8 +333,8 @@
       const anomalous = firing.has(k.id);
       const tr = h("tr", { class: anomalous ? "anomalous" : "" },
         h("td", {}, h("a", { href: `#/kpi/${encodeURIComponent(k.id)}`, class: "kpi-title" }, k.title || k.id),
-          h("div", { class: "muted small" }, `${k.id} · ${k.kind} · every ${k.interval}`)),
-        h("td", {}, statusBadge(k.status), anomalous ? h("span", { class: "badge anomalous", title: "has a firing alert" }, "anomalous") : null,
+          h("div", { class: "muted small" }, `${k.id} · ${k.kind} · ${k.every || "every " + k.interval}`)),
+        h("td", {}, healthBadge(k.status, anomalous),
           k.last_error ? h("div", { class: "small bad", title: k.last_error }, k.last_error.slice(0, 80)) : null),
         lastCell, sparkCell,
         h("td", {}, k.owner || "—"));
@@ -360,8 +367,8 @@
       if (!last) { put(lastCell, h("span", { class: "muted" }, "no data")); return; }
       const off = last.expected != null && last.expected !== 0 ? (last.value - last.expected) / Math.abs(last.expected) : null;
       put(lastCell, 
-        h("strong", { class: last.anomaly ? "bad" : "" }, fmtValue(last.value, k.kind)),
-        h("span", { class: "muted" }, " vs "), fmtValue(last.expected, k.kind),
+        h("strong", { class: last.anomaly ? "bad" : "" }, fmtValue(last.value, k.kind, k.unit)),
+        h("span", { class: "muted" }, " vs "), fmtValue(last.expected, k.kind, k.unit),
         off != null ? h("div", { class: `small ${last.anomaly ? "bad" : "muted"}`, title: last.anomaly ? "this bucket was anomalous" : "within the normal band" }, `${off >= 0 ? "+" : ""}${(off * 100).toFixed(1)} % · ${fmtTime(last.ts)}`) : h("div", { class: "small muted" }, fmtTime(last.ts)));
     } catch (e) {
       if (seq !== routeSeq) return;
@@ -374,7 +381,7 @@
 
   const RANGES = [["1 d", 1], ["7 d", 7], ["14 d", 14], ["28 d", 28]];
 
-  async function pageKpi(seq, id) {
+  async function pageKpi(seq, id, focus = {}) {
     put(app, h("p", { class: "muted" }, "Loading…"));
     let kpis;
     try {
@@ -409,7 +416,7 @@
     const errLine = k.last_error ? h("div", { class: "error-box" }, `Last run failed: ${k.last_error}`) : null;
 
     const rangeBtns = h("div", { class: "seg" }, RANGES.map(([label, d]) =>
-      h("button", { type: "button", "data-days": d, class: d === state.days ? "active" : "", onclick: () => { state.days = d; sessionStorage.setItem(`kpiwatch.range.${id}`, d); syncRange(); loadSeries(); } }, label)));
+      h("button", { type: "button", "data-days": d, class: d === state.days ? "active" : "", onclick: () => { state.days = d; state.window = null; sessionStorage.setItem(`kpiwatch.range.${id}`, d); syncRange(); loadSeries(); } }, label)));
     function syncRange() {
       for (const b of rangeBtns.children) b.classList.toggle("active", +b.dataset.days === state.days);
     }
@@ -488,7 +495,7 @@
     // Settings panel
     const settings = h("section", { class: "card" }, h("h2", {}, "Model"),
       h("dl", { class: "kv" }, [
-        ["Kind", k.kind], ["Interval", k.interval], ["Direction", k.direction], ["Sensitivity", fmtSens(k.sensitivity)],
+        ["Kind", k.kind], ["Interval", k.every || k.interval], ["Unit", k.kind === "ratio" ? "%" : k.unit], ["Direction", k.direction], ["Sensitivity", fmtSens(k.sensitivity)],
         ["Severity", k.severity], ["Owner", k.owner], ["Source", k.source], ["Timezone", k.timezone],
         ["Labels", Object.entries(k.labels || {}).map(([a, b]) => `${a}=${b}`).join(", ") || "—"],
         ["Defined in", k.origin], ["Last run", k.last_run_at ? `${fmtTime(k.last_run_at)} (${fmtAgo(k.last_run_at)})` : "—"],
@@ -497,8 +504,28 @@
 
     const alertsBox = h("div", {}, h("p", { class: "muted" }, "Loading alerts…"));
     const alertsSec = h("section", { class: "card wide" }, h("h2", {}, "Recent alerts for this KPI"), alertsBox);
+    // The incident a message linked to (`?alert=<n>`), shown first, with the chart around it.
+    const incidentBox = h("div", {});
+    let focused = false;
+    function showIncident(a) {
+      const when = [`started ${fmtTime(a.started_at)}`, a.resolved_at ? `resolved ${fmtTime(a.resolved_at)}` : "still open"];
+      if (a.acknowledged_by) when.push(`acknowledged by ${a.acknowledged_by}`);
+      put(incidentBox, h("section", { class: "card wide incident-focus", id: "incident" },
+        h("h2", {}, `Incident #${a.id}`, " ", alertStateBadge(a), sevBadge(a.severity)),
+        h("p", { class: "lead incident-summary" }, a.summary || ""),
+        h("p", { class: "small muted" }, when.join(" · ")),
+        a.state === "firing" || a.state === "pending" ? ackCell(a, loadAlerts) : null));
+      if (!focused) {
+        focused = true;
+        const start = new Date(a.started_at).getTime();
+        const end = new Date(a.resolved_at || a.last_anomaly_at || a.started_at).getTime();
+        const pad = Math.max(6 * intervalSecs(k.interval) * 1000, 3 * 3600000);
+        state.window = [start - pad, end + pad];
+        loadSeries();
+      }
+    }
 
-    put(app, ...[head, desc, errLine].filter(Boolean),
+    put(app, ...[head, desc, errLine, incidentBox].filter(Boolean),
       h("section", { class: "card wide" },
         h("div", { class: "chart-head" }, h("h2", {}, "Actual vs expected"), rangeBtns, dimsSel, h("span", { class: "spacer" }), chartMsg),
         chartBox, legendNote),
@@ -510,12 +537,17 @@
         const all = await api("GET", "/api/alerts?limit=200");
         if (seq !== routeSeq) return;
         const mine = all.filter((a) => a.kpi === id);
+        if (focus.alert) {
+          const a = mine.find((x) => String(x.id) === String(focus.alert));
+          if (a) showIncident(a);
+          else put(incidentBox, h("p", { class: "muted" }, `Incident #${focus.alert} is not among this KPI's recent alerts.`));
+        }
         const firing = mine.some((a) => a.state === "firing");
         const sils = await api("GET", "/api/silences").catch(() => []);
         if (seq !== routeSeq) return;
         const now = Date.now();
         const sil = sils.find((x) => x.active && new Date(x.ends_at).getTime() > now && x.matchers && x.matchers.kpi === id && Object.keys(x.matchers).length === 1);
-        put(statusLine, statusBadge(k.status), firing ? h("span", { class: "badge anomalous" }, "anomalous") : null,
+        put(statusLine, healthBadge(k.status, firing),
           sil ? h("a", { class: "badge sil-active", href: "#/alerts", title: `${sil.author}: ${sil.comment}` }, `silenced until ${fmtTime(sil.ends_at)}`) : null);
         put(alertsBox, alertsTable(mine.slice(0, 20), { showKpi: false, onDone: loadAlerts }));
       } catch (e) {
@@ -524,8 +556,8 @@
     }
 
     async function loadSeries() {
-      const to = new Date();
-      const from = new Date(to.getTime() - state.days * 86400000);
+      const to = state.window ? new Date(state.window[1]) : new Date();
+      const from = state.window ? new Date(state.window[0]) : new Date(to.getTime() - state.days * 86400000);
       chartMsg.textContent = "Loading…";
       const mySeq = (loadSeries.seq = (loadSeries.seq || 0) + 1);
       try {
@@ -618,7 +650,7 @@
       const acc = pts.map((p, i) => (p.anomaly && !own(p) ? val[i] : null));
       const dims = state.series[state.dimsIdx].dims;
       const would = wouldFireData(xs, dims);
-      const fmt = (u, v) => fmtValue(v, k.kind);
+      const fmt = (u, v) => fmtValue(v, k.kind, k.unit);
       const opts = {
         width: Math.max(300, chartBox.clientWidth || 900),
         height: 340,
@@ -896,10 +928,12 @@ GROUP BY 1
     for (const f of cleanup) { try { f(); } catch { /* ignore */ } }
     cleanup = [];
     const seq = ++routeSeq;
-    const hash = location.hash.replace(/^#/, "") || "/";
+    const [hash, query] = (location.hash.replace(/^#/, "") || "/").split("?");
+    const params = new URLSearchParams(query || "");
     const parts = hash.split("/").filter(Boolean).map(decodeURIComponent);
     let nav = "list";
-    if (parts[0] === "kpi" && parts[1]) { nav = ""; pageKpi(seq, parts[1]); }
+    // `#/kpi/<id>?alert=<n>`: the link in every alert message, focused on that incident.
+    if (parts[0] === "kpi" && parts[1]) { nav = ""; pageKpi(seq, parts[1], { alert: params.get("alert") }); }
     else if (parts[0] === "alerts") { nav = "alerts"; pageAlerts(seq); }
     else if (parts[0] === "new") { nav = "new"; pageNew(seq); }
     else pageList(seq);

@@ -1,4 +1,8 @@
 //! E-mail delivery with lettre: SMTP when configured, else `.eml` files in an outbox folder.
+//!
+//! Every message carries a `Message-ID` ([`Threading`]); a message about an alert that was
+//! e-mailed before (resolution, reminder, escalation) names the earlier ones in `In-Reply-To`
+//! and `References`, so mail clients show an incident as one thread.
 
 use lettre::message::MultiPart;
 use lettre::transport::smtp::authentication::Credentials;
@@ -96,15 +100,27 @@ impl Mailer {
         }
     }
 
+    /// The domain of the `From:` address, for `Message-ID`s.
+    pub fn domain(&self) -> &str {
+        self.from.email.domain()
+    }
+
     /// Send one message: the plain text, and an HTML rendering of it as the alternative.
-    pub async fn send(&self, to: &str, subject: &str, body: &str) -> Result<()> {
+    pub async fn send(&self, to: &str, subject: &str, body: &str, thread: &Threading) -> Result<()> {
         let to: lettre::message::Mailbox = to
             .parse()
             .map_err(|e| Error::Build(format!("recipient {to:?}: {e}")))?;
-        let message = Message::builder()
+        let mut builder = Message::builder()
             .from(self.from.clone())
             .to(to)
             .subject(subject)
+            .message_id(Some(thread.message_id.clone()));
+        if let Some(first) = thread.references.first() {
+            builder = builder
+                .in_reply_to(first.clone())
+                .references(thread.references.join(" "));
+        }
+        let message = builder
             .multipart(MultiPart::alternative_plain_html(
                 body.to_owned(),
                 html_of(subject, body),
@@ -149,6 +165,33 @@ impl Mailer {
                 .await
                 .map(drop)
                 .map_err(|e| Error::Transport(e.to_string())),
+        }
+    }
+}
+
+/// The threading headers of one e-mail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Threading {
+    /// `<…@domain>`, unique per message and the same when a message is re-sent.
+    pub message_id: String,
+    /// Earlier messages of the same incident, oldest first; the first becomes `In-Reply-To`.
+    pub references: Vec<String>,
+}
+
+impl Threading {
+    /// The `Message-ID` of an outbox message made of the notifications `ids` (deterministic,
+    /// so a message re-sent after a crash keeps its id and clients show it once).
+    pub fn for_rows(ids: &[i64], domain: &str) -> Self {
+        let first = ids.first().copied().unwrap_or_default();
+        let last = ids.last().copied().unwrap_or_default();
+        let message_id = if first == last {
+            format!("<kpiwatch.n{first}@{domain}>")
+        } else {
+            format!("<kpiwatch.n{first}-{last}.{}@{domain}>", ids.len())
+        };
+        Threading {
+            message_id,
+            references: Vec::new(),
         }
     }
 }

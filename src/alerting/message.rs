@@ -1,10 +1,11 @@
 //! What a message says: subject and plain-text body for every lifecycle event, and for
-//! "data missing" alerts. Pure.
-
-use chrono::{DateTime, Utc};
+//! "data missing" alerts. Pure. Values go through `format::ValueFormat` (ratios in %, their
+//! differences in points, separators and the model's unit), and how far a value is from its
+//! band is said in words, never as a raw score.
 
 use super::lifecycle::Event;
 use super::BucketVerdict;
+use crate::format::{self, ValueFormat};
 use crate::kpi::{Kind, KpiSpec, Severity};
 
 /// Everything an anomaly message needs to say.
@@ -18,10 +19,14 @@ pub struct MessageContext<'a> {
     pub verdict: &'a BucketVerdict,
     /// When the incident started (first anomalous bucket).
     pub since: i64,
+    /// For a resolution: the first bucket of the in-band streak that resolved it.
+    pub recovered_since: Option<i64>,
     /// The incident's severity.
     pub severity: Severity,
     /// Base URL for links.
     pub public_url: &'a str,
+    /// The alert's id, for the link to the KPI page focused on it.
+    pub alert_id: Option<i64>,
     /// A signed link that acknowledges the alert, once it has an id.
     pub ack_url: Option<String>,
     /// A signed link that silences the alert's series.
@@ -30,35 +35,21 @@ pub struct MessageContext<'a> {
 
 /// Format a unix time for people.
 pub fn fmt_ts(ts: i64) -> String {
-    DateTime::<Utc>::from_timestamp(ts, 0)
-        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
-        .unwrap_or_else(|| ts.to_string())
+    format::utc(ts)
 }
 
-fn fmt_value(spec: &KpiSpec, v: f64) -> String {
-    if !v.is_finite() {
-        return "n/a".to_owned();
-    }
-    match spec.kind {
-        Kind::Ratio => format!("{:.2}%", v * 100.0),
-        _ if v.abs() >= 100.0 => format!("{v:.0}"),
-        _ => format!("{v:.2}"),
-    }
-}
-
-fn series_label(dims: &str) -> String {
-    if dims == "{}" {
+/// ` (country=DE)` for a dimensioned series, nothing for a KPI without dimensions.
+fn series_suffix(dims: &str) -> String {
+    let label = format::series_label(dims);
+    if label.is_empty() {
         String::new()
     } else {
-        format!(" {dims}")
+        format!(" ({})", label.replace(',', ", "))
     }
 }
 
-fn links(spec: &KpiSpec, public_url: &str, ack_url: Option<&str>, silence_url: Option<&str>) -> String {
-    let url = public_url.trim_end_matches('/');
-    let id = &spec.id;
-    let mut out =
-        format!("Series:      {url}/api/kpis/{id}/series\nAnomalies:   {url}/api/anomalies?kpi={id}\n");
+fn links(page: &str, ack_url: Option<&str>, silence_url: Option<&str>) -> String {
+    let mut out = format!("Open:        {page}\n");
     if let Some(ack) = ack_url {
         out.push_str(&format!("Acknowledge: {ack}\n"));
     }
@@ -72,12 +63,12 @@ fn links(spec: &KpiSpec, public_url: &str, ack_url: Option<&str>, silence_url: O
 pub fn message(cx: &MessageContext<'_>, event: Event) -> (String, String) {
     let spec = cx.spec;
     let v = cx.verdict;
-    let series = series_label(cx.dims);
-    let change = if v.expected.is_finite() && v.expected.abs() > f64::EPSILON {
-        format!("{:+.1}%", (v.value - v.expected) / v.expected.abs() * 100.0)
-    } else {
-        "n/a".to_owned()
-    };
+    let fmt = ValueFormat::of(spec);
+    let series = series_suffix(cx.dims);
+    let change = fmt
+        .change(v.value, v.expected)
+        .map(|c| format!(" ({c} vs expected)"))
+        .unwrap_or_default();
     let volume_label = match spec.kind {
         Kind::Ratio => "Attempts:",
         _ => "Volume:",
@@ -94,14 +85,18 @@ pub fn message(cx: &MessageContext<'_>, event: Event) -> (String, String) {
     };
     let severity = cx.severity.to_string().to_uppercase();
     let (subject, headline) = match event {
-        Event::Resolved => (
-            format!("[RESOLVED] {}{series} is back in its band", spec.title),
-            format!(
-                "{}{series} is back within its expected band since {}.",
-                spec.title,
-                fmt_ts(v.ts)
-            ),
-        ),
+        Event::Resolved => {
+            let since = cx.recovered_since.unwrap_or(v.ts);
+            (
+                format!("[RESOLVED] {}{series} is back in its band", spec.title),
+                format!(
+                    "{}{series} is back within its expected band since {} (the incident began {}).",
+                    spec.title,
+                    fmt_ts(since),
+                    fmt_ts(cx.since)
+                ),
+            )
+        }
         Event::Firing | Event::Repeat(_) | Event::Escalated(_) => {
             let tag = match event {
                 Event::Repeat(_) => format!("[{severity}, STILL FIRING]"),
@@ -112,27 +107,40 @@ pub fn message(cx: &MessageContext<'_>, event: Event) -> (String, String) {
                 format!(
                     "{tag} {}{series} {word} to {} (expected {})",
                     spec.title,
-                    fmt_value(spec, v.value),
-                    fmt_value(spec, v.expected)
+                    fmt.value(v.value),
+                    fmt.value(v.expected)
                 ),
                 format!(
-                    "{}{series} {word} outside its expected band in the bucket starting {}.",
+                    "{}{series} {word} {} in the bucket starting {}.",
                     spec.title,
+                    format::distance(v.value, v.expected, v.lower, v.upper),
                     fmt_ts(v.ts)
                 ),
             )
         }
     };
+    let series_line = if series.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "Series:      {}\n",
+            format::series_label(cx.dims).replace(',', ", ")
+        )
+    };
+    let actual_label = if event == Event::Resolved {
+        "Latest:"
+    } else {
+        "Actual:"
+    };
     let body = format!(
         "{headline}\n\n\
          KPI:         {title} ({id})\n\
-         Series:      {dims}\n\
-         Actual:      {actual}\n\
-         Expected:    {expected} ({change})\n\
-         Band:        {lower} .. {upper}\n\
-         Score:       {score:.3}\n\
-         {volume_label:<12} {volume:.0}\n\
-         Bucket:      {bucket} ({interval} buckets)\n\
+         {series_line}\
+         {actual_label:<12} {actual}{change}\n\
+         Expected:    {expected}\n\
+         Band:        {band}\n\
+         {volume_label:<12} {volume}\n\
+         Bucket:      {bucket} ({every})\n\
          Since:       {since}\n\
          Evidence:    {evidence}\n\
          Seasonality: {seasonality}\n\
@@ -140,22 +148,18 @@ pub fn message(cx: &MessageContext<'_>, event: Event) -> (String, String) {
          Owner:       {owner}\n\n{links}",
         title = spec.title,
         id = spec.id,
-        dims = cx.dims,
-        actual = fmt_value(spec, v.value),
-        expected = fmt_value(spec, v.expected),
-        lower = fmt_value(spec, v.lower),
-        upper = fmt_value(spec, v.upper),
-        score = v.score,
-        volume = v.volume,
+        actual = fmt.value(v.value),
+        expected = fmt.value(v.expected),
+        band = fmt.band(v.lower, v.upper),
+        volume = format::grouped(v.volume, 0),
         bucket = fmt_ts(v.ts),
-        interval = spec.interval,
+        every = format::every(spec.interval),
         since = fmt_ts(cx.since),
         seasonality = v.seasonality,
         sev = cx.severity,
         owner = spec.owner.as_deref().unwrap_or("-"),
         links = links(
-            spec,
-            cx.public_url,
+            &super::kpi_url(cx.public_url, spec.id.as_str(), cx.alert_id),
             cx.ack_url.as_deref(),
             cx.silence_url.as_deref()
         ),
@@ -172,6 +176,7 @@ pub fn data_missing_message(
     public_url: &str,
     ack_url: Option<&str>,
 ) -> (String, String) {
+    let page = super::kpi_url(public_url, spec.id.as_str(), None);
     if resolved {
         (
             format!("[RESOLVED] {}: data is arriving again", spec.title),
@@ -180,7 +185,7 @@ pub fn data_missing_message(
                 spec.title,
                 spec.id,
                 fmt_ts(since),
-                links(spec, public_url, ack_url, None)
+                links(&page, ack_url, None)
             ),
         )
     } else {
@@ -198,7 +203,7 @@ pub fn data_missing_message(
                 fmt_ts(since),
                 spec.source,
                 spec.owner.as_deref().unwrap_or("-"),
-                links(spec, public_url, ack_url, None)
+                links(&page, ack_url, None)
             ),
         )
     }
@@ -234,8 +239,10 @@ mod tests {
             dims: "{}",
             verdict: &v,
             since: 0,
+            recovered_since: Some(900),
             severity: Severity::Critical,
             public_url: "http://x",
+            alert_id: Some(1),
             ack_url: Some("http://x/ack/1?sig=abc".to_owned()),
             silence_url: Some("http://x/silence/1?sig=def".to_owned()),
         };
@@ -246,17 +253,27 @@ mod tests {
         );
         assert!(subject.contains("expected 97.00%"), "{subject}");
         for needle in [
-            "Band:        90.00% .. 100.00%",
+            "Band:        90.00% – 100.00%",
             "Attempts:    120",
             "1970-01-01 00:00 UTC",
-            "-58.8%",
-            "http://x/api/kpis/pay/series",
+            "Actual:      40.00% (-57.0 points vs expected)",
+            "far below the band",
+            "(every 5 minutes)",
+            "Open:        http://x/#/kpi/pay?alert=1",
             "Acknowledge: http://x/ack/1?sig=abc",
             "Silence:     http://x/silence/1?sig=def",
         ] {
             assert!(body.contains(needle), "{needle} missing in\n{body}");
         }
-        assert!(message(&cx, Event::Resolved).0.starts_with("[RESOLVED]"));
+        for absent in ["Series:", "Score", "{}", "/api/"] {
+            assert!(!body.contains(absent), "{absent} in\n{body}");
+        }
+        let (subject, resolved) = message(&cx, Event::Resolved);
+        assert!(subject.starts_with("[RESOLVED]"), "{subject}");
+        assert!(
+            resolved.contains("back within its expected band since 1970-01-01 00:15 UTC"),
+            "the resolution dates the recovery from the first in-band bucket:\n{resolved}"
+        );
         assert!(message(&cx, Event::Repeat(2)).0.contains("STILL FIRING"));
         assert!(message(&cx, Event::Escalated(Severity::Critical))
             .0

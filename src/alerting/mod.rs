@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-pub use email::Mailer;
+pub use email::{Mailer, Threading};
 pub use message::MessageContext;
 
 use self::lifecycle::{Incident, Phase, Rule};
@@ -293,6 +293,17 @@ pub fn payload(
         _ => BTreeMap::new(),
     };
     let nan = f64::NAN;
+    let fmt = crate::format::ValueFormat::of(spec);
+    let display = match verdict {
+        Some(v) => store::DisplayValues {
+            value: fmt.value(v.value),
+            expected: fmt.value(v.expected),
+            band: fmt.band(v.lower, v.upper),
+            change: fmt.change(v.value, v.expected).unwrap_or_default(),
+            volume: crate::format::grouped(v.volume, 0),
+        },
+        None => store::DisplayValues::default(),
+    };
     NotificationPayload {
         resolved,
         fingerprint: alert.fingerprint.clone(),
@@ -310,9 +321,20 @@ pub fn payload(
         started_ts: alert.started_ts,
         bucket_ts: verdict.map_or(alert.last_anomaly_ts, |v| v.ts),
         resolved_ts: alert.resolved_ts,
-        series_url: format!("{}/api/kpis/{}/series", public_url.trim_end_matches('/'), spec.id),
+        kpi_url: kpi_url(public_url, spec.id.as_str(), Some(alert.id).filter(|id| *id > 0)),
+        display,
         ack_url,
         silence_url,
+    }
+}
+
+/// The web UI's page of a KPI, focused on one incident when `alert` is given: the link every
+/// message carries (e-mail, chat, paging, webhook, Alertmanager's `generatorURL`).
+pub fn kpi_url(public_url: &str, kpi: &str, alert: Option<i64>) -> String {
+    let base = public_url.trim_end_matches('/');
+    match alert {
+        Some(id) => format!("{base}/#/kpi/{kpi}?alert={id}"),
+        None => format!("{base}/#/kpi/{kpi}"),
     }
 }
 
@@ -343,9 +365,16 @@ fn to_notification(p: &NotificationPayload, subject: &str, body: &str) -> notifi
         bucket_at: at(p.bucket_ts),
         resolved_at: p.resolved_ts.map(at),
         links: notifiers::Links {
-            series: p.series_url.clone(),
+            kpi: p.kpi_url.clone(),
             ack: p.ack_url.clone(),
             silence: p.silence_url.clone(),
+        },
+        display: notifiers::Display {
+            value: p.display.value.clone(),
+            expected: p.display.expected.clone(),
+            band: p.display.band.clone(),
+            change: p.display.change.clone(),
+            volume: p.display.volume.clone(),
         },
     }
 }
@@ -440,9 +469,10 @@ pub struct Dispatch<'a> {
 impl Dispatch<'_> {
     async fn send(&self, n: &store::NotificationRow) -> Result<(), notifiers::DeliveryError> {
         if n.channel == "email" {
+            let thread = Threading::for_rows(&[n.id], self.mailer.domain());
             return self
                 .mailer
-                .send(&n.recipient, &n.subject, &n.body)
+                .send(&n.recipient, &n.subject, &n.body, &thread)
                 .await
                 .map_err(|e| notifiers::DeliveryError {
                     retryable: !matches!(e, Error::Build(_)),
@@ -517,7 +547,13 @@ pub async fn deliver_pending(store: &Store, dispatch: Dispatch<'_>, now: i64) ->
                 .or_default()
                 .push(n);
         } else {
-            let lane = n.recipient.clone();
+            // Digests go through the mailer, like e-mail: one lane (and one `receiver` label
+            // on `/metrics`) named `email`, never an address.
+            let lane = if n.channel == "digest" {
+                "email".to_owned()
+            } else {
+                n.recipient.clone()
+            };
             lanes
                 .entry(lane.clone())
                 .or_default()
@@ -553,15 +589,37 @@ pub async fn deliver_pending(store: &Store, dispatch: Dispatch<'_>, now: i64) ->
                     }),
                 [first, ..] if first.channel == "email" => {
                     let (subject, body) = merge(&batch.rows);
-                    dispatch
+                    let ids: Vec<i64> = batch.rows.iter().map(|r| r.id).collect();
+                    let mut thread = Threading::for_rows(&ids, dispatch.mailer.domain());
+                    // Thread under what this recipient already got about these alerts.
+                    for alert in batch.rows.iter().filter_map(|r| r.alert_id) {
+                        match store.thread_message_ids(alert, &first.recipient).await {
+                            Ok(earlier) => {
+                                for m in earlier {
+                                    if !thread.references.contains(&m) {
+                                        thread.references.push(m);
+                                    }
+                                }
+                            }
+                            // Unthreaded is better than unsent.
+                            Err(error) => tracing::warn!(message = "E-mail thread lookup failed.", alert, %error),
+                        }
+                    }
+                    let sent = dispatch
                         .mailer
-                        .send(&first.recipient, &subject, &body)
+                        .send(&first.recipient, &subject, &body, &thread)
                         .await
                         .map_err(|e| notifiers::DeliveryError {
                             retryable: !matches!(e, Error::Build(_)),
                             message: e.to_string(),
                             retry_after: None,
-                        })
+                        });
+                    if sent.is_ok() {
+                        if let Err(error) = store.set_message_id(&ids, &thread.message_id).await {
+                            tracing::warn!(message = "Message-ID not recorded; later messages will not thread.", %error);
+                        }
+                    }
+                    sent
                 }
                 [one] => dispatch.send(one).await,
                 _ => Ok(()),

@@ -6,62 +6,136 @@
 //! valid. Registration runs the query once on a small window (through `pipeline`); the
 //! scheduler backfills history on its next pass. KPIs from `models/` are read-only here.
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::{kpi_dto, ApiError, ApiResult, AppState, Caller, KpiDto};
+use super::backtest::{backtest_dto, BacktestDto};
+use super::kpis::{kpi_dto, KpiDto};
+use super::{ApiError, ApiResult, AppState, Caller, ErrorBody};
 use crate::kpi::{KpiSpec, API_ORIGIN};
 
-/// A KPI as the API takes it: the fields of `model.toml`, plus `id` and `query`.
+/// A KPI as the API takes it: the fields of `model.toml`, plus `id` and `query`. Anything
+/// the schema allows but the model parser refuses (an unknown source, `interval = "7m"`, a
+/// query that fails) is a 422 naming every problem.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct KpiBody {
+    /// 1–64 characters of `a-z`, `0-9`, `_` and `-`, starting with a letter.
     id: String,
+    /// One SELECT with `:start` and `:end` (the half-open window), at most 64 KiB.
     query: String,
     #[serde(flatten)]
     model: ModelFields,
 }
 
+// The schema of `KpiBody` is `ModelFields`' with `id` and `query` added: one object, so that
+// its `additionalProperties: false` holds (a derived `allOf` of two closed objects would
+// allow no body at all), and the model's fields are still declared once.
+impl utoipa::PartialSchema for KpiBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+        use utoipa::openapi::RefOr;
+        let model = <ModelFields as utoipa::PartialSchema>::schema();
+        let RefOr::T(Schema::Object(mut object)) = model else {
+            return model;
+        };
+        object.properties.insert(
+            "id".to_owned(),
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[a-z][a-z0-9_-]{0,63}$"))
+                .description(Some(
+                    "1-64 characters of a-z, 0-9, _ and -, starting with a letter",
+                ))
+                .into(),
+        );
+        object.properties.insert(
+            "query".to_owned(),
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(65536))
+                .description(Some("One SELECT with :start and :end (the half-open window)"))
+                .into(),
+        );
+        object.required.extend(["id".to_owned(), "query".to_owned()]);
+        object.description = Some("A KPI: the fields of model.toml, plus id and query".to_owned());
+        RefOr::T(Schema::Object(object))
+    }
+}
+
+impl ToSchema for KpiBody {}
+
 /// The `model.toml` fields (all checked by `KpiSpec::parse`).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ModelFields {
+pub(super) struct ModelFields {
     #[serde(skip_serializing_if = "Option::is_none")]
     title: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     description: Option<String>,
+    /// A source name from the config.
+    #[schema(min_length = 1)]
     source: String,
+    /// count | ratio | gauge.
+    #[schema(pattern = "^(count|ratio|gauge)$")]
     kind: String,
+    /// Bucket length that divides a day or is whole days: `1m`, `5m`, `1h`, `1d`.
     interval: String,
+    /// How long to wait for late rows, e.g. `1m`.
     #[serde(skip_serializing_if = "Option::is_none")]
     delay: Option<String>,
+    /// down | up | both.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^(down|up|both)$")]
     direction: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = super::backtest::sensitivity_schema)]
     sensitivity: Option<serde_json::Value>,
+    /// Buckets with less volume are never flagged.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
     min_volume: Option<f64>,
+    /// auto | none | daily | weekly.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^(auto|none|daily|weekly)$")]
     seasonality: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     owner: Option<String>,
+    /// info | warning | critical.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^(info|warning|critical)$")]
     severity: Option<String>,
+    /// What a count or gauge is measured in (`EUR`, `ms`); ratios are in %.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 16)]
+    unit: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     labels: Option<std::collections::BTreeMap<String, String>>,
+    /// Alert e-mail addresses.
     #[serde(skip_serializing_if = "Option::is_none")]
     recipients: Option<Vec<String>>,
+    /// IANA timezone of daily and weekly slots, e.g. `Europe/Berlin`.
     #[serde(skip_serializing_if = "Option::is_none")]
     timezone: Option<String>,
+    /// Most series (dimension combinations).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 10000)]
+    #[serde(default, deserialize_with = "super::whole::opt")]
     max_series: Option<usize>,
+    /// `N of M`: fire when N of the last M judged buckets are anomalous.
     #[serde(skip_serializing_if = "Option::is_none")]
     trigger: Option<String>,
+    /// In-band buckets that resolve an alert.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "super::whole::opt")]
     recover_after: Option<u32>,
+    /// Remind while firing, e.g. `4h`.
     #[serde(skip_serializing_if = "Option::is_none")]
     repeat_interval: Option<String>,
 }
@@ -70,8 +144,8 @@ struct ModelFields {
 fn model_toml(fields: &ModelFields) -> ApiResult<String> {
     let value = serde_json::to_value(fields).map_err(anyhow::Error::from)?;
     let table: toml::Table = serde_json::from_value(value)
-        .map_err(|e| ApiError::BadRequest(format!("cannot represent the model: {e}")))?;
-    Ok(toml::to_string(&table).map_err(anyhow::Error::from)?)
+        .map_err(|e| ApiError::Unprocessable(format!("cannot represent the model: {e}")))?;
+    toml::to_string(&table).map_err(|e| ApiError::Unprocessable(format!("cannot represent the model: {e}")))
 }
 
 /// Parse like a file model would be; every problem at once, as a 422.
@@ -94,9 +168,11 @@ fn parse(id: &str, toml_text: &str, query: &str) -> ApiResult<KpiSpec> {
     Ok(spec)
 }
 
-#[derive(Debug, Serialize)]
+/// What a draft's query returned.
+#[derive(Debug, Serialize, ToSchema)]
 pub(super) struct TestQueryDto {
-    /// The first rows, as the query returned them.
+    /// The first 50 rows, as the query returned them (`ts`, `value`, `denominator`, dimensions).
+    #[schema(value_type = Vec<Object>)]
     rows: Vec<serde_json::Value>,
     /// Rows returned in all.
     total_rows: usize,
@@ -105,6 +181,21 @@ pub(super) struct TestQueryDto {
 }
 
 /// Run a draft KPI's query once over its last 12 buckets and show the first rows.
+#[utoipa::path(
+    post,
+    path = "/api/kpis/test-query",
+    tag = "kpis",
+    request_body = KpiBody,
+    responses(
+        (status = 200, description = "The first rows", body = TestQueryDto),
+        (status = 400, description = "The body does not match the schema", body = ErrorBody),
+        (status = 401, description = "A token is needed", body = ErrorBody),
+        (status = 403, description = "The token's role is too low (editor needed)", body = ErrorBody),
+        (status = 413, description = "The body is larger than 256 KiB", body = ErrorBody),
+        (status = 422, description = "The model is invalid or the query fails (the database's error)", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    )
+)]
 pub(super) async fn test_query(
     State(state): State<AppState>,
     body: Result<Json<KpiBody>, JsonRejection>,
@@ -135,6 +226,22 @@ pub(super) async fn test_query(
 }
 
 /// Register a KPI: validate, run its query once, store it, and let the scheduler backfill.
+#[utoipa::path(
+    post,
+    path = "/api/kpis",
+    tag = "kpis",
+    request_body = KpiBody,
+    responses(
+        (status = 201, description = "Registered; backfilled on the next scheduler pass", body = KpiDto),
+        (status = 400, description = "The body does not match the schema", body = ErrorBody),
+        (status = 401, description = "A token is needed", body = ErrorBody),
+        (status = 403, description = "The token's role is too low (editor needed)", body = ErrorBody),
+        (status = 409, description = "A KPI with that id exists", body = ErrorBody),
+        (status = 413, description = "The body is larger than 256 KiB", body = ErrorBody),
+        (status = 422, description = "The model is invalid or the query fails", body = ErrorBody),
+        (status = 500, description = "The state store failed", body = ErrorBody),
+    )
+)]
 pub(super) async fn register(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -195,13 +302,33 @@ fn api_kpi(state: &AppState, id: &str) -> ApiResult<KpiSpec> {
     Ok(spec)
 }
 
-/// Change a registered KPI's settings (sensitivity, direction, routes, …).
+/// Change a registered KPI's settings: any `model.toml` field or `query`; `null` removes a
+/// field. KPIs from `models/` are read-only here (409): the file is the source of truth.
+#[utoipa::path(
+    patch,
+    path = "/api/kpis/{id}",
+    tag = "kpis",
+    params(("id" = String, Path, description = "KPI id", pattern = "^[a-z][a-z0-9_-]{0,63}$")),
+    request_body(content = Object, description = "The fields to change, as in `POST /api/kpis`; `null` removes one"),
+    responses(
+        (status = 200, description = "The changed KPI", body = KpiDto),
+        (status = 400, description = "The body is not a JSON object of known fields", body = ErrorBody),
+        (status = 401, description = "A token is needed", body = ErrorBody),
+        (status = 403, description = "The token's role is too low (editor needed)", body = ErrorBody),
+        (status = 404, description = "No such KPI", body = ErrorBody),
+        (status = 409, description = "The KPI is defined in a file", body = ErrorBody),
+        (status = 413, description = "The body is larger than 256 KiB", body = ErrorBody),
+        (status = 422, description = "The changed model is invalid or the query fails", body = ErrorBody),
+        (status = 500, description = "The state store failed", body = ErrorBody),
+    )
+)]
 pub(super) async fn update(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     body: Result<Json<serde_json::Map<String, serde_json::Value>>, JsonRejection>,
 ) -> ApiResult<Json<KpiDto>> {
+    let Path(id) = path?;
     let Json(changes) = body?;
     api_kpi(&state, &id)?;
     let stored = state
@@ -226,14 +353,14 @@ pub(super) async fn update(
     for (k, v) in &changes {
         match k.as_str() {
             "id" => {
-                return Err(ApiError::BadRequest(
+                return Err(ApiError::Unprocessable(
                     "the id cannot change; register a new KPI".to_owned(),
                 ))
             }
             "query" => {
                 query = v
                     .as_str()
-                    .ok_or_else(|| ApiError::BadRequest("`query` must be a string".to_owned()))?
+                    .ok_or_else(|| ApiError::Unprocessable("`query` must be a string".to_owned()))?
                     .to_owned();
             }
             _ if v.is_null() => {
@@ -245,7 +372,7 @@ pub(super) async fn update(
         }
     }
     let model: ModelFields = serde_json::from_value(serde_json::Value::Object(fields))
-        .map_err(|e| ApiError::BadRequest(format!("invalid change: {e}")))?;
+        .map_err(|e| ApiError::Unprocessable(format!("invalid change: {e}")))?;
     let toml_text = model_toml(&model)?;
     let spec = parse(&id, &toml_text, &query)?;
     if query != stored.2 || spec.source != api_kpi(&state, &id)?.source {
@@ -277,8 +404,9 @@ pub(super) async fn update(
     Ok(Json(kpi_dto(&spec, row.as_ref())))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct RetireQuery {
     /// Also delete the KPI's stored history.
     #[serde(default)]
@@ -286,13 +414,29 @@ pub(super) struct RetireQuery {
 }
 
 /// Retire a registered KPI; its history is kept unless `?purge=true`.
+#[utoipa::path(
+    delete,
+    path = "/api/kpis/{id}",
+    tag = "kpis",
+    params(("id" = String, Path, description = "KPI id", pattern = "^[a-z][a-z0-9_-]{0,63}$"), RetireQuery),
+    responses(
+        (status = 204, description = "Retired"),
+        (status = 400, description = "A bad parameter", body = ErrorBody),
+        (status = 401, description = "A token is needed", body = ErrorBody),
+        (status = 403, description = "The token's role is too low (editor needed)", body = ErrorBody),
+        (status = 404, description = "No such KPI", body = ErrorBody),
+        (status = 409, description = "The KPI is defined in a file", body = ErrorBody),
+        (status = 500, description = "The state store failed", body = ErrorBody),
+    )
+)]
 pub(super) async fn retire(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-    query: Result<axum::extract::Query<RetireQuery>, axum::extract::rejection::QueryRejection>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<RetireQuery>, QueryRejection>,
 ) -> ApiResult<StatusCode> {
-    let axum::extract::Query(q) = query?;
+    let Path(id) = path?;
+    let Query(q) = query?;
     api_kpi(&state, &id)?;
     state.store.retire_kpi_definition(&id).await?;
     state.specs.remove(&id);
@@ -312,21 +456,39 @@ pub(super) async fn retire(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+/// A draft to backtest.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DraftBacktest {
     /// The draft KPI.
     kpi: KpiBody,
-    /// Weeks to report on (1–12).
+    /// Weeks to report on (default 4).
+    #[schema(minimum = 1, maximum = 12)]
+    #[serde(default, deserialize_with = "super::whole::opt")]
     weeks: Option<u32>,
 }
 
 /// Backtest an unsaved draft: query its source fresh for the weeks asked (plus four weeks to
 /// warm the detector up) and replay them at the draft's settings.
+#[utoipa::path(
+    post,
+    path = "/api/kpis/backtest",
+    tag = "backtest",
+    request_body = DraftBacktest,
+    responses(
+        (status = 200, description = "What the draft would have fired", body = BacktestDto),
+        (status = 400, description = "The body does not match the schema", body = ErrorBody),
+        (status = 401, description = "A token is needed", body = ErrorBody),
+        (status = 403, description = "The token's role is too low (editor needed)", body = ErrorBody),
+        (status = 413, description = "The body is larger than 256 KiB", body = ErrorBody),
+        (status = 422, description = "The model is invalid or the query fails", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+    )
+)]
 pub(super) async fn backtest_draft(
     State(state): State<AppState>,
     body: Result<Json<DraftBacktest>, JsonRejection>,
-) -> ApiResult<Json<super::BacktestDto>> {
+) -> ApiResult<Json<BacktestDto>> {
     let Json(body) = body?;
     let weeks = body.weeks.unwrap_or(4);
     if !(1..=12).contains(&weeks) {
@@ -348,5 +510,5 @@ pub(super) async fn backtest_draft(
         min_volume: None,
     };
     let report = crate::backtest::run(&spec, &draft_store_free, opts, to, 3).map_err(anyhow::Error::from)?;
-    Ok(Json(super::backtest_dto(spec.id.to_string(), &report)))
+    Ok(Json(backtest_dto(spec.id.to_string(), &report)))
 }

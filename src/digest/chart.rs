@@ -2,7 +2,9 @@
 //! buffer and encoded as PNG. Pure: no IO (no files, no fonts).
 //!
 //! The chart carries no text at all, on purpose: system fonts are not guaranteed on the
-//! machines that send e-mail, and the HTML next to the image carries the numbers. It shows the
+//! machines that send e-mail. Its axes are labelled by the HTML around the image: values at
+//! the bottom, middle and top grid lines ([`y_range`]), dates under the first, middle and
+//! last points. It shows the
 //! expected band (shaded), the expected line (dashed grey), the actual line (blue) and anomalies
 //! (red dots), with the last point (the digest's day) highlighted. Missing values (`None`, NaN,
 //! infinities) break the lines into segments; an isolated point is drawn as a dot.
@@ -61,7 +63,7 @@ pub fn chart_png(kpi: &KpiDigest, width: u32, height: u32) -> Result<Vec<u8>> {
     let mut rgb = vec![0u8; len];
     {
         let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
-        draw(&root, &kpi.points, width, height).map_err(|e| Error::Draw(e.to_string()))?;
+        draw(&root, kpi, width, height).map_err(|e| Error::Draw(e.to_string()))?;
         root.present().map_err(|e| Error::Draw(e.to_string()))?;
     }
     encode_png(&rgb, width, height)
@@ -69,7 +71,8 @@ pub fn chart_png(kpi: &KpiDigest, width: u32, height: u32) -> Result<Vec<u8>> {
 
 type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
-fn draw(root: &DrawingArea<BitMapBackend<'_>, Shift>, points: &[ChartPoint], w: u32, h: u32) -> DrawResult {
+fn draw(root: &DrawingArea<BitMapBackend<'_>, Shift>, kpi: &KpiDigest, w: u32, h: u32) -> DrawResult {
+    let points = &kpi.points;
     root.fill(&WHITE)?;
     // Line widths scale with the image so a 2x (retina) render looks like the 1x one.
     let scale = (f64::from(w.min(h * 4)) / 560.0).max(0.5);
@@ -81,7 +84,7 @@ fn draw(root: &DrawingArea<BitMapBackend<'_>, Shift>, points: &[ChartPoint], w: 
     } else {
         (-0.5, n as f64 - 0.5)
     };
-    let (y_lo, y_hi) = y_range(points);
+    let (y_lo, y_hi) = axis_range(kpi);
     let margin = px(6.0).min(w / 4).min(h / 4);
     let mut chart = ChartBuilder::on(root)
         .margin(margin)
@@ -96,9 +99,10 @@ fn draw(root: &DrawingArea<BitMapBackend<'_>, Shift>, points: &[ChartPoint], w: 
         )))?;
     }
 
-    // Four faint horizontal grid lines, no labels.
-    chart.draw_series((0..=4).map(|i| {
-        let y = y_lo + (y_hi - y_lo) * f64::from(i) / 4.0;
+    // Faint horizontal grid lines at the bottom, middle and top: the HTML beside the image
+    // labels them with their values (the PNG carries no text: no fonts needed).
+    chart.draw_series((0..=2).map(|i| {
+        let y = y_lo + (y_hi - y_lo) * f64::from(i) / 2.0;
         PathElement::new(
             vec![(x_lo, y), (x_hi, y)],
             ShapeStyle::from(GRID).stroke_width(px(1.0)),
@@ -187,6 +191,30 @@ fn runs<T: Copy>(points: &[ChartPoint], get: impl Fn(&ChartPoint) -> Option<T>) 
     out
 }
 
+/// The value axis of a KPI's chart: [`y_range`], kept within what the KPI can be (not below
+/// 0 when nothing is negative; not above 100% for a ratio), so its labels never read `-503`
+/// orders or `103.74%`. The digest labels the axis with these bounds.
+pub(super) fn axis_range(kpi: &KpiDigest) -> (f64, f64) {
+    let (mut lo, mut hi) = y_range(&kpi.points);
+    let finite: Vec<f64> = kpi
+        .points
+        .iter()
+        .flat_map(|p| [p.value, p.expected, p.lower, p.upper])
+        .filter_map(finite)
+        .collect();
+    if finite.iter().all(|v| *v >= 0.0) {
+        lo = lo.max(0.0);
+    }
+    if kpi.kind == crate::kpi::Kind::Ratio && finite.iter().all(|v| *v <= 1.0) {
+        hi = hi.min(1.0);
+    }
+    if hi > lo {
+        (lo, hi)
+    } else {
+        y_range(&kpi.points)
+    }
+}
+
 /// The y range covering every finite value, padded; never empty or inverted.
 fn y_range(points: &[ChartPoint]) -> (f64, f64) {
     let values = points
@@ -253,6 +281,7 @@ mod tests {
             id: "orders".into(),
             title: "Orders".into(),
             kind: Kind::Count,
+            unit: None,
             owner: None,
             status: DigestStatus::Ok,
             value: None,
@@ -263,6 +292,7 @@ mod tests {
             incidents: vec![],
             near_misses: vec![],
             data_health: None,
+            note: None,
             url: String::new(),
         }
     }

@@ -58,6 +58,8 @@ pub struct KpiDigest {
     pub title: String,
     /// Count, ratio or gauge (decides how values are formatted: ratios as percentages).
     pub kind: Kind,
+    /// The model's unit, shown beside counts and gauges.
+    pub unit: Option<String>,
     /// Owner.
     pub owner: Option<String>,
     /// Status badge.
@@ -78,6 +80,9 @@ pub struct KpiDigest {
     pub near_misses: Vec<NearMiss>,
     /// What is wrong with the data, if anything (source failing, late, empty).
     pub data_health: Option<String>,
+    /// The day's value was outside its band without an alert (e.g. a rise on a KPI that
+    /// watches drops), said in words.
+    pub note: Option<String>,
     /// Link to the KPI's series.
     pub url: String,
 }
@@ -127,7 +132,11 @@ pub struct NearMiss {
     pub value: f64,
     /// Expected.
     pub expected: f64,
-    /// Score in [0, 1].
+    /// Band lower edge.
+    pub lower: f64,
+    /// Band upper edge.
+    pub upper: f64,
+    /// Score in [0, 1] (ranks near-misses; never shown).
     pub score: f64,
 }
 

@@ -103,6 +103,11 @@ const LATE_AFTER_MINUTES: i64 = 30;
 /// The local day a digest due at `now` covers (yesterday, local), and whether it is late;
 /// `None` before today's send time.
 pub fn due(r: &Recipient, now: DateTime<Utc>) -> Option<(NaiveDate, bool)> {
+    due_at(r, now).map(|(day, late, _)| (day, late))
+}
+
+/// [`due`], with the send time it was due at.
+fn due_at(r: &Recipient, now: DateTime<Utc>) -> Option<(NaiveDate, bool, DateTime<Utc>)> {
     let local = now.with_timezone(&r.timezone);
     let today = local.date_naive();
     // On a DST gap the send time may not exist; take the first valid instant after it.
@@ -120,7 +125,7 @@ pub fn due(r: &Recipient, now: DateTime<Utc>) -> Option<(NaiveDate, bool)> {
         return None;
     }
     let late = now - send_at > Duration::minutes(LATE_AFTER_MINUTES);
-    Some((today.pred_opt()?, late))
+    Some((today.pred_opt()?, late, send_at))
 }
 
 /// UTC bounds of a local day (23 or 25 hours on DST days).
@@ -280,7 +285,28 @@ async fn kpi_digest(
             }
         }
     }
-    let (value, expected, _, _) = day_acc.finish(spec.kind);
+    let (value, expected, day_lower, day_upper) = day_acc.finish(spec.kind);
+    // A day outside its band that raised no alert is not "plain ok": say so, and why.
+    let note = match (value, expected, day_lower, day_upper) {
+        (Some(v), Some(e), Some(l), Some(u)) if v < l || v > u => {
+            let below = v < l;
+            let fmt = crate::format::ValueFormat::of(spec);
+            let change = fmt.change(v, e).map(|c| format!(" ({c})")).unwrap_or_default();
+            let why = if spec.direction.watches(below) {
+                String::new()
+            } else if below {
+                "; not alerted: this KPI alerts on rises only".to_owned()
+            } else {
+                "; not alerted: this KPI alerts on drops only".to_owned()
+            };
+            Some(format!(
+                "The day was {} its expected band {}{change}{why}.",
+                if below { "below" } else { "above" },
+                fmt.band(l, u)
+            ))
+        }
+        _ => None,
+    };
     let (last_week, ..) = week_acc.finish(spec.kind);
     let points = buckets
         .iter()
@@ -304,6 +330,8 @@ async fn kpi_digest(
             ts: at(e.ts),
             value: e.value.unwrap_or(f64::NAN),
             expected: e.expected.unwrap_or(f64::NAN),
+            lower: e.lower.unwrap_or(f64::NAN),
+            upper: e.upper.unwrap_or(f64::NAN),
             score: e.score,
         })
         .collect();
@@ -379,6 +407,7 @@ async fn kpi_digest(
         id: spec.id.to_string(),
         title: spec.title.clone(),
         kind: spec.kind,
+        unit: spec.unit.clone(),
         owner: spec.owner.clone(),
         status,
         value,
@@ -389,7 +418,8 @@ async fn kpi_digest(
         incidents,
         near_misses,
         data_health,
-        url: format!("{}/api/kpis/{}/series", public_url.trim_end_matches('/'), spec.id),
+        note,
+        url: crate::alerting::kpi_url(public_url, spec.id.as_str(), None),
     })
 }
 
@@ -423,7 +453,12 @@ pub async fn build(
 
 /// The MIME message: text and HTML alternatives, the HTML with its charts inline by
 /// Content-ID (shown by Gmail and Outlook without loading remote images).
-pub fn compose(from: &Mailbox, to: &str, rendered: &RenderedDigest) -> anyhow::Result<String> {
+pub fn compose(
+    from: &Mailbox,
+    to: &str,
+    rendered: &RenderedDigest,
+    message_id: &str,
+) -> anyhow::Result<String> {
     let to: Mailbox = to.parse().with_context(|| format!("recipient {to:?}"))?;
     let mut related = MultiPart::related().singlepart(SinglePart::html(rendered.html.clone()));
     for image in &rendered.images {
@@ -434,6 +469,7 @@ pub fn compose(from: &Mailbox, to: &str, rendered: &RenderedDigest) -> anyhow::R
         .from(from.clone())
         .to(to)
         .subject(&rendered.subject)
+        .message_id(Some(message_id.to_owned()))
         .multipart(
             MultiPart::alternative()
                 .singlepart(SinglePart::plain(rendered.text.clone()))
@@ -441,6 +477,13 @@ pub fn compose(from: &Mailbox, to: &str, rendered: &RenderedDigest) -> anyhow::R
         )
         .context("Failed to build the digest message")?;
     String::from_utf8(message.formatted()).context("digest message is not UTF-8")
+}
+
+/// The `Message-ID` of a recipient's digest for `day`: unique, and the same if it is re-sent.
+fn digest_message_id(from: &Mailbox, recipient: &str, day: NaiveDate) -> String {
+    use sha2::Digest as _;
+    let who = hex::encode(sha2::Sha256::digest(recipient.as_bytes()));
+    format!("<kpiwatch.digest.{day}.{}@{}>", &who[..12], from.email.domain())
 }
 
 /// What [`run_due`] needs.
@@ -463,9 +506,20 @@ pub async fn run_due(cx: DigestContext<'_>, now: DateTime<Utc>) -> anyhow::Resul
     if !cx.config.enabled {
         return Ok(0);
     }
+    // When this state store first ran digests: a digest whose send time came before that was
+    // not missed because kpiwatch was down, so it is not late (a brand-new install).
+    let first_run: i64 = cx
+        .store
+        .meta_get_or_init("digest_first_run", || now.timestamp().to_string())
+        .await?
+        .parse()
+        .unwrap_or(i64::MIN);
     let mut queued = 0;
     for r in recipients(cx.config, cx.specs) {
-        let Some((day, late)) = due(&r, now) else { continue };
+        let Some((day, late, send_at)) = due_at(&r, now) else {
+            continue;
+        };
+        let late = late && send_at.timestamp() >= first_run;
         let event = format!("digest:{day}");
         if cx.store.digest_queued(&r.address, &event).await? {
             continue;
@@ -475,7 +529,12 @@ pub async fn run_due(cx: DigestContext<'_>, now: DateTime<Utc>) -> anyhow::Resul
             continue;
         }
         let rendered = render(&data).context("Failed to render the digest")?;
-        let eml = compose(cx.from, &r.address, &rendered)?;
+        let eml = compose(
+            cx.from,
+            &r.address,
+            &rendered,
+            &digest_message_id(cx.from, &r.address, day),
+        )?;
         if cx
             .store
             .queue_digest(&r.address, &event, &rendered.subject, &eml, now.timestamp())

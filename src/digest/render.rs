@@ -17,6 +17,8 @@ use super::chart;
 use super::data::{
     DigestData, DigestStatus, IncidentDigest, InlineImage, KpiDigest, NearMiss, RenderedDigest,
 };
+use crate::format::ValueFormat;
+#[cfg(test)]
 use crate::kpi::Kind;
 
 /// Why a digest could not be rendered.
@@ -216,6 +218,8 @@ struct KpiView {
     data_health: Option<String>,
     url: String,
     href: Value,
+    /// A day outside its band that did not alert (e.g. a rise on a KPI that watches drops).
+    note: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -224,6 +228,14 @@ struct ChartView {
     width: u32,
     height: u32,
     alt: String,
+    /// Value axis: the values at the top, middle and bottom grid lines.
+    y_top: String,
+    y_mid: String,
+    y_bottom: String,
+    /// Time axis: the dates of the first, middle and last points.
+    x_first: String,
+    x_mid: String,
+    x_last: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -308,16 +320,30 @@ fn chart_for(kpi: &KpiDigest, fmt: &Formatter) -> Option<ChartView> {
     if let Some(last) = kpi.points.last() {
         alt.push_str(&format!(
             "; latest {} vs {} expected ({})",
-            fmt_value(kpi.kind, last.value),
-            fmt_value(kpi.kind, last.expected),
+            fmt_value(vf(kpi), last.value),
+            fmt_value(vf(kpi), last.expected),
             fmt.time(last.ts),
         ));
     }
+    let (lo, hi) = super::chart::axis_range(kpi);
+    let date = |i: usize| {
+        kpi.points
+            .get(i)
+            .map(|p| p.ts.with_timezone(&fmt.tz).format("%b %-d").to_string())
+            .unwrap_or_default()
+    };
+    let n = kpi.points.len();
     Some(ChartView {
         cid: cid_for(&kpi.id),
         width: CHART_WIDTH,
         height: CHART_HEIGHT,
         alt,
+        y_top: vf(kpi).value(hi),
+        y_mid: vf(kpi).value((lo + hi) / 2.0),
+        y_bottom: vf(kpi).value(lo),
+        x_first: date(0),
+        x_mid: date(n / 2),
+        x_last: date(n.saturating_sub(1)),
     })
 }
 
@@ -339,8 +365,8 @@ fn cid_for(id: &str) -> String {
 fn kpi_view(kpi: &KpiDigest, fmt: &Formatter, public_url: &str, chart: Option<ChartView>) -> KpiView {
     let (color, background) = colors(kpi.status);
     let (near_misses, near_misses_more) = near_miss_lines(kpi, fmt);
-    let expected_delta = fmt_change(kpi.value, kpi.expected);
-    let last_week_delta = fmt_change(kpi.value, kpi.last_week);
+    let expected_delta = fmt_change(vf(kpi), kpi.value, kpi.expected);
+    let last_week_delta = fmt_change(vf(kpi), kpi.value, kpi.last_week);
     let deltas = [(&expected_delta, "expected"), (&last_week_delta, "last week")]
         .into_iter()
         .filter_map(|(d, what)| Some(format!("{} vs {what}", d.as_deref()?)))
@@ -353,27 +379,28 @@ fn kpi_view(kpi: &KpiDigest, fmt: &Formatter, public_url: &str, chart: Option<Ch
         status: kpi.status.label(),
         color,
         background,
-        value: fmt_value(kpi.kind, kpi.value),
-        expected: fmt_value(kpi.kind, kpi.expected),
+        value: fmt_value(vf(kpi), kpi.value),
+        expected: fmt_value(vf(kpi), kpi.expected),
         expected_delta,
-        last_week: fmt_value(kpi.kind, kpi.last_week),
+        last_week: fmt_value(vf(kpi), kpi.last_week),
         last_week_delta,
         deltas: Some(deltas.join(", ")).filter(|d| !d.is_empty()),
         chart,
         incidents: kpi
             .incidents
             .iter()
-            .map(|i| incident_view(kpi.kind, i, fmt))
+            .map(|i| incident_view(vf(kpi), i, fmt))
             .collect(),
         near_misses,
         near_misses_more,
         data_health: kpi.data_health.clone().filter(|h| !h.trim().is_empty()),
         url: join_url(public_url, &kpi.url),
         href: href(&join_url(public_url, &kpi.url)),
+        note: kpi.note.clone(),
     }
 }
 
-fn incident_view(kind: Kind, incident: &IncidentDigest, fmt: &Formatter) -> IncidentView {
+fn incident_view(kind: ValueFormat<'_>, incident: &IncidentDigest, fmt: &Formatter) -> IncidentView {
     let (duration, open) = match incident.ended_at {
         Some(end) => (fmt_duration(end - incident.started_at), false),
         None => (
@@ -389,7 +416,7 @@ fn incident_view(kind: Kind, incident: &IncidentDigest, fmt: &Formatter) -> Inci
         fmt_value(kind, Some(incident.worst_value)),
         fmt_value(kind, Some(incident.expected))
     );
-    if let Some(change) = fmt_change(Some(incident.worst_value), Some(incident.expected)) {
+    if let Some(change) = fmt_change(kind, Some(incident.worst_value), Some(incident.expected)) {
         size.push_str(&format!(" ({change})"));
     }
     let mut handling = Vec::new();
@@ -429,17 +456,21 @@ fn near_miss_lines(kpi: &KpiDigest, fmt: &Formatter) -> (Vec<String>, usize) {
     let lines = closest
         .into_iter()
         .map(|m| {
+            // No raw score: how close it came, in words people can check against the band.
             let mut line = format!(
                 "{}: {} vs {} expected",
                 fmt.time(m.ts),
-                fmt_value(kpi.kind, Some(m.value)),
-                fmt_value(kpi.kind, Some(m.expected))
+                fmt_value(vf(kpi), Some(m.value)),
+                fmt_value(vf(kpi), Some(m.expected))
             );
-            if let Some(change) = fmt_change(Some(m.value), Some(m.expected)) {
+            if let Some(change) = fmt_change(vf(kpi), Some(m.value), Some(m.expected)) {
                 line.push_str(&format!(" ({change})"));
             }
-            if m.score.is_finite() {
-                line.push_str(&format!(", score {:.2}", m.score));
+            if m.lower.is_finite() && m.upper.is_finite() {
+                line.push_str(&format!(
+                    ", just inside the band {}",
+                    vf(kpi).band(m.lower, m.upper)
+                ));
             }
             line
         })
@@ -469,60 +500,23 @@ impl Formatter {
     }
 }
 
-/// A value as its kind reads best: ratios as percentages (`97.12%`), counts as integers with
-/// thousands separators, gauges with 2 decimals (integers from 100 up). `no data` when absent.
-fn fmt_value(kind: Kind, value: Option<f64>) -> String {
-    let Some(v) = value.filter(|v| v.is_finite()) else {
-        return "no data".to_owned();
-    };
-    match kind {
-        Kind::Ratio => format!("{:.2}%", v * 100.0),
-        Kind::Count => group_thousands(&format!("{v:.0}")),
-        Kind::Gauge if v.abs() >= 100.0 => group_thousands(&format!("{v:.0}")),
-        Kind::Gauge => format!("{v:.2}"),
+/// How a KPI's values read (`format::ValueFormat`: ratios in %, their differences in points,
+/// separators, the model's unit).
+fn vf(kpi: &KpiDigest) -> ValueFormat<'_> {
+    ValueFormat {
+        kind: kpi.kind,
+        unit: kpi.unit.as_deref(),
     }
 }
 
-/// Inserts `,` every three digits of the integer part of a formatted number.
-fn group_thousands(number: &str) -> String {
-    let (sign, rest) = match number.strip_prefix('-') {
-        Some(rest) => ("-", rest),
-        None => ("", number),
-    };
-    let (int, frac) = match rest.find('.') {
-        Some(dot) => rest.split_at(dot),
-        None => (rest, ""),
-    };
-    let mut grouped = String::with_capacity(int.len() + int.len() / 3);
-    for (i, c) in int.chars().enumerate() {
-        if i > 0 && (int.len() - i) % 3 == 0 {
-            grouped.push(',');
-        }
-        grouped.push(c);
-    }
-    let sign = if grouped.chars().all(|c| c == '0' || c == ',') {
-        ""
-    } else {
-        sign
-    };
-    format!("{sign}{grouped}{frac}")
+/// A value, `no data` when absent.
+fn fmt_value(f: ValueFormat<'_>, value: Option<f64>) -> String {
+    f.maybe(value)
 }
 
-/// Relative change of `value` against `base` as `+3.2%` / `-12.0%`; `None` when undefined.
-fn fmt_change(value: Option<f64>, base: Option<f64>) -> Option<String> {
-    let (v, b) = (value.filter(|v| v.is_finite())?, base.filter(|b| b.is_finite())?);
-    if b == 0.0 {
-        return if v == 0.0 { Some("0.0%".to_owned()) } else { None };
-    }
-    let pct = (v - b) / b.abs() * 100.0;
-    if !pct.is_finite() {
-        return None;
-    }
-    if pct.abs() < 0.05 {
-        Some("0.0%".to_owned())
-    } else {
-        Some(format!("{pct:+.1}%"))
-    }
+/// `value` against `base`: ratios in points, others relative; `None` when undefined.
+fn fmt_change(f: ValueFormat<'_>, value: Option<f64>, base: Option<f64>) -> Option<String> {
+    f.change(value?, base?)
 }
 
 fn fmt_duration(d: chrono::TimeDelta) -> String {
@@ -588,6 +582,7 @@ mod tests {
             id: id.to_owned(),
             title: format!("Title of {id}"),
             kind,
+            unit: None,
             owner: Some("ops@example.com".into()),
             status,
             value: Some(base * 0.98),
@@ -607,6 +602,7 @@ mod tests {
             incidents: vec![],
             near_misses: vec![],
             data_health: None,
+            note: None,
             url: format!("/kpis/{id}"),
         }
     }
@@ -786,19 +782,28 @@ mod tests {
         for part in [&out.html, &out.text] {
             assert!(part.contains("97.12%"), "{part}");
             assert!(part.contains("99.10%"));
-            assert!(part.contains("-2.0%"));
+            assert!(
+                part.contains("-2.0 points"),
+                "a ratio's difference is in points: {part}"
+            );
             assert!(part.contains("1,234,567"));
             assert!(part.contains("7.25"));
         }
-        assert_eq!(fmt_value(Kind::Gauge, Some(1234.5)), "1,234");
-        assert_eq!(fmt_value(Kind::Gauge, Some(-0.004)), "-0.00");
-        assert_eq!(fmt_value(Kind::Count, Some(-0.2)), "0");
-        assert_eq!(fmt_value(Kind::Count, Some(-12_345.0)), "-12,345");
-        assert_eq!(fmt_value(Kind::Count, Some(999.0)), "999");
-        assert_eq!(fmt_value(Kind::Ratio, None), "no data");
-        assert_eq!(fmt_value(Kind::Ratio, Some(f64::NAN)), "no data");
-        assert_eq!(fmt_change(Some(110.0), Some(100.0)).as_deref(), Some("+10.0%"));
-        assert_eq!(fmt_change(Some(1.0), Some(0.0)), None);
+        let f = |kind| ValueFormat { kind, unit: None };
+        assert_eq!(fmt_value(f(Kind::Gauge), Some(1234.5)), "1,234.50");
+        assert_eq!(fmt_value(f(Kind::Count), Some(-12_345.0)), "-12,345");
+        assert_eq!(fmt_value(f(Kind::Count), Some(999.0)), "999");
+        assert_eq!(fmt_value(f(Kind::Ratio), None), "no data");
+        assert_eq!(fmt_value(f(Kind::Ratio), Some(f64::NAN)), "no data");
+        assert_eq!(
+            fmt_change(f(Kind::Count), Some(110.0), Some(100.0)).as_deref(),
+            Some("+10.0%")
+        );
+        assert_eq!(
+            fmt_change(f(Kind::Ratio), Some(0.97), Some(0.99)).as_deref(),
+            Some("-2.0 points")
+        );
+        assert_eq!(fmt_change(f(Kind::Count), Some(1.0), Some(0.0)), None);
     }
 
     #[test]
@@ -828,6 +833,8 @@ mod tests {
             ts: at(13, 0),
             value: 0.95,
             expected: 0.99,
+            lower: 0.94,
+            upper: 1.0,
             score: 0.82,
         }];
         k.data_health = Some("data arrived 2 h late".into());
@@ -840,9 +847,35 @@ mod tests {
             assert!(part.contains("country=DE"));
             assert!(part.contains("still open"));
             assert!(part.contains("silenced"));
-            assert!(part.contains("worst 81.00% vs 99.00% expected (-18.2%)"));
-            assert!(part.contains("14:00: 95.00% vs 99.00% expected"));
+            assert!(part.contains("worst 81.00% vs 99.00% expected (-18.0 points)"));
+            assert!(
+                part.contains(
+                    "14:00: 95.00% vs 99.00% expected (-4.0 points), just inside the band 94.00% – 100.00%"
+                ),
+                "{part}"
+            );
+            assert!(!part.contains("score"), "no raw scores for people: {part}");
             assert!(part.contains("data arrived 2 h late"));
+        }
+    }
+
+    #[test]
+    fn a_day_outside_its_band_without_an_alert_is_not_plain_ok_and_the_chart_has_axes() {
+        let mut k = kpi("revenue", Kind::Gauge, DigestStatus::Ok, 0.0);
+        k.unit = Some("EUR".into());
+        k.note = Some("The day was above its expected band 38.00 EUR – 46.00 EUR (+21.8%); not alerted: this KPI alerts on drops only.".into());
+        let out = render(&digest(vec![k])).unwrap();
+        for part in [&out.html, &out.text] {
+            assert!(part.contains("Unusual"), "{part}");
+            assert!(
+                part.contains("+21.8%") && part.contains("alerts on drops only"),
+                "{part}"
+            );
+            assert!(part.contains("41.65 EUR"), "values carry the unit: {part}");
+        }
+        // Value axis (bottom, middle, top, in the KPI's unit) and time axis (first, middle, last day).
+        for label in ["EUR</div>", "Nov 10", "Nov 17", "Nov 23"] {
+            assert!(out.html.contains(label), "{label} missing");
         }
     }
 
@@ -871,6 +904,8 @@ mod tests {
                 ts: at(h, 0),
                 value: 90.0,
                 expected: 100.0,
+                lower: 88.0,
+                upper: 112.0,
                 score: f64::from(h) / 10.0,
             })
             .collect();

@@ -263,6 +263,8 @@ pub struct KpiSpec {
     pub owner: Option<String>,
     /// Alert severity.
     pub severity: Severity,
+    /// What a count or gauge is measured in (`EUR`, `ms`, `orders`), shown beside values.
+    pub unit: Option<String>,
     /// Free-form labels for routing.
     pub labels: BTreeMap<String, String>,
     /// Alert e-mail recipients (empty = the configured defaults).
@@ -334,6 +336,7 @@ struct RawModel {
     seasonality: Option<String>,
     owner: Option<String>,
     severity: Option<String>,
+    unit: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
     #[serde(default)]
@@ -514,6 +517,22 @@ impl KpiSpec {
         if raw.source.trim().is_empty() {
             problem(f, Some("source"), "must name a source from the config".to_owned());
         }
+        if let Some(unit) = &raw.unit {
+            if unit.trim().is_empty() || unit.chars().count() > 16 || unit.chars().any(char::is_control) {
+                problem(
+                    f,
+                    Some("unit"),
+                    "must be 1-16 printable characters, e.g. \"EUR\" or \"ms\"".to_owned(),
+                );
+            }
+            if kind == Some(Kind::Ratio) {
+                problem(
+                    f,
+                    Some("unit"),
+                    "a ratio is shown in %; leave unit out".to_owned(),
+                );
+            }
+        }
         let max_series = raw.max_series.unwrap_or(100);
         if max_series == 0 || max_series > 10_000 {
             problem(f, Some("max_series"), "must be between 1 and 10000".to_owned());
@@ -560,6 +579,7 @@ impl KpiSpec {
                 seasonality,
                 owner: raw.owner,
                 severity,
+                unit: raw.unit.map(|u| u.trim().to_owned()),
                 labels: raw.labels,
                 recipients: raw.recipients,
                 timezone,

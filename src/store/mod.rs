@@ -68,6 +68,10 @@ macro_rules! run {
     };
 }
 
+mod tokens;
+
+pub use tokens::TokenRow;
+
 /// One bucket of one series as stored.
 #[derive(Debug, Clone, Copy, PartialEq, FromRow, Serialize)]
 pub struct ObservationRow {
@@ -357,13 +361,32 @@ pub struct NotificationPayload {
     pub bucket_ts: i64,
     /// Resolution, unix seconds.
     pub resolved_ts: Option<i64>,
-    /// Link to the series.
-    pub series_url: String,
+    /// Link to the KPI's page in the web UI, focused on the incident.
+    #[serde(alias = "series_url")]
+    pub kpi_url: String,
+    /// The numbers as people read them (the KPI's kind and unit applied).
+    #[serde(default)]
+    pub display: DisplayValues,
     /// Signed acknowledge link.
     pub ack_url: Option<String>,
     /// Signed silence link.
     #[serde(default)]
     pub silence_url: Option<String>,
+}
+
+/// The numbers of a notification, formatted for people (see `format::ValueFormat`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct DisplayValues {
+    /// Observed value, e.g. `40.00%`.
+    pub value: String,
+    /// Expected value.
+    pub expected: String,
+    /// `lower – upper`.
+    pub band: String,
+    /// Difference to expected: `-57.0 points` for ratios, `-18.2%` otherwise; may be empty.
+    pub change: String,
+    /// Volume with thousands separators.
+    pub volume: String,
 }
 
 /// A silence as stored.
@@ -1397,6 +1420,79 @@ impl Store {
             Ok(done.rows_affected() > 0)
         })
     }
+
+    /// The newest verdict of every series of every KPI, for the per-KPI gauges on `/metrics`.
+    pub async fn latest_evaluations(&self) -> Result<Vec<LatestEvaluation>> {
+        run!(self, |pool| {
+            Ok(sqlx::query_as::<_, LatestEvaluation>(
+                "SELECT s.kpi_id, s.dims, e.ts, e.value, e.expected, e.lower, e.upper, e.anomaly
+                 FROM series s JOIN evaluations e ON e.series_id = s.id
+                 WHERE e.ts = (SELECT max(ts) FROM evaluations WHERE series_id = s.id)
+                 ORDER BY s.kpi_id, s.id",
+            )
+            .fetch_all(pool)
+            .await?)
+        })
+    }
+
+    /// Record the `Message-ID` the notifications `ids` went out with.
+    pub async fn set_message_id(&self, ids: &[i64], message_id: &str) -> Result<()> {
+        run!(self, |pool| {
+            for id in ids {
+                sqlx::query("UPDATE notifications SET message_id = $1 WHERE id = $2")
+                    .bind(message_id)
+                    .bind(id)
+                    .execute(pool)
+                    .await?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The `Message-ID`s of the e-mails already sent to `recipient` about `alert_id`, oldest
+    /// first (the firing message first), for `In-Reply-To` and `References`.
+    pub async fn thread_message_ids(&self, alert_id: i64, recipient: &str) -> Result<Vec<String>> {
+        run!(self, |pool| {
+            let rows: Vec<(String,)> = sqlx::query_as(
+                "SELECT message_id FROM notifications
+                 WHERE alert_id = $1 AND recipient = $2 AND channel = 'email' AND status = 'sent'
+                   AND message_id IS NOT NULL
+                 ORDER BY id",
+            )
+            .bind(alert_id)
+            .bind(recipient)
+            .fetch_all(pool)
+            .await?;
+            let mut out: Vec<String> = Vec::new();
+            for (m,) in rows {
+                if !out.contains(&m) {
+                    out.push(m);
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// The newest verdict of one series, with its KPI and dimensions.
+#[derive(Debug, Clone, PartialEq, FromRow, Serialize)]
+pub struct LatestEvaluation {
+    /// KPI id.
+    pub kpi_id: String,
+    /// Dimension values (JSON object).
+    pub dims: String,
+    /// Bucket start.
+    pub ts: i64,
+    /// Observed value in band units.
+    pub value: Option<f64>,
+    /// Expected value.
+    pub expected: Option<f64>,
+    /// Band lower edge.
+    pub lower: Option<f64>,
+    /// Band upper edge.
+    pub upper: Option<f64>,
+    /// Flagged.
+    pub anomaly: bool,
 }
 
 /// Feedback given on one flagged bucket.

@@ -273,3 +273,160 @@ async fn kpis_are_registered_tuned_and_retired_by_editors_and_audited() {
         assert!(actions.iter().any(|a| a == want), "{want} missing in {actions:?}");
     }
 }
+
+#[tokio::test]
+async fn tokens_made_with_the_cli_and_the_api_are_hashed_shown_once_audited_and_revocable() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smtp = SmtpServer::start();
+    let _shop = Shop::create(&dir.path().join("shop.db")).await;
+    let state = format!("sqlite://{}", dir.path().join("state.db").display());
+    let config = dir.path().join("kpiwatch.toml");
+    std::fs::write(&config, format!("[state]\nurl = {state:?}\n")).expect("config");
+
+    // The first admin token comes from the CLI, on the same state store.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kpiwatch"))
+            .arg("--config")
+            .arg(&config)
+            .arg("token")
+            .args(args)
+            .output()
+            .expect("kpiwatch token runs")
+    };
+    let out = cli(&["create", "--name", "ops", "--role", "admin"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let ops = stdout.lines().last().expect("the token").trim().to_owned();
+    assert!(ops.starts_with("kpw_") && ops.len() == 52, "{stdout}");
+    assert_eq!(
+        cli(&["create", "--name", "ops", "--role", "viewer"])
+            .status
+            .code(),
+        Some(2),
+        "one active token per name"
+    );
+
+    let clock = ManualClock::new(t0());
+    let app = build_full(
+        dir.path(),
+        &smtp,
+        &clock,
+        "",
+        &[("KPIWATCH_STATE__URL", state.clone())],
+    )
+    .await;
+    // A token in the store closes the API, as one in the config would.
+    assert_eq!(
+        call(&app, "GET", "/api/kpis", None, "").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&app, "GET", "/api/kpis", Some(&ops), "").await.0,
+        StatusCode::OK
+    );
+
+    let (status, made) = call(
+        &app,
+        "POST",
+        "/api/tokens",
+        Some(&ops),
+        r#"{"name": "grafana", "role": "viewer"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let viewer = made["token"].as_str().expect("shown once").to_owned();
+    assert_eq!(
+        (
+            made["name"].clone(),
+            made["role"].clone(),
+            made["created_by"].clone()
+        ),
+        ("grafana".into(), "viewer".into(), "ops".into())
+    );
+    assert_eq!(
+        call(&app, "GET", "/api/kpis", Some(&viewer), "").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(
+            &app,
+            "POST",
+            "/api/tokens",
+            Some(&viewer),
+            r#"{"name": "x", "role": "admin"}"#
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN,
+        "a viewer makes no tokens"
+    );
+    assert_eq!(
+        call(&app, "GET", "/api/tokens", Some(&viewer), "").await.0,
+        StatusCode::FORBIDDEN,
+        "nor lists them"
+    );
+    let (status, list) = call(&app, "GET", "/api/tokens", Some(&ops), "").await;
+    assert_eq!(status, StatusCode::OK);
+    let text = list.to_string();
+    assert!(
+        !text.contains(&viewer) && !text.contains(&ops),
+        "tokens are never shown again: {text}"
+    );
+    assert!(!text.contains(&hash_token(&ops)), "nor their hashes: {text}");
+    let listed = list.as_array().expect("list");
+    assert_eq!(listed.len(), 2);
+    let ops_row = listed.iter().find(|t| t["name"] == "ops").expect("ops");
+    assert!(
+        ops_row["last_used_at"].is_string(),
+        "last use is recorded: {ops_row}"
+    );
+    assert_eq!(ops_row["created_by"], "cli");
+
+    let id = made["id"].as_i64().expect("id");
+    assert_eq!(
+        call(&app, "DELETE", &format!("/api/tokens/{id}"), Some(&ops), "")
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        call(&app, "GET", "/api/kpis", Some(&viewer), "").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&app, "DELETE", &format!("/api/tokens/{id}"), Some(&ops), "")
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+
+    let (_, audit) = call(&app, "GET", "/api/audit", Some(&ops), "").await;
+    let actions: Vec<(String, String)> = audit
+        .as_array()
+        .expect("audit")
+        .iter()
+        .map(|a| {
+            (
+                a["actor"].as_str().unwrap_or("").to_owned(),
+                a["action"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    for want in [
+        ("cli", "token.create"),
+        ("ops", "token.create"),
+        ("ops", "token.revoke"),
+    ] {
+        assert!(
+            actions.contains(&(want.0.to_owned(), want.1.to_owned())),
+            "{want:?} in {actions:?}"
+        );
+    }
+    let listed = String::from_utf8_lossy(&cli(&["list"]).stdout).into_owned();
+    assert!(listed.contains("grafana") && listed.contains("ops"), "{listed}");
+    let out = cli(&["revoke", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // With every token revoked the API is open again, as with none configured.
+    assert_eq!(call(&app, "GET", "/api/kpis", None, "").await.0, StatusCode::OK);
+}

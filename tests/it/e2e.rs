@@ -263,6 +263,36 @@ async fn drop_alert_restart_resolve(dir: &Path, state_url: &str) {
         "{}",
         got[1].subject()
     );
+    // Every message has its own Message-ID; the resolution threads under the firing message.
+    let firing_id = got[0].header("Message-ID").expect("the alert has a Message-ID");
+    let resolved_id = got[1]
+        .header("Message-ID")
+        .expect("the resolution has a Message-ID");
+    assert!(
+        firing_id.starts_with('<') && firing_id.ends_with('>'),
+        "{firing_id}"
+    );
+    assert_ne!(firing_id, resolved_id);
+    assert_eq!(got[1].header("In-Reply-To").as_deref(), Some(firing_id.as_str()));
+    assert!(
+        got[1]
+            .header("References")
+            .is_some_and(|r| r.contains(&firing_id)),
+        "{}",
+        got[1].data
+    );
+    assert_eq!(
+        got[0].header("In-Reply-To"),
+        None,
+        "the first message starts the thread"
+    );
+    // The link opens the KPI's page in the web UI focused on this incident, not JSON.
+    assert!(
+        got[0].text().contains("/#/kpi/orders?alert="),
+        "{}",
+        got[0].text()
+    );
+    assert!(!got[0].text().contains("/api/"), "{}", got[0].text());
 }
 
 #[tokio::test]

@@ -34,6 +34,7 @@ async fn mail_goes_over_starttls_with_auth_as_text_and_html() {
             "oncall@example.com",
             "[CRITICAL] Orders dropped to 0",
             "Orders dropped.\n\nActual:      0\n",
+            &kpiwatch::alerting::Threading::for_rows(&[1], "example.com"),
         )
         .await
         .expect("delivered over STARTTLS");
@@ -47,7 +48,12 @@ async fn mail_goes_over_starttls_with_auth_as_text_and_html() {
     // A wrong password is refused, and the error does not carry it.
     let bad = Mailer::build(&config(server.port, SmtpTls::Starttls, "wrong-pw")).expect("mailer");
     let err = bad
-        .send("oncall@example.com", "s", "b")
+        .send(
+            "oncall@example.com",
+            "s",
+            "b",
+            &kpiwatch::alerting::Threading::for_rows(&[2], "example.com"),
+        )
         .await
         .expect_err("bad credentials");
     assert!(!err.to_string().contains("wrong-pw"), "{err}");
@@ -58,6 +64,14 @@ async fn mail_goes_over_starttls_with_auth_as_text_and_html() {
 async fn required_starttls_refuses_a_server_without_it() {
     let server = SmtpServer::start();
     let mailer = Mailer::build(&config(server.port, SmtpTls::Starttls, "pw")).expect("mailer");
-    assert!(mailer.send("oncall@example.com", "s", "b").await.is_err());
+    assert!(mailer
+        .send(
+            "oncall@example.com",
+            "s",
+            "b",
+            &kpiwatch::alerting::Threading::for_rows(&[2], "example.com"),
+        )
+        .await
+        .is_err());
     assert!(server.received().is_empty(), "nothing goes out in plain text");
 }

@@ -68,6 +68,18 @@ impl Received {
         parsed.body_html(0).map(|t| t.into_owned())
     }
 
+    /// A header's raw value as sent (unfolded), if present.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let head = self.data.split("\r\n\r\n").next().unwrap_or_default();
+        let unfolded = head.replace("\r\n ", " ").replace("\r\n\t", " ");
+        unfolded.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_owned())
+        })
+    }
+
     /// The decoded plain-text body.
     pub fn text(&self) -> String {
         let parsed = mail_parser::MessageParser::default().parse(self.data.as_bytes());

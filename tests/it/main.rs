@@ -14,6 +14,7 @@ mod e2e;
 mod email;
 mod helpers;
 mod influxdb;
+mod interfaces;
 mod metric_stores;
 mod prometheus;
 mod sources;

@@ -508,6 +508,44 @@ async fn scenario(url: &str) {
         .is_empty());
     assert_eq!(store.audit_log(10).await.expect("log").len(), 2);
 
+    // API tokens: hashes only, one active token per name, last use, revocation.
+    assert!(!store.any_active_token().await.expect("any"));
+    let id = store
+        .create_token("ops", "admin", &"a".repeat(64), "cli")
+        .await
+        .expect("create")
+        .expect("made");
+    assert_eq!(
+        store
+            .create_token("ops", "viewer", &"b".repeat(64), "cli")
+            .await
+            .expect("create"),
+        None,
+        "an active token already has that name"
+    );
+    assert!(store.any_active_token().await.expect("any"));
+    let used = store
+        .use_token(&"a".repeat(64))
+        .await
+        .expect("use")
+        .expect("found");
+    assert_eq!((used.id, used.role.as_str()), (id, "admin"));
+    assert!(store.tokens().await.expect("list")[0].last_used_at.is_some());
+    assert!(store.use_token(&"c".repeat(64)).await.expect("use").is_none());
+    assert_eq!(
+        store.revoke_token(id).await.expect("revoke").map(|t| t.id),
+        Some(id)
+    );
+    assert!(store.revoke_token(id).await.expect("revoke again").is_none());
+    assert!(store.use_token(&"a".repeat(64)).await.expect("use").is_none());
+    assert!(!store.any_active_token().await.expect("any"));
+    // The name is free again once revoked.
+    assert!(store
+        .create_token("ops", "viewer", &"b".repeat(64), "cli")
+        .await
+        .expect("create")
+        .is_some());
+
     store.close().await;
 }
 

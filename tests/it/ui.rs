@@ -294,3 +294,96 @@ async fn the_ui_registers_a_kpi_backtests_with_the_slider_and_acknowledges_an_al
     token.cancel();
     server.await.expect("joined").expect("clean shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_link_in_an_alert_email_opens_the_kpi_page_showing_the_incident() {
+    init_logs();
+    let Some(driver) = start_driver() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let now = DateTime::parse_from_rfc3339("2026-03-30T12:01:00Z")
+        .expect("valid")
+        .with_timezone(&Utc);
+    shop(&dir.path().join("shop.db"), now).await;
+    let smtp = crate::helpers::SmtpServer::start();
+    // The links in messages use `http.public_url`: here, where this test serves.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let settings = settings(
+        dir.path(),
+        Some(smtp.port),
+        &[
+            (
+                "KPIWATCH_SOURCES__SHOP__URL",
+                format!("sqlite://{}", dir.path().join("shop.db").display()),
+            ),
+            ("KPIWATCH_SCHEDULER__BACKFILL", "35d".to_owned()),
+            ("KPIWATCH_SCHEDULER__HISTORY", "35d".to_owned()),
+            ("KPIWATCH_HTTP__BIND", format!("127.0.0.1:{port}")),
+            ("KPIWATCH_HTTP__PUBLIC_URL", format!("http://127.0.0.1:{port}")),
+        ],
+    );
+    let app = Application::build(
+        settings,
+        vec![crate::e2e::orders_spec("")],
+        BuildOptions {
+            clock: std::sync::Arc::new(ManualClock::new(now)),
+            extra_sources: None,
+        },
+    )
+    .await
+    .expect("app");
+    app.scheduler().run_due().await;
+    let token = CancellationToken::new();
+    let server = tokio::spawn(app.run_until_stopped(token.clone()));
+
+    // The alert e-mail, as the SMTP server received it.
+    let mail = smtp
+        .received()
+        .into_iter()
+        .find(|m| m.subject().contains("Orders dropped"))
+        .expect("the alert e-mail");
+    let text = mail.text();
+    let link = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Open:"))
+        .map(str::trim)
+        .expect("an Open: link")
+        .to_owned();
+    assert!(
+        link.starts_with(&format!("http://127.0.0.1:{port}/#/kpi/orders?alert=")),
+        "{link}"
+    );
+    let html = mail.html().expect("an HTML part");
+    assert!(html.contains(&format!("href=\"{link}\"")), "{html}");
+    let alert_id = link.rsplit('=').next().expect("id").to_owned();
+
+    let c = browser(&driver, &dir.path().join("chrome")).await;
+    c.goto(&link).await.expect("opens the link");
+    let shown = until(
+        &c,
+        "the incident on the KPI page",
+        "document.querySelector('#incident')?.innerText",
+    )
+    .await;
+    let shown = shown.as_str().unwrap_or_default();
+    assert!(shown.contains(&format!("Incident #{alert_id}")), "{shown}");
+    assert!(shown.contains("firing"), "{shown}");
+    assert!(shown.contains("Orders"), "the summary is there: {shown}");
+    assert!(!shown.contains("{}"), "no raw JSON for people: {shown}");
+    // It is the KPI's page (title, chart), not JSON.
+    until(
+        &c,
+        "the KPI title",
+        "document.querySelector('h1')?.innerText.includes('Orders')",
+    )
+    .await;
+    until(&c, "the chart", "document.querySelector('.chart canvas')").await;
+    let png = c.screenshot().await.expect("screenshot");
+    std::fs::write(dir.path().join("incident.png"), png).expect("write");
+    c.close().await.expect("close");
+    token.cancel();
+    server.await.expect("joined").expect("clean shutdown");
+}

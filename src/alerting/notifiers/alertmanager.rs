@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use chrono::{SecondsFormat, Utc};
 use serde_json::json;
 
-use super::{execute, fmt_num, BuildContext, DeliveryError, Endpoint, Event, Notification, Result};
+use super::{execute, BuildContext, DeliveryError, Endpoint, Event, Notification, Result};
 
 const DEFAULT_FIRING_TTL_SECONDS: u64 = 24 * 3600;
 
@@ -53,13 +53,11 @@ impl Alertmanager {
         let mut annotations = BTreeMap::from([
             ("summary".to_owned(), n.summary.clone()),
             ("description".to_owned(), n.text.clone()),
-            ("value".to_owned(), fmt_num(n.value)),
-            ("expected".to_owned(), fmt_num(n.expected)),
-            (
-                "band".to_owned(),
-                format!("{} .. {}", fmt_num(n.lower), fmt_num(n.upper)),
-            ),
-            ("volume".to_owned(), fmt_num(n.volume)),
+            ("value".to_owned(), n.display.value.clone()),
+            ("expected".to_owned(), n.display.expected.clone()),
+            ("change".to_owned(), n.display.change.clone()),
+            ("band".to_owned(), n.display.band.clone()),
+            ("volume".to_owned(), n.display.volume.clone()),
             ("kpi_title".to_owned(), n.kpi_title.clone()),
         ]);
         if let Some(url) = &n.links.ack {
@@ -73,7 +71,7 @@ impl Alertmanager {
             "annotations": annotations,
             "startsAt": ts(n.started_at),
             "endsAt": ts(ends_at),
-            "generatorURL": n.links.series,
+            "generatorURL": n.links.kpi,
         }]);
         let req = self.client.post(self.alerts.url()).json(&body);
         execute("alertmanager", req, &self.alerts.secrets()).await
@@ -155,11 +153,11 @@ mod tests {
         assert_eq!(alert["labels"]["country"], "DE");
         assert_eq!(alert["labels"]["team"], "payments");
         assert_eq!(alert["labels"]["fingerprint"], "pay_success/3f2a9c");
-        assert_eq!(alert["annotations"]["expected"], "0.97");
+        assert_eq!(alert["annotations"]["expected"], "97.00%");
         assert_eq!(alert["startsAt"], "2026-11-24T09:00:00Z");
         assert_eq!(
             alert["generatorURL"],
-            "http://kpiwatch.test/api/kpis/pay_success/series"
+            "http://kpiwatch.test/#/kpi/pay_success?alert=7"
         );
         let ends: chrono::DateTime<Utc> = alert["endsAt"]
             .as_str()

@@ -94,8 +94,8 @@ impl Event {
 /// Links a message can carry.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Links {
-    /// The series' chart / API page.
-    pub series: String,
+    /// The KPI's page in the web UI, focused on this incident.
+    pub kpi: String,
     /// Acknowledge the alert, if the deployment exposes that.
     pub ack: Option<String>,
     /// Silence the series, if the deployment exposes that.
@@ -144,6 +144,24 @@ pub struct Notification {
     pub resolved_at: Option<DateTime<Utc>>,
     /// Links to put in the message.
     pub links: Links,
+    /// The numbers as people read them, formatted upstream with the KPI's kind and unit.
+    pub display: Display,
+}
+
+/// The numbers of a [`Notification`] for people: `40.00%`, `1,234 EUR`, `-57.0 points`. The
+/// raw numbers stay in [`Notification`] for machines (webhook, PagerDuty details).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Display {
+    /// Observed value.
+    pub value: String,
+    /// Expected value.
+    pub expected: String,
+    /// The band, `lower – upper`.
+    pub band: String,
+    /// How far the value is from the expected one (`-57.0 points`, `+21.8%`); may be empty.
+    pub change: String,
+    /// The volume behind the bucket, with separators.
+    pub volume: String,
 }
 
 impl Notification {
@@ -525,20 +543,6 @@ fn exposed(secret: &SecretString) -> &str {
     secret.expose_secret()
 }
 
-/// A number for humans: integers without decimals, others with up to 4 significant decimals.
-fn fmt_num(v: f64) -> String {
-    if !v.is_finite() {
-        "n/a".to_owned()
-    } else if v.fract() == 0.0 && v.abs() < 1e15 {
-        format!("{v:.0}")
-    } else if v.abs() >= 100.0 {
-        format!("{v:.1}")
-    } else {
-        let s = format!("{v:.4}");
-        s.trim_end_matches('0').trim_end_matches('.').to_owned()
-    }
-}
-
 #[cfg(test)]
 mod testkit {
     //! A local HTTP receiver that records requests and answers with scripted statuses.
@@ -655,7 +659,7 @@ mod testkit {
             severity: "critical".to_owned(),
             owner: Some("payments".to_owned()),
             labels: BTreeMap::from([("team".to_owned(), "payments".to_owned())]),
-            summary: "[CRITICAL] Payment success {country=DE} dropped to 40.00% (expected 97.00%)".to_owned(),
+            summary: "[CRITICAL] Payment success (country=DE) dropped to 40.00% (expected 97.00%)".to_owned(),
             text: "Payment success dropped outside its expected band.\n\nActual: 40.00%".to_owned(),
             value: 0.4,
             expected: 0.97,
@@ -666,9 +670,16 @@ mod testkit {
             bucket_at: t(10),
             resolved_at: (event == Event::Resolved).then(|| t(12)),
             links: Links {
-                series: "http://kpiwatch.test/api/kpis/pay_success/series".to_owned(),
+                kpi: "http://kpiwatch.test/#/kpi/pay_success?alert=7".to_owned(),
                 ack: Some("http://kpiwatch.test/alerts/7/ack".to_owned()),
                 silence: None,
+            },
+            display: Display {
+                value: "40.00%".to_owned(),
+                expected: "97.00%".to_owned(),
+                band: "90.00% – 100.00%".to_owned(),
+                change: "-57.0 points".to_owned(),
+                volume: "120".to_owned(),
             },
         }
     }
@@ -840,12 +851,8 @@ mod tests {
     }
 
     #[test]
-    fn numbers_read_like_a_human_wrote_them() {
-        assert_eq!(fmt_num(120.0), "120");
-        assert_eq!(fmt_num(0.4), "0.4");
-        assert_eq!(fmt_num(0.97126), "0.9713");
-        assert_eq!(fmt_num(1234.56), "1234.6");
-        assert_eq!(fmt_num(f64::NAN), "n/a");
+    fn long_text_is_cut_with_an_ellipsis() {
         assert_eq!(truncate("abcdef", 4), "abc…");
+        assert_eq!(truncate("abc", 4), "abc");
     }
 }

@@ -8,9 +8,7 @@
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
-use super::{
-    execute, exposed, fmt_num, truncate, BuildContext, DeliveryError, Endpoint, Event, Notification, Result,
-};
+use super::{execute, exposed, truncate, BuildContext, DeliveryError, Endpoint, Event, Notification, Result};
 
 const DEFAULT_URL: &str = "https://api.opsgenie.com";
 // Opsgenie's limits.
@@ -110,12 +108,13 @@ fn create(n: &Notification, alias: &str) -> Value {
     }
     for (k, v) in [
         ("kpi", n.kpi_id.clone()),
-        ("value", fmt_num(n.value)),
-        ("expected", fmt_num(n.expected)),
-        ("band", format!("{} .. {}", fmt_num(n.lower), fmt_num(n.upper))),
-        ("volume", fmt_num(n.volume)),
+        ("value", n.display.value.clone()),
+        ("expected", n.display.expected.clone()),
+        ("change", n.display.change.clone()),
+        ("band", n.display.band.clone()),
+        ("volume", n.display.volume.clone()),
         ("started_at", n.started_at.to_rfc3339()),
-        ("series_url", n.links.series.clone()),
+        ("kpi_url", n.links.kpi.clone()),
     ] {
         details.insert(k.to_owned(), json!(v));
     }

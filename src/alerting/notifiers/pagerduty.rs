@@ -70,7 +70,7 @@ fn event(n: &Notification, routing_key: &str) -> Value {
             "dedup_key": dedup_key(n),
         }),
         Event::Firing => {
-            let mut links = vec![json!({ "href": n.links.series, "text": "Series" })];
+            let mut links = vec![json!({ "href": n.links.kpi, "text": "Open in kpiwatch" })];
             if let Some(href) = &n.links.ack {
                 links.push(json!({ "href": href, "text": "Acknowledge in kpiwatch" }));
             }
@@ -82,7 +82,7 @@ fn event(n: &Notification, routing_key: &str) -> Value {
                 "event_action": "trigger",
                 "dedup_key": dedup_key(n),
                 "client": "kpiwatch",
-                "client_url": n.links.series,
+                "client_url": n.links.kpi,
                 "payload": {
                     "summary": truncate(&n.summary, SUMMARY_MAX),
                     "source": n.kpi_id,
@@ -99,6 +99,12 @@ fn event(n: &Notification, routing_key: &str) -> Value {
                         "upper": n.upper,
                         "volume": n.volume,
                         "started_at": n.started_at.to_rfc3339(),
+                        "display": {
+                            "value": n.display.value,
+                            "expected": n.display.expected,
+                            "band": n.display.band,
+                            "change": n.display.change,
+                        },
                         "text": n.text,
                     },
                 },
@@ -158,9 +164,9 @@ mod tests {
         assert_eq!(trigger["payload"]["custom_details"]["expected"], 0.97);
         assert_eq!(
             trigger["links"][0]["href"],
-            "http://kpiwatch.test/api/kpis/pay_success/series"
+            "http://kpiwatch.test/#/kpi/pay_success?alert=7"
         );
-        assert_eq!(trigger["links"][0]["text"], "Series");
+        assert_eq!(trigger["links"][0]["text"], "Open in kpiwatch");
 
         let resolve = reqs[1].json();
         assert_eq!(resolve["event_action"], "resolve");

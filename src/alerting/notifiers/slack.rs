@@ -7,7 +7,7 @@
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
-use super::{execute, fmt_num, truncate, BuildContext, DeliveryError, Endpoint, Event, Notification, Result};
+use super::{execute, truncate, BuildContext, DeliveryError, Endpoint, Event, Notification, Result};
 
 // Block Kit limits: header text 150, section text 3000, field 2000, button label 75.
 const HEADER_MAX: usize = 150;
@@ -45,11 +45,17 @@ fn message(n: &Notification) -> Value {
     };
     let header = truncate(&format!("{emoji} {status}: {}", n.headline()), HEADER_MAX);
     let field = |name: &str, value: String| json!({ "type": "mrkdwn", "text": format!("*{name}*\n{}", escape(&value)) });
+    let d = &n.display;
+    let actual = if d.change.is_empty() {
+        d.value.clone()
+    } else {
+        format!("{} ({})", d.value, d.change)
+    };
     let mut fields = vec![
-        field("Actual", fmt_num(n.value)),
-        field("Expected", fmt_num(n.expected)),
-        field("Band", format!("{} .. {}", fmt_num(n.lower), fmt_num(n.upper))),
-        field("Volume", fmt_num(n.volume)),
+        field("Actual", actual),
+        field("Expected", d.expected.clone()),
+        field("Band", d.band.clone()),
+        field("Volume", d.volume.clone()),
         field("Severity", n.severity.clone()),
         field("Owner", n.owner.clone().unwrap_or_else(|| "-".to_owned())),
     ];
@@ -72,7 +78,7 @@ fn message(n: &Notification) -> Value {
             "url": url,
         })
     };
-    let mut buttons = vec![button("series", "View series", &n.links.series)];
+    let mut buttons = vec![button("kpi", "Open in kpiwatch", &n.links.kpi)];
     if n.event == Event::Firing {
         if let Some(url) = &n.links.ack {
             buttons.push(button("ack", "Acknowledge", url));
@@ -126,13 +132,14 @@ mod tests {
             .contains("Payment success (country=DE)"));
         assert_eq!(blocks[1]["text"]["type"], "mrkdwn");
         let fields = blocks[2]["fields"].as_array().expect("fields");
-        assert_eq!(fields[0]["text"], "*Actual*\n0.4");
-        assert_eq!(fields[1]["text"], "*Expected*\n0.97");
+        assert_eq!(fields[0]["text"], "*Actual*\n40.00% (-57.0 points)");
+        assert_eq!(fields[1]["text"], "*Expected*\n97.00%");
+        assert_eq!(fields[2]["text"], "*Band*\n90.00% – 100.00%");
         assert_eq!(blocks[3]["type"], "context");
         let buttons = blocks[4]["elements"].as_array().expect("buttons");
         assert_eq!(
             buttons[0]["url"],
-            "http://kpiwatch.test/api/kpis/pay_success/series"
+            "http://kpiwatch.test/#/kpi/pay_success?alert=7"
         );
         assert_eq!(buttons[1]["url"], "http://kpiwatch.test/alerts/7/ack");
     }

@@ -8,7 +8,7 @@
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
-use super::{execute, fmt_num, BuildContext, DeliveryError, Endpoint, Event, Notification, Result};
+use super::{execute, BuildContext, DeliveryError, Endpoint, Event, Notification, Result};
 
 #[derive(Debug, Clone)]
 pub(super) struct Teams {
@@ -36,11 +36,17 @@ fn message(n: &Notification) -> Value {
         Event::Resolved => ("Resolved", "Good"),
     };
     let fact = |title: &str, value: String| json!({ "title": title, "value": value });
+    let d = &n.display;
+    let actual = if d.change.is_empty() {
+        d.value.clone()
+    } else {
+        format!("{} ({})", d.value, d.change)
+    };
     let mut facts = vec![
-        fact("Actual", fmt_num(n.value)),
-        fact("Expected", fmt_num(n.expected)),
-        fact("Band", format!("{} .. {}", fmt_num(n.lower), fmt_num(n.upper))),
-        fact("Volume", fmt_num(n.volume)),
+        fact("Actual", actual),
+        fact("Expected", d.expected.clone()),
+        fact("Band", d.band.clone()),
+        fact("Volume", d.volume.clone()),
         fact("Severity", n.severity.clone()),
         fact("Owner", n.owner.clone().unwrap_or_else(|| "-".to_owned())),
         fact("KPI", n.kpi_id.clone()),
@@ -53,7 +59,7 @@ fn message(n: &Notification) -> Value {
         facts.push(fact("Resolved", at.format("%Y-%m-%d %H:%M UTC").to_string()));
     }
     let open = |title: &str, url: &str| json!({ "type": "Action.OpenUrl", "title": title, "url": url });
-    let mut actions = vec![open("View series", &n.links.series)];
+    let mut actions = vec![open("Open in kpiwatch", &n.links.kpi)];
     if n.event == Event::Firing {
         if let Some(url) = &n.links.ack {
             actions.push(open("Acknowledge", url));
@@ -125,12 +131,12 @@ mod tests {
         assert_eq!(card["body"][0]["color"], "Attention");
         assert_eq!(card["body"][0]["text"], "Firing: Payment success (country=DE)");
         let facts = card["body"][2]["facts"].as_array().expect("facts");
-        assert!(facts.contains(&json!({ "title": "Actual", "value": "0.4" })));
+        assert!(facts.contains(&json!({ "title": "Actual", "value": "40.00% (-57.0 points)" })));
         assert!(facts.contains(&json!({ "title": "Series", "value": "country=DE" })));
         assert_eq!(card["actions"][0]["type"], "Action.OpenUrl");
         assert_eq!(
             card["actions"][0]["url"],
-            "http://kpiwatch.test/api/kpis/pay_success/series"
+            "http://kpiwatch.test/#/kpi/pay_success?alert=7"
         );
     }
 

@@ -112,10 +112,12 @@ impl Twilio {
 }
 
 /// Short enough for one or two SMS segments in the common case; never over Twilio's limit.
+/// A resolution says RESOLVED once: the summary's own `[RESOLVED]`, or a prefix if it has none.
 fn sms_body(n: &Notification) -> String {
+    let says_resolved = n.summary.to_ascii_uppercase().contains("RESOLVED");
     let text = match n.event {
-        Event::Firing => format!("{}\n{}", n.summary, n.links.series),
-        Event::Resolved => format!("RESOLVED: {}\n{}", n.summary, n.links.series),
+        Event::Resolved if !says_resolved => format!("RESOLVED: {}\n{}", n.summary, n.links.kpi),
+        _ => format!("{}\n{}", n.summary, n.links.kpi),
     };
     truncate(&text, BODY_MAX)
 }
@@ -159,7 +161,7 @@ mod tests {
             let body = &fields.iter().find(|(k, _)| k == "Body").expect("Body").1;
             assert!(body.starts_with("[CRITICAL] Payment success"), "{body}");
             assert!(
-                body.ends_with("http://kpiwatch.test/api/kpis/pay_success/series"),
+                body.ends_with("http://kpiwatch.test/#/kpi/pay_success?alert=7"),
                 "{body}"
             );
         }
@@ -180,6 +182,15 @@ mod tests {
         assert!(fields
             .iter()
             .any(|(k, v)| k == "Body" && v.starts_with("RESOLVED: ")));
+    }
+
+    #[test]
+    fn a_resolved_sms_says_resolved_once() {
+        let mut n = testkit::notification(Event::Resolved);
+        n.summary = "[RESOLVED] Payment success is back in its band".to_owned();
+        let body = sms_body(&n);
+        assert_eq!(body.matches("RESOLVED").count(), 1, "{body}");
+        assert!(body.starts_with("[RESOLVED] Payment success"), "{body}");
     }
 
     #[tokio::test]

@@ -155,7 +155,9 @@ fn body(n: &Notification) -> serde_json::Value {
             "resolved_at": n.resolved_at.map(|t| t.to_rfc3339()),
         },
         "links": {
-            "series": n.links.series,
+            "kpi": n.links.kpi,
+            // Schema 1 called the same link `series`; kept for receivers that read it.
+            "series": n.links.kpi,
             "ack": n.links.ack,
             "silence": n.links.silence,
         },
@@ -221,6 +223,10 @@ mod tests {
         assert_eq!(body["timestamps"]["started_at"], "2026-11-24T09:00:00+00:00");
         assert_eq!(body["timestamps"]["resolved_at"], serde_json::Value::Null);
         assert_eq!(body["links"]["ack"], "http://kpiwatch.test/alerts/7/ack");
+        assert_eq!(
+            body["links"]["kpi"],
+            "http://kpiwatch.test/#/kpi/pay_success?alert=7"
+        );
         assert_eq!(body["id"].as_str().map(str::len), Some(32));
 
         let body = resolve.json();

@@ -1,0 +1,230 @@
+//! `POST /api/kpis/{id}/backtest`: replay stored history at another setting. The draft
+//! backtest (`POST /api/kpis/backtest`) is in `registration` and shares [`BacktestDto`].
+
+use std::collections::BTreeMap;
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{dims_json, ApiError, ApiResult, AppState, ErrorBody};
+
+/// The setting to replay (anything left out is the model's).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BacktestBody {
+    /// Weeks to report on (default 4).
+    #[schema(minimum = 1, maximum = 52)]
+    #[serde(default, deserialize_with = "super::whole::opt")]
+    weeks: Option<u32>,
+    /// `low | medium | high` or a number in (0, 1).
+    #[schema(schema_with = sensitivity_schema)]
+    sensitivity: Option<serde_json::Value>,
+    /// Which deviations alert.
+    direction: Option<DirectionDto>,
+    /// Buckets with less volume are never flagged.
+    #[schema(minimum = 0)]
+    min_volume: Option<f64>,
+}
+
+/// down | up | both.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum DirectionDto {
+    /// Only drops.
+    Down,
+    /// Only rises.
+    Up,
+    /// Both.
+    Both,
+}
+
+impl From<DirectionDto> for crate::kpi::Direction {
+    fn from(d: DirectionDto) -> Self {
+        match d {
+            DirectionDto::Down => crate::kpi::Direction::Down,
+            DirectionDto::Up => crate::kpi::Direction::Up,
+            DirectionDto::Both => crate::kpi::Direction::Both,
+        }
+    }
+}
+
+/// `low | medium | high`, or a number strictly between 0 and 1 (null: the model's).
+pub(super) fn sensitivity_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["low", "medium", "high"])),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .exclusive_minimum(Some(0.0))
+                .exclusive_maximum(Some(1.0)),
+        )
+        .description(Some("low | medium | high, or a number in (0, 1)"))
+        .into()
+}
+
+/// A sensitivity from its JSON form (see [`sensitivity_schema`]).
+pub(super) fn parse_sensitivity(v: &serde_json::Value) -> ApiResult<crate::kpi::Sensitivity> {
+    match v {
+        serde_json::Value::String(s) => s
+            .parse()
+            .map_err(|e: crate::kpi::ParseError| ApiError::BadRequest(e.to_string())),
+        serde_json::Value::Number(n) => crate::kpi::Sensitivity::new(n.as_f64().unwrap_or(f64::NAN))
+            .map_err(|e| ApiError::BadRequest(e.to_string())),
+        _ => Err(ApiError::BadRequest(
+            "`sensitivity` must be low | medium | high or a number in (0, 1)".to_owned(),
+        )),
+    }
+}
+
+/// What a setting would have fired.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct BacktestDto {
+    kpi: String,
+    /// Start of the weeks reported on.
+    from: String,
+    /// End of them.
+    to: String,
+    /// The sensitivity replayed, in (0, 1).
+    sensitivity: f64,
+    /// Alerts fired per week, oldest week first.
+    alerts_per_week: Vec<usize>,
+    mean_alerts_per_week: f64,
+    /// The incidents it would have opened.
+    alerts: Vec<BacktestAlertDto>,
+    /// Every flagged bucket.
+    flags: Vec<BacktestFlagDto>,
+}
+
+/// An incident a backtest would have opened.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct BacktestAlertDto {
+    /// Dimension values of the series.
+    series: BTreeMap<String, serde_json::Value>,
+    started: String,
+    /// Null when it would still be open.
+    resolved: Option<String>,
+    /// Flagged buckets in it.
+    flagged_buckets: usize,
+}
+
+/// A bucket a backtest flagged.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct BacktestFlagDto {
+    series: BTreeMap<String, serde_json::Value>,
+    ts: String,
+    value: f64,
+    expected: f64,
+    lower: f64,
+    upper: f64,
+    score: f64,
+}
+
+fn dims_map(s: &str) -> BTreeMap<String, serde_json::Value> {
+    match dims_json(s) {
+        serde_json::Value::Object(map) => map.into_iter().collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+/// Replay stored history at another setting: the alerts it would have fired, per week.
+#[utoipa::path(
+    post,
+    path = "/api/kpis/{id}/backtest",
+    tag = "backtest",
+    params(("id" = String, Path, description = "KPI id", pattern = "^[a-z][a-z0-9_-]{0,63}$")),
+    request_body = BacktestBody,
+    responses(
+        (status = 200, description = "What the setting would have fired", body = BacktestDto),
+        (status = 400, description = "The body does not match the schema", body = ErrorBody),
+        (status = 401, description = "A token is needed", body = ErrorBody),
+        (status = 403, description = "The token's role is too low (a backtest is a POST: editor needed)", body = ErrorBody),
+        (status = 404, description = "No such KPI", body = ErrorBody),
+        (status = 413, description = "The body is larger than 256 KiB", body = ErrorBody),
+        (status = 500, description = "The state store or the detector failed", body = ErrorBody),
+    )
+)]
+pub(super) async fn backtest(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Json<BacktestBody>, JsonRejection>,
+) -> ApiResult<Json<BacktestDto>> {
+    let Path(id) = path?;
+    let Json(body) = body?;
+    let spec = state
+        .specs
+        .get(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("no KPI {id:?}")))?;
+    let weeks = body.weeks.unwrap_or(4);
+    if !(1..=52).contains(&weeks) {
+        return Err(ApiError::BadRequest(
+            "`weeks` must be between 1 and 52".to_owned(),
+        ));
+    }
+    let sensitivity = match &body.sensitivity {
+        None | Some(serde_json::Value::Null) => spec.sensitivity,
+        Some(v) => parse_sensitivity(v)?,
+    };
+    if body.min_volume.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+        return Err(ApiError::BadRequest(
+            "`min_volume` must be a number >= 0".to_owned(),
+        ));
+    }
+    let step = spec.interval.secs_i64();
+    let to = state.clock.now().timestamp().div_euclid(step) * step;
+    let from = to - i64::from(weeks) * 7 * 86_400 - 28 * 86_400;
+    let mut history = BTreeMap::new();
+    for series in state.store.series_of(&id).await? {
+        history.insert(series.dims, state.store.observations(series.id, from, to).await?);
+    }
+    let opts = crate::backtest::BacktestOptions {
+        weeks,
+        sensitivity,
+        direction: body.direction.map(Into::into),
+        min_volume: body.min_volume,
+    };
+    let report = crate::backtest::run(&spec, &history, opts, to, 3).map_err(anyhow::Error::from)?;
+    Ok(Json(backtest_dto(id, &report)))
+}
+
+pub(super) fn backtest_dto(kpi: String, report: &crate::backtest::BacktestReport) -> BacktestDto {
+    BacktestDto {
+        kpi,
+        from: report.from.to_rfc3339(),
+        to: report.to.to_rfc3339(),
+        sensitivity: report.sensitivity,
+        mean_alerts_per_week: report.mean_alerts_per_week(),
+        alerts_per_week: report.alerts_per_week.clone(),
+        alerts: report
+            .alerts
+            .iter()
+            .map(|a| BacktestAlertDto {
+                series: dims_map(&a.series),
+                started: a.started.to_rfc3339(),
+                resolved: a.resolved.map(|r| r.to_rfc3339()),
+                flagged_buckets: a.buckets,
+            })
+            .collect(),
+        flags: report
+            .flags
+            .iter()
+            .map(|f| BacktestFlagDto {
+                series: dims_map(&f.series),
+                ts: f.ts.to_rfc3339(),
+                value: f.value,
+                expected: f.expected,
+                lower: f.lower,
+                upper: f.upper,
+                score: f.score,
+            })
+            .collect(),
+    }
+}

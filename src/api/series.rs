@@ -1,0 +1,154 @@
+//! `GET /api/kpis/{id}/series`: each bucket of each series with its verdict.
+
+use std::collections::BTreeMap;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{dims_json, iso, parse_instant, ApiError, ApiResult, AppState, ErrorBody};
+use crate::store::{EvaluationRow, ObservationRow};
+
+/// The time range: `from`/`to` as RFC 3339 or unix seconds (default: the last 24 hours).
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct RangeQuery {
+    /// Start of the range (default: 24 hours before `to`).
+    #[param(schema_with = super::instant_schema)]
+    from: Option<String>,
+    /// End of the range, exclusive (default: now).
+    #[param(schema_with = super::instant_schema)]
+    to: Option<String>,
+}
+
+/// One bucket and the detector's verdict on it (the verdict fields are null while the bucket
+/// is not judged yet).
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct PointDto {
+    /// Bucket start.
+    ts: String,
+    /// Count, gauge value, or a ratio's numerator.
+    value: f64,
+    /// A ratio's denominator.
+    denominator: Option<f64>,
+    /// The value in band units (a ratio as a fraction); null when undefined (0 attempts).
+    band_value: Option<f64>,
+    /// Expected value; null while warming up.
+    expected: Option<f64>,
+    /// Band lower edge.
+    lower: Option<f64>,
+    /// Band upper edge.
+    upper: Option<f64>,
+    /// Anomaly likelihood in [0, 1].
+    score: Option<f64>,
+    /// Flagged.
+    anomaly: Option<bool>,
+    /// What flagged it: `bucket` (its own value is outside the band), `accumulated` (evidence
+    /// over recent buckets, each possibly inside the band), `empty_run`, or `ongoing` (an
+    /// incident still under way); null when not flagged.
+    #[schema(pattern = "^(bucket|accumulated|empty_run|ongoing)$")]
+    flagged_by: Option<String>,
+    /// evaluated | warming_up | low_volume | …
+    status: Option<String>,
+}
+
+/// One series (one combination of dimension values) and its buckets.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct SeriesDto {
+    /// Dimension values; `{}` for a KPI without dimensions.
+    dims: BTreeMap<String, serde_json::Value>,
+    points: Vec<PointDto>,
+}
+
+const MAX_POINTS: i64 = 50_000;
+
+/// A KPI's buckets in a time range, per series.
+#[utoipa::path(
+    get,
+    path = "/api/kpis/{id}/series",
+    tag = "series",
+    params(
+        ("id" = String, Path, description = "KPI id", pattern = "^[a-z][a-z0-9_-]{0,63}$"),
+        RangeQuery,
+    ),
+    responses(
+        (status = 200, description = "The KPI's series", body = Vec<SeriesDto>),
+        (status = 400, description = "`from` or `to` is neither RFC 3339 nor unix seconds", body = ErrorBody),
+        (status = 401, description = "A token is needed", body = ErrorBody),
+        (status = 404, description = "No such KPI", body = ErrorBody),
+        (status = 422, description = "`from` is not before `to`, the range holds more than 50,000 buckets, or a date that does not exist", body = ErrorBody),
+        (status = 500, description = "The state store failed", body = ErrorBody),
+    )
+)]
+pub(super) async fn series(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<RangeQuery>, QueryRejection>,
+) -> ApiResult<Json<Vec<SeriesDto>>> {
+    let Path(id) = path?;
+    let Query(range) = query?;
+    let spec = state
+        .specs
+        .get(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("no KPI {id:?}")))?;
+    let now = state.clock.now().timestamp();
+    let to = range
+        .to
+        .as_deref()
+        .map(|s| parse_instant("to", s))
+        .transpose()?
+        .unwrap_or(now);
+    let from = range
+        .from
+        .as_deref()
+        .map(|s| parse_instant("from", s))
+        .transpose()?
+        .unwrap_or(to - 86_400);
+    if from >= to {
+        return Err(ApiError::Unprocessable("`from` must be before `to`".to_owned()));
+    }
+    if (to - from) / spec.interval.secs_i64() > MAX_POINTS {
+        return Err(ApiError::Unprocessable(format!(
+            "the range holds more than {MAX_POINTS} buckets; narrow it"
+        )));
+    }
+    let mut out = Vec::new();
+    for s in state.store.series_of(&id).await? {
+        let obs: Vec<ObservationRow> = state.store.observations(s.id, from, to).await?;
+        let evals: BTreeMap<i64, EvaluationRow> = state
+            .store
+            .evaluations(s.id, from, to)
+            .await?
+            .into_iter()
+            .map(|e| (e.ts, e))
+            .collect();
+        let points = obs
+            .into_iter()
+            .map(|o| {
+                let e = evals.get(&o.ts);
+                PointDto {
+                    ts: iso(o.ts).unwrap_or_default(),
+                    value: o.value,
+                    denominator: o.denominator,
+                    band_value: e.and_then(|e| e.value),
+                    expected: e.and_then(|e| e.expected),
+                    lower: e.and_then(|e| e.lower),
+                    upper: e.and_then(|e| e.upper),
+                    score: e.map(|e| e.score),
+                    anomaly: e.map(|e| e.anomaly),
+                    flagged_by: e.and_then(|e| e.flagged_by.clone()),
+                    status: e.map(|e| e.status.clone()),
+                }
+            })
+            .collect();
+        let dims = match dims_json(&s.dims) {
+            serde_json::Value::Object(map) => map.into_iter().collect(),
+            _ => BTreeMap::new(),
+        };
+        out.push(SeriesDto { dims, points });
+    }
+    Ok(Json(out))
+}
