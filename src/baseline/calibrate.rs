@@ -2,22 +2,22 @@
 //!
 //! The noise model turns each bucket into a signed z-score; on a series that follows the model
 //! those are standard normal, on a real series they are often not (heavy tails, bursts,
-//! drifting variance). [`TailCalibrator`] keeps the recent z-scores of the series and fits a
-//! generalized Pareto distribution (GPD) to the excesses over a high empirical quantile of each
-//! side — peaks over threshold, as SPOT does (Siffer et al., KDD 2017). The fit answers "how
-//! rare is a z this large *on this series*" without any distributional assumption beyond the
-//! extreme-value limit, so a threshold for a target false-alarm probability can be set directly.
-//!
-//! The GPD is fitted by probability-weighted moments (Hosking & Wallis 1987), which is stable
-//! for the few dozen peaks a few days of buckets give. Pure arithmetic: no IO.
+//! drifting variance). [`TailCalibrator`] keeps the recent values of a statistic (the z-score,
+//! or the CUSUM) and fits each side's tail by peaks over threshold, as SPOT does (Siffer et
+//! al., KDD 2017): Hill's estimator of the tail index on the top 4 % and Weissman's quantile.
+//! The fit answers "how rare is a value this large *on this series*" without any
+//! distributional assumption beyond the extreme-value limit, so a threshold for a target
+//! false-alarm probability can be set directly. A goodness-of-fit gate says whether the
+//! history refutes the noise model's own tail at all (where it does not, the model's exact
+//! thresholds stand). Pure arithmetic: no IO.
 
 /// Most recent values kept per series: a week of 5-minute buckets.
 pub(crate) const CAPACITY: usize = 2048;
-/// Refit the tails after this many new z-scores.
+/// The tails are refitted (when asked for) every this many new values.
 const REFIT_EVERY: u32 = 16;
 /// Fewest z-scores before a tail is fitted.
 pub(crate) const MIN_SAMPLES: usize = 96;
-/// Share of the sample whose excesses the GPD is fitted to (the peaks).
+/// Share of the sample the tail is fitted to (the peaks).
 const PEAK_SHARE: f64 = 0.04;
 /// Fewest and most peaks per fit.
 const MIN_PEAKS: usize = 12;
@@ -73,41 +73,54 @@ impl TailFit {
 }
 
 /// The recent values of one statistic of a series and the tail fits made from them.
+///
+/// The fits are made from the values as they stood at the last multiple of `REFIT_EVERY`
+/// pushes, and only when asked for: a detector replaying weeks of quiet history never needs
+/// them, one judging a suspicious bucket does, and both see exactly the same fit (the values
+/// pushed since that boundary, and what they overwrote, are kept to rebuild it).
 #[derive(Debug, Clone)]
 pub(crate) struct TailCalibrator {
     /// Values kept: at most `CAPACITY`.
     capacity: usize,
     buf: Vec<f32>,
     next: usize,
-    since_fit: u32,
-    /// Fits for deviations below (index 0) and above (index 1) the baseline.
-    fits: [Option<TailFit>; 2],
+    /// Values pushed so far.
+    pushes: u64,
+    /// For each push since the last boundary (by `pushes % REFIT_EVERY`): where it went and
+    /// the value it overwrote (NaN: it was appended).
+    recent: [(u32, f32); REFIT_EVERY as usize],
     /// Where the model's tail is checked: a magnitude and the probability the model gives
     /// to exceeding it.
     reference: &'static [(f64, f64)],
-    /// Whether the series' history exceeds the reference far more often than the model says,
-    /// per side.
+    /// The fits as of a boundary: a pure cache.
+    cache: std::cell::Cell<Option<Fitted>>,
+}
+
+/// The tails as of one refit boundary.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Fitted {
+    /// `pushes / REFIT_EVERY` at the boundary.
+    version: u64,
+    /// Fits for deviations below (index 0) and above (index 1) the baseline.
+    fits: [Option<TailFit>; 2],
+    /// Whether the history refutes the model's tail, per side.
     rejected: [bool; 2],
 }
 
 impl TailCalibrator {
     /// A calibrator whose model says a magnitude beyond `level` has probability `p` on each
-    /// side, for each `(level, p)` of `reference`.
+    /// side, for each `(level, p)` of `reference`, keeping the last `capacity` values (at
+    /// least `2 * MIN_SAMPLES`, at most `CAPACITY`).
     pub(crate) fn new(reference: &'static [(f64, f64)], capacity: usize) -> Self {
         TailCalibrator {
             capacity: capacity.clamp(MIN_SAMPLES * 2, CAPACITY),
             buf: Vec::new(),
             next: 0,
-            since_fit: 0,
-            fits: [None, None],
+            pushes: 0,
+            recent: [(0, f32::NAN); REFIT_EVERY as usize],
             reference,
-            rejected: [false, false],
+            cache: std::cell::Cell::new(None),
         }
-    }
-
-    /// Whether the model's tail is refuted by the history on one side.
-    pub(crate) fn rejected(&self, below: bool) -> bool {
-        self.rejected[usize::from(!below)]
     }
 
     /// Heap bytes held.
@@ -115,9 +128,14 @@ impl TailCalibrator {
         self.buf.capacity() * std::mem::size_of::<f32>()
     }
 
+    /// Whether the model's tail is refuted by the history on one side.
+    pub(crate) fn rejected(&self, below: bool) -> bool {
+        self.fitted().rejected[usize::from(!below)]
+    }
+
     /// The fit of one side: `below` for deviations under the baseline.
-    pub(crate) fn fit(&self, below: bool) -> Option<&TailFit> {
-        self.fits[usize::from(!below)].as_ref()
+    pub(crate) fn fit(&self, below: bool) -> Option<TailFit> {
+        self.fitted().fits[usize::from(!below)]
     }
 
     /// How many recorded values on one side (`below`: negative ones) are at least `m` in
@@ -131,115 +149,140 @@ impl TailCalibrator {
         }
     }
 
-    /// Record one z-score.
+    /// Record one value.
     pub(crate) fn push(&mut self, z: f64) {
         if !z.is_finite() {
             return;
         }
         let z = z.clamp(-1e6, 1e6) as f32;
+        let slot = (self.pushes % u64::from(REFIT_EVERY)) as usize;
         if self.buf.len() < self.capacity {
             if self.buf.capacity() == 0 {
                 self.buf.reserve_exact(self.capacity);
             }
+            self.recent[slot] = (self.buf.len() as u32, f32::NAN);
             self.buf.push(z);
         } else {
+            self.recent[slot] = (self.next as u32, self.buf[self.next]);
             self.buf[self.next] = z;
             self.next = (self.next + 1) % self.capacity;
         }
-        self.since_fit += 1;
-        if self.buf.len() >= MIN_SAMPLES && (self.since_fit >= REFIT_EVERY || self.fits[0].is_none()) {
-            self.refit();
-        }
+        self.pushes += 1;
     }
 
-    fn refit(&mut self) {
-        self.since_fit = 0;
-        let n = self.buf.len();
+    /// The fits as of the last boundary, computed now if not cached.
+    fn fitted(&self) -> Fitted {
+        let version = self.pushes / u64::from(REFIT_EVERY);
+        if let Some(f) = self.cache.get().filter(|f| f.version == version) {
+            return f;
+        }
+        // The values as they stood at the boundary: undo the pushes since, newest first.
+        let mut scratch: Vec<f32> = self.buf.clone();
+        let since = (self.pushes % u64::from(REFIT_EVERY)) as usize;
+        for &(pos, old) in self.recent[..since].iter().rev() {
+            if old.is_nan() {
+                scratch.truncate(pos as usize);
+            } else if let Some(x) = scratch.get_mut(pos as usize) {
+                *x = old;
+            }
+        }
+        let f = self.fit_values(version, &mut scratch);
+        self.cache.set(Some(f));
+        f
+    }
+
+    fn fit_values(&self, version: u64, scratch: &mut [f32]) -> Fitted {
+        let mut out = Fitted {
+            version,
+            fits: [None, None],
+            rejected: [false, false],
+        };
+        let n = scratch.len();
         let k = ((n as f64 * PEAK_SHARE).round() as usize).clamp(MIN_PEAKS, MAX_PEAKS);
         if n < MIN_SAMPLES || k + 1 >= n {
-            self.fits = [None, None];
-            return;
+            return out;
         }
-        // Oldest first: clusters are runs in time.
-        let (newer, older) = if n < self.capacity {
-            (&self.buf[..0], &self.buf[..])
-        } else {
-            self.buf.split_at(self.next)
-        };
-        let mut series: Vec<f64> = Vec::with_capacity(n);
-        let mut scratch: Vec<f64> = Vec::with_capacity(n);
         let tests = self.reference.len().max(1) as f64;
+        let levels = &self.reference[..self.reference.len().min(MAX_REFERENCE_LEVELS)];
         for side in 0..2 {
-            let sign = if side == 0 { -1.0 } else { 1.0 };
-            series.clear();
-            series.extend(older.iter().chain(newer.iter()).map(|&z| sign * f64::from(z)));
+            // Below: the negated values; above: negated back (the order does not matter).
+            for x in scratch.iter_mut() {
+                *x = -*x;
+            }
+            let fit = fit_side(scratch, k);
             // The model's tail is refuted when, at some level, the history exceeds it far more
-            // often than the model allows — and in at least `MIN_EXCEEDANCES` separate
-            // episodes: one or two past incidents do not make a series heavy-tailed.
-            self.rejected[side] = self.reference.iter().any(|&(level, p)| {
-                let episodes = series.iter().filter(|&&x| x > level).count() as f64;
-                episodes >= MIN_EXCEEDANCES && poisson_sf(episodes, n as f64 * p) < REJECT_P / tests
+            // often than the model allows — and at least `MIN_EXCEEDANCES` times: one or two
+            // past incidents do not make a series heavy-tailed. After the fit the values
+            // beyond its threshold are the last `k` of `scratch`; a level below the threshold
+            // needs a full count.
+            let top = &scratch[n - k..];
+            let u = fit.map_or(f64::INFINITY, |f| f.u);
+            out.rejected[side] = levels.iter().any(|&(level, p)| {
+                let e = if level >= u {
+                    top.iter().filter(|&&x| f64::from(x) > level).count()
+                } else {
+                    scratch.iter().filter(|&&x| f64::from(x) > level).count()
+                } as f64;
+                let lambda = n as f64 * p;
+                e >= MIN_EXCEEDANCES && e > lambda && poisson_sf(e, lambda) < REJECT_P / tests
             });
-            scratch.clear();
-            scratch.extend_from_slice(&series);
-            self.fits[side] = fit_side(&series, &mut scratch, k);
+            out.fits[side] = fit;
         }
+        out
     }
 }
 
 /// Significance at which the model's tail is refuted by the history (over all levels).
 const REJECT_P: f64 = 1e-3;
+/// Levels at which the model's tail is checked, at most.
+const MAX_REFERENCE_LEVELS: usize = 8;
 /// Excesses beyond this many median excesses are capped when fitting.
 const ROBUST_CAP: f64 = 10.0;
 /// Fewest exceedances of a level that can refute the model there.
 const MIN_EXCEEDANCES: f64 = 3.0;
 
-/// `P(X >= k)` for `X ~ Poisson(lambda)`, by summing the terms (k is a few hundred at most).
+/// `P(X >= k)` for `X ~ Poisson(lambda)`.
 fn poisson_sf(k: f64, lambda: f64) -> f64 {
+    use statrs::distribution::{DiscreteCDF, Poisson};
     if k <= 0.0 {
         return 1.0;
     }
-    if lambda <= 0.0 {
-        return 0.0;
+    match Poisson::new(lambda.max(1e-300)) {
+        // P(X >= k) = P(X > k - 1).
+        Ok(d) => d.sf(k as u64 - 1),
+        Err(_) => 0.0,
     }
-    // log P(X = k) by Stirling-free summation of logs, then the tail by the ratio recursion.
-    let k = k.floor();
-    let mut log_pk = -lambda + k * lambda.ln();
-    let mut i = 1.0;
-    while i <= k {
-        log_pk -= i.ln();
-        i += 1.0;
-    }
-    let mut term = log_pk.exp();
-    let mut sum = term;
-    let mut j = k + 1.0;
-    while term > sum * 1e-12 && j < k + 10_000.0 {
-        term *= lambda / j;
-        sum += term;
-        j += 1.0;
-    }
-    sum.min(1.0)
 }
 
-/// Fit the tail of one side's magnitudes `series` (oldest first), declustered, with its top
-/// `k` values marking the peak threshold. `scratch` is a copy of `series` to reorder.
-fn fit_side(series: &[f64], scratch: &mut [f64], k: usize) -> Option<TailFit> {
-    let n = series.len();
+/// Fit the tail of one side's magnitudes `xs` with its top `k` values marking the peak
+/// threshold. Reorders `xs`: the top `k` end up last.
+fn fit_side(xs: &mut [f32], k: usize) -> Option<TailFit> {
+    let n = xs.len();
     // The (k+1)-th largest value is the peak threshold.
     let pivot = n - k - 1;
-    scratch.select_nth_unstable_by(pivot, f64::total_cmp);
+    xs.select_nth_unstable_by(pivot, f32::total_cmp);
     // Hill's estimator needs a positive threshold; below `MIN_U` the body is too close to zero
     // for a power law to mean anything, and `MIN_U` stands in.
-    let u = scratch[pivot].max(MIN_U);
-    let mut logs: Vec<f64> = series.iter().filter(|&&x| x > u).map(|&m| (m / u).ln()).collect();
+    let u = f64::from(xs[pivot]).max(MIN_U);
+    let mut logs = [0f64; MAX_PEAKS];
+    let mut m = 0;
+    let mut max = u;
+    for &x in &xs[pivot + 1..] {
+        let x = f64::from(x);
+        if x > u {
+            logs[m] = (x / u).ln();
+            max = max.max(x);
+            m += 1;
+        }
+    }
+    let logs = &mut logs[..m];
     if logs.is_empty() {
         return None;
     }
-    let max = series.iter().copied().fold(u, f64::max);
-    logs.sort_unstable_by(f64::total_cmp);
     // Robust to a few past incidents: log-excesses are capped at `ROBUST_CAP` times the median
     // one, so one huge value counts as one exceedance without dictating the tail.
-    let median = logs[logs.len() / 2];
+    let mid = logs.len() / 2;
+    let (_, &mut median, _) = logs.select_nth_unstable_by(mid, f64::total_cmp);
     let cap = ROBUST_CAP * median.max(1e-3);
     let gamma = logs.iter().map(|x| x.min(cap)).sum::<f64>() / logs.len() as f64;
     Some(TailFit {
@@ -275,7 +318,7 @@ mod tests {
             let z = if rng.uniform() < 0.5 { e } else { -e };
             c.push(z);
         }
-        let fit = c.fit(false).copied().expect("fitted");
+        let fit = c.fit(false).expect("fitted");
         // Laplace: P(Z > x) = exp(-x) / 2.
         let q: f64 = 1e-5;
         let want = -(2.0 * q).ln();
@@ -291,7 +334,7 @@ mod tests {
             let x = rng.uniform().powf(-1.0 / 3.0) - 1.0; // Pareto with index 3: xi = 1/3
             c.push(x);
         }
-        let fit = c.fit(false).copied().expect("fitted");
+        let fit = c.fit(false).expect("fitted");
         assert!(fit.gamma > 0.2, "{fit:?}");
         assert!(fit.quantile(1e-5) > 20.0, "{fit:?}");
     }

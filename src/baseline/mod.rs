@@ -360,9 +360,6 @@ struct Scored {
     judged: bool,
     /// Its deviation from the expected value on the baselines' scale.
     dev: f64,
-    /// Per side, the magnitude beyond which the single-bucket test fires, and the spread that
-    /// turns z units back into the value's units (for the band).
-    thresholds: [f64; 2],
     preds: [Option<Prediction>; 3],
     chosen: Option<usize>,
     /// A more specific model that has seen this slot but is not the chosen one.
@@ -370,6 +367,8 @@ struct Scored {
     /// The level before the last accepted new normal explains this bucket and the current
     /// one does not.
     back_home: bool,
+    /// The chosen model's prediction at that old level, while it is remembered.
+    home: Option<Prediction>,
 }
 
 /// A recent bucket that the single-bucket test found beyond its threshold (flagged or not):
@@ -948,11 +947,11 @@ impl OnlineDetector {
             fired: false,
             judged: false,
             dev: f64::NAN,
-            thresholds: [f64::INFINITY; 2],
             preds,
             chosen,
             veto: None,
             back_home: false,
+            home: None,
         };
         if b.excluded {
             scored.verdict.status = Status::Excluded;
@@ -995,6 +994,7 @@ impl OnlineDetector {
             chosen,
         ) {
             let home = prev.back[c].moved(kind, &p);
+            scored.home = Some(home);
             let z_home = self.z_score(y, weight, &home);
             scored.back_home = z_home.abs() <= RETURN_Z && z.abs() >= RUN_AWAY_Z;
             veto_z = Some(match veto_z {
@@ -1071,7 +1071,6 @@ impl OnlineDetector {
             } else {
                 f64::INFINITY
             };
-            scored.thresholds[i] = self.z_threshold(side);
             let s_side = s_bucket.min(s_cusum).min(s_zero);
             let fires = s_cfg >= s_side;
             let trigger = if s_cfg >= s_bucket {
@@ -1183,10 +1182,17 @@ impl OnlineDetector {
         let Some(p) = scored.chosen.and_then(|i| scored.preds[i]) else {
             return v;
         };
-        let (mut lo, mut hi) = self.band_of(b, &p, scored.thresholds);
+        let thresholds = [self.z_threshold(Side::Below), self.z_threshold(Side::Above)];
+        let (mut lo, mut hi) = self.band_of(b, &p, thresholds);
         // A newer, more specific profile vetoes what it explains: its band counts too.
         if let Some(q) = scored.veto.and_then(|i| scored.preds[i]) {
-            let (vlo, vhi) = self.band_of(b, &q, scored.thresholds);
+            let (vlo, vhi) = self.band_of(b, &q, thresholds);
+            lo = lo.min(vlo);
+            hi = hi.max(vhi);
+        }
+        // So does the level before the last new normal, while it is remembered.
+        if let Some(q) = scored.home {
+            let (vlo, vhi) = self.band_of(b, &q, thresholds);
             lo = lo.min(vlo);
             hi = hi.max(vhi);
         }
@@ -1348,7 +1354,7 @@ impl OnlineDetector {
         // scored, so that spikes that are normal here raise the thresholds.
         if let (Some(z), Feedback::None) = (scored.z, feedback) {
             let side = if z < 0.0 { Side::Below } else { Side::Above };
-            if scored.judged && z.abs() >= self.z_threshold(side) {
+            if scored.judged && z.abs() >= MIN_Z && z.abs() >= self.z_threshold(side) {
                 let dev = scored.dev;
                 if dev.is_finite() {
                     if self.events.len() >= EVENTS {

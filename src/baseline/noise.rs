@@ -132,30 +132,25 @@ pub(crate) fn z_to_t(z: f64, nu: f64) -> f64 {
 }
 
 /// The largest integer `y` in `[lo, hi]` with `f(y) < t`, for `f` increasing, searched from
-/// `guess` (a few evaluations when the guess is close). `None` when even `f(lo) >= t`.
+/// `guess` (two or three evaluations when the guess is close: the bounds are only evaluated
+/// when the search reaches them). `None` when even `f(lo) >= t`.
 fn last_below(f: impl Fn(f64) -> f64, t: f64, guess: f64, lo: f64, hi: f64) -> Option<f64> {
     // NaN counts as flagged, so the search always ends.
-    let f = |y: f64| {
+    let below = |y: f64| {
         let v = f(y);
-        if v.is_nan() {
-            f64::INFINITY
-        } else {
-            v
-        }
+        !v.is_nan() && v < t
     };
-    if !(t.is_finite() && lo <= hi) {
-        return if t > f(hi) { Some(hi) } else { None };
-    }
-    if f(lo) >= t {
+    if lo.is_nan() || hi.is_nan() || lo > hi || t.is_nan() {
         return None;
     }
-    if f(hi) < t {
-        return Some(hi);
-    }
-    // Invariant: f(a) < t <= f(b).
-    let g = guess.round().clamp(lo, hi);
+    let g = if guess.is_finite() {
+        guess.round().clamp(lo, hi)
+    } else {
+        lo
+    };
+    // Bracket: below(a) and !below(b), with b = a + 1 at the end.
     let (mut a, mut b);
-    if f(g) < t {
+    if below(g) {
         a = g;
         let mut step = 1.0;
         loop {
@@ -163,7 +158,7 @@ fn last_below(f: impl Fn(f64) -> f64, t: f64, guess: f64, lo: f64, hi: f64) -> O
                 return Some(hi);
             }
             let next = (a + step).min(hi);
-            if f(next) >= t {
+            if !below(next) {
                 b = next;
                 break;
             }
@@ -175,10 +170,10 @@ fn last_below(f: impl Fn(f64) -> f64, t: f64, guess: f64, lo: f64, hi: f64) -> O
         let mut step = 1.0;
         loop {
             if b <= lo {
-                return Some(lo);
+                return None;
             }
             let next = (b - step).max(lo);
-            if f(next) < t {
+            if below(next) {
                 a = next;
                 break;
             }
@@ -194,7 +189,7 @@ fn last_below(f: impl Fn(f64) -> f64, t: f64, guess: f64, lo: f64, hi: f64) -> O
         if mid <= a || mid >= b {
             break;
         }
-        if f(mid) < t {
+        if below(mid) {
             a = mid;
         } else {
             b = mid;

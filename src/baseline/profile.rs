@@ -156,13 +156,12 @@ pub(crate) struct SeasonalModel {
     slow_den: f64,
     pub(crate) mse: f64,
     pub(crate) mse_n: u32,
-    /// Exponentially weighted mean negative log predictive density (times two, up to a
-    /// constant) of the buckets it predicted: a proper score of mean and spread together.
-    pub(crate) nll: f64,
     mse_min_rate: f64,
     run_obs: f64,
     run_exp: f64,
     run_n: f64,
+    /// The last bucket start asked about and its slot (a pure cache).
+    slot_cache: std::cell::Cell<(i64, usize)>,
 }
 
 /// Median and median absolute deviation of a few values.
@@ -240,11 +239,11 @@ impl SeasonalModel {
             slow_den: 0.0,
             mse: 0.0,
             mse_n: 0,
-            nll: 0.0,
             mse_min_rate: 1.0 / (per_day * 7.0).max(14.0),
             run_obs: 0.0,
             run_exp: 0.0,
             run_n: 0.0,
+            slot_cache: std::cell::Cell::new((i64::MIN, 0)),
         })
     }
 
@@ -257,8 +256,15 @@ impl SeasonalModel {
     }
 
     fn slot(&self, ts: i64) -> usize {
-        let s = (ts.rem_euclid(self.period) / self.width) as usize;
-        s.min(self.num.len() - 1)
+        // A bucket asks for its slot a dozen times (predict, learn, fit tracking): the last
+        // answer is kept, as the division is the costliest step of a cheap model.
+        let (cached_ts, cached) = self.slot_cache.get();
+        if cached_ts == ts {
+            return cached;
+        }
+        let s = ((ts.rem_euclid(self.period) / self.width) as usize).min(self.num.len() - 1);
+        self.slot_cache.set((ts, s));
+        s
     }
 
     /// Whether the model has seen this bucket's slot and a level.
@@ -533,11 +539,6 @@ impl SeasonalModel {
         // a daily profile cannot look good by chasing each weekend with its level.
         let sd = pred.var.max(1e-300).sqrt();
         let s = pred.profile;
-        {
-            let e = ((obs - pred.mean) / sd).clamp(-ERROR_CLIP_SD, ERROR_CLIP_SD);
-            let a = (1.0 / f64::from(self.mse_n.saturating_add(1))).max(self.mse_min_rate);
-            self.nll += a * (pred.var.max(1e-300).ln() + e * e - self.nll);
-        }
         if self.additive {
             let mean = if self.slow_den > 0.0 {
                 self.slow_num + s
