@@ -64,6 +64,29 @@ fn series_weeks(seed: u64, weeks: i64) -> Vec<Bucket> {
         .collect()
 }
 
+/// A count (or a ratio with about 200 attempts per bucket at 97 %) every `interval` seconds
+/// for `weeks` weeks, with a daily cycle and Poisson-like noise.
+fn series_every(seed: u64, weeks: i64, interval: i64, kind: Kind) -> Vec<Bucket> {
+    let mut noise = Noise(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let per_day = 86_400 / interval;
+    (0..weeks * 7 * per_day)
+        .map(|i| {
+            let ts = T0 + i * interval;
+            let phase = (i % per_day) as f64 / per_day as f64;
+            let mean = 200.0 * (1.0 + 0.7 * (phase * std::f64::consts::TAU).sin());
+            let count = (mean + mean.sqrt() * noise.normal()).round().max(0.0);
+            match kind {
+                Kind::Ratio => {
+                    let p = 0.97 * count;
+                    let ok = (p + (p * 0.03).sqrt() * noise.normal()).round().clamp(0.0, count);
+                    Bucket::ratio(ts, ok, count)
+                }
+                _ => Bucket::new(ts, count),
+            }
+        })
+        .collect()
+}
+
 fn config() -> DetectorConfig {
     DetectorConfig::new(Kind::Count, 3600)
 }
@@ -132,13 +155,20 @@ fn main() -> Result<(), Box<dyn Error>> {
         start.elapsed().as_secs_f64() * 1e9 / 168.0
     );
 
+    // State is measured after five weeks of history, when every profile and the tail
+    // calibrators' buffers are full.
     for (name, kind, interval) in [
         ("hourly count", Kind::Count, 3600),
         ("5-minute ratio", Kind::Ratio, 300),
         ("1-minute count", Kind::Count, 60),
     ] {
-        let det = OnlineDetector::new(DetectorConfig::new(kind, interval))?;
-        println!("state: {name}: {} bytes", det.state_bytes());
+        let history = series_every(7, 5, interval, kind);
+        let det = OnlineDetector::warm(DetectorConfig::new(kind, interval as u32), &history)?;
+        println!(
+            "state: {name}: {} bytes after {} buckets",
+            det.state_bytes(),
+            history.len()
+        );
     }
 
     let data = std::env::var_os("KPIWATCH_DEV_DATA").map_or_else(

@@ -343,8 +343,8 @@ pub struct SchedulerConfig {
     pub max_concurrent_runs: usize,
     /// Buckets back in band before an alert resolves.
     pub recovery_buckets: u32,
-    /// How long a claim on outbox messages lasts (wall clock) before another process may
-    /// deliver them.
+    /// How long a lease on a KPI run (renewed while it runs) and a claim on outbox messages
+    /// last (wall clock) before another process may take them over.
     #[serde(with = "humantime_serde_compat")]
     pub claim_timeout: Duration,
     /// Anomalies older than this many buckets behind the newest complete one are recorded

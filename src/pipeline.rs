@@ -670,7 +670,6 @@ async fn judge_series(
             match event {
                 lifecycle::Event::Firing => {
                     summary.alerts_opened += 1;
-                    cx.metrics.alerts_firing.inc();
                     warn!(
                         message = "KPI anomaly alert firing.",
                         alert = id,
@@ -688,7 +687,6 @@ async fn judge_series(
                     }
                 }
                 lifecycle::Event::Resolved => {
-                    cx.metrics.alerts_firing.dec();
                     info!(message = "KPI anomaly alert resolved.", alert = id, series = dims, bucket = %ts(*t)?);
                 }
                 _ => info!(message = "KPI anomaly alert re-notified.", alert = id, event = %event.name()),

@@ -18,9 +18,6 @@ use crate::clock::Clock;
 use crate::kpi::{KpiId, Registry};
 use crate::pipeline::{self, Context, RunOutcome};
 
-/// How long a KPI run's lease lasts (wall clock) if its holder dies mid-run.
-const LEASE_SECS: i64 = 300;
-
 /// The scheduler of a set of KPIs.
 #[derive(Debug, Clone)]
 pub struct Scheduler {
@@ -54,13 +51,29 @@ impl Scheduler {
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await;
                 // With several processes on one store, one runs a KPI at a time.
+                // The lease lasts `claim_timeout` (wall clock) and is renewed while the run is
+                // in flight, so a process that dies is replaced within that time and a slow
+                // run is never taken over.
                 let lease = format!("kpi:{}", spec.id);
-                match cx.store.try_lease(&lease, &cx.instance, LEASE_SECS).await {
+                let ttl = cx.settings.scheduler.claim_timeout.as_secs().max(3);
+                match cx.store.try_lease(&lease, &cx.instance, ttl as i64).await {
                     Ok(true) => {}
                     Ok(false) => return (spec.id.clone(), Ok(RunOutcome::NotDue)),
                     Err(error) => return (spec.id.clone(), Err(format!("lease: {error}"))),
                 }
-                let result = pipeline::run_kpi(&cx, &spec, now).await;
+                let run = pipeline::run_kpi(&cx, &spec, now);
+                tokio::pin!(run);
+                let renew_every = std::time::Duration::from_secs(ttl / 3);
+                let result = loop {
+                    tokio::select! {
+                        result = &mut run => break result,
+                        () = tokio::time::sleep(renew_every) => {
+                            if let Err(error) = cx.store.try_lease(&lease, &cx.instance, ttl as i64).await {
+                                error!(message = "Failed to renew a KPI lease.", kpi = %spec.id, %error);
+                            }
+                        }
+                    }
+                };
                 if let Err(error) = cx.store.release_lease(&lease, &cx.instance).await {
                     error!(message = "Failed to release a KPI lease.", kpi = %spec.id, %error);
                 }

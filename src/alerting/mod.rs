@@ -489,11 +489,12 @@ impl Dispatch<'_> {
             .receivers
             .http(&n.recipient)
             .ok_or_else(|| give_up(format!("receiver {:?} is no longer configured", n.recipient)))?;
-        let payload: NotificationPayload = n
+        let stored = n
             .payload
             .as_deref()
-            .and_then(|p| serde_json::from_str(p).ok())
             .ok_or_else(|| give_up("the stored message has no payload".to_owned()))?;
+        let payload: NotificationPayload = serde_json::from_str(stored)
+            .map_err(|e| give_up(format!("the stored message's payload does not read back: {e}")))?;
         receiver
             .send(&to_notification(&payload, &n.subject, &n.body))
             .await

@@ -75,6 +75,14 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
         // The process metrics are still worth serving; the KPI gauges keep their last values.
         Err(error) => tracing::warn!(message = "KPI gauges not refreshed.", %error),
     }
+    // Counted in the store, not in memory: right after a restart, and the same on every
+    // replica.
+    match state.store.count_firing_alerts().await {
+        Ok(n) => {
+            state.metrics.alerts_firing.set(n);
+        }
+        Err(error) => tracing::warn!(message = "Firing alerts not counted.", %error),
+    }
     let format = Exposition::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     (
         [(header::CONTENT_TYPE, format.content_type())],

@@ -18,6 +18,7 @@
 //! An IO edge: knows nothing of the detector, the store or alerting.
 
 mod decode;
+mod guard;
 mod http;
 pub mod influxdb;
 mod placeholders;
@@ -205,6 +206,17 @@ impl Source {
                     MySqlPoolOptions::new()
                         .max_connections(cfg.max_connections)
                         .acquire_timeout(acquire)
+                        // A connection goes back to the pool as it came: no transaction, no
+                        // named lock held. One that cannot be reset is closed instead.
+                        .after_release(|conn, _| {
+                            Box::pin(async move {
+                                let reset = async {
+                                    conn.execute("ROLLBACK").await?;
+                                    conn.execute("DO RELEASE_ALL_LOCKS()").await
+                                };
+                                Ok(reset.await.is_ok())
+                            })
+                        })
                         .connect_lazy_with(opts),
                 )
             }
@@ -299,6 +311,17 @@ impl Source {
                 })
             }
         };
+        let dialect = match &self.pool {
+            SourcePool::Postgres(_) => Some(Dialect::Postgres),
+            SourcePool::MySql(_) => Some(Dialect::QuestionMark),
+            _ => None,
+        };
+        if let Some(why) = dialect.and_then(|d| guard::forbidden(sql, d)) {
+            return Err(Error::Query {
+                name: self.name.clone(),
+                message: format!("not allowed in a read-only KPI query: {why}"),
+            });
+        }
         let work = async {
             let rows = match &self.pool {
                 SourcePool::Postgres(p) => self.fetch_postgres(p, sql, kind, window).await,

@@ -345,15 +345,20 @@ pub struct NotificationPayload {
     pub owner: Option<String>,
     /// Model labels.
     pub labels: BTreeMap<String, String>,
-    /// Observed value.
+    /// Observed value (NaN when there is none, e.g. data missing: stored as `null`).
+    #[serde(deserialize_with = "nan_if_null")]
     pub value: f64,
     /// Expected value.
+    #[serde(deserialize_with = "nan_if_null")]
     pub expected: f64,
     /// Band lower edge.
+    #[serde(deserialize_with = "nan_if_null")]
     pub lower: f64,
     /// Band upper edge.
+    #[serde(deserialize_with = "nan_if_null")]
     pub upper: f64,
     /// Volume.
+    #[serde(deserialize_with = "nan_if_null")]
     pub volume: f64,
     /// Incident start, unix seconds.
     pub started_ts: i64,
@@ -372,6 +377,11 @@ pub struct NotificationPayload {
     /// Signed silence link.
     #[serde(default)]
     pub silence_url: Option<String>,
+}
+
+/// JSON has no NaN: serde_json writes a NaN `f64` as `null`, and this reads it back as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(<Option<f64> as serde::Deserialize>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// The numbers of a notification, formatted for people (see `format::ValueFormat`).
@@ -464,8 +474,9 @@ impl Store {
     /// Register or refresh a KPI's descriptive columns; keeps its progress.
     ///
     /// When the KPI's bucket length or kind changed, its stored buckets and verdicts no longer
-    /// mean the same thing: they are dropped (anomalies, alerts and the audit trail stay), open
-    /// incidents are cancelled, and the next run backfills at the new definition. Returns
+    /// mean the same thing: they are dropped (anomalies, alerts and the audit trail stay),
+    /// pending incidents are cancelled (firing ones stay open for the next runs to continue or
+    /// resolve), and the next run backfills at the new definition. Returns
     /// whether that happened.
     pub async fn upsert_kpi(&self, spec: &KpiSpec) -> Result<bool> {
         run!(self, |pool| {
@@ -486,16 +497,19 @@ impl Store {
             if changed {
                 let by_series = "(SELECT id FROM series WHERE kpi_id = $1)";
                 for sql in [
-                format!("DELETE FROM evaluations WHERE series_id IN {by_series}"),
-                format!("DELETE FROM observations WHERE series_id IN {by_series}"),
-                format!("DELETE FROM anomaly_feedback WHERE series_id IN {by_series}"),
-                "UPDATE series SET evaluated_until = NULL WHERE kpi_id = $1".to_owned(),
-                "UPDATE alerts SET state = 'cancelled' WHERE kpi_id = $1 AND state IN ('pending', 'firing')"
-                    .to_owned(),
-                "UPDATE kpis SET fetched_until = NULL WHERE id = $1".to_owned(),
-            ] {
-                sqlx::query(&sql).bind(spec.id.as_str()).execute(&mut *tx).await?;
-            }
+                    format!("DELETE FROM evaluations WHERE series_id IN {by_series}"),
+                    format!("DELETE FROM observations WHERE series_id IN {by_series}"),
+                    format!("DELETE FROM anomaly_feedback WHERE series_id IN {by_series}"),
+                    "UPDATE series SET evaluated_until = NULL WHERE kpi_id = $1".to_owned(),
+                    // A pending incident told nobody and is dropped; a firing one stays open, so
+                    // the next runs at the new definition continue it (no second page) or resolve
+                    // it with a message.
+                    "UPDATE alerts SET state = 'cancelled' WHERE kpi_id = $1 AND state = 'pending'"
+                        .to_owned(),
+                    "UPDATE kpis SET fetched_until = NULL WHERE id = $1".to_owned(),
+                ] {
+                    sqlx::query(&sql).bind(spec.id.as_str()).execute(&mut *tx).await?;
+                }
             }
             sqlx::query(
                 "INSERT INTO kpis (id, title, kind, interval_secs, source, origin, owner, severity, created_at, updated_at)
@@ -799,6 +813,17 @@ impl Store {
             .bind(limit)
             .fetch_all(pool)
             .await?)
+        })
+    }
+
+    /// How many alerts are firing, in the whole store (every replica's).
+    pub async fn count_firing_alerts(&self) -> Result<i64> {
+        run!(self, |pool| {
+            Ok(
+                sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM alerts WHERE state = 'firing'")
+                    .fetch_one(pool)
+                    .await?,
+            )
         })
     }
 

@@ -553,3 +553,49 @@ fn clock_now(clock: &ManualClock) -> chrono::DateTime<chrono::Utc> {
     use kpiwatch::clock::Clock;
     clock.now()
 }
+
+/// Regression: a data-missing alert has no value (NaN, stored as JSON `null`); it must reach
+/// HTTP receivers, firing and resolved, rather than fail as "no payload".
+#[tokio::test]
+async fn a_data_missing_alert_reaches_webhooks_when_it_fires_and_resolves() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smtp = SmtpServer::start();
+    let hook = Hook::default();
+    let port = hook.start().await;
+    let env = hook_env(port, closed_port());
+    let (shop, clock) = crate::e2e::busy_shop(dir.path()).await;
+    let app = build_full(dir.path(), &smtp, &clock, "", &env).await;
+    app.scheduler().run_due().await;
+
+    // The source goes away (kpiwatch restarts meanwhile, so no pooled connection keeps it).
+    let shop_db = dir.path().join("shop.db");
+    let hidden = dir.path().join("shop.db.away");
+    shop.pool.close().await;
+    drop(app);
+    std::fs::rename(&shop_db, &hidden).expect("hide the source");
+    let app = build_full(dir.path(), &smtp, &clock, "", &env).await;
+    for _ in 0..4 {
+        clock.advance(Duration::minutes(5));
+        app.scheduler().run_due().await;
+    }
+    let bodies = hook.bodies();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    assert_eq!(bodies[0]["event"], "firing");
+    assert_eq!(bodies[0]["kpi"]["id"], "orders");
+    assert!(bodies[0]["values"]["value"].is_null(), "{}", bodies[0]);
+    let notes = app.store().notifications().await.expect("notifications");
+    let hooked = notes
+        .iter()
+        .find(|n| n.recipient == "hook")
+        .expect("a row for the webhook");
+    assert_eq!(hooked.status, "sent", "{hooked:?}");
+
+    // Back: the resolution goes out the same way.
+    std::fs::rename(&hidden, &shop_db).expect("restore the source");
+    clock.advance(Duration::minutes(5));
+    app.scheduler().run_due().await;
+    let bodies = hook.bodies();
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    assert_eq!(bodies[1]["event"], "resolved");
+}

@@ -237,6 +237,9 @@ async fn drop_alert_restart_resolve(dir: &Path, state_url: &str) {
     app.scheduler().run_due().await;
     drive(&app, &clock, t0() + Duration::hours(2) + Duration::minutes(46)).await;
     assert_eq!(smtp.received().len(), 1, "a restart must not re-send");
+    // The restarted process reports the alert it did not open itself.
+    let (_, metrics) = crate::helpers::request(&app, "GET", "/metrics", None, "").await;
+    assert!(metrics.contains("kpiwatch_alerts_firing 1\n"), "{metrics}");
     let anomalies = app
         .store()
         .anomalies(Some("orders"), None, 100)
@@ -263,6 +266,8 @@ async fn drop_alert_restart_resolve(dir: &Path, state_url: &str) {
         "{}",
         got[1].subject()
     );
+    let (_, metrics) = crate::helpers::request(&app, "GET", "/metrics", None, "").await;
+    assert!(metrics.contains("kpiwatch_alerts_firing 0\n"), "{metrics}");
     // Every message has its own Message-ID; the resolution threads under the firing message.
     let firing_id = got[0].header("Message-ID").expect("the alert has a Message-ID");
     let resolved_id = got[1]
@@ -535,4 +540,103 @@ async fn two_processes_on_one_postgres_store_send_each_alert_once() {
     let db = PgDatabase::create(&admin).await;
     two_processes_alert_once(dir.path(), &db.url).await;
     db.drop_db().await;
+}
+
+/// Regression: changing a KPI's interval during an outage keeps its firing incident (no
+/// silent cancel, no second page for the same drop); the incident resolves once, at the new
+/// interval, when orders are back.
+#[tokio::test]
+async fn changing_the_interval_mid_incident_keeps_the_incident_and_pages_once() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smtp = SmtpServer::start();
+    let (mut shop, clock) = busy_shop(dir.path()).await;
+    let app = build(dir.path(), &smtp, &clock).await;
+    app.scheduler().run_due().await;
+    let stop = t0() + Duration::hours(1);
+    drive(&app, &clock, stop + Duration::minutes(21)).await;
+    assert_eq!(smtp.received().len(), 1, "the drop alerts");
+    let firing = app.store().alerts(true, 10).await.expect("alerts");
+    assert_eq!(firing.len(), 1, "{firing:?}");
+    drop(app);
+
+    // The same KPI, now every 10 minutes, while orders are still stopped.
+    let ten = KpiSpec::parse(
+        "orders",
+        &MODEL.replace("\"5m\"", "\"10m\""),
+        QUERY,
+        Path::new("models/orders"),
+    )
+    .expect("valid model");
+    let settings = settings(
+        dir.path(),
+        Some(smtp.port),
+        &[
+            (
+                "KPIWATCH_SOURCES__SHOP__URL",
+                format!("sqlite://{}", dir.path().join("shop.db").display()),
+            ),
+            ("KPIWATCH_SCHEDULER__BACKFILL", "14d".to_owned()),
+            ("KPIWATCH_SCHEDULER__HISTORY", "14d".to_owned()),
+        ],
+    );
+    let app = Application::build(
+        settings,
+        vec![ten],
+        BuildOptions {
+            clock: Arc::new(clock.clone()),
+            extra_sources: None,
+        },
+    )
+    .await
+    .expect("app");
+    app.scheduler().run_due().await;
+    drive(&app, &clock, stop + Duration::minutes(51)).await;
+    let subjects: Vec<String> = smtp.received().iter().map(|m| m.subject()).collect();
+    assert_eq!(
+        subjects.len(),
+        1,
+        "no second page for the same outage: {subjects:?}"
+    );
+    let open = app.store().alerts(true, 10).await.expect("alerts");
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0].id, firing[0].id, "the same incident");
+    assert_eq!(open[0].state, "firing");
+
+    // Orders are back: one resolution.
+    let back = stop + Duration::minutes(50);
+    shop.traffic(back, back + Duration::hours(2)).await;
+    drive(&app, &clock, back + Duration::minutes(90)).await;
+    let subjects: Vec<String> = smtp.received().iter().map(|m| m.subject()).collect();
+    assert_eq!(subjects.len(), 2, "{subjects:?}");
+    assert!(subjects[1].starts_with("[RESOLVED]"), "{subjects:?}");
+}
+
+/// A process that died holding a KPI's lease stops blocking it once `claim_timeout` (wall
+/// clock) has passed: the survivor runs the KPI then, not after a fixed five minutes.
+#[tokio::test]
+async fn a_dead_holders_kpi_lease_expires_after_claim_timeout() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smtp = SmtpServer::start();
+    let (_shop, clock) = busy_shop(dir.path()).await;
+    let app = build_full(
+        dir.path(),
+        &smtp,
+        &clock,
+        "",
+        &[("KPIWATCH_SCHEDULER__CLAIM_TIMEOUT", "2s".to_owned())],
+    )
+    .await;
+    // Another process took the lease (for as long as the shared setting says) and died.
+    assert!(app
+        .store()
+        .try_lease("kpi:orders", "dead-process", 2)
+        .await
+        .expect("lease"));
+    let blocked = app.scheduler().run_due().await;
+    assert!(matches!(blocked[0].1, Ok(RunOutcome::NotDue)), "{blocked:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    let taken = app.scheduler().run_due().await;
+    assert!(matches!(taken[0].1, Ok(RunOutcome::Ok { .. })), "{taken:?}");
 }

@@ -237,6 +237,28 @@ async fn mariadb_source_follows_the_query_contract_read_only() {
         .expect("count");
     assert_eq!(left, ROWS.len() as i64);
 
+    // What a read-only transaction lets through is refused too: a file written on the
+    // server, a named lock that outlives the transaction.
+    let outfile = std::env::temp_dir().join(unique("kw_outfile"));
+    for sql in [
+        format!(
+            "SELECT created_at AS ts, 1 AS value FROM payments WHERE created_at >= :start AND created_at < :end INTO OUTFILE '{}'",
+            outfile.display()
+        ),
+        "SELECT created_at AS ts, GET_LOCK('kpiwatch_guard', 0) AS value FROM payments WHERE created_at >= :start AND created_at < :end".to_owned(),
+    ] {
+        let err = fetch_sql(&source, &sql, Kind::Count)
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("read-only"), "{err}");
+    }
+    assert!(!outfile.exists());
+    let free: i64 = sqlx::query_scalar("SELECT IS_FREE_LOCK('kpiwatch_guard')")
+        .fetch_one(&pool)
+        .await
+        .expect("lock state");
+    assert_eq!(free, 1);
+
     pool.close().await;
     let _ = admin_pool.execute(format!("DROP DATABASE {db}").as_str()).await;
 }
