@@ -341,6 +341,9 @@ pub struct SchedulerConfig {
     pub overlap_buckets: u32,
     /// Concurrent KPI runs.
     pub max_concurrent_runs: usize,
+    /// Concurrent KPI runs against one source (a slow or dead source holds at most this
+    /// many of the `max_concurrent_runs` slots).
+    pub max_runs_per_source: usize,
     /// Buckets back in band before an alert resolves.
     pub recovery_buckets: u32,
     /// How long a lease on a KPI run (renewed while it runs) and a claim on outbox messages
@@ -598,6 +601,9 @@ pub fn load_from(file: Option<&Path>, env: &[(String, String)]) -> Result<Settin
 impl Settings {
     fn validate(&self) -> Result<(), Error> {
         let mut problems = Vec::new();
+        if self.scheduler.max_runs_per_source == 0 {
+            problems.push("scheduler.max_runs_per_source must be at least 1".to_owned());
+        }
         if self.scheduler.max_concurrent_runs == 0 {
             problems.push("scheduler.max_concurrent_runs must be at least 1".to_owned());
         }

@@ -1,21 +1,33 @@
 //! Runs each KPI once per interval, after its bucket has closed plus its `delay`.
 //!
 //! [`Scheduler::run_due`] is one pass: every KPI whose next bucket has closed is run through
-//! `pipeline::run_kpi` (at most `max_concurrent_runs` at once), then pending notifications
-//! are delivered (retrying earlier failures). [`Scheduler::run_until_cancelled`] repeats it
-//! every `tick` until the cancellation token fires, and lets in-flight runs finish.
+//! `pipeline::run_kpi` (at most `max_concurrent_runs` at once, and at most
+//! `max_runs_per_source` against one source), then pending notifications are delivered
+//! (retrying earlier failures). [`Scheduler::run_until_cancelled`] repeats it every `tick`
+//! until the cancellation token fires, and lets in-flight runs finish.
+//!
+//! The pass is cheap when nothing is due: each process remembers, per KPI, up to which bucket
+//! end it has seen the KPI run (by itself, or found done by another process) and takes no
+//! lease and reads no state until the next bucket has closed. A KPI whose source fails is
+//! retried with exponential backoff (from `tick`, doubling, capped at its interval), so a
+//! dead source costs one attempt per interval, not one per tick, and its runs never take the
+//! concurrency slots of other sources.
+//!
 //! Time comes from an injected [`Clock`]. Several processes may share one state store: a
-//! lease per KPI (`Store::try_lease`) lets one of them run it at a time, and outbox rows are
-//! claimed before delivery, so no KPI is judged twice at once and no message goes out twice.
+//! lease per KPI (`Store::try_lease`, lasting `claim_timeout` and renewed while the run is in
+//! flight) lets one of them run it at a time, and outbox rows are claimed before delivery, so
+//! no KPI is judged twice at once and no message goes out twice.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
+use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::clock::Clock;
-use crate::kpi::{KpiId, Registry};
+use crate::kpi::{KpiId, KpiSpec, Registry};
 use crate::pipeline::{self, Context, RunOutcome};
 
 /// The scheduler of a set of KPIs.
@@ -25,6 +37,67 @@ pub struct Scheduler {
     specs: Registry,
     clock: Arc<dyn Clock>,
     limit: Arc<Semaphore>,
+    /// One limit per source name, made on first use.
+    per_source: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+    /// What this process knows of each KPI's schedule.
+    known: Arc<Mutex<HashMap<KpiId, Progress>>>,
+}
+
+/// Where one KPI stands, as far as this process knows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Progress {
+    /// The KPI's interval when this was recorded (a changed model starts afresh).
+    interval: i64,
+    /// Bucket end up to which the KPI has been run (here or by another process).
+    done_until: Option<i64>,
+    /// Failed runs in a row.
+    failures: u32,
+    /// No new attempt before this time (unix seconds), after a failure.
+    retry_at: i64,
+}
+
+impl Progress {
+    /// Whether a run at `now` could do anything.
+    fn due(&self, spec: &KpiSpec, sched: &crate::config::SchedulerConfig, now: DateTime<Utc>) -> bool {
+        if self.interval != spec.interval.secs_i64() {
+            return true;
+        }
+        if now.timestamp() < self.retry_at {
+            return false;
+        }
+        pipeline::due_window(spec, sched, self.done_until, now).is_some()
+    }
+
+    /// Record the outcome of a run at `now`.
+    fn record(
+        &mut self,
+        spec: &KpiSpec,
+        tick: std::time::Duration,
+        now: DateTime<Utc>,
+        outcome: &Result<RunOutcome, String>,
+    ) {
+        let step = spec.interval.secs_i64();
+        self.interval = step;
+        match outcome {
+            Ok(RunOutcome::Ok { .. } | RunOutcome::NotDue) => {
+                let ready = now.timestamp() - spec.delay.as_secs() as i64;
+                self.done_until = Some(ready.div_euclid(step) * step);
+                self.failures = 0;
+                self.retry_at = 0;
+            }
+            Ok(RunOutcome::DataMissing(_) | RunOutcome::QueryError(_)) | Err(_) => {
+                self.failures = self.failures.saturating_add(1);
+                self.retry_at = now.timestamp() + backoff_secs(tick, step, self.failures);
+            }
+        }
+    }
+}
+
+/// Seconds to wait after `failures` failed runs in a row: `tick`, doubling, at most `step`.
+fn backoff_secs(tick: std::time::Duration, step: i64, failures: u32) -> i64 {
+    let tick = tick.as_secs().max(1) as i64;
+    let doublings = failures.saturating_sub(1).min(30);
+    tick.saturating_mul(1 << doublings).min(step.max(1))
 }
 
 impl Scheduler {
@@ -36,7 +109,23 @@ impl Scheduler {
             specs,
             clock,
             limit,
+            per_source: Arc::default(),
+            known: Arc::default(),
         }
+    }
+
+    fn source_limit(&self, source: &str) -> Arc<Semaphore> {
+        let mut map = self.per_source.lock().unwrap_or_else(|e| e.into_inner());
+        let n = self.cx.settings.scheduler.max_runs_per_source.max(1);
+        Arc::clone(
+            map.entry(source.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(n))),
+        )
+    }
+
+    fn progress(&self, id: &KpiId) -> Progress {
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.get(id).copied().unwrap_or_default()
     }
 
     /// One pass over every KPI at the clock's current time. Errors are logged per KPI and
@@ -45,10 +134,20 @@ impl Scheduler {
         let now = self.clock.now();
         let mut tasks = tokio::task::JoinSet::new();
         let specs = self.specs.all();
+        let sched = &self.cx.settings.scheduler;
+        let mut results = Vec::new();
         for spec in specs.iter().cloned() {
+            if !self.progress(&spec.id).due(&spec, sched, now) {
+                results.push((spec.id.clone(), Ok(RunOutcome::NotDue)));
+                continue;
+            }
             let cx = self.cx.clone();
             let limit = Arc::clone(&self.limit);
+            let source_limit = self.source_limit(&spec.source);
+            let known = Arc::clone(&self.known);
             tasks.spawn(async move {
+                // The source's slot first: runs waiting on a slow source hold no global slot.
+                let _source_permit = source_limit.acquire_owned().await;
                 let _permit = limit.acquire_owned().await;
                 // With several processes on one store, one runs a KPI at a time.
                 // The lease lasts `claim_timeout` (wall clock) and is renewed while the run is
@@ -80,10 +179,16 @@ impl Scheduler {
                 if let Err(error) = &result {
                     error!(message = "KPI run failed.", kpi = %spec.id, error = format!("{error:#}"));
                 }
-                (spec.id.clone(), result.map_err(|e| format!("{e:#}")))
+                let result = result.map_err(|e| format!("{e:#}"));
+                known
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(spec.id.clone())
+                    .or_default()
+                    .record(&spec, cx.settings.scheduler.tick, now, &result);
+                (spec.id.clone(), result)
             });
         }
-        let mut results = Vec::new();
         while let Some(joined) = tasks.join_next().await {
             match joined {
                 Ok(r) => results.push(r),
@@ -122,5 +227,20 @@ impl Scheduler {
             }
         }
         info!(message = "Scheduler stopped.");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_tick_and_stops_at_the_interval() {
+        let tick = std::time::Duration::from_secs(1);
+        let waits: Vec<i64> = (1..=11).map(|n| backoff_secs(tick, 300, n)).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(backoff_secs(tick, 300, u32::MAX), 300);
+        // A tick under a second still waits a second.
+        assert_eq!(backoff_secs(std::time::Duration::from_millis(200), 60, 1), 1);
     }
 }

@@ -640,3 +640,72 @@ async fn a_dead_holders_kpi_lease_expires_after_claim_timeout() {
     let taken = app.scheduler().run_due().await;
     assert!(matches!(taken[0].1, Ok(RunOutcome::Ok { .. })), "{taken:?}");
 }
+
+/// A KPI on a dead source is retried with backoff (from the tick, doubling, capped at its
+/// interval) instead of at every tick, and the healthy KPI beside it runs at every bucket.
+#[tokio::test]
+async fn a_dead_source_is_backed_off_and_the_healthy_kpi_keeps_its_schedule() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smtp = SmtpServer::start();
+    let (_shop, clock) = busy_shop(dir.path()).await;
+    let dead = KpiSpec::parse(
+        "dead_orders",
+        &MODEL.replace("\"shop\"", "\"gone\""),
+        "SELECT now() AS ts, 1 AS value WHERE now() >= :start AND now() < :end",
+        Path::new("models/dead_orders"),
+    )
+    .expect("valid model");
+    let gone = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let settings = settings(
+        dir.path(),
+        Some(smtp.port),
+        &[
+            (
+                "KPIWATCH_SOURCES__SHOP__URL",
+                format!("sqlite://{}", dir.path().join("shop.db").display()),
+            ),
+            (
+                "KPIWATCH_SOURCES__GONE__URL",
+                format!("postgres://postgres@127.0.0.1:{gone}/postgres"),
+            ),
+            // Each attempt waits this long for a connection.
+            ("KPIWATCH_SOURCES__GONE__STATEMENT_TIMEOUT", "1s".to_owned()),
+            ("KPIWATCH_SCHEDULER__BACKFILL", "14d".to_owned()),
+            ("KPIWATCH_SCHEDULER__HISTORY", "14d".to_owned()),
+        ],
+    );
+    let app = Application::build(
+        settings,
+        vec![orders_spec(""), dead],
+        BuildOptions {
+            clock: Arc::new(clock.clone()),
+            extra_sources: None,
+        },
+    )
+    .await
+    .expect("app");
+    // Ten minutes of passes five seconds apart.
+    let (mut dead_attempts, mut healthy_runs) = (0, 0);
+    for _ in 0..120 {
+        for (id, outcome) in app.scheduler().run_due().await {
+            match (id.as_str(), outcome) {
+                ("dead_orders", Ok(RunOutcome::DataMissing(_))) => dead_attempts += 1,
+                ("dead_orders", Ok(RunOutcome::NotDue)) => {}
+                ("orders", Ok(RunOutcome::Ok { .. })) => healthy_runs += 1,
+                ("orders", Ok(RunOutcome::NotDue)) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        clock.advance(Duration::seconds(5));
+    }
+    // Waits of 1, 2, 4, … 256 s, then the 5-minute interval: attempts at 0, 5, 10, 15, 25,
+    // 45, 80, 145, 275 and 535 s — 10 in ten minutes, not 120.
+    assert!((9..=12).contains(&dead_attempts), "{dead_attempts} attempts");
+    // The first run (backfill) and the bucket that closed (plus delay) at t0 + 6 min.
+    assert_eq!(healthy_runs, 2, "{healthy_runs} runs of the healthy KPI");
+}
