@@ -45,6 +45,34 @@ pub struct Settings {
     /// API access.
     #[serde(default)]
     pub api: ApiConfig,
+    /// How long stored rows are kept.
+    pub retention: RetentionConfig,
+}
+
+/// How long the state store keeps each kind of row; older ones are pruned in small batches
+/// by one process at a time (see `retention::prune`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Buckets read from sources (the detector replays `scheduler.history` of them: at least
+    /// that long).
+    #[serde(with = "humantime_serde_compat")]
+    pub observations: Duration,
+    /// The detector's verdicts per bucket (the charts' expected value and band).
+    #[serde(with = "humantime_serde_compat")]
+    pub evaluations: Duration,
+    /// Flagged buckets (the anomaly list), by bucket time.
+    #[serde(with = "humantime_serde_compat")]
+    pub anomalies: Duration,
+    /// The run log.
+    #[serde(with = "humantime_serde_compat")]
+    pub runs: Duration,
+    /// Delivered (or given-up) notifications of closed alerts, and digests.
+    #[serde(with = "humantime_serde_compat")]
+    pub notifications: Duration,
+    /// How often pruning runs.
+    #[serde(with = "humantime_serde_compat")]
+    pub every: Duration,
 }
 
 /// Who may use the HTTP API.
@@ -601,6 +629,16 @@ pub fn load_from(file: Option<&Path>, env: &[(String, String)]) -> Result<Settin
 impl Settings {
     fn validate(&self) -> Result<(), Error> {
         let mut problems = Vec::new();
+        if self.retention.observations < self.scheduler.history {
+            problems.push(format!(
+                "retention.observations ({}) must be at least scheduler.history ({}): the detector replays that much",
+                humantime::format_duration(self.retention.observations),
+                humantime::format_duration(self.scheduler.history)
+            ));
+        }
+        if self.retention.every.is_zero() {
+            problems.push("retention.every must be positive".to_owned());
+        }
         if self.scheduler.max_runs_per_source == 0 {
             problems.push("scheduler.max_runs_per_source must be at least 1".to_owned());
         }

@@ -41,6 +41,8 @@ pub struct Scheduler {
     per_source: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
     /// What this process knows of each KPI's schedule.
     known: Arc<Mutex<HashMap<KpiId, Progress>>>,
+    /// When this process next tries to prune the store (unix seconds).
+    next_prune: Arc<Mutex<i64>>,
 }
 
 /// Where one KPI stands, as far as this process knows.
@@ -111,6 +113,7 @@ impl Scheduler {
             limit,
             per_source: Arc::default(),
             known: Arc::default(),
+            next_prune: Arc::default(),
         }
     }
 
@@ -212,7 +215,53 @@ impl Scheduler {
                 error = format!("{error:#}")
             );
         }
+        self.prune_if_due(now).await;
         results
+    }
+
+    /// Prune the store once per `retention.every` (on one process at a time).
+    async fn prune_if_due(&self, now: DateTime<Utc>) {
+        let cfg = &self.cx.settings.retention;
+        {
+            let mut next = self.next_prune.lock().unwrap_or_else(|e| e.into_inner());
+            if now.timestamp() < *next {
+                return;
+            }
+            *next = now.timestamp() + cfg.every.as_secs().max(1) as i64;
+        }
+        let store = &self.cx.store;
+        let ttl = self.cx.settings.scheduler.claim_timeout.as_secs().max(3) as i64;
+        match store.try_lease("retention", &self.cx.instance, ttl).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => {
+                error!(message = "Retention lease failed.", %error);
+                return;
+            }
+        }
+        let before = |d: std::time::Duration| now.timestamp() - d.as_secs() as i64;
+        let cut = crate::store::Cutoffs {
+            observations: before(cfg.observations),
+            evaluations: before(cfg.evaluations),
+            anomalies: before(cfg.anomalies),
+            runs: before(cfg.runs),
+            notifications: before(cfg.notifications),
+        };
+        match store.prune(cut).await {
+            Ok(p) if p.total() > 0 => info!(
+                message = "Store pruned.",
+                observations = p.observations,
+                evaluations = p.evaluations,
+                anomalies = p.anomalies,
+                runs = p.runs,
+                notifications = p.notifications
+            ),
+            Ok(_) => {}
+            Err(error) => error!(message = "Pruning the store failed.", %error),
+        }
+        if let Err(error) = store.release_lease("retention", &self.cx.instance).await {
+            error!(message = "Failed to release the retention lease.", %error);
+        }
     }
 
     /// Run passes every `tick` until `token` is cancelled. A pass in flight completes.

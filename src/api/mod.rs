@@ -246,6 +246,7 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .fallback(|| async { ApiError::NotFound("no such endpoint".to_owned()) })
+        .layer(axum::middleware::from_fn(json_objects_only))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -256,6 +257,47 @@ pub fn router(state: AppState) -> Router {
 
 /// Requests larger than this are refused (413) before a handler sees them.
 const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// Every JSON request body of the API is an object. serde would also read a struct from an
+/// array of its fields in order (`[null, null]`), which no documented schema allows: such
+/// bodies are refused with 400 before any handler sees them.
+async fn json_objects_only(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, ApiError> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    let has_body = matches!(
+        *req.method(),
+        axum::http::Method::POST | axum::http::Method::PUT | axum::http::Method::PATCH
+    );
+    if !(is_json && has_body && req.uri().path().starts_with("/api/")) {
+        return Ok(next.run(req).await);
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ApiError::TooLarge(format!("the body is larger than {} KiB", MAX_BODY_BYTES / 1024)))?;
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if matches!(first, Some(b) if *b != b'{') {
+        return Err(ApiError::BadRequest(
+            "the request body must be a JSON object".to_owned(),
+        ));
+    }
+    Ok(next
+        .run(axum::extract::Request::from_parts(
+            parts,
+            axum::body::Body::from(bytes),
+        ))
+        .await)
+}
 
 /// RFC 3339 text of a unix time.
 fn iso(secs: i64) -> Option<String> {

@@ -68,8 +68,10 @@ macro_rules! run {
     };
 }
 
+mod retention;
 mod tokens;
 
+pub use retention::{Cutoffs, Pruned};
 pub use tokens::TokenRow;
 
 /// One bucket of one series as stored.

@@ -126,10 +126,27 @@ async fn kpis_are_registered_tuned_and_retired_by_editors_and_audited() {
             StatusCode::PAYLOAD_TOO_LARGE,
         ),
         ("{".to_owned(), StatusCode::BAD_REQUEST),
+        // serde would read a struct from an array of its fields; no schema allows it.
+        ("[null, null, null, null]".to_owned(), StatusCode::BAD_REQUEST),
     ] {
         let (got, answer) = call(&app, "POST", "/api/kpis", Some("edit-token"), &body).await;
         assert_eq!(got, status, "{answer}");
     }
+    let (got, answer) = call(
+        &app,
+        "POST",
+        "/api/kpis/orders/backtest",
+        Some("edit-token"),
+        "[null, null, null, null]",
+    )
+    .await;
+    assert_eq!(got, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("JSON object")),
+        "{answer}"
+    );
     let (_, wrong) = call(
         &app,
         "POST",

@@ -709,3 +709,42 @@ async fn a_dead_source_is_backed_off_and_the_healthy_kpi_keeps_its_schedule() {
     // The first run (backfill) and the bucket that closed (plus delay) at t0 + 6 min.
     assert_eq!(healthy_runs, 2, "{healthy_runs} runs of the healthy KPI");
 }
+
+/// After kpiwatch itself was down, the catch-up run alerts on an incident that is still open,
+/// from where it began, even though most of its buckets are older than the alert horizon (the
+/// detector flags every bucket of an open incident, so the newest ones carry it).
+#[tokio::test]
+async fn a_catch_up_after_downtime_alerts_on_the_incident_still_open_from_its_start() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smtp = SmtpServer::start();
+    let (_shop, clock) = busy_shop(dir.path()).await;
+    let app = build(dir.path(), &smtp, &clock).await;
+    app.scheduler().run_due().await;
+    let stop = t0() + Duration::hours(1);
+    drive(&app, &clock, stop - Duration::minutes(9)).await;
+    assert!(smtp.received().is_empty());
+    // kpiwatch is down for 40 minutes; orders stopped at `stop`, 30 minutes before it is back.
+    clock.advance(Duration::minutes(40));
+    app.scheduler().run_due().await;
+    let got = smtp.received();
+    assert_eq!(
+        got.len(),
+        1,
+        "{:?}",
+        got.iter().map(|m| m.subject()).collect::<Vec<_>>()
+    );
+    assert!(
+        got[0].subject().contains("Orders dropped"),
+        "{}",
+        got[0].subject()
+    );
+    let open = app.store().alerts(true, 10).await.expect("alerts");
+    assert_eq!(open.len(), 1, "{open:?}");
+    let started = open[0].started_ts;
+    assert!(
+        (stop.timestamp()..=stop.timestamp() + 600).contains(&started),
+        "the incident starts at the drop ({}), not at the catch-up: {started}",
+        stop.timestamp()
+    );
+}

@@ -17,6 +17,7 @@ mod influxdb;
 mod interfaces;
 mod metric_stores;
 mod prometheus;
+mod retention;
 mod sources;
 mod store;
 mod ui;
