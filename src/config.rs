@@ -54,8 +54,8 @@ pub struct Settings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionConfig {
-    /// Buckets read from sources (the detector replays `scheduler.history` of them: at least
-    /// that long).
+    /// Buckets read from sources. The detector replays `scheduler.history` of them, so they
+    /// are kept at least that long whatever this says.
     #[serde(with = "humantime_serde_compat")]
     pub observations: Duration,
     /// The detector's verdicts per bucket (the charts' expected value and band).
@@ -629,13 +629,6 @@ pub fn load_from(file: Option<&Path>, env: &[(String, String)]) -> Result<Settin
 impl Settings {
     fn validate(&self) -> Result<(), Error> {
         let mut problems = Vec::new();
-        if self.retention.observations < self.scheduler.history {
-            problems.push(format!(
-                "retention.observations ({}) must be at least scheduler.history ({}): the detector replays that much",
-                humantime::format_duration(self.retention.observations),
-                humantime::format_duration(self.scheduler.history)
-            ));
-        }
         if self.retention.every.is_zero() {
             problems.push("retention.every must be positive".to_owned());
         }

@@ -241,7 +241,8 @@ impl Scheduler {
         }
         let before = |d: std::time::Duration| now.timestamp() - d.as_secs() as i64;
         let cut = crate::store::Cutoffs {
-            observations: before(cfg.observations),
+            // The detector replays `history`: never prune what it reads.
+            observations: before(cfg.observations.max(self.cx.settings.scheduler.history)),
             evaluations: before(cfg.evaluations),
             anomalies: before(cfg.anomalies),
             runs: before(cfg.runs),

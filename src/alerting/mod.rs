@@ -575,8 +575,11 @@ pub async fn deliver_pending(store: &Store, dispatch: Dispatch<'_>, now: i64) ->
             rows,
         });
     }
+    // Each lane records its outcomes as they come: an e-mail the server accepted is marked
+    // sent at once, whatever a hung webhook in another lane is doing (a restart must not send
+    // it again).
     let work = lanes.into_values().map(|batches| async move {
-        let mut outcomes = Vec::new();
+        let mut report = DeliveryReport::default();
         for batch in batches {
             let result = match batch.rows.as_slice() {
                 [one] if one.channel == "digest" => dispatch
@@ -625,55 +628,74 @@ pub async fn deliver_pending(store: &Store, dispatch: Dispatch<'_>, now: i64) ->
                 [one] => dispatch.send(one).await,
                 _ => Ok(()),
             };
-            outcomes.push((batch, result));
+            record_outcome(store, &batch, result, now, &mut report).await?;
         }
-        outcomes
+        Ok::<_, Error>(report)
     });
     let mut report = DeliveryReport::default();
-    for outcomes in futures_util::future::join_all(work).await {
-        for (batch, result) in outcomes {
-            let Some(first) = batch.rows.first() else { continue };
-            let ids: Vec<i64> = batch.rows.iter().map(|r| r.id).collect();
-            match result {
-                Ok(()) => {
-                    store
-                        .mark_group_sent(&ids, &first.channel, &first.recipient, &first.group_key, now)
-                        .await?;
-                    tracing::info!(
-                        message = "Notification sent.",
-                        notifications = ?ids,
-                        event = %first.event,
-                        channel = %first.channel,
-                        recipient = %first.recipient,
-                        subject = %first.subject,
-                    );
-                    *report.sent.entry(first.channel.clone()).or_default() += ids.len();
-                    report.failing.insert(batch.lane.clone(), false);
-                }
-                Err(error) => {
-                    let retry_at = error.retryable.then(|| {
-                        let attempt = u32::try_from(first.attempts).unwrap_or(u32::MAX);
-                        let wait = notifiers::backoff(attempt).max(error.retry_after.unwrap_or_default());
-                        now + i64::try_from(wait.as_secs()).unwrap_or(3600)
-                    });
-                    for id in &ids {
-                        store.mark_failed(*id, &error.message, retry_at).await?;
-                    }
-                    tracing::warn!(
-                        message = "Notification delivery failed.",
-                        notifications = ?ids,
-                        receiver = %batch.lane,
-                        attempts = first.attempts + 1,
-                        retry_at,
-                        error = %error.message,
-                    );
-                    *report.failed.entry(first.channel.clone()).or_default() += ids.len();
-                    report.failing.insert(batch.lane.clone(), true);
-                }
-            }
+    for lane in futures_util::future::join_all(work).await {
+        let lane = lane?;
+        for (channel, n) in lane.sent {
+            *report.sent.entry(channel).or_default() += n;
         }
+        for (channel, n) in lane.failed {
+            *report.failed.entry(channel).or_default() += n;
+        }
+        report.failing.extend(lane.failing);
     }
     Ok(report)
+}
+
+/// Mark one batch sent, or failed (with its retry time), and count it in `report`.
+async fn record_outcome(
+    store: &Store,
+    batch: &Batch,
+    result: Result<(), notifiers::DeliveryError>,
+    now: i64,
+    report: &mut DeliveryReport,
+) -> Result<()> {
+    let Some(first) = batch.rows.first() else {
+        return Ok(());
+    };
+    let ids: Vec<i64> = batch.rows.iter().map(|r| r.id).collect();
+    match result {
+        Ok(()) => {
+            store
+                .mark_group_sent(&ids, &first.channel, &first.recipient, &first.group_key, now)
+                .await?;
+            tracing::info!(
+                message = "Notification sent.",
+                notifications = ?ids,
+                event = %first.event,
+                channel = %first.channel,
+                recipient = %first.recipient,
+                subject = %first.subject,
+            );
+            *report.sent.entry(first.channel.clone()).or_default() += ids.len();
+            report.failing.insert(batch.lane.clone(), false);
+        }
+        Err(error) => {
+            let retry_at = error.retryable.then(|| {
+                let attempt = u32::try_from(first.attempts).unwrap_or(u32::MAX);
+                let wait = notifiers::backoff(attempt).max(error.retry_after.unwrap_or_default());
+                now + i64::try_from(wait.as_secs()).unwrap_or(3600)
+            });
+            for id in &ids {
+                store.mark_failed(*id, &error.message, retry_at).await?;
+            }
+            tracing::warn!(
+                message = "Notification delivery failed.",
+                notifications = ?ids,
+                receiver = %batch.lane,
+                attempts = first.attempts + 1,
+                retry_at,
+                error = %error.message,
+            );
+            *report.failed.entry(first.channel.clone()).or_default() += ids.len();
+            report.failing.insert(batch.lane.clone(), true);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -599,3 +599,41 @@ async fn a_data_missing_alert_reaches_webhooks_when_it_fires_and_resolves() {
     assert_eq!(bodies.len(), 2, "{bodies:?}");
     assert_eq!(bodies[1]["event"], "resolved");
 }
+
+/// Regression: an e-mail the SMTP server accepted is marked sent at once, while a webhook in
+/// another lane of the same delivery pass still hangs — a kill -9 then cannot send it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_email_is_marked_sent_while_a_webhook_hangs() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smtp = SmtpServer::start();
+    let hook = Hook::default();
+    *hook.hold.lock().expect("lock") = Some(std::time::Duration::from_secs(60));
+    let port = hook.start().await;
+    let (_shop, clock) = crate::e2e::busy_shop(dir.path()).await;
+    let app = Arc::new(build_full(dir.path(), &smtp, &clock, "", &hook_env(port, closed_port())).await);
+    app.scheduler().run_due().await;
+    let stop = t0() + Duration::hours(1);
+    let driver = {
+        let (app, clock) = (Arc::clone(&app), clock.clone());
+        tokio::spawn(async move { drive(&app, &clock, stop + Duration::minutes(16)).await })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while smtp.received().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no e-mail");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut sent = false;
+    for _ in 0..40 {
+        let notes = app.store().notifications().await.expect("notifications");
+        if notes.iter().any(|n| n.channel == "email" && n.status == "sent") {
+            sent = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!hook.bodies().is_empty(), "the webhook got the request");
+    assert!(!driver.is_finished(), "the webhook is still hanging");
+    assert!(sent, "the accepted e-mail is marked sent while the webhook hangs");
+    driver.abort();
+}
