@@ -115,18 +115,30 @@ pub(crate) async fn build_full(
     model_extra: &str,
     env_extra: &[(&str, String)],
 ) -> Application {
-    let spec = orders_spec(model_extra);
-    let shop_url = format!("sqlite://{}", dir.join("shop.db").display());
     let mut env = vec![
-        ("KPIWATCH_SOURCES__SHOP__URL", shop_url),
         ("KPIWATCH_SCHEDULER__BACKFILL", "14d".to_owned()),
         ("KPIWATCH_SCHEDULER__HISTORY", "14d".to_owned()),
     ];
     env.extend(env_extra.iter().cloned());
-    let settings = settings(dir, Some(smtp.port), &env);
+    build_specs(dir, Some(smtp.port), clock, vec![orders_spec(model_extra)], &env).await
+}
+
+/// Build the app with these KPIs, the shop in `dir` as source `shop`, and extra settings.
+pub(crate) async fn build_specs(
+    dir: &Path,
+    smtp_port: Option<u16>,
+    clock: &ManualClock,
+    specs: Vec<KpiSpec>,
+    env_extra: &[(&str, String)],
+) -> Application {
+    let mut env = vec![(
+        "KPIWATCH_SOURCES__SHOP__URL",
+        format!("sqlite://{}", dir.join("shop.db").display()),
+    )];
+    env.extend(env_extra.iter().cloned());
     Application::build(
-        settings,
-        vec![spec],
+        settings(dir, smtp_port, &env),
+        specs,
         BuildOptions {
             clock: Arc::new(clock.clone()),
             extra_sources: None,
@@ -444,24 +456,7 @@ async fn changing_a_kpis_interval_refetches_its_history_at_the_new_interval() {
         Path::new("models/orders"),
     )
     .expect("valid model");
-    let settings = settings(
-        dir.path(),
-        Some(smtp.port),
-        &[(
-            "KPIWATCH_SOURCES__SHOP__URL",
-            format!("sqlite://{}", dir.path().join("shop.db").display()),
-        )],
-    );
-    let app = Application::build(
-        settings,
-        vec![hourly],
-        BuildOptions {
-            clock: Arc::new(clock.clone()),
-            extra_sources: None,
-        },
-    )
-    .await
-    .expect("app");
+    let app = build_specs(dir.path(), Some(smtp.port), &clock, vec![hourly], &[]).await;
     app.scheduler().run_due().await;
     let series = app.store().series_of("orders").await.expect("series");
     let rows = app
@@ -568,28 +563,11 @@ async fn changing_the_interval_mid_incident_keeps_the_incident_and_pages_once() 
         Path::new("models/orders"),
     )
     .expect("valid model");
-    let settings = settings(
-        dir.path(),
-        Some(smtp.port),
-        &[
-            (
-                "KPIWATCH_SOURCES__SHOP__URL",
-                format!("sqlite://{}", dir.path().join("shop.db").display()),
-            ),
-            ("KPIWATCH_SCHEDULER__BACKFILL", "14d".to_owned()),
-            ("KPIWATCH_SCHEDULER__HISTORY", "14d".to_owned()),
-        ],
-    );
-    let app = Application::build(
-        settings,
-        vec![ten],
-        BuildOptions {
-            clock: Arc::new(clock.clone()),
-            extra_sources: None,
-        },
-    )
-    .await
-    .expect("app");
+    let env = [
+        ("KPIWATCH_SCHEDULER__BACKFILL", "14d".to_owned()),
+        ("KPIWATCH_SCHEDULER__HISTORY", "14d".to_owned()),
+    ];
+    let app = build_specs(dir.path(), Some(smtp.port), &clock, vec![ten], &env).await;
     app.scheduler().run_due().await;
     drive(&app, &clock, stop + Duration::minutes(51)).await;
     let subjects: Vec<String> = smtp.received().iter().map(|m| m.subject()).collect();
@@ -661,34 +639,24 @@ async fn a_dead_source_is_backed_off_and_the_healthy_kpi_keeps_its_schedule() {
         .local_addr()
         .expect("addr")
         .port();
-    let settings = settings(
+    let env = [
+        (
+            "KPIWATCH_SOURCES__GONE__URL",
+            format!("postgres://postgres@127.0.0.1:{gone}/postgres"),
+        ),
+        // Each attempt waits this long for a connection.
+        ("KPIWATCH_SOURCES__GONE__STATEMENT_TIMEOUT", "1s".to_owned()),
+        ("KPIWATCH_SCHEDULER__BACKFILL", "14d".to_owned()),
+        ("KPIWATCH_SCHEDULER__HISTORY", "14d".to_owned()),
+    ];
+    let app = build_specs(
         dir.path(),
         Some(smtp.port),
-        &[
-            (
-                "KPIWATCH_SOURCES__SHOP__URL",
-                format!("sqlite://{}", dir.path().join("shop.db").display()),
-            ),
-            (
-                "KPIWATCH_SOURCES__GONE__URL",
-                format!("postgres://postgres@127.0.0.1:{gone}/postgres"),
-            ),
-            // Each attempt waits this long for a connection.
-            ("KPIWATCH_SOURCES__GONE__STATEMENT_TIMEOUT", "1s".to_owned()),
-            ("KPIWATCH_SCHEDULER__BACKFILL", "14d".to_owned()),
-            ("KPIWATCH_SCHEDULER__HISTORY", "14d".to_owned()),
-        ],
-    );
-    let app = Application::build(
-        settings,
+        &clock,
         vec![orders_spec(""), dead],
-        BuildOptions {
-            clock: Arc::new(clock.clone()),
-            extra_sources: None,
-        },
+        &env,
     )
-    .await
-    .expect("app");
+    .await;
     // Ten minutes of passes five seconds apart.
     let (mut dead_attempts, mut healthy_runs) = (0, 0);
     for _ in 0..120 {

@@ -2,16 +2,14 @@
 //! windows, and pruning never takes what the detector replays.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use kpiwatch::app::{Application, BuildOptions};
 use kpiwatch::clock::ManualClock;
 use kpiwatch::kpi::KpiSpec;
 use kpiwatch::pipeline::RunOutcome;
 use sqlx::Executor;
 
-use crate::helpers::{init_logs, settings};
+use crate::helpers::init_logs;
 
 const MODEL: &str = r#"
 title = "Orders per minute"
@@ -55,33 +53,16 @@ async fn sixty_days_of_a_one_minute_kpi_stay_within_the_retention_windows() {
     .expect("rows");
 
     let spec = KpiSpec::parse("ticks", MODEL, QUERY, Path::new("models/ticks")).expect("model");
-    let settings = settings(
-        dir.path(),
-        None,
-        &[
-            (
-                "KPIWATCH_SOURCES__SHOP__URL",
-                format!("sqlite://{}", dir.path().join("shop.db").display()),
-            ),
-            ("KPIWATCH_SCHEDULER__BACKFILL", "2d".to_owned()),
-            ("KPIWATCH_SCHEDULER__HISTORY", "2d".to_owned()),
-            ("KPIWATCH_RETENTION__OBSERVATIONS", "3d".to_owned()),
-            ("KPIWATCH_RETENTION__EVALUATIONS", "3d".to_owned()),
-            ("KPIWATCH_RETENTION__RUNS", "10d".to_owned()),
-            ("KPIWATCH_RETENTION__EVERY", "1h".to_owned()),
-        ],
-    );
     let clock = ManualClock::new(start() + Duration::days(2) + Duration::minutes(2));
-    let app = Application::build(
-        settings,
-        vec![spec],
-        BuildOptions {
-            clock: Arc::new(clock.clone()),
-            extra_sources: None,
-        },
-    )
-    .await
-    .expect("app");
+    let env = [
+        ("KPIWATCH_SCHEDULER__BACKFILL", "2d".to_owned()),
+        ("KPIWATCH_SCHEDULER__HISTORY", "2d".to_owned()),
+        ("KPIWATCH_RETENTION__OBSERVATIONS", "3d".to_owned()),
+        ("KPIWATCH_RETENTION__EVALUATIONS", "3d".to_owned()),
+        ("KPIWATCH_RETENTION__RUNS", "10d".to_owned()),
+        ("KPIWATCH_RETENTION__EVERY", "1h".to_owned()),
+    ];
+    let app = crate::e2e::build_specs(dir.path(), None, &clock, vec![spec], &env).await;
     for _ in 0..=DAYS {
         let results = app.scheduler().run_due().await;
         assert!(
