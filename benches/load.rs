@@ -1,0 +1,281 @@
+//! Load test (`harness = false`): many 1-minute KPIs on one `kpiwatch serve`, with a
+//! PostgreSQL source table and a PostgreSQL state store, on loopback only. Prints its figures.
+//!
+//! ```sh
+//! LOAD_KPIS=1000 LOAD_MINUTES=10 cargo bench --bench load
+//! ```
+//!
+//! Settings (environment): `LOAD_KPIS` (default 200), `LOAD_MINUTES` of steady running after
+//! the backfill (default 3), `LOAD_HISTORY_DAYS` of source history and of `scheduler.history`
+//! (default 28), `TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`).
+//! It makes two databases, `kpiwatch_load_source` and `kpiwatch_load_state` (dropped first,
+//! kept afterwards for inspection), writes the models and config to a temporary directory,
+//! starts the release binary, and reports:
+//!
+//! - the backfill: seconds until every KPI has completed its first run,
+//! - steady state: runs per minute, lag of each run behind its bucket's close (p50/p95/max),
+//!   CPU of kpiwatch and of every PostgreSQL process (in cores), kpiwatch's peak RSS,
+//!   the state store's size.
+//!
+//! The source is one table of per-minute counts; each KPI reads it through its own query
+//! (`n + <its number>`), so every run is a real indexed range query over a real connection.
+
+use std::error::Error;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Executor, PgPool};
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Replace the database of a `postgres://` URL.
+fn with_db(url: &str, db: &str) -> String {
+    match url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{db}"),
+        None => format!("{url}/{db}"),
+    }
+}
+
+/// CPU seconds (user + system) of one process, from `/proc/<pid>/stat`.
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    // USER_HZ is 100 on Linux.
+    ticks / 100.0
+}
+
+/// CPU seconds of every process named `postgres`.
+fn postgres_cpu_secs() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(cpu_secs)
+        .sum()
+}
+
+/// Resident set size of a process, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn recreate(admin: &PgPool, db: &str) -> Result<(), Box<dyn Error>> {
+    admin
+        .execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str())
+        .await?;
+    admin.execute(format!("CREATE DATABASE {db}").as_str()).await?;
+    Ok(())
+}
+
+fn write_models(dir: &Path, kpis: usize) -> Result<(), Box<dyn Error>> {
+    for k in 0..kpis {
+        let id = format!("load_{k:05}");
+        let d = dir.join(&id);
+        std::fs::create_dir_all(&d)?;
+        std::fs::write(
+            d.join("model.toml"),
+            format!(
+                "title = \"Load {k}\"\nsource = \"load\"\nkind = \"count\"\ninterval = \"1m\"\ndelay = \"5s\"\n"
+            ),
+        )?;
+        std::fs::write(
+            d.join("query.sql"),
+            format!(
+                "SELECT ts, n + {} AS value FROM minute_counts WHERE ts >= :start AND ts < :end\n",
+                k % 50
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        // Best effort: the child may have exited already.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn Error>> {
+    let kpis: usize = env_or("LOAD_KPIS", 200);
+    let minutes: u64 = env_or("LOAD_MINUTES", 3);
+    let days: i64 = env_or("LOAD_HISTORY_DAYS", 28);
+    let url = std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let admin = PgPoolOptions::new().max_connections(1).connect(&url).await?;
+    recreate(&admin, "kpiwatch_load_source").await?;
+    recreate(&admin, "kpiwatch_load_state").await?;
+    let source_url = with_db(&url, "kpiwatch_load_source");
+    let state_url = with_db(&url, "kpiwatch_load_state");
+
+    // The source: one row a minute, `days` back, and a writer adding the new minutes.
+    let source = PgPoolOptions::new().max_connections(2).connect(&source_url).await?;
+    source
+        .execute("CREATE TABLE minute_counts (ts timestamptz PRIMARY KEY, n integer NOT NULL)")
+        .await?;
+    sqlx::query(
+        "INSERT INTO minute_counts
+         SELECT t, 100 + (extract(epoch FROM t)::bigint / 60 * 7919) % 23
+         FROM generate_series(date_trunc('minute', now()) - make_interval(days => $1::int),
+                              date_trunc('minute', now()), interval '1 minute') t",
+    )
+    .bind(days as i32)
+    .execute(&source)
+    .await?;
+    let writer = {
+        let source = source.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                // A failed insert is retried on the next tick.
+                let _ = sqlx::query(
+                    "INSERT INTO minute_counts
+                     SELECT t, 100 + (extract(epoch FROM t)::bigint / 60 * 7919) % 23
+                     FROM generate_series((SELECT max(ts) FROM minute_counts) + interval '1 minute',
+                                          date_trunc('minute', now()), interval '1 minute') t
+                     ON CONFLICT DO NOTHING",
+                )
+                .execute(&source)
+                .await;
+            }
+        })
+    };
+
+    let dir = tempfile::tempdir()?;
+    let models = dir.path().join("models");
+    write_models(&models, kpis)?;
+    let config = dir.path().join("kpiwatch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http]\nbind = \"127.0.0.1:0\"\n\n[state]\nurl = \"{state_url}\"\n\n[email]\noutbox_dir = \"{}\"\n\n\
+             [scheduler]\nbackfill = \"{days}d\"\nhistory = \"{days}d\"\n\n[digest]\nenabled = false\n\n\
+             [sources.load]\nurl = \"{source_url}\"\n",
+            dir.path().join("outbox").display()
+        ),
+    )?;
+    let log = std::fs::File::create(dir.path().join("kpiwatch.log"))?;
+    let child = Command::new(env!("CARGO_BIN_EXE_kpiwatch"))
+        .args(["--models"])
+        .arg(&models)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .spawn()?;
+    let child = Killed(child);
+    let pid = child.0.id();
+    println!("load: {kpis} KPIs every minute, {days} days of history, kpiwatch pid {pid}");
+
+    let state = loop {
+        match PgPoolOptions::new().max_connections(1).connect(&state_url).await {
+            Ok(p) => break p,
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    // Backfill: until every KPI has an `ok` run.
+    let started = Instant::now();
+    let mut peak_rss: f64 = 0.0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        peak_rss = peak_rss.max(rss_mib(pid));
+        let done: i64 = sqlx::query_scalar("SELECT count(DISTINCT kpi_id) FROM runs WHERE status = 'ok'")
+            .fetch_one(&state)
+            .await
+            .unwrap_or(0);
+        if done as usize >= kpis {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(3600) {
+            return Err(format!("backfill incomplete after an hour: {done} of {kpis} KPIs").into());
+        }
+    }
+    let backfill = started.elapsed();
+    println!("backfill: {kpis} KPIs x {days} days in {:.1} s", backfill.as_secs_f64());
+
+    // Steady state.
+    let since = chrono::Utc::now().timestamp();
+    let (cpu0, pg0, t0) = (cpu_secs(pid), postgres_cpu_secs(), Instant::now());
+    while t0.elapsed() < Duration::from_secs(60 * minutes) {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        peak_rss = peak_rss.max(rss_mib(pid));
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let (cpu1, pg1) = (cpu_secs(pid), postgres_cpu_secs());
+    let runs: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT started_at, window_end FROM runs WHERE started_at >= $1 AND status = 'ok'",
+    )
+    .bind(since)
+    .fetch_all(&state)
+    .await?;
+    // Lag: how long after its newest bucket could first be read (its end + the 5 s delay) a
+    // run started.
+    let mut lags: Vec<f64> = runs
+        .iter()
+        .map(|(started, end)| (started - end - 5).max(0) as f64)
+        .collect();
+    lags.sort_by(f64::total_cmp);
+    let store_bytes: i64 = sqlx::query_scalar("SELECT pg_database_size('kpiwatch_load_state')")
+        .fetch_one(&admin)
+        .await?;
+    println!(
+        "steady: {:.0} runs per minute ({} expected), lag p50 {:.0} s, p95 {:.0} s, max {:.0} s",
+        runs.len() as f64 / wall * 60.0,
+        kpis,
+        percentile(&lags, 0.5),
+        percentile(&lags, 0.95),
+        lags.last().copied().unwrap_or(f64::NAN)
+    );
+    println!(
+        "cpu: kpiwatch {:.2} cores, postgres {:.2} cores; kpiwatch peak RSS {:.0} MiB; state store {:.0} MiB",
+        (cpu1 - cpu0) / wall,
+        (pg1 - pg0) / wall,
+        peak_rss,
+        store_bytes as f64 / (1024.0 * 1024.0)
+    );
+    writer.abort();
+    drop(child);
+    Ok(())
+}
