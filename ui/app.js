@@ -188,8 +188,11 @@
     return h("div", { class: "error-box" }, errorText(e));
   }
 
-  // Sum the series' points per timestamp into one line (band units).
+  // Sum the series' points per timestamp into one line (band units). A KPI with slices has
+  // its total as the series without dimensions: that one line is the KPI.
   function aggregate(series, kind) {
+    const total = series.find((s) => !Object.keys(s.dims || {}).length);
+    if (total && series.length > 1) series = [total];
     const by = new Map();
     for (const s of series) {
       for (const p of s.points) {
