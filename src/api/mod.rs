@@ -450,7 +450,7 @@ mod tests {
                 operations += 1;
             }
         }
-        assert_eq!(operations, 19, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(operations, 20, "{:?}", paths.keys().collect::<Vec<_>>());
     }
 
     #[test]

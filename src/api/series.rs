@@ -11,9 +11,9 @@ use utoipa::{IntoParams, ToSchema};
 use super::{dims_json, iso, parse_instant, ApiError, ApiResult, AppState, ErrorBody};
 use crate::store::{EvaluationRow, ObservationRow};
 
-/// The time range: `from`/`to` as RFC 3339 or unix seconds (default: the last 24 hours).
+/// The time range: `from`/`to` as RFC 3339 or unix seconds (default: the last 24 hours);
+/// every other key filters by a dimension value (`country=DE`).
 #[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct RangeQuery {
     /// Start of the range (default: 24 hours before `to`).
@@ -22,6 +22,11 @@ pub(super) struct RangeQuery {
     /// End of the range, exclusive (default: now).
     #[param(schema_with = super::instant_schema)]
     to: Option<String>,
+    /// Dimension filters (`country=DE&payment_method=card`): only the series with these
+    /// values; documented as the `dimensions` parameter of the operation.
+    #[serde(flatten)]
+    #[param(ignore)]
+    dimensions: BTreeMap<String, String>,
 }
 
 /// One bucket and the detector's verdict on it (the verdict fields are null while the bucket
@@ -73,6 +78,9 @@ const MAX_POINTS: i64 = 50_000;
     params(
         ("id" = String, Path, description = "KPI id", pattern = "^[a-z][a-z0-9_-]{0,63}$"),
         RangeQuery,
+        ("dimensions" = Option<BTreeMap<String, String>>, Query, style = Form, explode,
+         description = "Only the series with these dimension values, e.g. `country=DE`: each key is a dimension \
+                        (the total has none, so any filter leaves it out)"),
     ),
     responses(
         (status = 200, description = "The KPI's series", body = Vec<SeriesDto>),
@@ -116,7 +124,14 @@ pub(super) async fn series(
         )));
     }
     let mut out = Vec::new();
+    let wanted = |dims: &str| {
+        let have: BTreeMap<String, String> = serde_json::from_str(dims).unwrap_or_default();
+        range.dimensions.iter().all(|(k, v)| have.get(k) == Some(v))
+    };
     for s in state.store.series_of(&id).await? {
+        if !wanted(&s.dims) {
+            continue;
+        }
         let obs: Vec<ObservationRow> = state.store.observations(s.id, from, to).await?;
         let evals: BTreeMap<i64, EvaluationRow> = state
             .store

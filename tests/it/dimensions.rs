@@ -368,6 +368,41 @@ async fn a_small_countrys_orders_going_to_zero_is_a_slice_incident_naming_its_sh
         cause.contains("inside its band"),
         "the total did not leave its band: {cause}"
     );
+
+    // The series API filters by dimension values; the total has none.
+    let range = format!(
+        "from={}&to={}",
+        (stop_from - Duration::hours(1)).timestamp(),
+        stop_to.timestamp()
+    );
+    let (status, lu) = request_json(
+        &app,
+        "GET",
+        &format!("/api/kpis/orders/series?country=LU&{range}"),
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{lu}");
+    let lu = lu.as_array().expect("series");
+    assert_eq!(lu.len(), 1, "{lu:?}");
+    assert_eq!(lu[0]["dims"]["country"], "LU");
+    assert_eq!(lu[0]["points"].as_array().map(Vec::len), Some(24));
+    let (_, all) = request_json(&app, "GET", &format!("/api/kpis/orders/series?{range}"), None, "").await;
+    assert_eq!(
+        all.as_array().map(Vec::len),
+        Some(4),
+        "the total and three countries"
+    );
+    let (_, none) = request_json(
+        &app,
+        "GET",
+        &format!("/api/kpis/orders/series?country=XX&{range}"),
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(none.as_array().map(Vec::len), Some(0));
     drop(app);
     shop.close().await;
     db.drop_db().await;
