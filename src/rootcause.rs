@@ -78,8 +78,13 @@ impl Contribution {
 pub struct Explanation {
     /// The total's actual value (the roll-up of the slices).
     pub actual: f64,
-    /// The roll-up of the slices' expected values.
+    /// The roll-up of the slices' expected values in `dimension` (else in the finest
+    /// dimension): each dimension's slices have baselines of their own, so each dimension
+    /// rolls up to its own expected total (see `rollups`).
     pub expected: f64,
+    /// Per dimension: the roll-up of its slices' (actual, expected) values. Within a
+    /// dimension, the contributions add up to `actual − expected` exactly.
+    pub rollups: BTreeMap<String, (f64, f64)>,
     /// The dimension that explains the change best (`payment_method`); `None` when the
     /// total did not move or no dimension explains it.
     pub dimension: Option<String>,
@@ -166,16 +171,12 @@ pub fn explain(kind: Kind, aggregation: Aggregation, slices: &[Reading]) -> Opti
     }
 
     let mut by_dimension = BTreeMap::new();
-    let mut totals = None;
+    let mut rollups = BTreeMap::new();
     for (dim, members) in &partitions {
         let (contributions, actual, expected) = contributions(kind, members);
-        // Every partition rolls up to the same total; take the one of the finest slices.
-        if totals.is_none() || dim.contains(',') {
-            totals = Some((actual, expected));
-        }
+        rollups.insert(dim.clone(), (actual, expected));
         by_dimension.insert(dim.clone(), contributions);
     }
-    let (actual, expected) = totals.unwrap_or((f64::NAN, f64::NAN));
 
     // Adtributor: per single dimension, the most surprising slices that each explain enough.
     let mut best: Option<(f64, String, Vec<Contribution>)> = None;
@@ -207,9 +208,22 @@ pub fn explain(kind: Kind, aggregation: Aggregation, slices: &[Reading]) -> Opti
         (None, None) => (None, Vec::new()),
     };
     top.sort_by(|a, b| b.share.total_cmp(&a.share));
+    // The totals of the explaining dimension, else of the finest slices.
+    let (actual, expected) = dimension
+        .as_ref()
+        .and_then(|d| rollups.get(d))
+        .or_else(|| {
+            rollups
+                .iter()
+                .max_by_key(|(d, _)| d.matches(',').count())
+                .map(|(_, r)| r)
+        })
+        .copied()
+        .unwrap_or((f64::NAN, f64::NAN));
     Some(Explanation {
         actual,
         expected,
+        rollups,
         dimension,
         top,
         by_dimension,
@@ -346,6 +360,12 @@ mod tests {
             ["country", "country, payment_method", "payment_method"]
         );
         for (dim, cs) in &e.by_dimension {
+            // Cells and their marginals share the cells' baselines: one total.
+            let (a, x) = e.rollups[dim];
+            assert!(
+                (a - actual).abs() < 1e-12 && (x - expected).abs() < 1e-12,
+                "{dim}"
+            );
             let sum: f64 = cs.iter().map(|c| c.contribution).sum();
             assert!(
                 (sum - e.deviation()).abs() < 1e-12,
@@ -398,6 +418,31 @@ mod tests {
         assert!((e.top[0].share - 100.0 / 115.0).abs() < 1e-12);
         assert!((e.top[0].weight_share - 100.0 / 900.0).abs() < 1e-12);
         assert!(e.top[0].surprise > e.by_dimension["country"][1].surprise);
+    }
+
+    #[test]
+    fn dimensions_sliced_on_their_own_roll_up_to_their_own_expected_total() {
+        // drilldown = ["payment_method", "country"]: each slice has its own baseline, so the
+        // two dimensions expect slightly different totals; each adds up on its own.
+        let slices = [
+            r(r#"{"payment_method":"card"}"#, 0.7667, 0.9742, 300.0),
+            r(r#"{"payment_method":"paypal"}"#, 0.9857, 0.9617, 700.0),
+            r(r#"{"country":"DE"}"#, 0.91, 0.9653, 700.0),
+            r(r#"{"country":"FR"}"#, 0.9400, 0.9531, 300.0),
+        ];
+        let e = explain(Kind::Ratio, Aggregation::Mean, &slices).expect("explained");
+        assert_eq!(e.dimension.as_deref(), Some("payment_method"));
+        for (dim, cs) in &e.by_dimension {
+            let (a, x) = e.rollups[dim];
+            let sum: f64 = cs.iter().map(|c| c.contribution).sum();
+            assert!((sum - (a - x)).abs() < 1e-12, "{dim}");
+            let shares: f64 = cs.iter().map(|c| c.share).sum();
+            assert!((shares - 1.0).abs() < 1e-9, "{dim}");
+        }
+        assert_eq!((e.actual, e.expected), e.rollups["payment_method"]);
+        assert!(e.rollups["payment_method"].1 != e.rollups["country"].1);
+        // Card explains more than the whole change: paypal moved the other way.
+        assert!(e.top[0].share > 1.0, "{:?}", e.top[0]);
     }
 
     #[test]

@@ -42,8 +42,11 @@ pub(super) struct TotalDto {
     rollup_actual: Option<f64>,
     /// The slices' expected values rolled up the same way.
     rollup_expected: Option<f64>,
-    /// `rollup_actual − rollup_expected`: what the contributions add up to, per dimension.
+    /// `rollup_actual − rollup_expected`, in the explaining dimension.
     deviation: Option<f64>,
+    /// Per dimension, what its slices' contributions add up to (each dimension's slices
+    /// have baselines of their own, so each expects a slightly different total).
+    deviation_by_dimension: BTreeMap<String, f64>,
 }
 
 /// One slice at the bucket.
@@ -208,6 +211,15 @@ pub(super) async fn breakdown(
             rollup_actual: explanation.as_ref().and_then(|e| finite(e.actual)),
             rollup_expected: explanation.as_ref().and_then(|e| finite(e.expected)),
             deviation: explanation.as_ref().and_then(|e| finite(e.deviation())),
+            deviation_by_dimension: explanation
+                .as_ref()
+                .map(|e| {
+                    e.rollups
+                        .iter()
+                        .filter_map(|(d, (a, x))| finite(a - x).map(|v| (d.clone(), v)))
+                        .collect()
+                })
+                .unwrap_or_default(),
         },
         dimension: explanation.and_then(|e| e.dimension),
         slices: out,

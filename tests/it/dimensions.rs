@@ -241,8 +241,10 @@ async fn a_card_failure_is_one_incident_naming_payment_method_card_and_resolves_
     assert_eq!(status, 200, "{b}");
     assert_eq!(b["dimension"], "payment_method", "{b}");
     assert_eq!(b["slices"][0]["label"], "payment_method=card", "{b}");
-    let deviation = b["total"]["deviation"].as_f64().expect("a deviation");
     for dim in ["payment_method", "country", "country, payment_method"] {
+        let deviation = b["total"]["deviation_by_dimension"][dim]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{dim}'s deviation: {b}"));
         let sum: f64 = b["slices"]
             .as_array()
             .expect("slices")
