@@ -444,6 +444,20 @@ pub fn detector_config(spec: &KpiSpec) -> DetectorConfig {
     }
 }
 
+/// The detector configuration of one series of a KPI: a slice is judged only with
+/// `slice_min_volume` per bucket when the model sets it (the total keeps `min_volume`).
+pub fn series_detector_config(spec: &KpiSpec, dims: &str) -> DetectorConfig {
+    let mut cfg = detector_config(spec);
+    if let Some(v) = spec
+        .dimensions
+        .slice_min_volume
+        .filter(|_| !crate::slices::is_total(dims))
+    {
+        cfg.min_volume = v;
+    }
+    cfg
+}
+
 /// The UTC start of an incident the detector dates `v.since` in local seconds, for the bucket
 /// `local` (local seconds) starting at `utc`: the same distance back in time (an hour off
 /// when a clock change falls inside the incident).
@@ -504,15 +518,7 @@ async fn evaluate_series(
         .find(|s| s.id == series_id)
         .and_then(|s| s.evaluated_until)
         .unwrap_or(i64::MIN);
-    let mut cfg = detector_config(spec);
-    // A slice may need more volume per bucket than the total to be judged.
-    if let Some(v) = spec
-        .dimensions
-        .slice_min_volume
-        .filter(|_| !crate::slices::is_total(dims))
-    {
-        cfg.min_volume = v;
-    }
+    let cfg = series_detector_config(spec, dims);
     let tz = spec.timezone;
     // Feedback on earlier buckets is replayed into the detector: a false positive is learned
     // as normal, a new normal re-baselines there.
@@ -985,6 +991,24 @@ mod tests {
         assert_eq!(due_window(&s, &sched, Some(end), now), None, "nothing new");
         let (start, _) = due_window(&s, &sched, Some(end - 300), now).expect("one new bucket");
         assert_eq!(start, end - 300 - 2 * 300, "two buckets of overlap");
+    }
+
+    #[test]
+    fn slices_take_their_own_min_volume_and_the_total_keeps_the_kpis() {
+        let s = KpiSpec::parse(
+            "k",
+            "source = \"s\"\nkind = \"ratio\"\ninterval = \"5m\"\nmin_volume = 5\nslice_min_volume = 40",
+            "SELECT 1 WHERE :start < :end",
+            Path::new("m"),
+        )
+        .expect("valid");
+        assert_eq!(series_detector_config(&s, "{}").min_volume, 5.0);
+        assert_eq!(series_detector_config(&s, r#"{"country":"LU"}"#).min_volume, 40.0);
+        let plain = spec("ratio", "5m");
+        assert_eq!(
+            series_detector_config(&plain, r#"{"country":"LU"}"#).min_volume,
+            plain.min_volume
+        );
     }
 
     #[test]
