@@ -518,7 +518,18 @@ async fn evaluate_series(
         .find(|s| s.id == series_id)
         .and_then(|s| s.evaluated_until)
         .unwrap_or(i64::MIN);
-    let cfg = series_detector_config(spec, dims);
+    let mut cfg = series_detector_config(spec, dims);
+    // A slice too thin for the KPI's interval is judged over a coarser window (see `slices`);
+    // its verdicts are dated by each window's last bucket and given per bucket (counts and
+    // volumes as the window's mean per bucket; ratios are rates either way).
+    let k = crate::slices::evaluation_factor(spec, dims, &history);
+    let history = if k > 1 {
+        cfg.interval_secs = u32::try_from(step * k).unwrap_or(cfg.interval_secs);
+        crate::slices::coarsen(&history, step, k, end)
+    } else {
+        history
+    };
+    let per_bucket = if spec.kind == Kind::Count { k as f64 } else { 1.0 };
     let tz = spec.timezone;
     // Feedback on earlier buckets is replayed into the detector: a false positive is learned
     // as normal, a new normal re-baselines there.
@@ -539,15 +550,24 @@ async fn evaluate_series(
         let mut detector = OnlineDetector::new(cfg)?;
         let mut out = Vec::new();
         for o in &history {
+            // A coarse window starts k buckets before the one it is dated by.
+            let start = o.ts - (k - 1) * step;
             let bucket = Bucket {
-                ts: local_secs(tz, o.ts),
+                ts: local_secs(tz, start),
                 value: o.value,
                 denominator: o.denominator,
                 excluded: false,
             };
-            let v = detector.step_with_feedback(&bucket, feedback.get(&o.ts).copied().unwrap_or_default());
+            let mut v =
+                detector.step_with_feedback(&bucket, feedback.get(&o.ts).copied().unwrap_or_default());
             if o.ts >= judged_until {
-                out.push((o.ts, v, since_utc(&v, bucket.ts, o.ts)));
+                let since = since_utc(&v, bucket.ts, start);
+                v.value /= per_bucket;
+                v.expected /= per_bucket;
+                v.lower /= per_bucket;
+                v.upper /= per_bucket;
+                v.volume /= k as f64;
+                out.push((o.ts, v, since));
             }
         }
         Ok::<_, crate::baseline::Error>(out)

@@ -11,7 +11,13 @@
 //!   admitted by volume in the window while room is left; the rest are pooled into `other`
 //!   (`country=other`), which is a slice like any other.
 //!
-//! Pure: no IO. Used by `pipeline` (runs, history) and registration's trial run.
+//! - A slice too thin to decide at the KPI's interval is judged over a coarser window
+//!   ([`evaluation_factor`]): the smallest multiple of the interval (dividing a day, at most a
+//!   day) at which its median volume per bucket over the last [`WINDOW_RULE_DAYS`] days
+//!   reaches `slice_min_volume`, else [`DECIDABLE_VOLUME`] (events for counts, attempts for
+//!   ratios; gauges and the total are always judged at the interval).
+//!
+//! Pure: no IO. Used by `pipeline` (runs, history), registration's trial run and `api`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -21,6 +27,84 @@ use crate::store::ObservationRow;
 
 /// Series key of the KPI's total (and of a KPI without dimensions).
 pub const TOTAL: &str = "{}";
+
+/// The volume per bucket (events of a count, attempts of a ratio) a slice needs to be judged
+/// at the KPI's interval when the model sets no `slice_min_volume`.
+pub const DECIDABLE_VOLUME: f64 = 10.0;
+
+/// The evaluation window of a thin slice is chosen from its volume over this many days.
+pub const WINDOW_RULE_DAYS: i64 = 7;
+
+/// The longest evaluation window a slice is coarsened to.
+pub const MAX_WINDOW_SECS: i64 = 86_400;
+
+/// How many of the KPI's buckets a slice is judged over (1 = every bucket): see the module
+/// docs. `history` is the slice's stored buckets, oldest first.
+pub fn evaluation_factor(spec: &KpiSpec, dims: &str, history: &[ObservationRow]) -> i64 {
+    let step = spec.interval.secs_i64();
+    if is_total(dims) || spec.kind == Kind::Gauge || history.is_empty() || step <= 0 {
+        return 1;
+    }
+    let newest = history.last().map_or(0, |o| o.ts);
+    let mut volumes: Vec<f64> = history
+        .iter()
+        .filter(|o| o.ts > newest - WINDOW_RULE_DAYS * 86_400)
+        .map(|o| match spec.kind {
+            Kind::Ratio => o.denominator.unwrap_or(0.0),
+            _ => o.value,
+        })
+        .filter(|v| v.is_finite())
+        .collect();
+    if volumes.is_empty() {
+        return 1;
+    }
+    volumes.sort_by(f64::total_cmp);
+    let median = volumes[volumes.len() / 2];
+    let target = spec
+        .dimensions
+        .slice_min_volume
+        .unwrap_or(DECIDABLE_VOLUME)
+        .max(spec.min_volume);
+    if median >= target {
+        return 1;
+    }
+    let mut chosen = 1;
+    let mut k = 2;
+    while k * step <= MAX_WINDOW_SECS.max(step) {
+        if 86_400 % (k * step) == 0 {
+            chosen = k;
+            if median * k as f64 >= target {
+                break;
+            }
+        }
+        k += 1;
+    }
+    chosen
+}
+
+/// `history` summed over windows of `k` buckets (aligned to `k × interval` in UTC); only
+/// windows that have closed by `end`. Each window is dated by its last bucket, the one whose
+/// closing decided it.
+pub fn coarsen(history: &[ObservationRow], step: i64, k: i64, end: i64) -> Vec<ObservationRow> {
+    let width = step * k.max(1);
+    let mut windows: BTreeMap<i64, ObservationRow> = BTreeMap::new();
+    for o in history {
+        let w = o.ts.div_euclid(width) * width;
+        if w + width > end {
+            continue;
+        }
+        let e = windows.entry(w).or_insert(ObservationRow {
+            ts: w + width - step,
+            value: 0.0,
+            denominator: o.denominator.map(|_| 0.0),
+        });
+        e.value += o.value;
+        if let (Some(d), Some(x)) = (e.denominator.as_mut(), o.denominator) {
+            *d += x;
+        }
+    }
+    windows.into_values().collect()
+}
 
 /// Whether `dims` (a series key) is the KPI's total.
 pub fn is_total(dims: &str) -> bool {
@@ -362,6 +446,50 @@ mod tests {
             assert_eq!(out[TOTAL][&0].value, want, "{agg}");
             assert_eq!(out[r#"{"host":"b"}"#][&0].value, 6.0, "{agg}");
         }
+    }
+
+    fn obs(ts: i64, value: f64, den: Option<f64>) -> ObservationRow {
+        ObservationRow {
+            ts,
+            value,
+            denominator: den,
+        }
+    }
+
+    #[test]
+    fn thin_slices_are_judged_over_the_smallest_window_that_holds_enough_volume() {
+        let s = spec("", "count");
+        let thin: Vec<ObservationRow> = (0..2016).map(|i| obs(i * 300, 4.0, None)).collect();
+        assert_eq!(
+            evaluation_factor(&s, r#"{"country":"LU"}"#, &thin),
+            3,
+            "3 × 4 ≥ 10"
+        );
+        assert_eq!(evaluation_factor(&s, TOTAL, &thin), 1, "the total never");
+        let thick: Vec<ObservationRow> = (0..2016).map(|i| obs(i * 300, 40.0, None)).collect();
+        assert_eq!(evaluation_factor(&s, r#"{"country":"DE"}"#, &thick), 1);
+        // Ratios count attempts; slice_min_volume raises the bar; the window divides a day.
+        let r = spec("slice_min_volume = 50", "ratio");
+        let attempts: Vec<ObservationRow> = (0..2016).map(|i| obs(i * 300, 6.0, Some(7.0))).collect();
+        assert_eq!(
+            evaluation_factor(&r, r#"{"m":"card"}"#, &attempts),
+            8,
+            "8 × 7 ≥ 50"
+        );
+        // Nothing at all: as coarse as allowed (a day).
+        let dead: Vec<ObservationRow> = (0..2016).map(|i| obs(i * 300, 0.0, None)).collect();
+        assert_eq!(evaluation_factor(&s, r#"{"country":"XX"}"#, &dead), 288);
+        let g = spec("", "gauge");
+        assert_eq!(evaluation_factor(&g, r#"{"host":"a"}"#, &thin), 1, "gauges never");
+    }
+
+    #[test]
+    fn coarse_windows_sum_closed_windows_and_are_dated_by_their_last_bucket() {
+        let rows: Vec<ObservationRow> = (0..7).map(|i| obs(i * 300, 1.0, Some(2.0))).collect();
+        let out = coarsen(&rows, 300, 3, 7 * 300);
+        assert_eq!(out.len(), 2, "the third window is still open: {out:?}");
+        assert_eq!(out[0], obs(600, 3.0, Some(6.0)));
+        assert_eq!(out[1], obs(1500, 3.0, Some(6.0)));
     }
 
     #[test]

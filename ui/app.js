@@ -159,6 +159,11 @@
     return e.length ? e.map(([k, v]) => `${k}=${v}`).join(", ") : "total";
   }
   const sameDims = (a, b) => JSON.stringify(Object.entries(a || {}).sort()) === JSON.stringify(Object.entries(b || {}).sort());
+  function fmtSecs(secs) {
+    if (secs % 86400 === 0) return secs === 86400 ? "day" : `${secs / 86400} days`;
+    if (secs % 3600 === 0) return secs === 3600 ? "hour" : `${secs / 3600} hours`;
+    return `${Math.round(secs / 60)} minutes`;
+  }
   function intervalSecs(s) {
     const m = /^(\d+)\s*(s|m|min|h|d|day|days|w)$/.exec(String(s || "").trim());
     if (!m) return 300;
@@ -591,6 +596,10 @@
         return h("button", { type: "button", class: cls, "data-slice": x.label, title: `Chart ${x.label}`, onclick: () => { state.dimsIdx = x.i; state.dimsChosen = true; dimsSel.value = String(x.i); drawChart(); drawSlices(); } },
           h("div", { class: "slice-label" }, x.label),
           sparkline(pts),
+          x.s.evaluated_every_secs > intervalSecs(k.interval)
+            ? h("div", { class: "small muted slice-window", title: "Too few events per bucket to decide at the KPI's interval: judged over a longer window (see README, Dimensions and root cause)." },
+              `judged every ${fmtSecs(x.s.evaluated_every_secs)}`)
+            : null,
           h("div", { class: "small" }, x.r
             ? `${fmtValue(x.r.actual, k.kind, k.unit)} vs ${fmtValue(x.r.expected, k.kind, k.unit)} (${fmtChange(x.r.actual, x.r.expected)})`
             : "no baseline at this time"),

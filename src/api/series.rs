@@ -65,6 +65,10 @@ pub(super) struct PointDto {
 pub(super) struct SeriesDto {
     /// Dimension values; `{}` for a KPI without dimensions.
     dims: BTreeMap<String, serde_json::Value>,
+    /// How long a window the detector judges this series over, in seconds: the KPI's
+    /// interval, or a multiple of it for a slice too thin to decide at the interval (its
+    /// verdicts sit on each window's last bucket).
+    evaluated_every_secs: i64,
     points: Vec<PointDto>,
 }
 
@@ -163,7 +167,19 @@ pub(super) async fn series(
             serde_json::Value::Object(map) => map.into_iter().collect(),
             _ => BTreeMap::new(),
         };
-        out.push(SeriesDto { dims, points });
+        // The window rule reads the last week of the series (as the pipeline does).
+        let step = spec.interval.secs_i64();
+        let newest = now.div_euclid(step) * step;
+        let week = state
+            .store
+            .observations(s.id, newest - crate::slices::WINDOW_RULE_DAYS * 86_400, newest)
+            .await?;
+        let evaluated_every_secs = step * crate::slices::evaluation_factor(&spec, &s.dims, &week);
+        out.push(SeriesDto {
+            dims,
+            evaluated_every_secs,
+            points,
+        });
     }
     Ok(Json(out))
 }

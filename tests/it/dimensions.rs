@@ -389,6 +389,8 @@ async fn a_small_countrys_orders_going_to_zero_is_a_slice_incident_naming_its_sh
     let lu = lu.as_array().expect("series");
     assert_eq!(lu.len(), 1, "{lu:?}");
     assert_eq!(lu[0]["dims"]["country"], "LU");
+    // About 4 orders per 5 minutes: LU is judged over 15-minute windows (3 × 4 ≥ 10).
+    assert_eq!(lu[0]["evaluated_every_secs"], 900, "{lu:?}");
     assert_eq!(lu[0]["points"].as_array().map(Vec::len), Some(24));
     let (_, all) = request_json(&app, "GET", &format!("/api/kpis/orders/series?{range}"), None, "").await;
     assert_eq!(
@@ -396,6 +398,11 @@ async fn a_small_countrys_orders_going_to_zero_is_a_slice_incident_naming_its_sh
         Some(4),
         "the total and three countries"
     );
+    for s in all.as_array().expect("series") {
+        if s["dims"]["country"] != "LU" {
+            assert_eq!(s["evaluated_every_secs"], 300, "{s}");
+        }
+    }
     let (_, none) = request_json(
         &app,
         "GET",
