@@ -238,6 +238,19 @@ pub async fn run_kpi(cx: &Context, spec: &KpiSpec, now: DateTime<Utc>) -> anyhow
         let judged = incidents::group(spec, buckets);
         let total_id = store.series_id(spec.id.as_str(), incidents::GROUP_DIMS).await?;
         alerts_opened += alert_on(cx, spec, total_id, incidents::GROUP_DIMS, &judged, now).await?;
+        // A slice incident opened before grouping (or under `separate`) runs its own course
+        // until it closes; no new ones open.
+        for (dims, series_id, fresh) in &evaluated {
+            let fp = alerting::fingerprint("anomaly", spec, dims);
+            if crate::slices::is_total(dims) || store.open_alert(&fp).await?.is_none() {
+                continue;
+            }
+            let judged: Vec<incidents::Judged> = live(fresh)
+                .into_iter()
+                .map(|(t, v)| incidents::Judged::alone(t, v, dims))
+                .collect();
+            alert_on(cx, spec, *series_id, dims, &judged, now).await?;
+        }
     } else {
         for (dims, series_id, fresh) in &evaluated {
             let judged: Vec<incidents::Judged> = live(fresh)
