@@ -416,3 +416,132 @@ async fn a_small_countrys_orders_going_to_zero_is_a_slice_incident_naming_its_sh
     shop.close().await;
     db.drop_db().await;
 }
+
+/// Orders per country on a SQLite shop (DE 200, FR 100 per 5 minutes); DE stops in
+/// `[stop_from, stop_to)`.
+async fn country_orders(path: &Path, stop_from: DateTime<Utc>, stop_to: DateTime<Utc>, until: DateTime<Utc>) {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+        .await
+        .expect("shop");
+    sqlx::query("CREATE TABLE orders (ts TEXT NOT NULL, country TEXT NOT NULL, n INTEGER NOT NULL)")
+        .execute(&pool)
+        .await
+        .expect("create");
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut tx = pool.begin().await.expect("tx");
+    let mut t = t0() - Duration::days(3);
+    while t < until {
+        for (country, mean) in [("DE", 200.0), ("FR", 100.0)] {
+            let n = if country == "DE" && t >= stop_from && t < stop_to {
+                0
+            } else {
+                poisson(&mut rng, mean)
+            };
+            sqlx::query("INSERT INTO orders VALUES (?, ?, ?)")
+                .bind(t.format("%Y-%m-%d %H:%M:%S").to_string())
+                .bind(country)
+                .bind(n)
+                .execute(&mut *tx)
+                .await
+                .expect("insert");
+        }
+        t += Duration::minutes(5);
+    }
+    tx.commit().await.expect("commit");
+}
+
+#[tokio::test]
+async fn slice_incidents_opened_before_grouping_run_their_course_and_resolve() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stop_from = t0() + Duration::hours(1);
+    let stop_to = stop_from + Duration::minutes(30);
+    let until = stop_to + Duration::hours(2);
+    country_orders(&dir.path().join("shop.db"), stop_from, stop_to, until).await;
+    let smtp = SmtpServer::start();
+    let clock = ManualClock::new(t0() + Duration::minutes(1));
+    let model = |alerts: &str| {
+        KpiSpec::parse(
+            "orders",
+            &format!("{ORDERS_MODEL}slice_alerts = \"{alerts}\"\n")
+                .replace("drilldown = [\"country\"]\n", ""),
+            ORDERS_QUERY,
+            Path::new("models/orders"),
+        )
+        .expect("valid model")
+    };
+    let sqlite_shop = || {
+        vec![
+            (
+                "KPIWATCH_SOURCES__SHOP__URL",
+                format!("sqlite://{}", dir.path().join("shop.db").display()),
+            ),
+            ("KPIWATCH_SCHEDULER__BACKFILL", "3d".to_owned()),
+            ("KPIWATCH_SCHEDULER__HISTORY", "3d".to_owned()),
+        ]
+    };
+    let build = |spec: KpiSpec| {
+        let clock = clock.clone();
+        let settings = settings(dir.path(), Some(smtp.port), &sqlite_shop());
+        async move {
+            Application::build(
+                settings,
+                vec![spec],
+                BuildOptions {
+                    clock: Arc::new(clock),
+                    extra_sources: None,
+                },
+            )
+            .await
+            .expect("app builds")
+        }
+    };
+
+    // Separate slice incidents: DE stops, and DE and the total each open one.
+    let app = build(model("separate")).await;
+    app.scheduler().run_due().await;
+    drive(&app, &clock, stop_from + Duration::minutes(21)).await;
+    let open: Vec<String> = app
+        .store()
+        .alerts(true, 10)
+        .await
+        .expect("alerts")
+        .into_iter()
+        .filter(|a| a.state == "firing")
+        .map(|a| a.fingerprint)
+        .collect();
+    assert!(
+        open.contains(&"anomaly:orders:{\"country\":\"DE\"}".to_owned()),
+        "{open:?}"
+    );
+
+    // The model switches to grouped while DE is still down; DE comes back.
+    drop(app);
+    let app = build(model("grouped")).await;
+    drive(&app, &clock, until).await;
+    let alerts = app.store().alerts(false, 20).await.expect("alerts");
+    let de: Vec<_> = alerts
+        .iter()
+        .filter(|a| a.fingerprint == "anomaly:orders:{\"country\":\"DE\"}")
+        .collect();
+    assert_eq!(de.len(), 1, "no new slice incident: {alerts:?}");
+    assert_eq!(
+        de[0].state, "resolved",
+        "the old slice incident resolved: {alerts:?}"
+    );
+    assert!(
+        alerts.iter().all(|a| a.state != "firing" && a.state != "pending"),
+        "nothing left open: {alerts:?}"
+    );
+    let resolved = smtp
+        .received()
+        .iter()
+        .filter(|m| m.subject().contains("[RESOLVED] Orders (country=DE) is back"))
+        .count();
+    assert_eq!(
+        resolved,
+        1,
+        "{:?}",
+        smtp.received().iter().map(|m| m.subject()).collect::<Vec<_>>()
+    );
+}
