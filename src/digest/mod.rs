@@ -343,17 +343,35 @@ async fn kpi_digest(
             None => String::new(),
         };
         let end = alert.resolved_ts.unwrap_or(i64::MAX);
-        let worst = anomalies
+        let during = |a: &&crate::store::AnomalyRow| a.ts >= alert.started_ts && a.ts <= end;
+        let dev = |x: &crate::store::AnomalyRow| ((x.value - x.expected) / x.expected.abs().max(1e-9)).abs();
+        let worst_of = |dims: &dyn Fn(&str) -> bool| {
+            anomalies
+                .iter()
+                .filter(during)
+                .filter(|a| dims(&a.dims))
+                .max_by(|a, b| dev(a).total_cmp(&dev(b)))
+        };
+        // A grouped incident (stored under the total) names the slices that were flagged.
+        let grouped = has_total && crate::slices::is_total(&dims);
+        let slices: std::collections::BTreeSet<String> = anomalies
             .iter()
-            .filter(|a| a.dims == dims && a.ts >= alert.started_ts && a.ts <= end)
-            .max_by(|a, b| {
-                let dev = |x: &crate::store::AnomalyRow| {
-                    ((x.value - x.expected) / x.expected.abs().max(1e-9)).abs()
-                };
-                dev(a).total_cmp(&dev(b))
-            });
+            .filter(during)
+            .filter(|a| grouped && !crate::slices::is_total(&a.dims))
+            .map(|a| crate::format::series_label(&a.dims))
+            .collect();
+        let own = worst_of(&|d: &str| d == dims);
+        let worst = own.or_else(|| worst_of(&|d: &str| grouped && !crate::slices::is_total(d)));
+        let series = match (slices.len(), own.is_some()) {
+            (0, _) => crate::format::series_label(&dims),
+            (_, true) => format!(
+                "total, with {}",
+                slices.into_iter().collect::<Vec<_>>().join("; ")
+            ),
+            (_, false) => slices.into_iter().collect::<Vec<_>>().join("; "),
+        };
         incidents.push(IncidentDigest {
-            series: crate::format::series_label(&dims),
+            series,
             started_at: at(alert.started_ts),
             ended_at: alert.resolved_ts.map(at),
             worst_value: worst.map_or(f64::NAN, |a| a.value),

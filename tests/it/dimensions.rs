@@ -4,7 +4,8 @@
 //! `payment_method=card` as the top contributor with its share, resolved only after card
 //! recovers; a small country's orders going to zero is a slice-only incident that names the
 //! country and its share of the total; the breakdown API's contributions add up to the
-//! total's deviation.
+//! total's deviation; the digest names the incident's slices. On SQLite: a slice incident
+//! opened under `slice_alerts = "separate"` runs its course after the switch to grouped.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -288,6 +289,43 @@ async fn a_card_failure_is_one_incident_naming_payment_method_card_and_resolves_
         resolved_ts >= drop_to.timestamp(),
         "resolved at {resolved_ts}, card came back at {drop_to}"
     );
+
+    // The day's digest names the grouped incident's slices, and its numbers are the total's
+    // (not the total plus its slices).
+    let recipient = kpiwatch::digest::Recipient {
+        address: "payments@example.com".to_owned(),
+        kpis: vec!["payment_success".to_owned()],
+        time: chrono::NaiveTime::MIN,
+        timezone: chrono_tz::UTC,
+    };
+    let specs = [KpiSpec::parse(
+        "payment_success",
+        PAYMENTS_MODEL,
+        PAYMENTS_QUERY,
+        Path::new("models/payment_success"),
+    )
+    .expect("valid model")];
+    let digest = kpiwatch::digest::build(
+        app.store(),
+        &specs,
+        &recipient,
+        t0().date_naive(),
+        clock.now(),
+        false,
+        "http://x",
+    )
+    .await
+    .expect("digest");
+    let kpi = &digest.kpis[0];
+    assert_eq!(kpi.incidents.len(), 1, "{:?}", kpi.incidents);
+    assert!(
+        kpi.incidents[0].series.contains("payment_method=card"),
+        "{:?}",
+        kpi.incidents[0]
+    );
+    let rendered = kpiwatch::digest::render(&digest).expect("renders");
+    assert!(rendered.text.contains("payment_method=card"), "{}", rendered.text);
+    assert!(!rendered.text.contains("{\""), "no raw JSON: {}", rendered.text);
     drop(app);
     shop.close().await;
     db.drop_db().await;
