@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -88,7 +88,7 @@ const MAX_POINTS: i64 = 50_000;
     ),
     responses(
         (status = 200, description = "The KPI's series", body = Vec<SeriesDto>),
-        (status = 400, description = "`from` or `to` is neither RFC 3339 nor unix seconds", body = ErrorBody),
+        (status = 400, description = "`from` or `to` is neither RFC 3339 nor unix seconds, or a parameter is given twice", body = ErrorBody),
         (status = 401, description = "A token is needed", body = ErrorBody),
         (status = 404, description = "No such KPI", body = ErrorBody),
         (status = 422, description = "`from` is not before `to`, the range holds more than 50,000 buckets, or a date that does not exist", body = ErrorBody),
@@ -99,9 +99,17 @@ pub(super) async fn series(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<RangeQuery>, QueryRejection>,
+    RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Vec<SeriesDto>>> {
     let Path(id) = path?;
     let Query(range) = query?;
+    // A dimension has one value per filter: `country=DE&country=FR` is not a filter.
+    let mut seen = std::collections::BTreeSet::new();
+    for (key, _) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        if !seen.insert(key.clone()) {
+            return Err(ApiError::BadRequest(format!("`{key}` is given more than once")));
+        }
+    }
     let spec = state
         .specs
         .get(&id)

@@ -450,6 +450,15 @@ async fn a_small_countrys_orders_going_to_zero_is_a_slice_incident_naming_its_sh
     )
     .await;
     assert_eq!(none.as_array().map(Vec::len), Some(0));
+    let (status, twice) = request_json(
+        &app,
+        "GET",
+        &format!("/api/kpis/orders/series?country=LU&country=DE&{range}"),
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(status, 400, "one value per dimension: {twice}");
     drop(app);
     shop.close().await;
     db.drop_db().await;
