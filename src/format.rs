@@ -145,8 +145,10 @@ pub fn distance(value: f64, expected: f64, lower: f64, upper: f64) -> String {
     format!("{how} {side} the band")
 }
 
-/// The dimension values of a series (its JSON object) as `country=DE,provider=x`; empty for
-/// a KPI without dimensions. Used as the `series` label of metrics and in messages.
+/// The dimension values of a series (its JSON object) as `country=DE, payment_method=card`;
+/// empty for a KPI without dimensions (its total). The one way a slice is named for people:
+/// subjects, bodies, chat, paging payloads, the UI's alert summaries, the digest, and the
+/// `series` label of metrics.
 pub fn series_label(dims: &str) -> String {
     match serde_json::from_str::<serde_json::Value>(dims) {
         Ok(serde_json::Value::Object(map)) => map
@@ -158,7 +160,7 @@ pub fn series_label(dims: &str) -> String {
                 )
             })
             .collect::<Vec<_>>()
-            .join(","),
+            .join(", "),
         _ => String::new(),
     }
 }
@@ -245,6 +247,10 @@ mod tests {
         assert_eq!(every(Interval::parse("5m").expect("5m")), "every 5 minutes");
         assert_eq!(every(Interval::parse("1h").expect("1h")), "every hour");
         assert_eq!(series_label("{}"), "");
-        assert_eq!(series_label(r#"{"country":"DE","n":3}"#), "country=DE,n=3");
+        assert_eq!(series_label(r#"{"country":"DE","n":3}"#), "country=DE, n=3");
+        assert_eq!(
+            series_label(r#"{"payment_method":"card"}"#),
+            "payment_method=card"
+        );
     }
 }

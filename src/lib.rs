@@ -13,6 +13,8 @@
 //! - [`store`]: the only owner of the state database.
 //! - [`alerting`]: incident lifecycle, messages, e-mail delivery (IO edge).
 //! - [`pipeline`]: the single path source → store → baseline → alerting.
+//! - [`slices`]: a query's rows → the KPI's total and its slices; [`rootcause`]: which
+//!   slices explain a change of the total (pure).
 //! - [`scheduler`], [`api`]: drive the pipeline / read the store; [`app`] wires them.
 //! - [`digest`]: the daily digest e-mail (built from the store, sent through the outbox).
 //! - [`check`], [`demo`]: the `kpiwatch check` and `kpiwatch demo` commands.
@@ -33,7 +35,9 @@ pub mod digest;
 pub mod format;
 pub mod kpi;
 pub mod pipeline;
+pub mod rootcause;
 pub mod scheduler;
+pub mod slices;
 pub mod sources;
 pub mod store;
 pub mod telemetry;

@@ -26,10 +26,12 @@ use crate::alerting::receivers::Receivers;
 use crate::alerting::{self, lifecycle, BucketVerdict, LinkSigner, Mailer, MessageContext};
 use crate::baseline::{Bucket, DetectorConfig, Feedback, OnlineDetector, SeasonalityMode, Status};
 use crate::config::{SchedulerConfig, Settings};
-use crate::kpi::{Kind, KpiSpec, SeasonalitySetting};
+use crate::kpi::{Kind, KpiSpec, SeasonalitySetting, SliceAlerts};
 use crate::sources::{self, RawRow, SourceRegistry, Window};
 use crate::store::{AlertRow, EvaluationRow, NewAnomaly, ObservationRow, Store};
 use crate::telemetry::{KpiLabels, Metrics, RunLabels, SourceLabels};
+
+mod incidents;
 
 /// What a run needs: handles, not logic.
 #[derive(Debug, Clone)]
@@ -132,9 +134,15 @@ pub async fn run_kpi(cx: &Context, spec: &KpiSpec, now: DateTime<Utc>) -> anyhow
         .query_duration
         .get_or_create(&source_label)
         .observe(started.elapsed().as_secs_f64());
+    let known: std::collections::BTreeSet<String> = store
+        .series_of(spec.id.as_str())
+        .await?
+        .into_iter()
+        .map(|s| s.dims)
+        .collect();
     let bucketed = fetched.and_then(|f| {
         let n = f.rows.len();
-        bucketize(&f.rows, spec, start, end).map(|b| (n, b, f.warnings))
+        crate::slices::bucketize(&f.rows, spec, start, end, &known).map(|b| (n, b, f.warnings))
     });
     let (n_rows, series, warnings) = match bucketed {
         Ok(ok) => ok,
@@ -200,14 +208,57 @@ pub async fn run_kpi(cx: &Context, spec: &KpiSpec, now: DateTime<Utc>) -> anyhow
     let mut judged = 0;
     let mut live_anomalies = 0;
     let mut alerts_opened = 0;
+    let mut evaluated = Vec::with_capacity(series.len());
     for (dims, buckets) in &series {
         let series_id = store.series_id(spec.id.as_str(), dims).await?;
         let rows: Vec<ObservationRow> = buckets.values().copied().collect();
         store.upsert_observations(series_id, &rows).await?;
-        let summary = judge_series(cx, spec, series_id, dims, end, now).await?;
-        judged += summary.judged;
-        live_anomalies += summary.live_anomalies;
-        alerts_opened += summary.alerts_opened;
+        let (fresh, live) = evaluate_series(cx, spec, series_id, dims, end).await?;
+        judged += fresh.len();
+        live_anomalies += live;
+        evaluated.push((dims.as_str(), series_id, fresh));
+    }
+    let horizon = alert_horizon(spec, &cx.settings.scheduler, end);
+    let live = |fresh: &Fresh| -> Vec<(i64, BucketVerdict)> {
+        fresh
+            .iter()
+            .filter(|(t, _, _)| *t >= horizon)
+            .map(|(t, v, since)| (*t, bucket_verdict(*t, v, *since)))
+            .collect()
+    };
+    let sliced = evaluated.iter().any(|(d, _, _)| !crate::slices::is_total(d));
+    if sliced && spec.dimensions.slice_alerts == SliceAlerts::Grouped {
+        // One incident per problem: the total and its slices alert together.
+        let mut buckets: BTreeMap<i64, Vec<(String, BucketVerdict)>> = BTreeMap::new();
+        for (dims, _, fresh) in &evaluated {
+            for (t, v) in live(fresh) {
+                buckets.entry(t).or_default().push(((*dims).to_owned(), v));
+            }
+        }
+        let judged = incidents::group(spec, buckets);
+        let total_id = store.series_id(spec.id.as_str(), incidents::GROUP_DIMS).await?;
+        alerts_opened += alert_on(cx, spec, total_id, incidents::GROUP_DIMS, &judged, now).await?;
+        // A slice incident opened before grouping (or under `separate`) runs its own course
+        // until it closes; no new ones open.
+        for (dims, series_id, fresh) in &evaluated {
+            let fp = alerting::fingerprint("anomaly", spec, dims);
+            if crate::slices::is_total(dims) || store.open_alert(&fp).await?.is_none() {
+                continue;
+            }
+            let judged: Vec<incidents::Judged> = live(fresh)
+                .into_iter()
+                .map(|(t, v)| incidents::Judged::alone(t, v, dims))
+                .collect();
+            alert_on(cx, spec, *series_id, dims, &judged, now).await?;
+        }
+    } else {
+        for (dims, series_id, fresh) in &evaluated {
+            let judged: Vec<incidents::Judged> = live(fresh)
+                .into_iter()
+                .map(|(t, v)| incidents::Judged::alone(t, v, dims))
+                .collect();
+            alerts_opened += alert_on(cx, spec, *series_id, dims, &judged, now).await?;
+        }
     }
     // The source's warnings (e.g. Prometheus's) ride on the successful run's status.
     let warning = warnings_text(&spec.source, &warnings);
@@ -389,13 +440,6 @@ fn ts(secs: i64) -> anyhow::Result<DateTime<Utc>> {
     DateTime::from_timestamp(secs, 0).context("timestamp out of range")
 }
 
-#[derive(Debug, Default)]
-struct JudgeSummary {
-    judged: usize,
-    live_anomalies: usize,
-    alerts_opened: usize,
-}
-
 /// The detector configuration of a KPI.
 pub fn detector_config(spec: &KpiSpec) -> DetectorConfig {
     DetectorConfig {
@@ -411,6 +455,20 @@ pub fn detector_config(spec: &KpiSpec) -> DetectorConfig {
             SeasonalitySetting::Weekly => SeasonalityMode::Weekly,
         },
     }
+}
+
+/// The detector configuration of one series of a KPI: a slice is judged only with
+/// `slice_min_volume` per bucket when the model sets it (the total keeps `min_volume`).
+pub fn series_detector_config(spec: &KpiSpec, dims: &str) -> DetectorConfig {
+    let mut cfg = detector_config(spec);
+    if let Some(v) = spec
+        .dimensions
+        .slice_min_volume
+        .filter(|_| !crate::slices::is_total(dims))
+    {
+        cfg.min_volume = v;
+    }
+    cfg
 }
 
 /// The UTC start of an incident the detector dates `v.since` in local seconds, for the bucket
@@ -448,16 +506,19 @@ pub fn local_secs(tz: chrono_tz::Tz, utc_secs: i64) -> i64 {
     }
 }
 
-/// Replay the series' stored history through the detector; keep verdicts for buckets not
-/// judged before; run the alert lifecycle on the fresh ones.
-async fn judge_series(
+/// A series' verdicts on the buckets it had not judged before: (bucket start, verdict,
+/// incident start in UTC).
+type Fresh = Vec<(i64, crate::baseline::Verdict, Option<i64>)>;
+
+/// Replay the series' stored history through the detector; store the verdicts of buckets not
+/// judged before (and their anomalies) and return them with the number of live anomalies.
+async fn evaluate_series(
     cx: &Context,
     spec: &KpiSpec,
     series_id: i64,
     dims: &str,
     end: i64,
-    now: DateTime<Utc>,
-) -> anyhow::Result<JudgeSummary> {
+) -> anyhow::Result<(Fresh, usize)> {
     let store = &cx.store;
     let sched = &cx.settings.scheduler;
     let step = spec.interval.secs_i64();
@@ -470,7 +531,18 @@ async fn judge_series(
         .find(|s| s.id == series_id)
         .and_then(|s| s.evaluated_until)
         .unwrap_or(i64::MIN);
-    let cfg = detector_config(spec);
+    let mut cfg = series_detector_config(spec, dims);
+    // A slice too thin for the KPI's interval is judged over a coarser window (see `slices`);
+    // its verdicts are dated by each window's last bucket and given per bucket (counts and
+    // volumes as the window's mean per bucket; ratios are rates either way).
+    let k = crate::slices::evaluation_factor(spec, dims, &history);
+    let history = if k > 1 {
+        cfg.interval_secs = u32::try_from(step * k).unwrap_or(cfg.interval_secs);
+        crate::slices::coarsen(&history, step, k, end)
+    } else {
+        history
+    };
+    let per_bucket = if spec.kind == Kind::Count { k as f64 } else { 1.0 };
     let tz = spec.timezone;
     // Feedback on earlier buckets is replayed into the detector: a false positive is learned
     // as normal, a new normal re-baselines there.
@@ -491,15 +563,24 @@ async fn judge_series(
         let mut detector = OnlineDetector::new(cfg)?;
         let mut out = Vec::new();
         for o in &history {
+            // A coarse window starts k buckets before the one it is dated by.
+            let start = o.ts - (k - 1) * step;
             let bucket = Bucket {
-                ts: local_secs(tz, o.ts),
+                ts: local_secs(tz, start),
                 value: o.value,
                 denominator: o.denominator,
                 excluded: false,
             };
-            let v = detector.step_with_feedback(&bucket, feedback.get(&o.ts).copied().unwrap_or_default());
+            let mut v =
+                detector.step_with_feedback(&bucket, feedback.get(&o.ts).copied().unwrap_or_default());
             if o.ts >= judged_until {
-                out.push((o.ts, v, since_utc(&v, bucket.ts, o.ts)));
+                let since = since_utc(&v, bucket.ts, start);
+                v.value /= per_bucket;
+                v.expected /= per_bucket;
+                v.lower /= per_bucket;
+                v.upper /= per_bucket;
+                v.volume /= k as f64;
+                out.push((o.ts, v, since));
             }
         }
         Ok::<_, crate::baseline::Error>(out)
@@ -546,10 +627,40 @@ async fn judge_series(
         .await
         .context("Failed to store verdicts")?;
 
-    let mut summary = JudgeSummary {
-        judged: verdicts.len(),
-        ..JudgeSummary::default()
-    };
+    let mut live = 0;
+    for (t, v, _) in &verdicts {
+        if v.anomaly && *t >= horizon {
+            live += 1;
+            cx.metrics
+                .anomalies
+                .get_or_create(&KpiLabels {
+                    kpi: spec.id.to_string(),
+                })
+                .inc();
+        }
+    }
+    Ok((verdicts, live))
+}
+
+/// The first bucket start that may still alert in a run whose window ends at `end`.
+fn alert_horizon(spec: &KpiSpec, sched: &SchedulerConfig, end: i64) -> i64 {
+    end - spec.interval.secs_i64() * (1 + i64::from(sched.alert_horizon_buckets))
+}
+
+/// Run the alert lifecycle of the incident stored under series `dims` (`series_id`) over the
+/// judged buckets; returns the number of alerts opened.
+async fn alert_on(
+    cx: &Context,
+    spec: &KpiSpec,
+    series_id: i64,
+    dims: &str,
+    judged: &[incidents::Judged],
+    now: DateTime<Utc>,
+) -> anyhow::Result<usize> {
+    let store = &cx.store;
+    let sched = &cx.settings.scheduler;
+    let step = spec.interval.secs_i64();
+    let mut alerts_opened = 0;
     let labels = alerting::alert_labels(spec, dims);
     let targets = targets_for(cx, spec, &labels);
     let silences = load_silences(store, now).await?;
@@ -562,17 +673,12 @@ async fn judge_series(
     let rule = alerting::rule_for(spec, sched.recovery_buckets);
     let group = alerting::group_key(&labels, &cx.settings.alerting.grouping.by);
     let fp = alerting::fingerprint("anomaly", spec, dims);
-    for (t, v, since) in verdicts.iter().filter(|(t, _, _)| *t >= horizon) {
-        let verdict = bucket_verdict(*t, v, *since);
-        if v.anomaly {
-            summary.live_anomalies += 1;
-            cx.metrics
-                .anomalies
-                .get_or_create(&KpiLabels {
-                    kpi: spec.id.to_string(),
-                })
-                .inc();
-        }
+    for j in judged {
+        let t = &j.t;
+        let verdict = j.verdict.clone();
+        let v = &verdict;
+        // The series the message speaks of (the total, or a grouped incident's worst slice).
+        let msg_dims = j.dims.as_str();
         let open = store.open_alert(&fp).await?;
         let incident = open.as_ref().map(alerting::incident_of);
         let severity = alerting::severity_for(spec, &verdict);
@@ -605,14 +711,14 @@ async fn judge_series(
         let mut row = row;
         if v.anomaly {
             let fmt = crate::format::ValueFormat::of(spec);
-            let series = crate::format::series_label(dims);
+            let series = crate::format::series_label(msg_dims);
             row.summary = format!(
                 "{}{} at {}: {}{} vs {} expected, {} ({})",
                 spec.title,
                 if series.is_empty() {
                     String::new()
                 } else {
-                    format!(" ({})", series.replace(',', ", "))
+                    format!(" ({series})")
                 },
                 alerting::message::fmt_ts(*t),
                 fmt.value(v.value),
@@ -623,6 +729,9 @@ async fn judge_series(
                 crate::format::distance(v.value, v.expected, v.lower, v.upper),
                 fmt.band(v.lower, v.upper),
             );
+            if let Some(cause) = &j.cause {
+                row.summary.push_str(&format!(". {cause}"));
+            }
         }
         // The alert needs an id for its acknowledge link: store it first, then the messages.
         let opened = row.id == 0;
@@ -632,8 +741,10 @@ async fn judge_series(
             let severity = row.severity.parse().unwrap_or(spec.severity);
             let message_cx = MessageContext {
                 spec,
-                dims,
+                dims: msg_dims,
                 verdict: &verdict,
+                cause: j.cause.as_deref(),
+                affected: &j.affected,
                 since: row.started_ts,
                 recovered_since,
                 severity,
@@ -648,7 +759,7 @@ async fn judge_series(
             let resolved = event == lifecycle::Event::Resolved;
             let payload = alerting::payload(
                 spec,
-                dims,
+                msg_dims,
                 &row,
                 Some(&verdict),
                 resolved,
@@ -669,11 +780,11 @@ async fn judge_series(
             store.save_alert(&row, Some(&event.name()), &notify).await?;
             match event {
                 lifecycle::Event::Firing => {
-                    summary.alerts_opened += 1;
+                    alerts_opened += 1;
                     warn!(
                         message = "KPI anomaly alert firing.",
                         alert = id,
-                        series = dims,
+                        series = msg_dims,
                         bucket = %ts(*t)?,
                         value = v.value,
                         expected = v.expected,
@@ -687,7 +798,7 @@ async fn judge_series(
                     }
                 }
                 lifecycle::Event::Resolved => {
-                    info!(message = "KPI anomaly alert resolved.", alert = id, series = dims, bucket = %ts(*t)?);
+                    info!(message = "KPI anomaly alert resolved.", alert = id, series = msg_dims, bucket = %ts(*t)?);
                 }
                 _ => info!(message = "KPI anomaly alert re-notified.", alert = id, event = %event.name()),
             }
@@ -695,11 +806,11 @@ async fn judge_series(
             info!(
                 message = "KPI anomaly pending (trigger rule not yet met).",
                 alert = id,
-                series = dims
+                series = msg_dims
             );
         }
     }
-    Ok(summary)
+    Ok(alerts_opened)
 }
 
 /// `source`'s warnings as one line for a run's status, if there are any.
@@ -839,70 +950,15 @@ async fn load_silences(store: &Store, now: DateTime<Utc>) -> anyhow::Result<Vec<
         .collect())
 }
 
-/// Group rows into series (by dimension values) and buckets (floored to the interval).
-/// Rows of one bucket are added up (counts, ratios) or averaged (gauges). Rows outside the
-/// window are dropped; more series than `max_series` is an error.
+/// Group rows into series (the total `{}` and its slices, see [`crate::slices`]) and buckets
+/// (floored to the interval), for a KPI with no stored series yet.
 pub fn bucketize(
     rows: &[RawRow],
     spec: &KpiSpec,
     start: i64,
     end: i64,
 ) -> Result<BTreeMap<String, BTreeMap<i64, ObservationRow>>, sources::Error> {
-    let step = spec.interval.secs_i64();
-    let mut sums: BTreeMap<String, BTreeMap<i64, (f64, f64, u32)>> = BTreeMap::new();
-    for row in rows {
-        let t = row.ts.timestamp().div_euclid(step) * step;
-        if t < start || t >= end {
-            continue;
-        }
-        let dims: BTreeMap<&str, &str> = row.dims.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let key = serde_json::to_string(&dims).unwrap_or_else(|_| "{}".to_owned());
-        let value = match (spec.kind, row.value) {
-            (Kind::Count, None) => 0.0,
-            (_, None) => continue,
-            (_, Some(v)) => v,
-        };
-        if spec.kind == Kind::Count && value < 0.0 {
-            return Err(sources::Error::Contract(format!(
-                "a count KPI returned a negative value {value} at {}",
-                row.ts
-            )));
-        }
-        if !sums.contains_key(&key) && sums.len() >= spec.max_series {
-            return Err(sources::Error::Contract(format!(
-                "more than {} series (dimension combinations); raise max_series or drop a dimension",
-                spec.max_series
-            )));
-        }
-        let entry = sums.entry(key).or_default().entry(t).or_insert((0.0, 0.0, 0));
-        entry.0 += value;
-        entry.1 += row.denominator.unwrap_or(0.0);
-        entry.2 += 1;
-    }
-    Ok(sums
-        .into_iter()
-        .map(|(dims, buckets)| {
-            let buckets = buckets
-                .into_iter()
-                .map(|(t, (v, d, n))| {
-                    let (value, denominator) = match spec.kind {
-                        Kind::Ratio => (v, Some(d)),
-                        Kind::Gauge => (v / f64::from(n.max(1)), None),
-                        Kind::Count => (v, None),
-                    };
-                    (
-                        t,
-                        ObservationRow {
-                            ts: t,
-                            value,
-                            denominator,
-                        },
-                    )
-                })
-                .collect();
-            (dims, buckets)
-        })
-        .collect())
+    crate::slices::bucketize(rows, spec, start, end, &std::collections::BTreeSet::new())
 }
 
 #[cfg(test)]
@@ -952,17 +1008,6 @@ mod tests {
     }
 
     #[test]
-    fn too_many_series_is_a_contract_error() {
-        let mut s = spec("count", "5m");
-        s.max_series = 1;
-        let rows = [row(0, 1.0, None, &[("d", "a")]), row(0, 1.0, None, &[("d", "b")])];
-        assert!(matches!(
-            bucketize(&rows, &s, 0, 600),
-            Err(sources::Error::Contract(_))
-        ));
-    }
-
-    #[test]
     fn the_window_covers_closed_buckets_only_and_rereads_the_overlap() {
         let s = spec("count", "5m");
         let sched = sched();
@@ -977,6 +1022,24 @@ mod tests {
         assert_eq!(due_window(&s, &sched, Some(end), now), None, "nothing new");
         let (start, _) = due_window(&s, &sched, Some(end - 300), now).expect("one new bucket");
         assert_eq!(start, end - 300 - 2 * 300, "two buckets of overlap");
+    }
+
+    #[test]
+    fn slices_take_their_own_min_volume_and_the_total_keeps_the_kpis() {
+        let s = KpiSpec::parse(
+            "k",
+            "source = \"s\"\nkind = \"ratio\"\ninterval = \"5m\"\nmin_volume = 5\nslice_min_volume = 40",
+            "SELECT 1 WHERE :start < :end",
+            Path::new("m"),
+        )
+        .expect("valid");
+        assert_eq!(series_detector_config(&s, "{}").min_volume, 5.0);
+        assert_eq!(series_detector_config(&s, r#"{"country":"LU"}"#).min_volume, 40.0);
+        let plain = spec("ratio", "5m");
+        assert_eq!(
+            series_detector_config(&plain, r#"{"country":"LU"}"#).min_volume,
+            plain.min_volume
+        );
     }
 
     #[test]

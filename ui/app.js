@@ -156,9 +156,14 @@
   }
   function dimsLabel(dims) {
     const e = Object.entries(dims || {});
-    return e.length ? e.map(([k, v]) => `${k}=${v}`).join(", ") : "(all)";
+    return e.length ? e.map(([k, v]) => `${k}=${v}`).join(", ") : "total";
   }
   const sameDims = (a, b) => JSON.stringify(Object.entries(a || {}).sort()) === JSON.stringify(Object.entries(b || {}).sort());
+  function fmtSecs(secs) {
+    if (secs % 86400 === 0) return secs === 86400 ? "day" : `${secs / 86400} days`;
+    if (secs % 3600 === 0) return secs === 3600 ? "hour" : `${secs / 3600} hours`;
+    return `${Math.round(secs / 60)} minutes`;
+  }
   function intervalSecs(s) {
     const m = /^(\d+)\s*(s|m|min|h|d|day|days|w)$/.exec(String(s || "").trim());
     if (!m) return 300;
@@ -188,8 +193,11 @@
     return h("div", { class: "error-box" }, errorText(e));
   }
 
-  // Sum the series' points per timestamp into one line (band units).
+  // Sum the series' points per timestamp into one line (band units). A KPI with slices has
+  // its total as the series without dimensions: that one line is the KPI.
   function aggregate(series, kind) {
+    const total = series.find((s) => !Object.keys(s.dims || {}).length);
+    if (total && series.length > 1) series = [total];
     const by = new Map();
     for (const s of series) {
       for (const p of s.points) {
@@ -401,6 +409,9 @@
       days: +(sessionStorage.getItem(`kpiwatch.range.${id}`) || (intervalSecs(k.interval) >= 3600 ? 28 : 1)),
       series: null, // fetched series
       dimsIdx: 0,
+      dimsChosen: false, // the user picked a series; else the total is shown
+      at: null, // the bucket the breakdown is for (ISO), null = the newest judged one
+      breakdown: null,
       backtest: null,
       plot: null,
     };
@@ -420,7 +431,7 @@
     function syncRange() {
       for (const b of rangeBtns.children) b.classList.toggle("active", +b.dataset.days === state.days);
     }
-    const dimsSel = h("select", { hidden: true, onchange: () => { state.dimsIdx = +dimsSel.value; drawChart(); } });
+    const dimsSel = h("select", { hidden: true, onchange: () => { state.dimsIdx = +dimsSel.value; state.dimsChosen = true; drawChart(); } });
     const chartMsg = h("span", { class: "muted small" });
     const chartBox = h("div", { class: "chart" });
     const legendNote = h("div", { class: "legend-note small muted" },
@@ -521,14 +532,99 @@
         const end = new Date(a.resolved_at || a.last_anomaly_at || a.started_at).getTime();
         const pad = Math.max(6 * intervalSecs(k.interval) * 1000, 3 * 3600000);
         state.window = [start - pad, end + pad];
+        // The breakdown at the incident's latest flagged bucket.
+        state.at = a.last_anomaly_at || a.started_at;
         loadSeries();
       }
+    }
+
+    // Every slice at once: small multiples sorted by contribution to the total's change at the
+    // selected bucket, and the breakdown table for that bucket (GET /api/kpis/{id}/breakdown).
+    const slicesHead = h("span", { class: "muted small" });
+    const slicesGrid = h("div", { class: "slices" });
+    const breakdownBox = h("div", {});
+    const slicesSec = h("section", { class: "card wide", id: "slices", hidden: true },
+      h("div", { class: "chart-head" }, h("h2", {}, "Slices"), h("span", { class: "spacer" }), slicesHead),
+      h("p", { class: "small muted" }, "Each slice with its own baseline; the ones that explain the total's change at the selected time first (click the chart to pick a time, a slice to chart it). Contributions add up to the total's deviation within each dimension."),
+      slicesGrid, breakdownBox);
+
+    async function loadBreakdown() {
+      if (!state.series || state.series.length < 2) { slicesSec.hidden = true; return; }
+      slicesSec.hidden = false;
+      const q = state.at ? `?at=${encodeURIComponent(state.at)}` : "";
+      try {
+        const b = await api("GET", `/api/kpis/${encodeURIComponent(id)}/breakdown${q}`);
+        if (seq !== routeSeq) return;
+        state.breakdown = b;
+      } catch (e) {
+        if (seq !== routeSeq) return;
+        state.breakdown = null;
+        put(breakdownBox, errorBox(e));
+      }
+      drawSlices();
+    }
+
+    const fmtDelta = (d) => {
+      if (d == null || !isFinite(d)) return "—";
+      if (k.kind === "ratio") return `${d >= 0 ? "+" : ""}${(d * 100).toFixed(1)} pts`;
+      return `${d >= 0 ? "+" : ""}${fmtValue(d, k.kind, k.unit)}`;
+    };
+    const fmtChange = (a, e) => {
+      if (a == null || e == null) return "—";
+      if (k.kind === "ratio") return fmtDelta(a - e);
+      return e ? `${a >= e ? "+" : ""}${(((a - e) / Math.abs(e)) * 100).toFixed(1)}%` : "—";
+    };
+
+    function drawSlices() {
+      const b = state.breakdown;
+      const bySlice = new Map();
+      if (b) for (const r of b.slices) if (!bySlice.has(dimsLabel(r.dims))) bySlice.set(dimsLabel(r.dims), r);
+      const slices = (state.series || []).map((s, i) => ({ s, i, label: dimsLabel(s.dims), r: bySlice.get(dimsLabel(s.dims)) }))
+        .filter((x) => Object.keys(x.s.dims || {}).length);
+      // A slice is highlighted when it is a top contributor or lies inside one (a cell
+      // `country=DE, payment_method=card` of the top contributor `payment_method=card`).
+      const tops = b ? b.slices.filter((r) => r.top) : [];
+      const topOf = (dims) => tops.find((t) => Object.entries(t.dims).every(([a, v]) => (dims || {})[a] === v));
+      for (const x of slices) x.top = topOf(x.s.dims);
+      const weight = (x) => (x.r ? (x.top ? 1e9 : 0) + Math.abs(x.r.contribution) : x.top ? 1e8 : -1);
+      slices.sort((a, b2) => weight(b2) - weight(a) || a.label.localeCompare(b2.label));
+      slicesHead.textContent = b ? `at ${fmtTime(b.at)}` + (b.dimension ? ` · explained by ${b.dimension}` : "") : "";
+      put(slicesGrid, ...slices.map((x) => {
+        const pts = x.s.points.map((p) => ({ value: p.band_value ?? p.value, anomaly: p.anomaly }));
+        const anomalous = x.s.points.some((p) => p.anomaly);
+        const cls = ["slice-tile", x.top ? "explains" : "", anomalous ? "anomalous" : "", x.i === state.dimsIdx ? "current" : ""].filter(Boolean).join(" ");
+        return h("button", { type: "button", class: cls, "data-slice": x.label, title: `Chart ${x.label}`, onclick: () => { state.dimsIdx = x.i; state.dimsChosen = true; dimsSel.value = String(x.i); drawChart(); drawSlices(); } },
+          h("div", { class: "slice-label" }, x.label),
+          sparkline(pts),
+          x.s.evaluated_every_secs > intervalSecs(k.interval)
+            ? h("div", { class: "small muted slice-window", title: "Too few events per bucket to decide at the KPI's interval: judged over a longer window (see README, Dimensions and root cause)." },
+              `judged every ${fmtSecs(x.s.evaluated_every_secs)}`)
+            : null,
+          h("div", { class: "small" }, x.r
+            ? `${fmtValue(x.r.actual, k.kind, k.unit)} vs ${fmtValue(x.r.expected, k.kind, k.unit)} (${fmtChange(x.r.actual, x.r.expected)})`
+            : "no baseline at this time"),
+          x.top ? h("div", { class: "small slice-explains" }, x.top === x.r ? `explains ${(x.r.share * 100).toFixed(0)}%` : `in ${dimsLabel(x.top.dims)}, which explains ${(x.top.share * 100).toFixed(0)}%`) : null);
+      }));
+      if (!b) return;
+      const t = b.total || {};
+      put(breakdownBox, h("table", { class: "grid breakdown" },
+        h("thead", {}, h("tr", {}, ["Slice", "Dimension", "Actual", "Expected", "Change", "Contribution", "Explains"].map((c) => h("th", {}, c)))),
+        h("tbody", {},
+          h("tr", { class: "total-row" }, h("td", {}, "Total"), h("td", {}, "—"),
+            h("td", {}, t.actual == null ? "—" : fmtValue(t.actual, k.kind, k.unit)), h("td", {}, t.expected == null ? "—" : fmtValue(t.expected, k.kind, k.unit)),
+            h("td", {}, fmtChange(t.actual, t.expected)), h("td", {}, fmtDelta(t.deviation)), h("td", {}, "100%")),
+          ...b.slices.map((r) => h("tr", { class: r.top ? "top-contributor" : r.anomaly ? "anomalous" : "", "data-slice": dimsLabel(r.dims) },
+            h("td", {}, dimsLabel(r.dims)), h("td", { class: "muted" }, r.dimension),
+            h("td", {}, fmtValue(r.actual, k.kind, k.unit)), h("td", {}, fmtValue(r.expected, k.kind, k.unit)),
+            h("td", {}, fmtChange(r.actual, r.expected)), h("td", {}, fmtDelta(r.contribution)),
+            h("td", {}, `${(r.share * 100).toFixed(0)}%`))))));
     }
 
     put(app, ...[head, desc, errLine, incidentBox].filter(Boolean),
       h("section", { class: "card wide" },
         h("div", { class: "chart-head" }, h("h2", {}, "Actual vs expected"), rangeBtns, dimsSel, h("span", { class: "spacer" }), chartMsg),
         chartBox, legendNote),
+      slicesSec,
       h("div", { class: "cols" }, sensPanel, settings),
       alertsSec);
 
@@ -565,10 +661,12 @@
         if (seq !== routeSeq || mySeq !== loadSeries.seq) return;
         state.series = series;
         state.range = [from.getTime() / 1000, to.getTime() / 1000];
-        if (state.dimsIdx >= series.length) state.dimsIdx = 0;
+        if (state.dimsIdx >= series.length || !state.dimsChosen) state.dimsIdx = Math.max(0, series.findIndex((s) => !Object.keys(s.dims || {}).length));
         put(dimsSel, ...series.map((s, i) => h("option", { value: i, selected: i === state.dimsIdx }, dimsLabel(s.dims))));
         dimsSel.hidden = series.length < 2;
         drawChart();
+        drawSlices();
+        loadBreakdown();
       } catch (e) {
         if (seq !== routeSeq) return;
         chartMsg.textContent = "";
@@ -701,6 +799,15 @@
         },
       };
       state.plot = new uPlot(opts, [xs, lo, hi, exp, val, an, would, acc], chartBox);
+      const plot = state.plot;
+      let downX = null;
+      plot.over.addEventListener("mousedown", (e) => { downX = e.clientX; });
+      plot.over.addEventListener("mouseup", (e) => {
+        // A click (not a drag to zoom) picks the bucket the breakdown is for.
+        if (downX == null || Math.abs(e.clientX - downX) > 3 || plot.cursor.idx == null) return;
+        state.at = new Date(plot.data[0][plot.cursor.idx] * 1000).toISOString();
+        loadBreakdown();
+      });
       updateChartMsg();
     }
 

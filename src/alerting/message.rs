@@ -31,7 +31,16 @@ pub struct MessageContext<'a> {
     pub ack_url: Option<String>,
     /// A signed link that silences the alert's series.
     pub silence_url: Option<String>,
+    /// For an incident of a KPI with slices: which slices explain it (`Payment success -5.3
+    /// points; payment_method=card -17.0 points explains 96%`), or the slice's share of the
+    /// total.
+    pub cause: Option<&'a str>,
+    /// Slices outside their band, worst first (`payment_method=card`).
+    pub affected: &'a [String],
 }
+
+/// Affected slices listed in a message; the rest are counted.
+const MAX_SLICES_LISTED: usize = 5;
 
 /// Format a unix time for people.
 pub fn fmt_ts(ts: i64) -> String {
@@ -44,7 +53,7 @@ fn series_suffix(dims: &str) -> String {
     if label.is_empty() {
         String::new()
     } else {
-        format!(" ({})", label.replace(',', ", "))
+        format!(" ({label})")
     }
 }
 
@@ -103,9 +112,20 @@ pub fn message(cx: &MessageContext<'_>, event: Event) -> (String, String) {
                 Event::Escalated(_) => format!("[ESCALATED TO {severity}]"),
                 _ => format!("[{severity}]"),
             };
+            // The top contributor rides in the subject: chat and paging show only that.
+            // Of the total: its top contributor; of a slice: its share of the total.
+            let top = cx
+                .cause
+                .and_then(|c| c.split_once("; "))
+                .map(|(first, rest)| match series.is_empty() {
+                    true => rest.split("; ").next().unwrap_or(rest),
+                    false => first,
+                })
+                .map(|top| format!(": {top}"))
+                .unwrap_or_default();
             (
                 format!(
-                    "{tag} {}{series} {word} to {} (expected {})",
+                    "{tag} {}{series} {word} to {} (expected {}){top}",
                     spec.title,
                     fmt.value(v.value),
                     fmt.value(v.expected)
@@ -122,10 +142,20 @@ pub fn message(cx: &MessageContext<'_>, event: Event) -> (String, String) {
     let series_line = if series.is_empty() {
         String::new()
     } else {
-        format!(
-            "Series:      {}\n",
-            format::series_label(cx.dims).replace(',', ", ")
-        )
+        format!("Series:      {}\n", format::series_label(cx.dims))
+    };
+    let cause_line = cx
+        .cause
+        .map(|c| format!("Cause:       {c}\n"))
+        .unwrap_or_default();
+    let slices_line = match cx.affected {
+        [] => String::new(),
+        some if some.len() <= MAX_SLICES_LISTED => format!("Slices:      {}\n", some.join("; ")),
+        many => format!(
+            "Slices:      {}; and {} more\n",
+            many[..MAX_SLICES_LISTED].join("; "),
+            many.len() - MAX_SLICES_LISTED
+        ),
     };
     let actual_label = if event == Event::Resolved {
         "Latest:"
@@ -136,6 +166,8 @@ pub fn message(cx: &MessageContext<'_>, event: Event) -> (String, String) {
         "{headline}\n\n\
          KPI:         {title} ({id})\n\
          {series_line}\
+         {cause_line}\
+         {slices_line}\
          {actual_label:<12} {actual}{change}\n\
          Expected:    {expected}\n\
          Band:        {band}\n\
@@ -245,6 +277,8 @@ mod tests {
             alert_id: Some(1),
             ack_url: Some("http://x/ack/1?sig=abc".to_owned()),
             silence_url: Some("http://x/silence/1?sig=def".to_owned()),
+            cause: None,
+            affected: &[],
         };
         let (subject, body) = message(&cx, Event::Firing);
         assert!(
@@ -278,6 +312,61 @@ mod tests {
         assert!(message(&cx, Event::Escalated(Severity::Critical))
             .0
             .starts_with("[ESCALATED TO CRITICAL]"));
+    }
+
+    #[test]
+    fn a_grouped_incident_names_its_top_contributor_and_affected_slices() {
+        let spec = spec();
+        let v = BucketVerdict {
+            volume: 1000.0,
+            ..BucketVerdict::plain(0, 0.909, 0.963, 0.95, 0.98, true)
+        };
+        let affected = [
+            "payment_method=card".to_owned(),
+            "country=DE, payment_method=card".to_owned(),
+        ];
+        let cx = MessageContext {
+            spec: &spec,
+            dims: "{}",
+            verdict: &v,
+            since: 0,
+            recovered_since: None,
+            severity: Severity::Warning,
+            public_url: "http://x",
+            alert_id: Some(3),
+            ack_url: None,
+            silence_url: None,
+            cause: Some("Payment success -5.4 points; payment_method=card -17.0 points explains 94%"),
+            affected: &affected,
+        };
+        let (subject, body) = message(&cx, Event::Firing);
+        assert_eq!(
+            subject,
+            "[WARNING] Payment success dropped to 90.90% (expected 96.30%): payment_method=card -17.0 points explains 94%"
+        );
+        assert!(
+            body.contains(
+                "Cause:       Payment success -5.4 points; payment_method=card -17.0 points explains 94%\n"
+            ),
+            "{body}"
+        );
+        assert!(
+            body.contains("Slices:      payment_method=card; country=DE, payment_method=card\n"),
+            "{body}"
+        );
+        let slice = MessageContext {
+            dims: r#"{"country":"LU"}"#,
+            cause: Some("country=LU is 2.0% of the total; the total (Orders) moved -1.7%, inside its band"),
+            affected: &[],
+            ..cx
+        };
+        let (subject, body) = message(&slice, Event::Firing);
+        assert!(
+            subject.starts_with("[WARNING] Payment success (country=LU) dropped to 90.90%")
+                && subject.ends_with(": country=LU is 2.0% of the total"),
+            "{subject}"
+        );
+        assert!(body.contains("Series:      country=LU\n"), "{body}");
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod anomalies;
 mod audit;
 mod auth;
 mod backtest;
+mod breakdown;
 mod health;
 mod kpis;
 mod links;
@@ -207,6 +208,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(registration::test_query))
         .routes(routes!(registration::backtest_draft))
         .routes(routes!(series::series))
+        .routes(routes!(breakdown::breakdown))
         .routes(routes!(backtest::backtest))
         .routes(routes!(anomalies::anomalies))
         .routes(routes!(anomalies::feedback))
@@ -490,7 +492,7 @@ mod tests {
                 operations += 1;
             }
         }
-        assert_eq!(operations, 19, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(operations, 20, "{:?}", paths.keys().collect::<Vec<_>>());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -11,9 +11,9 @@ use utoipa::{IntoParams, ToSchema};
 use super::{dims_json, iso, parse_instant, ApiError, ApiResult, AppState, ErrorBody};
 use crate::store::{EvaluationRow, ObservationRow};
 
-/// The time range: `from`/`to` as RFC 3339 or unix seconds (default: the last 24 hours).
+/// The time range: `from`/`to` as RFC 3339 or unix seconds (default: the last 24 hours);
+/// every other key filters by a dimension value (`country=DE`).
 #[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct RangeQuery {
     /// Start of the range (default: 24 hours before `to`).
@@ -22,6 +22,11 @@ pub(super) struct RangeQuery {
     /// End of the range, exclusive (default: now).
     #[param(schema_with = super::instant_schema)]
     to: Option<String>,
+    /// Dimension filters (`country=DE&payment_method=card`): only the series with these
+    /// values; documented as the `dimensions` parameter of the operation.
+    #[serde(flatten)]
+    #[param(ignore)]
+    dimensions: BTreeMap<String, String>,
 }
 
 /// One bucket and the detector's verdict on it (the verdict fields are null while the bucket
@@ -60,6 +65,10 @@ pub(super) struct PointDto {
 pub(super) struct SeriesDto {
     /// Dimension values; `{}` for a KPI without dimensions.
     dims: BTreeMap<String, serde_json::Value>,
+    /// How long a window the detector judges this series over, in seconds: the KPI's
+    /// interval, or a multiple of it for a slice too thin to decide at the interval (its
+    /// verdicts sit on each window's last bucket).
+    evaluated_every_secs: i64,
     points: Vec<PointDto>,
 }
 
@@ -73,10 +82,13 @@ const MAX_POINTS: i64 = 50_000;
     params(
         ("id" = String, Path, description = "KPI id", pattern = "^[a-z][a-z0-9_-]{0,63}$"),
         RangeQuery,
+        ("dimensions" = Option<BTreeMap<String, String>>, Query, style = Form, explode,
+         description = "Only the series with these dimension values, e.g. `country=DE`: each key is a dimension \
+                        (the total has none, so any filter leaves it out)"),
     ),
     responses(
         (status = 200, description = "The KPI's series", body = Vec<SeriesDto>),
-        (status = 400, description = "`from` or `to` is neither RFC 3339 nor unix seconds", body = ErrorBody),
+        (status = 400, description = "`from` or `to` is neither RFC 3339 nor unix seconds, or a parameter is given twice", body = ErrorBody),
         (status = 401, description = "A token is needed", body = ErrorBody),
         (status = 404, description = "No such KPI", body = ErrorBody),
         (status = 422, description = "`from` is not before `to`, the range holds more than 50,000 buckets, or a date that does not exist", body = ErrorBody),
@@ -87,9 +99,17 @@ pub(super) async fn series(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<RangeQuery>, QueryRejection>,
+    RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Vec<SeriesDto>>> {
     let Path(id) = path?;
     let Query(range) = query?;
+    // A dimension has one value per filter: `country=DE&country=FR` is not a filter.
+    let mut seen = std::collections::BTreeSet::new();
+    for (key, _) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        if !seen.insert(key.clone()) {
+            return Err(ApiError::BadRequest(format!("`{key}` is given more than once")));
+        }
+    }
     let spec = state
         .specs
         .get(&id)
@@ -116,7 +136,14 @@ pub(super) async fn series(
         )));
     }
     let mut out = Vec::new();
+    let wanted = |dims: &str| {
+        let have: BTreeMap<String, String> = serde_json::from_str(dims).unwrap_or_default();
+        range.dimensions.iter().all(|(k, v)| have.get(k) == Some(v))
+    };
     for s in state.store.series_of(&id).await? {
+        if !wanted(&s.dims) {
+            continue;
+        }
         let obs: Vec<ObservationRow> = state.store.observations(s.id, from, to).await?;
         let evals: BTreeMap<i64, EvaluationRow> = state
             .store
@@ -148,7 +175,19 @@ pub(super) async fn series(
             serde_json::Value::Object(map) => map.into_iter().collect(),
             _ => BTreeMap::new(),
         };
-        out.push(SeriesDto { dims, points });
+        // The window rule reads the last week of the series (as the pipeline does).
+        let step = spec.interval.secs_i64();
+        let newest = now.div_euclid(step) * step;
+        let week = state
+            .store
+            .observations(s.id, newest - crate::slices::WINDOW_RULE_DAYS * 86_400, newest)
+            .await?;
+        let evaluated_every_secs = step * crate::slices::evaluation_factor(&spec, &s.dims, &week);
+        out.push(SeriesDto {
+            dims,
+            evaluated_every_secs,
+            points,
+        });
     }
     Ok(Json(out))
 }

@@ -124,8 +124,10 @@ pub struct IncidentDigest {
 }
 
 /// A bucket that came close.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NearMiss {
+    /// The slice it happened in (`payment_method=card`); empty for the KPI's total.
+    pub series: String,
     /// Bucket start.
     pub ts: DateTime<Utc>,
     /// Observed.

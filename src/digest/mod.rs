@@ -211,22 +211,6 @@ fn at(ts: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(ts, 0).unwrap_or_default()
 }
 
-fn dims_label(dims: &str) -> String {
-    match serde_json::from_str::<serde_json::Value>(dims) {
-        Ok(serde_json::Value::Object(map)) => map
-            .iter()
-            .map(|(k, v)| {
-                format!(
-                    "{k}={}",
-                    v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", "),
-        _ => String::new(),
-    }
-}
-
 /// Chart points per hour for sub-hourly KPIs, per bucket otherwise.
 fn chart_step(spec: &KpiSpec) -> i64 {
     spec.interval.secs_i64().max(3600)
@@ -249,7 +233,12 @@ async fn kpi_digest(
     let mut buckets: BTreeMap<i64, Acc> = BTreeMap::new();
     let mut near_misses = Vec::new();
     let mut any_day_obs = false;
-    for series in store.series_of(spec.id.as_str()).await? {
+    let all_series = store.series_of(spec.id.as_str()).await?;
+    // A KPI with slices stores its total too: the day's numbers are the total's, not the sum
+    // of the total and its slices; near-misses come from every series.
+    let has_total = all_series.iter().any(|s| crate::slices::is_total(&s.dims));
+    for series in all_series {
+        let counts = !has_total || crate::slices::is_total(&series.dims);
         let evals: BTreeMap<i64, crate::store::EvaluationRow> = store
             .evaluations(series.id, from, d1)
             .await?
@@ -259,13 +248,17 @@ async fn kpi_digest(
         for o in store.observations(series.id, from, d1).await? {
             let e = evals.get(&o.ts);
             let slot = from + (o.ts - from).div_euclid(step) * step;
-            buckets
-                .entry(slot)
-                .or_default()
-                .add(spec.kind, o.value, o.denominator, e);
+            if counts {
+                buckets
+                    .entry(slot)
+                    .or_default()
+                    .add(spec.kind, o.value, o.denominator, e);
+            }
             if (d0..d1).contains(&o.ts) {
                 any_day_obs = true;
-                day_acc.add(spec.kind, o.value, o.denominator, e);
+                if counts {
+                    day_acc.add(spec.kind, o.value, o.denominator, e);
+                }
                 // Only deviations the KPI watches: a payment rate that rises is not a near-miss.
                 let watched = |e: &&crate::store::EvaluationRow| match (e.value, e.expected) {
                     (Some(v), Some(x)) => spec.direction.watches(v < x),
@@ -276,11 +269,11 @@ async fn kpi_digest(
                     .filter(watched)
                 {
                     if let Some(c) = closeness(e).filter(|c| *c >= NEAR_MISS) {
-                        near_misses.push((c, e.clone()));
+                        near_misses.push((c, e.clone(), crate::format::series_label(&series.dims)));
                     }
                 }
             }
-            if (d0 - week..d1 - week).contains(&o.ts) {
+            if counts && (d0 - week..d1 - week).contains(&o.ts) {
                 week_acc.add(spec.kind, o.value, o.denominator, None);
             }
         }
@@ -326,7 +319,8 @@ async fn kpi_digest(
     let near_misses: Vec<NearMiss> = near_misses
         .into_iter()
         .take(5)
-        .map(|(_, e)| NearMiss {
+        .map(|(_, e, series)| NearMiss {
+            series,
             ts: at(e.ts),
             value: e.value.unwrap_or(f64::NAN),
             expected: e.expected.unwrap_or(f64::NAN),
@@ -349,17 +343,35 @@ async fn kpi_digest(
             None => String::new(),
         };
         let end = alert.resolved_ts.unwrap_or(i64::MAX);
-        let worst = anomalies
+        let during = |a: &&crate::store::AnomalyRow| a.ts >= alert.started_ts && a.ts <= end;
+        let dev = |x: &crate::store::AnomalyRow| ((x.value - x.expected) / x.expected.abs().max(1e-9)).abs();
+        let worst_of = |dims: &dyn Fn(&str) -> bool| {
+            anomalies
+                .iter()
+                .filter(during)
+                .filter(|a| dims(&a.dims))
+                .max_by(|a, b| dev(a).total_cmp(&dev(b)))
+        };
+        // A grouped incident (stored under the total) names the slices that were flagged.
+        let grouped = has_total && crate::slices::is_total(&dims);
+        let slices: std::collections::BTreeSet<String> = anomalies
             .iter()
-            .filter(|a| a.dims == dims && a.ts >= alert.started_ts && a.ts <= end)
-            .max_by(|a, b| {
-                let dev = |x: &crate::store::AnomalyRow| {
-                    ((x.value - x.expected) / x.expected.abs().max(1e-9)).abs()
-                };
-                dev(a).total_cmp(&dev(b))
-            });
+            .filter(during)
+            .filter(|a| grouped && !crate::slices::is_total(&a.dims))
+            .map(|a| crate::format::series_label(&a.dims))
+            .collect();
+        let own = worst_of(&|d: &str| d == dims);
+        let worst = own.or_else(|| worst_of(&|d: &str| grouped && !crate::slices::is_total(d)));
+        let series = match (slices.len(), own.is_some()) {
+            (0, _) => crate::format::series_label(&dims),
+            (_, true) => format!(
+                "total, with {}",
+                slices.into_iter().collect::<Vec<_>>().join("; ")
+            ),
+            (_, false) => slices.into_iter().collect::<Vec<_>>().join("; "),
+        };
         incidents.push(IncidentDigest {
-            series: dims_label(&dims),
+            series,
             started_at: at(alert.started_ts),
             ended_at: alert.resolved_ts.map(at),
             worst_value: worst.map_or(f64::NAN, |a| a.value),

@@ -457,8 +457,13 @@ fn near_miss_lines(kpi: &KpiDigest, fmt: &Formatter) -> (Vec<String>, usize) {
         .into_iter()
         .map(|m| {
             // No raw score: how close it came, in words people can check against the band.
+            let slice = if m.series.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", m.series)
+            };
             let mut line = format!(
-                "{}: {} vs {} expected",
+                "{}{slice}: {} vs {} expected",
                 fmt.time(m.ts),
                 fmt_value(vf(kpi), Some(m.value)),
                 fmt_value(vf(kpi), Some(m.expected))
@@ -830,6 +835,7 @@ mod tests {
             },
         ];
         k.near_misses = vec![NearMiss {
+            series: "payment_method=card".to_owned(),
             ts: at(13, 0),
             value: 0.95,
             expected: 0.99,
@@ -850,7 +856,7 @@ mod tests {
             assert!(part.contains("worst 81.00% vs 99.00% expected (-18.0 points)"));
             assert!(
                 part.contains(
-                    "14:00: 95.00% vs 99.00% expected (-4.0 points), just inside the band 94.00% – 100.00%"
+                    "14:00 [payment_method=card]: 95.00% vs 99.00% expected (-4.0 points), just inside the band 94.00% – 100.00%"
                 ),
                 "{part}"
             );
@@ -901,6 +907,7 @@ mod tests {
         let mut k = kpi("n", Kind::Count, DigestStatus::NearMiss, 0.0);
         k.near_misses = (0..8)
             .map(|h| NearMiss {
+                series: String::new(),
                 ts: at(h, 0),
                 value: 90.0,
                 expected: 100.0,

@@ -9,6 +9,7 @@
 //!
 //! Everything depends on this module; it depends on nothing else in the crate.
 
+pub mod dimensions;
 pub mod types;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use dimensions::{Aggregation, Dimensions, SliceAlerts};
 pub use types::{Direction, Kind, ParseError, Sensitivity};
 
 /// `origin` of KPIs registered through the API (file KPIs carry their folder path).
@@ -273,6 +275,8 @@ pub struct KpiSpec {
     pub timezone: chrono_tz::Tz,
     /// Most series (dimension combinations) one KPI may have.
     pub max_series: usize,
+    /// How its dimension columns are sliced and rolled up into the total.
+    pub dimensions: Dimensions,
     /// Fire when this many `(n, m)`: n of the last m judged buckets are anomalous.
     pub trigger: (u32, u32),
     /// In-band buckets that resolve an alert (default: the scheduler's `recovery_buckets`).
@@ -343,6 +347,10 @@ struct RawModel {
     recipients: Vec<String>,
     timezone: Option<String>,
     max_series: Option<usize>,
+    drilldown: Option<Vec<String>>,
+    aggregation: Option<String>,
+    slice_alerts: Option<String>,
+    slice_min_volume: Option<f64>,
     trigger: Option<String>,
     recover_after: Option<u32>,
     repeat_interval: Option<String>,
@@ -537,6 +545,19 @@ impl KpiSpec {
         if max_series == 0 || max_series > 10_000 {
             problem(f, Some("max_series"), "must be between 1 and 10000".to_owned());
         }
+        let dimensions = dimensions::parse(
+            kind,
+            raw.drilldown,
+            raw.aggregation.as_deref(),
+            raw.slice_alerts.as_deref(),
+            raw.slice_min_volume,
+        )
+        .map_err(|found| {
+            for (field, message) in found {
+                problem(f, Some(field), message);
+            }
+        })
+        .ok();
 
         match (
             id,
@@ -551,6 +572,7 @@ impl KpiSpec {
             query,
             trigger,
             repeat_interval,
+            dimensions,
         ) {
             (
                 Some(id),
@@ -565,6 +587,7 @@ impl KpiSpec {
                 Some(query),
                 Some(trigger),
                 Some(repeat_interval),
+                Some(dimensions),
             ) if problems.is_empty() => Ok(KpiSpec {
                 title: raw.title.unwrap_or_else(|| id.to_string()),
                 id,
@@ -584,6 +607,7 @@ impl KpiSpec {
                 recipients: raw.recipients,
                 timezone,
                 max_series,
+                dimensions,
                 trigger,
                 recover_after: raw.recover_after,
                 repeat_interval,

@@ -414,7 +414,9 @@ async fn simultaneous_incidents_of_one_kpis_series_go_out_as_one_email() {
     tx.commit().await.expect("commit");
     let spec = kpiwatch::kpi::KpiSpec::parse(
         "orders_by_country",
-        "title = \"Orders by country\"\nsource = \"shop\"\nkind = \"count\"\ninterval = \"5m\"\ndelay = \"1m\"\ndirection = \"down\"",
+        // Separate slice incidents (not the default grouped one): the e-mail grouping of
+        // simultaneous incidents is what this test is about.
+        "title = \"Orders by country\"\nsource = \"shop\"\nkind = \"count\"\ninterval = \"5m\"\ndelay = \"1m\"\ndirection = \"down\"\nslice_alerts = \"separate\"",
         "SELECT ts, country, n AS value FROM orders_by_country WHERE ts >= :start AND ts < :end",
         std::path::Path::new("models/orders_by_country"),
     )
@@ -442,7 +444,7 @@ async fn simultaneous_incidents_of_one_kpis_series_go_out_as_one_email() {
     .await
     .expect("app");
     app.scheduler().run_due().await;
-    // Every country stops at once: three incidents, one e-mail.
+    // Every country stops at once: four incidents (the total and each country), one e-mail.
     drive(&app, &clock, stop + Duration::minutes(16)).await;
     let got = smtp.received();
     assert_eq!(
@@ -452,7 +454,7 @@ async fn simultaneous_incidents_of_one_kpis_series_go_out_as_one_email() {
         got.iter().map(|m| m.subject()).collect::<Vec<_>>()
     );
     let subject = got[0].subject();
-    assert!(subject.starts_with("[3 alerts]"), "{subject}");
+    assert!(subject.starts_with("[4 alerts]"), "{subject}");
     for country in ["DE", "FR", "NL"] {
         assert!(
             got[0].text().contains(&format!("Series:      country={country}")),
@@ -464,8 +466,8 @@ async fn simultaneous_incidents_of_one_kpis_series_go_out_as_one_email() {
     let alerts: serde_json::Value = serde_json::from_str(&alerts).expect("json");
     assert_eq!(
         alerts.as_array().map(Vec::len),
-        Some(3),
-        "one incident per series"
+        Some(4),
+        "one incident per series: the total and each country"
     );
 }
 

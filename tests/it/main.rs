@@ -10,6 +10,7 @@ mod backtest;
 mod cli;
 mod detection;
 mod digest;
+mod dimensions;
 mod e2e;
 mod email;
 mod helpers;

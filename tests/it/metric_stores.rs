@@ -281,9 +281,9 @@ pub fn assert_same_buckets(got: &Buckets, want: &Buckets, context: &str) {
 }
 
 /// The known orders of buckets `[from, to)` in the shape [`stored`] returns for the
-/// `orders` KPI (one series per country).
+/// `orders` KPI (its total `{}` and one series per country).
 pub fn known_orders(known: &KnownOrders, from: usize, to: usize) -> Buckets {
-    COUNTRIES
+    let mut out: Buckets = COUNTRIES
         .iter()
         .map(|c| {
             let rows = (from..to)
@@ -291,7 +291,15 @@ pub fn known_orders(known: &KnownOrders, from: usize, to: usize) -> Buckets {
                 .collect();
             (format!("{{\"country\":\"{c}\"}}"), rows)
         })
-        .collect()
+        .collect();
+    let total = (from..to)
+        .map(|b| {
+            let n: f64 = COUNTRIES.iter().map(|c| known.count(b, c) as f64).sum();
+            (known.at(b), n, None)
+        })
+        .collect();
+    out.insert("{}".to_owned(), total);
+    out
 }
 
 /// Anomaly alerts (not data-missing ones) so far, as (KPI, dimension JSON).
