@@ -150,7 +150,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let state_url = with_db(&url, "kpiwatch_load_state");
 
     // The source: one row a minute, `days` back, and a writer adding the new minutes.
-    let source = PgPoolOptions::new().max_connections(2).connect(&source_url).await?;
+    let source = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&source_url)
+        .await?;
     source
         .execute("CREATE TABLE minute_counts (ts timestamptz PRIMARY KEY, n integer NOT NULL)")
         .await?;
@@ -233,7 +236,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
         }
     }
     let backfill = started.elapsed();
-    println!("backfill: {kpis} KPIs x {days} days in {:.1} s", backfill.as_secs_f64());
+    println!(
+        "backfill: {kpis} KPIs x {days} days in {:.1} s",
+        backfill.as_secs_f64()
+    );
 
     // Steady state.
     let since = chrono::Utc::now().timestamp();
@@ -244,12 +250,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
     let wall = t0.elapsed().as_secs_f64();
     let (cpu1, pg1) = (cpu_secs(pid), postgres_cpu_secs());
-    let runs: Vec<(i64, i64)> = sqlx::query_as(
-        "SELECT started_at, window_end FROM runs WHERE started_at >= $1 AND status = 'ok'",
-    )
-    .bind(since)
-    .fetch_all(&state)
-    .await?;
+    let runs: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT started_at, window_end FROM runs WHERE started_at >= $1 AND status = 'ok'")
+            .bind(since)
+            .fetch_all(&state)
+            .await?;
     // Lag: how long after its newest bucket could first be read (its end + the 5 s delay) a
     // run started.
     let mut lags: Vec<f64> = runs
