@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use crate::alerting;
 use crate::alerting::lifecycle::{self, Step};
 use crate::baseline::{Bucket, OnlineDetector};
+use crate::calendar::Exclusions;
 use crate::kpi::{Direction, KpiSpec, Sensitivity};
 use crate::pipeline::{bucket_verdict, detector_config, local_secs, since_utc};
 use crate::store::ObservationRow;
@@ -99,6 +100,19 @@ pub fn run(
     to: i64,
     recovery_buckets: u32,
 ) -> Result<BacktestReport, crate::baseline::Error> {
+    run_excluding(spec, history, opts, to, recovery_buckets, &Exclusions::default())
+}
+
+/// [`run`], with the buckets inside `excluded` (events, holidays) neither learned nor
+/// alerted, as the service treats them.
+pub fn run_excluding(
+    spec: &KpiSpec,
+    history: &BTreeMap<String, Vec<ObservationRow>>,
+    opts: BacktestOptions,
+    to: i64,
+    recovery_buckets: u32,
+    excluded: &Exclusions,
+) -> Result<BacktestReport, crate::baseline::Error> {
     let week = 7 * 86_400;
     let from = to - i64::from(opts.weeks.max(1)) * week;
     let mut cfg = detector_config(spec);
@@ -126,7 +140,7 @@ pub fn run(
                 ts: local,
                 value: o.value,
                 denominator: o.denominator,
-                excluded: false,
+                excluded: excluded.covers(o.ts, o.ts + step),
             });
             if o.ts < from {
                 continue;

@@ -10,6 +10,7 @@
 //! - [`config`], [`telemetry`], [`clock`]: leaves; [`format`]: how KPI values read for people.
 //! - [`sources`]: the databases and metric stores KPI queries run against (IO edge).
 //! - [`baseline`]: the pure detector (no IO); [`detect`] is its offline CSV front end.
+//! - [`calendar`]: events and holidays, excluded from learning and alerting.
 //! - [`store`]: the only owner of the state database.
 //! - [`alerting`]: incident lifecycle, messages, e-mail delivery (IO edge).
 //! - [`pipeline`]: the single path source → store → baseline → alerting.
@@ -24,6 +25,7 @@ pub mod api;
 pub mod app;
 pub mod backtest;
 pub mod baseline;
+pub mod calendar;
 pub mod check;
 pub mod clock;
 pub mod config;

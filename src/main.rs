@@ -396,7 +396,22 @@ async fn run_backtest(
     let warm_up = settings.scheduler.history.as_secs() as i64;
     let from = to - i64::from(opts.weeks) * 7 * 86_400 - warm_up;
     let history = kpiwatch::pipeline::history(&store, &sources, spec, from, to).await?;
-    let report = kpiwatch::backtest::run(spec, &history, opts, to, settings.scheduler.recovery_buckets)?;
+    let excluded = kpiwatch::calendar::exclusions_with_config(
+        &store,
+        &settings.calendar,
+        std::path::Path::new("."),
+        spec,
+        (from, to),
+    )
+    .await?;
+    let report = kpiwatch::backtest::run_excluding(
+        spec,
+        &history,
+        opts,
+        to,
+        settings.scheduler.recovery_buckets,
+        &excluded,
+    )?;
     println!(
         "{}: sensitivity {} over {} weeks from {} to {}",
         spec.id,

@@ -472,6 +472,8 @@ async fn judge_series(
         .unwrap_or(i64::MIN);
     let cfg = detector_config(spec);
     let tz = spec.timezone;
+    // Buckets inside an event or holiday are neither learned nor alerted.
+    let excluded = crate::calendar::exclusions(store, spec, from, end).await?;
     // Feedback on earlier buckets is replayed into the detector: a false positive is learned
     // as normal, a new normal re-baselines there.
     let feedback: std::collections::HashMap<i64, Feedback> = store
@@ -495,7 +497,7 @@ async fn judge_series(
                 ts: local_secs(tz, o.ts),
                 value: o.value,
                 denominator: o.denominator,
-                excluded: false,
+                excluded: excluded.covers(o.ts, o.ts + step),
             };
             let v = detector.step_with_feedback(&bucket, feedback.get(&o.ts).copied().unwrap_or_default());
             if o.ts >= judged_until {

@@ -191,7 +191,9 @@ pub(super) async fn backtest(
         direction: body.direction.map(Into::into),
         min_volume: body.min_volume,
     };
-    let report = crate::backtest::run(&spec, &history, opts, to, 3).map_err(anyhow::Error::from)?;
+    let excluded = crate::calendar::exclusions(&state.store, &spec, from, to).await?;
+    let report = crate::backtest::run_excluding(&spec, &history, opts, to, 3, &excluded)
+        .map_err(anyhow::Error::from)?;
     Ok(Json(backtest_dto(id, &report)))
 }
 

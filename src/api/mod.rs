@@ -22,6 +22,7 @@ mod anomalies;
 mod audit;
 mod auth;
 mod backtest;
+mod events;
 mod health;
 mod kpis;
 mod links;
@@ -176,6 +177,7 @@ type ApiResult<T> = Result<T, ApiError>;
         (name = "alerts", description = "Incidents and acknowledgement"),
         (name = "silences", description = "Silences"),
         (name = "backtest", description = "What a setting would have fired"),
+        (name = "events", description = "Events and holidays: buckets neither learned nor alerted"),
         (name = "tokens", description = "API tokens (admin)"),
         (name = "audit", description = "The audit log (admin)"),
     )
@@ -214,6 +216,9 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(alerts::ack_alert))
         .routes(routes!(silences::list_silences, silences::create_silence))
         .routes(routes!(silences::expire_silence))
+        .routes(routes!(events::list_events, events::create_event))
+        .routes(routes!(events::import_events))
+        .routes(routes!(events::delete_event))
         .routes(routes!(tokens::list_tokens, tokens::create_token))
         .routes(routes!(tokens::revoke_token))
         .routes(routes!(audit::audit))
@@ -448,7 +453,7 @@ mod tests {
                 operations += 1;
             }
         }
-        assert_eq!(operations, 19, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(operations, 23, "{:?}", paths.keys().collect::<Vec<_>>());
     }
 
     #[test]

@@ -509,6 +509,8 @@ pub(super) async fn backtest_draft(
         direction: None,
         min_volume: None,
     };
-    let report = crate::backtest::run(&spec, &draft_store_free, opts, to, 3).map_err(anyhow::Error::from)?;
+    let excluded = crate::calendar::exclusions(&state.store, &spec, from, to).await?;
+    let report = crate::backtest::run_excluding(&spec, &draft_store_free, opts, to, 3, &excluded)
+        .map_err(anyhow::Error::from)?;
     Ok(Json(backtest_dto(spec.id.to_string(), &report)))
 }

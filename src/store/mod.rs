@@ -68,8 +68,10 @@ macro_rules! run {
     };
 }
 
+mod events;
 mod tokens;
 
+pub use events::EventRow;
 pub use tokens::TokenRow;
 
 /// One bucket of one series as stored.

@@ -12,6 +12,7 @@ mod detection;
 mod digest;
 mod e2e;
 mod email;
+mod events;
 mod helpers;
 mod influxdb;
 mod interfaces;
