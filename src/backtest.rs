@@ -273,4 +273,46 @@ mod tests {
         // Only the last 4 weeks are reported.
         assert!(medium.flags.iter().all(|f| f.ts >= medium.from));
     }
+
+    #[test]
+    fn buckets_inside_an_event_neither_flag_nor_alert() {
+        let h = history();
+        let t0 = 1_772_409_600;
+        let to = t0 + 6 * 7 * 86_400;
+        let opts = BacktestOptions {
+            weeks: 4,
+            sensitivity: Sensitivity::MEDIUM,
+            direction: None,
+            min_volume: None,
+        };
+        // An event over the first outage (week 3, hour 50).
+        let outage = t0 + (3 * 7 * 24 + 50) * 3600;
+        let event = crate::calendar::Event {
+            name: "planned migration".to_owned(),
+            start: DateTime::<Utc>::from_timestamp(outage - 3600, 0)
+                .expect("t")
+                .naive_utc(),
+            end: DateTime::<Utc>::from_timestamp(outage + 7200, 0)
+                .expect("t")
+                .naive_utc(),
+            timezone: chrono_tz::UTC,
+            yearly: false,
+            margin_before: 0,
+            margin_after: 0,
+            kpis: vec![],
+            labels: BTreeMap::new(),
+        };
+        let excluded = Exclusions::for_kpi([&event], &spec(), 0, to);
+        let plain = run(&spec(), &h, opts, to, 3).expect("runs");
+        let honoured = run_excluding(&spec(), &h, opts, to, 3, &excluded).expect("runs");
+        let at_outage = |r: &BacktestReport| r.flags.iter().any(|f| f.ts.timestamp() == outage);
+        assert!(at_outage(&plain), "{:?}", plain.flags);
+        assert!(!at_outage(&honoured), "{:?}", honoured.flags);
+        assert_eq!(
+            honoured.alerts.len() + 1,
+            plain.alerts.len(),
+            "{:?}",
+            honoured.alerts
+        );
+    }
 }

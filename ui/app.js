@@ -423,10 +423,14 @@
     const dimsSel = h("select", { hidden: true, onchange: () => { state.dimsIdx = +dimsSel.value; drawChart(); } });
     const chartMsg = h("span", { class: "muted small" });
     const chartBox = h("div", { class: "chart" });
+    // Events and holidays in the range: shaded on the chart, listed under it (their buckets
+    // are neither learned nor alerted).
+    const eventsNote = h("div", { class: "chart-events small muted" });
     const legendNote = h("div", { class: "legend-note small muted" },
       h("span", { class: "key k-actual" }), " actual ", h("span", { class: "key k-exp" }), " expected ",
       h("span", { class: "key k-band" }), " normal band ", h("span", { class: "key k-anom" }), " anomaly (recorded) ", h("span", { class: "key k-acc" }), " flagged by accumulated evidence ",
-      h("span", { class: "key k-would" }), " would fire at the slider's sensitivity",
+      h("span", { class: "key k-would" }), " would fire at the slider's sensitivity ",
+      h("span", { class: "key k-event" }), " event (not learned, not alerted)",
       h("span", { class: "spacer" }), "Drag across the chart to zoom, double-click to zoom out. Times are local.");
 
     // Sensitivity / backtest panel
@@ -528,7 +532,7 @@
     put(app, ...[head, desc, errLine, incidentBox].filter(Boolean),
       h("section", { class: "card wide" },
         h("div", { class: "chart-head" }, h("h2", {}, "Actual vs expected"), rangeBtns, dimsSel, h("span", { class: "spacer" }), chartMsg),
-        chartBox, legendNote),
+        chartBox, eventsNote, legendNote),
       h("div", { class: "cols" }, sensPanel, settings),
       alertsSec);
 
@@ -561,9 +565,17 @@
       chartMsg.textContent = "Loading…";
       const mySeq = (loadSeries.seq = (loadSeries.seq || 0) + 1);
       try {
-        const series = await api("GET", `/api/kpis/${encodeURIComponent(id)}/series?from=${from.toISOString()}&to=${to.toISOString()}`);
+        const range = `from=${from.toISOString()}&to=${to.toISOString()}`;
+        const [series, events] = await Promise.all([
+          api("GET", `/api/kpis/${encodeURIComponent(id)}/series?${range}`),
+          api("GET", `/api/events?kpi=${encodeURIComponent(id)}&${range}`).catch(() => []),
+        ]);
         if (seq !== routeSeq || mySeq !== loadSeries.seq) return;
         state.series = series;
+        state.events = events.flatMap((e) => (e.occurrences || []).map((o) => ({
+          name: e.name, start: new Date(o.start).getTime() / 1000, end: new Date(o.end).getTime() / 1000 })));
+        put(eventsNote, ...state.events.map((e) => h("span", { class: "event-chip", title: "Buckets in it are neither learned nor alerted" },
+          `${e.name}: ${fmtTime(new Date(e.start * 1000).toISOString())} – ${fmtTime(new Date(e.end * 1000).toISOString())}`)));
         state.range = [from.getTime() / 1000, to.getTime() / 1000];
         if (state.dimsIdx >= series.length) state.dimsIdx = 0;
         put(dimsSel, ...series.map((s, i) => h("option", { value: i, selected: i === state.dimsIdx }, dimsLabel(s.dims))));
@@ -672,6 +684,19 @@
         ],
         bands: [{ series: [2, 1], fill: "rgba(37,99,235,0.12)" }],
         hooks: {
+          drawClear: [(u) => {
+            // Events: grey bands behind the data.
+            const ctx = u.ctx;
+            ctx.save();
+            ctx.fillStyle = "rgba(107,114,128,0.16)";
+            for (const e of state.events || []) {
+              const a = Math.max(e.start, u.scales.x.min), b = Math.min(e.end, u.scales.x.max);
+              if (b <= a) continue;
+              const x0 = u.valToPos(a, "x", true), x1 = u.valToPos(b, "x", true);
+              ctx.fillRect(x0, u.bbox.top, Math.max(1, x1 - x0), u.bbox.height);
+            }
+            ctx.restore();
+          }],
           draw: [(u) => {
             // Would-fire markers: orange triangles above the point.
             const ys = u.data[6];
