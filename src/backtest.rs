@@ -57,6 +57,8 @@ pub struct WouldAlert {
     pub series: String,
     /// First anomalous bucket.
     pub started: DateTime<Utc>,
+    /// End of the bucket at which it would have fired (the trigger rule met).
+    pub fired: DateTime<Utc>,
     /// Bucket at which it would have resolved (`None`: still open at the end).
     pub resolved: Option<DateTime<Utc>>,
     /// Flagged buckets in it.
@@ -165,6 +167,7 @@ pub fn run_excluding(
                         current = Some(WouldAlert {
                             series: series.clone(),
                             started: at(inc.started_ts),
+                            fired: at(o.ts + step),
                             resolved: None,
                             buckets: 0,
                         });

@@ -11,6 +11,7 @@
 //! - [`sources`]: the databases and metric stores KPI queries run against (IO edge).
 //! - [`baseline`]: the pure detector (no IO); [`detect`] is its offline CSV front end.
 //! - [`calendar`]: events and holidays, excluded from learning and alerting.
+//! - [`backtest`], [`tuning`]: replays at other settings; a sensitivity by alert budget, injected incidents.
 //! - [`store`]: the only owner of the state database.
 //! - [`alerting`]: incident lifecycle, messages, e-mail delivery (IO edge).
 //! - [`pipeline`]: the single path source → store → baseline → alerting.
@@ -39,3 +40,4 @@ pub mod scheduler;
 pub mod sources;
 pub mod store;
 pub mod telemetry;
+pub mod tuning;

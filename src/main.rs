@@ -59,6 +59,15 @@ enum Command {
         /// End of the period, RFC 3339 (default: now).
         #[arg(long)]
         until: Option<chrono::DateTime<chrono::Utc>>,
+        /// An alert budget (`1/week`, `2/day`): the most sensitive setting that fires at most
+        /// that often over the weeks replayed, and what the next more sensitive one fires.
+        #[arg(long)]
+        budget: Option<kpiwatch::tuning::Budget>,
+        /// Inject an incident into the history and report which settings catch it and how
+        /// fast: `-20%:30m@busy` (size:duration@busy|quiet), repeatable; `standard` for
+        /// −5/−10/−20 % for 30 minutes at the busy and at the quiet hour.
+        #[arg(long, value_name = "INCIDENT", allow_hyphen_values = true)]
+        inject: Vec<String>,
     },
     /// API tokens: create (stored hashed, shown once), list, revoke; or print config lines.
     #[command(subcommand)]
@@ -281,6 +290,8 @@ async fn run_async(config_path: Option<PathBuf>, models: PathBuf, json: bool, co
             direction,
             min_volume,
             until,
+            budget,
+            inject,
         } => {
             telemetry::init("warn,sqlx=error", json);
             let (settings, specs) = match load(config_path.as_deref(), &models) {
@@ -298,7 +309,21 @@ async fn run_async(config_path: Option<PathBuf>, models: PathBuf, json: bool, co
                 min_volume,
             };
             let until = until.unwrap_or_else(chrono::Utc::now);
-            report(run_backtest(&settings, spec, opts, until).await)
+            let mut incidents = Vec::new();
+            for i in &inject {
+                if i == "standard" {
+                    incidents.extend(kpiwatch::tuning::Incident::standard(spec));
+                    continue;
+                }
+                match i.parse::<kpiwatch::tuning::Incident>() {
+                    Ok(incident) => incidents.push(incident),
+                    Err(e) => {
+                        eprintln!("kpiwatch backtest: --inject: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            report(run_backtest(&settings, spec, opts, until, (budget, &incidents)).await)
         }
         Command::Detect { .. } => ExitCode::FAILURE,
     }
@@ -387,6 +412,7 @@ async fn run_backtest(
     spec: &kpi::KpiSpec,
     opts: kpiwatch::backtest::BacktestOptions,
     until: chrono::DateTime<chrono::Utc>,
+    (budget, incidents): (Option<kpiwatch::tuning::Budget>, &[kpiwatch::tuning::Incident]),
 ) -> anyhow::Result<()> {
     use secrecy::ExposeSecret;
     let store = kpiwatch::store::Store::connect(settings.state.url.expose_secret()).await?;
@@ -437,6 +463,32 @@ async fn run_backtest(
             a.buckets,
             a.series
         );
+    }
+    let recovery = settings.scheduler.recovery_buckets;
+    let mut chosen = None;
+    if let Some(budget) = budget {
+        let choice =
+            kpiwatch::tuning::choose_by_budget(spec, &history, opts, to, recovery, &excluded, budget)?;
+        print!("{}", kpiwatch::tuning::budget_text(&choice));
+        chosen = choice.chosen.map(|c| c.sensitivity);
+    }
+    if !incidents.is_empty() {
+        let named = kpiwatch::tuning::replay_settings(opts.sensitivity.get(), chosen);
+        let sensitivities: Vec<kpi::Sensitivity> = named
+            .iter()
+            .filter_map(|(s, _)| kpi::Sensitivity::new(*s).ok())
+            .collect();
+        let replays = kpiwatch::tuning::replay_incidents(
+            spec,
+            &history,
+            opts,
+            to,
+            recovery,
+            &excluded,
+            &sensitivities,
+            incidents,
+        )?;
+        print!("{}", kpiwatch::tuning::replay_text(&replays, &named));
     }
     Ok(())
 }

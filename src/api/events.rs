@@ -33,16 +33,6 @@ pub(super) struct NewEvent {
     /// End (exclusive), written like `start`.
     #[schema(min_length = 10, max_length = 40)]
     end: String,
-    #[serde(flatten)]
-    scope: Scope,
-    /// Recurs every year on the same local date (holidays).
-    #[serde(default)]
-    yearly: bool,
-}
-
-/// Where and to what events apply, shared by [`NewEvent`] and [`ImportEvents`].
-#[derive(Debug, Default, Deserialize, ToSchema)]
-pub(super) struct Scope {
     /// IANA timezone of local dates (default UTC).
     #[schema(max_length = 64)]
     timezone: Option<String>,
@@ -53,11 +43,24 @@ pub(super) struct Scope {
     #[schema(max_length = 32)]
     margin_after: Option<String>,
     /// KPI ids it applies to; with neither `kpis` nor `labels` it applies to every KPI.
-    #[schema(max_items = 100, value_type = Option<Vec<String>>)]
+    #[schema(max_items = 100)]
     kpis: Option<Vec<String>>,
     /// Labels a KPI must all carry for it to apply (`team = payments`).
     #[schema(schema_with = labels_schema)]
     labels: Option<BTreeMap<String, String>>,
+    /// Recurs every year on the same local date (holidays).
+    #[serde(default)]
+    yearly: bool,
+}
+
+/// Where and to what events apply: the fields [`NewEvent`] and [`ImportEvents`] share.
+#[derive(Debug)]
+struct Scope<'a> {
+    timezone: Option<&'a str>,
+    margin_before: Option<&'a str>,
+    margin_after: Option<&'a str>,
+    kpis: Option<&'a [String]>,
+    labels: Option<&'a BTreeMap<String, String>>,
 }
 
 /// An iCalendar file to import: each `VEVENT` becomes one event (re-importing a UID
@@ -68,8 +71,21 @@ pub(super) struct ImportEvents {
     /// The `.ics` text (`BEGIN:VCALENDAR` … `END:VCALENDAR`).
     #[schema(min_length = 1, max_length = 200000)]
     calendar: String,
-    #[serde(flatten)]
-    scope: Scope,
+    /// IANA timezone of local dates (default UTC).
+    #[schema(max_length = 64)]
+    timezone: Option<String>,
+    /// Also cover this long before, e.g. `2h` (at most 7 days).
+    #[schema(max_length = 32)]
+    margin_before: Option<String>,
+    /// Also cover this long after.
+    #[schema(max_length = 32)]
+    margin_after: Option<String>,
+    /// KPI ids it applies to; with neither `kpis` nor `labels` it applies to every KPI.
+    #[schema(max_items = 100)]
+    kpis: Option<Vec<String>>,
+    /// Labels a KPI must all carry for it to apply (`team = payments`).
+    #[schema(schema_with = labels_schema)]
+    labels: Option<BTreeMap<String, String>>,
 }
 
 /// At most 20 labels, each value at most 256 characters.
@@ -148,14 +164,13 @@ fn local_time(name: &str, s: &str, tz: chrono_tz::Tz) -> ApiResult<chrono::Naive
 }
 
 /// The event fields every new event shares, checked.
-fn template(scope: &Scope, name: &str) -> ApiResult<Event> {
-    let timezone = calendar::parse_timezone(scope.timezone.as_deref().unwrap_or("UTC")).map_err(invalid)?;
-    let margin = |what: &str, v: &Option<String>| {
-        v.as_deref()
-            .map_or(Ok(0), |s| calendar::parse_margin(what, s))
+fn template(scope: &Scope<'_>, name: &str) -> ApiResult<Event> {
+    let timezone = calendar::parse_timezone(scope.timezone.unwrap_or("UTC")).map_err(invalid)?;
+    let margin = |what: &str, v: Option<&str>| {
+        v.map_or(Ok(0), |s| calendar::parse_margin(what, s))
             .map_err(invalid)
     };
-    let kpis = scope.kpis.clone().unwrap_or_default();
+    let kpis = scope.kpis.map(<[String]>::to_vec).unwrap_or_default();
     if kpis.len() > 100 {
         return Err(ApiError::BadRequest(
             "`kpis` may name at most 100 KPIs".to_owned(),
@@ -164,7 +179,7 @@ fn template(scope: &Scope, name: &str) -> ApiResult<Event> {
     for k in &kpis {
         crate::kpi::KpiId::parse(k).map_err(|e| ApiError::Unprocessable(format!("`kpis`: {e}")))?;
     }
-    let labels = scope.labels.clone().unwrap_or_default();
+    let labels = scope.labels.cloned().unwrap_or_default();
     if labels.len() > 20 {
         return Err(ApiError::BadRequest(
             "`labels` may have at most 20 entries".to_owned(),
@@ -184,8 +199,8 @@ fn template(scope: &Scope, name: &str) -> ApiResult<Event> {
         end: chrono::NaiveDateTime::default(),
         timezone,
         yearly: false,
-        margin_before: margin("margin_before", &scope.margin_before)?,
-        margin_after: margin("margin_after", &scope.margin_after)?,
+        margin_before: margin("margin_before", scope.margin_before)?,
+        margin_after: margin("margin_after", scope.margin_after)?,
         kpis,
         labels,
     })
@@ -278,7 +293,14 @@ pub(super) async fn create_event(
 ) -> ApiResult<(StatusCode, Json<EventDto>)> {
     let Json(new) = body?;
     text_field("name", &new.name, 200)?;
-    let mut event = template(&new.scope, new.name.trim())?;
+    let scope = Scope {
+        timezone: new.timezone.as_deref(),
+        margin_before: new.margin_before.as_deref(),
+        margin_after: new.margin_after.as_deref(),
+        kpis: new.kpis.as_deref(),
+        labels: new.labels.as_ref(),
+    };
+    let mut event = template(&scope, new.name.trim())?;
     event.start = local_time("start", &new.start, event.timezone)?;
     event.end = local_time("end", &new.end, event.timezone)?;
     event.yearly = new.yearly;
@@ -313,7 +335,14 @@ pub(super) async fn import_events(
     body: Result<Json<ImportEvents>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Vec<EventDto>>)> {
     let Json(import) = body?;
-    let defaults = template(&import.scope, "event")?;
+    let scope = Scope {
+        timezone: import.timezone.as_deref(),
+        margin_before: import.margin_before.as_deref(),
+        margin_after: import.margin_after.as_deref(),
+        kpis: import.kpis.as_deref(),
+        labels: import.labels.as_ref(),
+    };
+    let defaults = template(&scope, "event")?;
     let events = calendar::parse_ical(&import.calendar, &defaults).map_err(invalid)?;
     if events.len() > 1000 {
         return Err(ApiError::Unprocessable(
