@@ -17,6 +17,7 @@
 //! - [`pipeline`]: the single path source → store → baseline → alerting.
 //! - [`scheduler`], [`api`]: drive the pipeline / read the store; [`app`] wires them.
 //! - [`digest`]: the daily digest e-mail (built from the store, sent through the outbox).
+//! - [`export`]: stored buckets as tables (Parquet/CSV with the `export` feature).
 //! - [`check`], [`demo`]: the `kpiwatch check` and `kpiwatch demo` commands.
 //!
 //! See `ARCHITECTURE.md` for the data flow and invariants.
@@ -33,6 +34,7 @@ pub mod config;
 pub mod demo;
 pub mod detect;
 pub mod digest;
+pub mod export;
 pub mod format;
 pub mod kpi;
 pub mod pipeline;

@@ -87,6 +87,28 @@ enum Command {
         #[arg(long, default_value = "digest.html")]
         out: PathBuf,
     },
+    /// Write stored buckets with verdicts, incidents and feedback to Parquet or CSV, one file
+    /// per KPI (needs the `export` cargo feature; see docs/EXPORT.md for the columns).
+    Export {
+        /// One KPI.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        kpi: Option<String>,
+        /// Every KPI of the models.
+        #[arg(long)]
+        all: bool,
+        /// Start, RFC 3339 (default: 28 days before `--to`).
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// End, exclusive, RFC 3339 (default: now).
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// parquet | csv.
+        #[arg(long, default_value = "parquet")]
+        format: kpiwatch::export::Format,
+        /// Folder for the files (`<kpi>.parquet` / `<kpi>.csv`), created if missing.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Run the detector over a CSV, online (row t uses only rows up to t).
     Detect {
         /// Input CSV: `timestamp,value` or `timestamp,numerator,denominator`.
@@ -325,6 +347,37 @@ async fn run_async(config_path: Option<PathBuf>, models: PathBuf, json: bool, co
             }
             report(run_backtest(&settings, spec, opts, until, (budget, &incidents)).await)
         }
+        Command::Export {
+            kpi,
+            all,
+            from,
+            to,
+            format,
+            out,
+        } => {
+            telemetry::init("warn,sqlx=error", json);
+            let (settings, specs) = match load(config_path.as_deref(), &models) {
+                Ok(ok) => ok,
+                Err(code) => return code,
+            };
+            let chosen: Vec<&kpi::KpiSpec> = match (&kpi, all) {
+                (Some(id), _) => match specs.iter().find(|s| s.id.as_str() == id) {
+                    Some(spec) => vec![spec],
+                    None => {
+                        eprintln!("kpiwatch export: no KPI {id:?} in {}", models.display());
+                        return ExitCode::from(2);
+                    }
+                },
+                (None, _) => specs.iter().collect(),
+            };
+            let to = to.unwrap_or_else(chrono::Utc::now);
+            let from = from.unwrap_or(to - chrono::Duration::days(28));
+            if from >= to {
+                eprintln!("kpiwatch export: --from must be before --to");
+                return ExitCode::from(2);
+            }
+            report(run_export(&settings, &chosen, (from, to), format, &out).await)
+        }
         Command::Detect { .. } => ExitCode::FAILURE,
     }
 }
@@ -491,6 +544,41 @@ async fn run_backtest(
         print!("{}", kpiwatch::tuning::replay_text(&replays, &named));
     }
     Ok(())
+}
+
+#[cfg(feature = "export")]
+async fn run_export(
+    settings: &config::Settings,
+    specs: &[&kpi::KpiSpec],
+    (from, to): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>),
+    format: kpiwatch::export::Format,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use secrecy::ExposeSecret;
+    std::fs::create_dir_all(out).with_context(|| format!("Failed to create {}", out.display()))?;
+    let store = kpiwatch::store::Store::connect(settings.state.url.expose_secret()).await?;
+    for spec in specs {
+        let table = kpiwatch::export::table(&store, spec, from.timestamp(), to.timestamp()).await?;
+        let path = out.join(format!("{}.{}", spec.id, format.extension()));
+        let rows = kpiwatch::export::write(&table, format, &path)?;
+        println!("{}: {rows} rows → {}", spec.id, path.display());
+    }
+    store.close().await;
+    Ok(())
+}
+
+#[cfg(not(feature = "export"))]
+async fn run_export(
+    _settings: &config::Settings,
+    _specs: &[&kpi::KpiSpec],
+    _range: (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>),
+    _format: kpiwatch::export::Format,
+    _out: &std::path::Path,
+) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "this kpiwatch was built without the `export` feature; build it with `cargo build --features export` (or `cargo install --path . --features export`)"
+    )
 }
 
 async fn preview_digest(

@@ -28,7 +28,9 @@ mod kpis;
 mod links;
 mod registration;
 mod series;
+mod series_csv;
 mod silences;
+mod sources;
 mod tokens;
 mod ui;
 
@@ -222,6 +224,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(tokens::list_tokens, tokens::create_token))
         .routes(routes!(tokens::revoke_token))
         .routes(routes!(audit::audit))
+        .routes(routes!(sources::list_sources))
 }
 
 /// The API's OpenAPI 3.1 document, generated from the handlers.
@@ -453,7 +456,7 @@ mod tests {
                 operations += 1;
             }
         }
-        assert_eq!(operations, 23, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(operations, 24, "{:?}", paths.keys().collect::<Vec<_>>());
     }
 
     #[test]

@@ -22,6 +22,10 @@ pub(super) struct RangeQuery {
     /// End of the range, exclusive (default: now).
     #[param(schema_with = super::instant_schema)]
     to: Option<String>,
+    /// `json` (default) or `csv`: one row per bucket, dimension columns, expected, band,
+    /// score and flags (columns as in docs/EXPORT.md).
+    #[param(pattern = "^(json|csv)$")]
+    format: Option<String>,
 }
 
 /// One bucket and the detector's verdict on it (the verdict fields are null while the bucket
@@ -75,8 +79,11 @@ const MAX_POINTS: i64 = 50_000;
         RangeQuery,
     ),
     responses(
-        (status = 200, description = "The KPI's series", body = Vec<SeriesDto>),
-        (status = 400, description = "`from` or `to` is neither RFC 3339 nor unix seconds", body = ErrorBody),
+        (status = 200, description = "The KPI's series (JSON, or CSV with `format=csv`)", content(
+            (Vec<SeriesDto> = "application/json"),
+            (String = "text/csv"),
+        )),
+        (status = 400, description = "`from` or `to` is neither RFC 3339 nor unix seconds, or `format` is not json or csv", body = ErrorBody),
         (status = 401, description = "A token is needed", body = ErrorBody),
         (status = 404, description = "No such KPI", body = ErrorBody),
         (status = 422, description = "`from` is not before `to`, the range holds more than 50,000 buckets, or a date that does not exist", body = ErrorBody),
@@ -87,9 +94,19 @@ pub(super) async fn series(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<RangeQuery>, QueryRejection>,
-) -> ApiResult<Json<Vec<SeriesDto>>> {
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse as _;
     let Path(id) = path?;
     let Query(range) = query?;
+    let csv = match range.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "`format` must be json or csv, got {other:?}"
+            )))
+        }
+    };
     let spec = state
         .specs
         .get(&id)
@@ -150,5 +167,9 @@ pub(super) async fn series(
         };
         out.push(SeriesDto { dims, points });
     }
-    Ok(Json(out))
+    if csv {
+        let value = serde_json::to_value(&out).map_err(anyhow::Error::from)?;
+        return super::series_csv::response(&id, &value);
+    }
+    Ok(Json(out).into_response())
 }

@@ -13,6 +13,7 @@ mod digest;
 mod e2e;
 mod email;
 mod events;
+mod export;
 mod helpers;
 mod influxdb;
 mod interfaces;

@@ -387,3 +387,144 @@ async fn the_link_in_an_alert_email_opens_the_kpi_page_showing_the_incident() {
     token.cancel();
     server.await.expect("joined").expect("clean shutdown");
 }
+
+/// The registration form, complete: every model field filled, the source chosen from the
+/// configured ones (its driver's template shown), the draft backtested (alerts, the budget's
+/// setting, injected drops), then registered and listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_full_registration_form_backtests_the_draft_then_registers_and_lists_the_kpi() {
+    init_logs();
+    let Some(driver) = start_driver() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let now = DateTime::parse_from_rfc3339("2026-03-30T12:01:00Z")
+        .expect("valid")
+        .with_timezone(&Utc);
+    shop(&dir.path().join("shop.db"), now).await;
+    let settings = settings(
+        dir.path(),
+        None,
+        &[(
+            "KPIWATCH_SOURCES__SHOP__URL",
+            format!("sqlite://{}", dir.path().join("shop.db").display()),
+        )],
+    );
+    let app = Application::build(
+        settings,
+        vec![],
+        BuildOptions {
+            clock: std::sync::Arc::new(ManualClock::new(now)),
+            extra_sources: None,
+        },
+    )
+    .await
+    .expect("app");
+    let store = app.store().clone();
+    let base = format!("http://127.0.0.1:{}/", app.port());
+    let token = CancellationToken::new();
+    let server = tokio::spawn(app.run_until_stopped(token.clone()));
+
+    let c = browser(&driver, &dir.path().join("chrome")).await;
+    c.goto(&format!("{base}#/new")).await.expect("form");
+    until(
+        &c,
+        "the source dropdown",
+        "document.querySelector('form.reg select[name=source] option[value=shop]')",
+    )
+    .await;
+    // The SQLite source's template uses strftime; every field has help text.
+    let template = until(
+        &c,
+        "the template",
+        "document.querySelector('form.reg [name=query]').value",
+    )
+    .await;
+    assert!(
+        template.as_str().unwrap_or_default().contains("strftime"),
+        "{template}"
+    );
+    let unhelped = c
+        .execute(
+            "return [...document.querySelectorAll('form.reg label.field')].filter(l => !l.querySelector('.hint')).map(l => l.innerText);",
+            vec![],
+        )
+        .await
+        .expect("js");
+    assert_eq!(
+        unhelped,
+        serde_json::json!([]),
+        "fields without help text: {unhelped}"
+    );
+    let fill = r#"
+        const f = document.querySelector('form.reg');
+        const set = (n, v) => { const e = f.querySelector(`[name=${n}]`); e.value = v; e.dispatchEvent(new Event('change')); };
+        set('id', 'orders_hourly'); set('title', 'Orders (hourly)'); set('source', 'shop');
+        set('kind', 'count'); set('interval', '1h'); set('delay', '2m'); set('direction', 'both');
+        set('sensitivity', '0.6'); set('min_volume', '10'); set('seasonality', 'daily');
+        set('timezone', 'Europe/Berlin'); set('severity', 'critical'); set('trigger', '2 of 3');
+        set('recover_after', '2'); set('repeat_interval', '4h'); set('max_series', '50');
+        set('owner', 'shop-team'); set('unit', 'orders'); set('labels', 'team=shop, tier=1');
+        set('recipients', 'oncall@example.com'); set('description', 'Orders placed per hour.');
+        set('query', "SELECT ts, n AS value FROM order_counts WHERE ts >= :start AND ts < :end");
+        return true;"#;
+    c.execute(fill, vec![]).await.expect("fill");
+    c.find(Locator::Id("draft-bt-btn"))
+        .await
+        .expect("backtest button")
+        .click()
+        .await
+        .expect("click");
+    let shown = until(
+        &c,
+        "the draft backtest",
+        "document.querySelector('.draft-bt')?.innerText || document.querySelector('#draft-bt-out .error-box')?.innerText",
+    )
+    .await;
+    let shown = shown.as_str().unwrap_or_default().to_owned();
+    assert!(
+        shown.contains("in 4 weeks") && shown.contains("sensitivity 0.60"),
+        "{shown}"
+    );
+    assert!(shown.contains("1 alert/week"), "{shown}");
+    assert!(shown.contains("-20%:30m@busy"), "the injected drops: {shown}");
+    c.find(Locator::Css("form.reg button[type=submit]"))
+        .await
+        .expect("register button")
+        .click()
+        .await
+        .expect("click");
+    until(
+        &c,
+        "the new KPI's page",
+        "location.hash === '#/kpi/orders_hourly'",
+    )
+    .await;
+    let (_, model, _) = store
+        .kpi_definitions()
+        .await
+        .expect("definitions")
+        .into_iter()
+        .find(|(id, _, _)| id == "orders_hourly")
+        .expect("stored");
+    for expected in [
+        "severity = \"critical\"",
+        "min_volume = 10",
+        "timezone = \"Europe/Berlin\"",
+        "seasonality = \"daily\"",
+        "trigger = \"2 of 3\"",
+        "team = \"shop\"",
+        "description = \"Orders placed per hour.\"",
+        "repeat_interval = \"4h\"",
+    ] {
+        assert!(model.contains(expected), "{expected} in:\n{model}");
+    }
+    c.goto(&base).await.expect("list");
+    until(
+        &c,
+        "the KPI in the list",
+        "document.body.innerText.includes('Orders (hourly)')",
+    )
+    .await;
+    c.close().await.expect("close");
+    token.cancel();
+    server.await.expect("joined").expect("clean shutdown");
+}
