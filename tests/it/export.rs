@@ -144,6 +144,15 @@ async fn kpiwatch_export_writes_parquet_that_pyarrow_reads_with_the_documented_s
     );
     assert_eq!(said.trim(), format!("ok {stored}"));
 
+    // `TEST_NOTEBOOK_SAMPLE=notebooks/data` keeps this export as the notebooks' sample.
+    if let Ok(keep) = std::env::var("TEST_NOTEBOOK_SAMPLE") {
+        std::fs::create_dir_all(&keep).expect("sample folder");
+        std::fs::copy(
+            out_dir.join("orders.parquet"),
+            std::path::Path::new(&keep).join("orders.parquet"),
+        )
+        .expect("copy the sample");
+    }
     // The notebooks run on this fresh export too, not only on their committed sample.
     let run = std::process::Command::new(&python)
         .arg(root.join("notebooks/run_notebooks.py"))
