@@ -118,6 +118,11 @@ pub(super) fn tuning_request(
     budget: Option<&str>,
     inject: Option<&[InjectDto]>,
 ) -> ApiResult<(Option<crate::tuning::Budget>, Vec<crate::tuning::Incident>)> {
+    if budget.is_some_and(|b| b.chars().count() > 32) {
+        return Err(ApiError::BadRequest(
+            "`budget` is longer than 32 characters".to_owned(),
+        ));
+    }
     let budget = budget
         .map(str::parse::<crate::tuning::Budget>)
         .transpose()
@@ -130,6 +135,11 @@ pub(super) fn tuning_request(
     }
     let mut incidents = Vec::with_capacity(inject.len());
     for i in inject {
+        if i.duration.chars().count() > 32 {
+            return Err(ApiError::BadRequest(
+                "`inject.duration` is longer than 32 characters".to_owned(),
+            ));
+        }
         let duration = humantime::parse_duration(i.duration.trim())
             .map_err(|e| ApiError::Unprocessable(format!("`inject.duration` {:?}: {e}", i.duration)))?;
         let at = match i.at {
