@@ -189,8 +189,28 @@ async fn the_ui_registers_a_kpi_backtests_with_the_slider_and_acknowledges_an_al
     // The list shows the KPI, anomalous.
     until(&c, "the KPI list", "document.body.innerText.includes('Orders')").await;
 
+    // An event over the chart's range (the browser's own clock) is listed under the chart.
+    let wall = Utc::now();
+    let created = reqwest::Client::new()
+        .post(format!("{base}api/events"))
+        .json(&serde_json::json!({
+            "name": "Spring campaign", "kpis": ["orders"],
+            "start": (wall - Duration::hours(2)).to_rfc3339(),
+            "end": (wall + Duration::hours(1)).to_rfc3339(),
+        }))
+        .send()
+        .await
+        .expect("POST /api/events");
+    assert_eq!(created.status(), 201);
+
     // Slider: lower and higher sensitivity give different would-fire counts.
     c.goto(&format!("{base}#/kpi/orders")).await.expect("kpi page");
+    until(
+        &c,
+        "the event under the chart",
+        "(document.querySelector('.chart-events')?.innerText || '').includes('Spring campaign')",
+    )
+    .await;
     let set = |v: &str| {
         format!(
             "(() => {{ const s = document.querySelector('.slider-row input[type=range]'); s.value = '{v}'; s.dispatchEvent(new Event('input')); return true; }})()"
@@ -230,6 +250,25 @@ async fn the_ui_registers_a_kpi_backtests_with_the_slider_and_acknowledges_an_al
             .unwrap_or(0)
     };
     assert!(flagged(&low) < flagged(&high), "low:\n{low}\nhigh:\n{high}");
+    // Beside the slider: the setting within 1 alert/week (the slider snaps to it) and which
+    // settings catch the injected drops.
+    c.execute(
+        "[...document.querySelectorAll('button')].find(b => b.innerText === 'Find the setting').click(); return true;",
+        vec![],
+    )
+    .await
+    .expect("click");
+    let tuned = until(
+        &c,
+        "the budget's setting and the injected drops",
+        "document.querySelector('.tune-out table.replay') && document.querySelector('.tune-out').innerText",
+    )
+    .await;
+    let tuned = tuned.as_str().unwrap_or_default();
+    assert!(
+        tuned.contains("alerts/week") && tuned.contains("-20%:30m@busy"),
+        "{tuned}"
+    );
     let shot = c.screenshot().await.expect("screenshot");
     std::fs::write(dir.path().join("ui-kpi.png"), &shot).expect("write");
     if let Ok(keep) = std::env::var("KPIWATCH_UI_SCREENSHOT") {
