@@ -83,6 +83,12 @@ impl Application {
                 warn!(message = "KPI interval or kind changed; its stored history will be fetched again.", kpi = %spec.id);
             }
         }
+        let events = crate::calendar::sync_config(&store, &settings.calendar, std::path::Path::new("."))
+            .await
+            .context("Failed to load the [[calendar]] events")?;
+        if events > 0 {
+            info!(message = "Calendar events loaded from the config.", events);
+        }
         let mailer = Mailer::build(&settings.email).context("Failed to set up e-mail")?;
         let http_client = reqwest::Client::builder()
             .timeout(crate::alerting::notifiers::REQUEST_TIMEOUT)

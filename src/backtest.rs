@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use crate::alerting;
 use crate::alerting::lifecycle::{self, Step};
 use crate::baseline::{Bucket, OnlineDetector};
+use crate::calendar::Exclusions;
 use crate::kpi::{Direction, KpiSpec, Sensitivity};
 use crate::pipeline::{bucket_verdict, detector_config, local_secs, since_utc};
 use crate::store::ObservationRow;
@@ -56,6 +57,8 @@ pub struct WouldAlert {
     pub series: String,
     /// First anomalous bucket.
     pub started: DateTime<Utc>,
+    /// End of the bucket at which it would have fired (the trigger rule met).
+    pub fired: DateTime<Utc>,
     /// Bucket at which it would have resolved (`None`: still open at the end).
     pub resolved: Option<DateTime<Utc>>,
     /// Flagged buckets in it.
@@ -99,6 +102,19 @@ pub fn run(
     to: i64,
     recovery_buckets: u32,
 ) -> Result<BacktestReport, crate::baseline::Error> {
+    run_excluding(spec, history, opts, to, recovery_buckets, &Exclusions::default())
+}
+
+/// [`run`], with the buckets inside `excluded` (events, holidays) neither learned nor
+/// alerted, as the service treats them.
+pub fn run_excluding(
+    spec: &KpiSpec,
+    history: &BTreeMap<String, Vec<ObservationRow>>,
+    opts: BacktestOptions,
+    to: i64,
+    recovery_buckets: u32,
+    excluded: &Exclusions,
+) -> Result<BacktestReport, crate::baseline::Error> {
     let week = 7 * 86_400;
     let from = to - i64::from(opts.weeks.max(1)) * week;
     let mut cfg = detector_config(spec);
@@ -126,7 +142,7 @@ pub fn run(
                 ts: local,
                 value: o.value,
                 denominator: o.denominator,
-                excluded: false,
+                excluded: excluded.covers(o.ts, o.ts + step),
             });
             if o.ts < from {
                 continue;
@@ -151,6 +167,7 @@ pub fn run(
                         current = Some(WouldAlert {
                             series: series.clone(),
                             started: at(inc.started_ts),
+                            fired: at(o.ts + step),
                             resolved: None,
                             buckets: 0,
                         });
@@ -258,5 +275,47 @@ mod tests {
         assert!(low.flags.len() <= medium.flags.len() && medium.flags.len() <= high.flags.len());
         // Only the last 4 weeks are reported.
         assert!(medium.flags.iter().all(|f| f.ts >= medium.from));
+    }
+
+    #[test]
+    fn buckets_inside_an_event_neither_flag_nor_alert() {
+        let h = history();
+        let t0 = 1_772_409_600;
+        let to = t0 + 6 * 7 * 86_400;
+        let opts = BacktestOptions {
+            weeks: 4,
+            sensitivity: Sensitivity::MEDIUM,
+            direction: None,
+            min_volume: None,
+        };
+        // An event over the first outage (week 3, hour 50).
+        let outage = t0 + (3 * 7 * 24 + 50) * 3600;
+        let event = crate::calendar::Event {
+            name: "planned migration".to_owned(),
+            start: DateTime::<Utc>::from_timestamp(outage - 3600, 0)
+                .expect("t")
+                .naive_utc(),
+            end: DateTime::<Utc>::from_timestamp(outage + 7200, 0)
+                .expect("t")
+                .naive_utc(),
+            timezone: chrono_tz::UTC,
+            yearly: false,
+            margin_before: 0,
+            margin_after: 0,
+            kpis: vec![],
+            labels: BTreeMap::new(),
+        };
+        let excluded = Exclusions::for_kpi([&event], &spec(), 0, to);
+        let plain = run(&spec(), &h, opts, to, 3).expect("runs");
+        let honoured = run_excluding(&spec(), &h, opts, to, 3, &excluded).expect("runs");
+        let at_outage = |r: &BacktestReport| r.flags.iter().any(|f| f.ts.timestamp() == outage);
+        assert!(at_outage(&plain), "{:?}", plain.flags);
+        assert!(!at_outage(&honoured), "{:?}", honoured.flags);
+        assert_eq!(
+            honoured.alerts.len() + 1,
+            plain.alerts.len(),
+            "{:?}",
+            honoured.alerts
+        );
     }
 }

@@ -47,6 +47,9 @@ pub struct Settings {
     pub api: ApiConfig,
     /// How long stored rows are kept.
     pub retention: RetentionConfig,
+    /// Events and holidays (`[[calendar]]`), parsed and checked by `calendar::from_config`.
+    #[serde(default)]
+    pub calendar: Vec<CalendarEntry>,
 }
 
 /// How long the state store keeps each kind of row; older ones are pruned in small batches
@@ -73,6 +76,41 @@ pub struct RetentionConfig {
     /// How often pruning runs.
     #[serde(with = "humantime_serde_compat")]
     pub every: Duration,
+}
+
+/// One `[[calendar]]` entry: an event or holiday whose buckets are neither learned nor
+/// alerted, or an iCalendar file of them. Dates are local to `timezone`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CalendarEntry {
+    /// What it is ("Black Friday campaign"); the default name of a file's events.
+    pub name: String,
+    /// A whole local day `YYYY-MM-DD` (or `days` of them); or give `start` and `end`.
+    pub date: Option<String>,
+    /// Days covered from `date` (default 1).
+    pub days: Option<u32>,
+    /// Local start `YYYY-MM-DDTHH:MM[:SS]` (or a date: midnight).
+    pub start: Option<String>,
+    /// Local end, exclusive.
+    pub end: Option<String>,
+    /// Recurs every year on the same local date.
+    #[serde(default)]
+    pub yearly: bool,
+    /// IANA timezone of the dates (default UTC).
+    pub timezone: Option<String>,
+    /// Also cover this long before (`2h`).
+    pub margin_before: Option<String>,
+    /// Also cover this long after.
+    pub margin_after: Option<String>,
+    /// KPI ids it applies to (none and no `labels`: every KPI).
+    #[serde(default)]
+    pub kpis: Vec<String>,
+    /// Labels a KPI must carry for it to apply.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// An iCalendar (`.ics`) file whose events are imported with this entry's settings
+    /// (relative to the working directory).
+    pub ical: Option<PathBuf>,
 }
 
 /// Who may use the HTTP API.

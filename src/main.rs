@@ -59,6 +59,15 @@ enum Command {
         /// End of the period, RFC 3339 (default: now).
         #[arg(long)]
         until: Option<chrono::DateTime<chrono::Utc>>,
+        /// An alert budget (`1/week`, `2/day`): the most sensitive setting that fires at most
+        /// that often over the weeks replayed, and what the next more sensitive one fires.
+        #[arg(long)]
+        budget: Option<kpiwatch::tuning::Budget>,
+        /// Inject an incident into the history and report which settings catch it and how
+        /// fast: `-20%:30m@busy` (size:duration@busy|quiet), repeatable; `standard` for
+        /// −5/−10/−20 % for 30 minutes at the busy and at the quiet hour.
+        #[arg(long, value_name = "INCIDENT", allow_hyphen_values = true)]
+        inject: Vec<String>,
     },
     /// API tokens: create (stored hashed, shown once), list, revoke; or print config lines.
     #[command(subcommand)]
@@ -76,6 +85,28 @@ enum Command {
         recipient: Option<String>,
         /// Where to write the HTML; charts are written beside it as PNG files.
         #[arg(long, default_value = "digest.html")]
+        out: PathBuf,
+    },
+    /// Write stored buckets with verdicts, incidents and feedback to Parquet or CSV, one file
+    /// per KPI (needs the `export` cargo feature; see docs/EXPORT.md for the columns).
+    Export {
+        /// One KPI.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        kpi: Option<String>,
+        /// Every KPI of the models.
+        #[arg(long)]
+        all: bool,
+        /// Start, RFC 3339 (default: 28 days before `--to`).
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// End, exclusive, RFC 3339 (default: now).
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// parquet | csv.
+        #[arg(long, default_value = "parquet")]
+        format: kpiwatch::export::Format,
+        /// Folder for the files (`<kpi>.parquet` / `<kpi>.csv`), created if missing.
+        #[arg(long)]
         out: PathBuf,
     },
     /// Run the detector over a CSV, online (row t uses only rows up to t).
@@ -281,6 +312,8 @@ async fn run_async(config_path: Option<PathBuf>, models: PathBuf, json: bool, co
             direction,
             min_volume,
             until,
+            budget,
+            inject,
         } => {
             telemetry::init("warn,sqlx=error", json);
             let (settings, specs) = match load(config_path.as_deref(), &models) {
@@ -298,7 +331,52 @@ async fn run_async(config_path: Option<PathBuf>, models: PathBuf, json: bool, co
                 min_volume,
             };
             let until = until.unwrap_or_else(chrono::Utc::now);
-            report(run_backtest(&settings, spec, opts, until).await)
+            let mut incidents = Vec::new();
+            for i in &inject {
+                if i == "standard" {
+                    incidents.extend(kpiwatch::tuning::Incident::standard(spec));
+                    continue;
+                }
+                match i.parse::<kpiwatch::tuning::Incident>() {
+                    Ok(incident) => incidents.push(incident),
+                    Err(e) => {
+                        eprintln!("kpiwatch backtest: --inject: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            report(run_backtest(&settings, spec, opts, until, (budget, &incidents)).await)
+        }
+        Command::Export {
+            kpi,
+            all,
+            from,
+            to,
+            format,
+            out,
+        } => {
+            telemetry::init("warn,sqlx=error", json);
+            let (settings, specs) = match load(config_path.as_deref(), &models) {
+                Ok(ok) => ok,
+                Err(code) => return code,
+            };
+            let chosen: Vec<&kpi::KpiSpec> = match (&kpi, all) {
+                (Some(id), _) => match specs.iter().find(|s| s.id.as_str() == id) {
+                    Some(spec) => vec![spec],
+                    None => {
+                        eprintln!("kpiwatch export: no KPI {id:?} in {}", models.display());
+                        return ExitCode::from(2);
+                    }
+                },
+                (None, _) => specs.iter().collect(),
+            };
+            let to = to.unwrap_or_else(chrono::Utc::now);
+            let from = from.unwrap_or(to - chrono::Duration::days(28));
+            if from >= to {
+                eprintln!("kpiwatch export: --from must be before --to");
+                return ExitCode::from(2);
+            }
+            report(run_export(&settings, &chosen, (from, to), format, &out).await)
         }
         Command::Detect { .. } => ExitCode::FAILURE,
     }
@@ -387,6 +465,7 @@ async fn run_backtest(
     spec: &kpi::KpiSpec,
     opts: kpiwatch::backtest::BacktestOptions,
     until: chrono::DateTime<chrono::Utc>,
+    (budget, incidents): (Option<kpiwatch::tuning::Budget>, &[kpiwatch::tuning::Incident]),
 ) -> anyhow::Result<()> {
     use secrecy::ExposeSecret;
     let store = kpiwatch::store::Store::connect(settings.state.url.expose_secret()).await?;
@@ -396,7 +475,22 @@ async fn run_backtest(
     let warm_up = settings.scheduler.history.as_secs() as i64;
     let from = to - i64::from(opts.weeks) * 7 * 86_400 - warm_up;
     let history = kpiwatch::pipeline::history(&store, &sources, spec, from, to).await?;
-    let report = kpiwatch::backtest::run(spec, &history, opts, to, settings.scheduler.recovery_buckets)?;
+    let excluded = kpiwatch::calendar::exclusions_with_config(
+        &store,
+        &settings.calendar,
+        std::path::Path::new("."),
+        spec,
+        (from, to),
+    )
+    .await?;
+    let report = kpiwatch::backtest::run_excluding(
+        spec,
+        &history,
+        opts,
+        to,
+        settings.scheduler.recovery_buckets,
+        &excluded,
+    )?;
     println!(
         "{}: sensitivity {} over {} weeks from {} to {}",
         spec.id,
@@ -423,7 +517,68 @@ async fn run_backtest(
             a.series
         );
     }
+    let recovery = settings.scheduler.recovery_buckets;
+    let mut chosen = None;
+    if let Some(budget) = budget {
+        let choice =
+            kpiwatch::tuning::choose_by_budget(spec, &history, opts, to, recovery, &excluded, budget)?;
+        print!("{}", kpiwatch::tuning::budget_text(&choice));
+        chosen = choice.chosen.map(|c| c.sensitivity);
+    }
+    if !incidents.is_empty() {
+        let named = kpiwatch::tuning::replay_settings(opts.sensitivity.get(), chosen);
+        let sensitivities: Vec<kpi::Sensitivity> = named
+            .iter()
+            .filter_map(|(s, _)| kpi::Sensitivity::new(*s).ok())
+            .collect();
+        let replays = kpiwatch::tuning::replay_incidents(
+            spec,
+            &history,
+            opts,
+            to,
+            recovery,
+            &excluded,
+            &sensitivities,
+            incidents,
+        )?;
+        print!("{}", kpiwatch::tuning::replay_text(&replays, &named));
+    }
     Ok(())
+}
+
+#[cfg(feature = "export")]
+async fn run_export(
+    settings: &config::Settings,
+    specs: &[&kpi::KpiSpec],
+    (from, to): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>),
+    format: kpiwatch::export::Format,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use secrecy::ExposeSecret;
+    std::fs::create_dir_all(out).with_context(|| format!("Failed to create {}", out.display()))?;
+    let store = kpiwatch::store::Store::connect(settings.state.url.expose_secret()).await?;
+    for spec in specs {
+        let table = kpiwatch::export::table(&store, spec, from.timestamp(), to.timestamp()).await?;
+        let path = out.join(format!("{}.{}", spec.id, format.extension()));
+        let rows = kpiwatch::export::write(&table, format, &path)?;
+        println!("{}: {rows} rows → {}", spec.id, path.display());
+    }
+    store.close().await;
+    Ok(())
+}
+
+#[cfg(not(feature = "export"))]
+async fn run_export(
+    _settings: &config::Settings,
+    _specs: &[&kpi::KpiSpec],
+    _range: (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>),
+    _format: kpiwatch::export::Format,
+    _out: &std::path::Path,
+) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "this kpiwatch was built without the `export` feature; build it with `cargo build --features export` (or `cargo install --path . --features export`)"
+    )
 }
 
 async fn preview_digest(

@@ -544,6 +544,8 @@ async fn evaluate_series(
     };
     let per_bucket = if spec.kind == Kind::Count { k as f64 } else { 1.0 };
     let tz = spec.timezone;
+    // Buckets inside an event or holiday are neither learned nor alerted.
+    let excluded = crate::calendar::exclusions(store, spec, from, end).await?;
     // Feedback on earlier buckets is replayed into the detector: a false positive is learned
     // as normal, a new normal re-baselines there.
     let feedback: std::collections::HashMap<i64, Feedback> = store
@@ -569,7 +571,7 @@ async fn evaluate_series(
                 ts: local_secs(tz, start),
                 value: o.value,
                 denominator: o.denominator,
-                excluded: false,
+                excluded: excluded.covers(o.ts, o.ts + step),
             };
             let mut v =
                 detector.step_with_feedback(&bucket, feedback.get(&o.ts).copied().unwrap_or_default());

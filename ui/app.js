@@ -434,10 +434,14 @@
     const dimsSel = h("select", { hidden: true, onchange: () => { state.dimsIdx = +dimsSel.value; state.dimsChosen = true; drawChart(); } });
     const chartMsg = h("span", { class: "muted small" });
     const chartBox = h("div", { class: "chart" });
+    // Events and holidays in the range: shaded on the chart, listed under it (their buckets
+    // are neither learned nor alerted).
+    const eventsNote = h("div", { class: "chart-events small muted" });
     const legendNote = h("div", { class: "legend-note small muted" },
       h("span", { class: "key k-actual" }), " actual ", h("span", { class: "key k-exp" }), " expected ",
       h("span", { class: "key k-band" }), " normal band ", h("span", { class: "key k-anom" }), " anomaly (recorded) ", h("span", { class: "key k-acc" }), " flagged by accumulated evidence ",
-      h("span", { class: "key k-would" }), " would fire at the slider's sensitivity",
+      h("span", { class: "key k-would" }), " would fire at the slider's sensitivity ",
+      h("span", { class: "key k-event" }), " event (not learned, not alerted)",
       h("span", { class: "spacer" }), "Drag across the chart to zoom, double-click to zoom out. Times are local.");
 
     // Sensitivity / backtest panel
@@ -445,6 +449,40 @@
     const slider = h("input", { type: "range", min: "0.05", max: "0.95", step: "0.05", value: String(Math.round(sens0 * 20) / 20) });
     const sensOut = h("output", { class: "sens-value" }, Number(slider.value).toFixed(2));
     const btSummary = h("div", { class: "bt-summary" }, h("span", { class: "muted" }, "Replaying the last 4 weeks…"));
+    // Alert budget and injected incidents: the most sensitive setting within N alerts/week
+    // (the slider snaps to it) and which settings catch standard drops, and how fast.
+    const budgetIn = h("input", { type: "number", min: "0", step: "0.5", value: "1", class: "budget-input", "aria-label": "alerts per week" });
+    const tuneOut = h("div", { class: "tune-out small" });
+    const STANDARD = [5, 10, 20].flatMap((d) => ["busy", "quiet"].map((at) => ({ drop_percent: d, duration: "30m", at })));
+    const fmtDelay = (s) => (s >= 3600 ? `${(s / 3600).toFixed(1)} h` : `${Math.round(s / 60)} min`);
+    async function runTune() {
+      put(tuneOut, h("span", { class: "muted" }, "Replaying every setting and 6 injected drops…"));
+      try {
+        const r = await api("POST", `/api/kpis/${encodeURIComponent(id)}/backtest`, { weeks: 4, budget: `${Number(budgetIn.value) || 0}/week`, inject: STANDARD });
+        if (seq !== routeSeq) return;
+        const b = r.budget || {};
+        const c = b.chosen, n = b.next;
+        const line = c
+          ? h("div", { class: "budget-line" }, h("strong", {}, `Sensitivity ${c.sensitivity.toFixed(2)}`),
+              ` fires ${c.alerts_per_week.toFixed(1)} alerts/week`,
+              n ? ` · the next, ${n.sensitivity.toFixed(2)}, fires ${n.alerts_per_week.toFixed(1)}/week` : " · the most sensitive setting tried")
+          : h("div", { class: "budget-line bad" }, "No setting stays within this budget.");
+        if (c) { slider.value = String(c.sensitivity); slider.dispatchEvent(new Event("input")); }
+        const rows = (r.replay || []);
+        const incidents = rows.length ? rows[0].incidents.map((i) => i.incident) : [];
+        const table = h("table", { class: "replay" },
+          h("thead", {}, h("tr", {}, h("th", {}, "injected drop"), ...rows.map((x) => h("th", {}, `${x.names.join("/")} ${x.sensitivity.toFixed(2)}`)))),
+          h("tbody", {}, ...incidents.map((name, i) => h("tr", {}, h("td", {}, name),
+            ...rows.map((x) => { const c2 = x.incidents[i]; return h("td", { class: c2.caught ? "caught" : "missed" }, c2.caught ? `after ${fmtDelay(c2.delay_secs)}` : "missed"); })))));
+        put(tuneOut, line, table);
+      } catch (e) {
+        if (seq === routeSeq) put(tuneOut, errorBox(e));
+      }
+    }
+    const tunePanel = h("div", { class: "tune" },
+      h("div", { class: "slider-row small" }, "At most ", budgetIn, " alerts/week ",
+        h("button", { type: "button", class: "secondary", onclick: runTune }, "Find the setting")),
+      tuneOut);
     const btWeeks = h("div", { class: "bt-weeks" });
     let btTimer = null, btSeq = 0;
     slider.addEventListener("input", () => {
@@ -461,7 +499,7 @@
         h("code", {}, `${k.origin || `models/${k.id}`}/model.toml`), "."),
       h("div", { class: "slider-row" }, h("span", { class: "small" }, "fewer alerts"), slider, h("span", { class: "small" }, "more alerts"), sensOut),
       h("div", { class: "small muted" }, `Model setting: ${fmtSens(k.sensitivity)} · `, resetBtn),
-      btSummary, btWeeks);
+      btSummary, btWeeks, tunePanel);
 
     async function runBacktest() {
       const mySeq = ++btSeq;
@@ -623,7 +661,7 @@
     put(app, ...[head, desc, errLine, incidentBox].filter(Boolean),
       h("section", { class: "card wide" },
         h("div", { class: "chart-head" }, h("h2", {}, "Actual vs expected"), rangeBtns, dimsSel, h("span", { class: "spacer" }), chartMsg),
-        chartBox, legendNote),
+        chartBox, eventsNote, legendNote),
       slicesSec,
       h("div", { class: "cols" }, sensPanel, settings),
       alertsSec);
@@ -657,9 +695,17 @@
       chartMsg.textContent = "Loading…";
       const mySeq = (loadSeries.seq = (loadSeries.seq || 0) + 1);
       try {
-        const series = await api("GET", `/api/kpis/${encodeURIComponent(id)}/series?from=${from.toISOString()}&to=${to.toISOString()}`);
+        const range = `from=${from.toISOString()}&to=${to.toISOString()}`;
+        const [series, events] = await Promise.all([
+          api("GET", `/api/kpis/${encodeURIComponent(id)}/series?${range}`),
+          api("GET", `/api/events?kpi=${encodeURIComponent(id)}&${range}`).catch(() => []),
+        ]);
         if (seq !== routeSeq || mySeq !== loadSeries.seq) return;
         state.series = series;
+        state.events = events.flatMap((e) => (e.occurrences || []).map((o) => ({
+          name: e.name, start: new Date(o.start).getTime() / 1000, end: new Date(o.end).getTime() / 1000 })));
+        put(eventsNote, ...state.events.map((e) => h("span", { class: "event-chip", title: "Buckets in it are neither learned nor alerted" },
+          `${e.name}: ${fmtTime(new Date(e.start * 1000).toISOString())} – ${fmtTime(new Date(e.end * 1000).toISOString())}`)));
         state.range = [from.getTime() / 1000, to.getTime() / 1000];
         if (state.dimsIdx >= series.length || !state.dimsChosen) state.dimsIdx = Math.max(0, series.findIndex((s) => !Object.keys(s.dims || {}).length));
         put(dimsSel, ...series.map((s, i) => h("option", { value: i, selected: i === state.dimsIdx }, dimsLabel(s.dims))));
@@ -770,6 +816,19 @@
         ],
         bands: [{ series: [2, 1], fill: "rgba(37,99,235,0.12)" }],
         hooks: {
+          drawClear: [(u) => {
+            // Events: grey bands behind the data.
+            const ctx = u.ctx;
+            ctx.save();
+            ctx.fillStyle = "rgba(107,114,128,0.16)";
+            for (const e of state.events || []) {
+              const a = Math.max(e.start, u.scales.x.min), b = Math.min(e.end, u.scales.x.max);
+              if (b <= a) continue;
+              const x0 = u.valToPos(a, "x", true), x1 = u.valToPos(b, "x", true);
+              ctx.fillRect(x0, u.bbox.top, Math.max(1, x1 - x0), u.bbox.height);
+            }
+            ctx.restore();
+          }],
           draw: [(u) => {
             // Would-fire markers: orange triangles above the point.
             const ys = u.data[6];
@@ -935,16 +994,39 @@
 
   // ---------- page: register ----------
 
-  const SQL_TEMPLATE = `-- One row per bucket (finer rows are rolled up): a \`ts\` column (bucket start, UTC)
+  const SQL_HEAD = `-- One row per bucket (finer rows are rolled up): a \`ts\` column (bucket start, UTC)
 -- and \`value\` -- or \`numerator\` and \`denominator\` for a ratio.
 -- Every other column is a dimension (one series per combination).
 -- :start and :end are bound by kpiwatch (half-open window); never splice dates in.
-SELECT strftime('%Y-%m-%d %H:%M:00', created_at) AS ts,
+`;
+  // Query templates by the source's driver (GET /api/sources says which).
+  const TEMPLATES = {
+    postgres: SQL_HEAD + `SELECT date_trunc('minute', created_at) AS ts,
+       COUNT(*)                          AS value
+FROM orders
+WHERE created_at >= :start AND created_at < :end
+GROUP BY 1
+`,
+    mysql: SQL_HEAD + `SELECT DATE_FORMAT(created_at, '%Y-%m-%d %H:%i:00') AS ts,
+       COUNT(*)                                     AS value
+FROM orders
+WHERE created_at >= :start AND created_at < :end
+GROUP BY 1
+`,
+    sqlite: SQL_HEAD + `SELECT strftime('%Y-%m-%d %H:%M:00', created_at) AS ts,
        COUNT(*)                                  AS value
 FROM orders
 WHERE created_at >= :start AND created_at < :end
 GROUP BY 1
-`;
+`,
+    prometheus: `# PromQL, evaluated at each bucket's end; $__interval is the bucket length.
+sum(increase(shop_orders_total[$__interval]))
+`,
+    influxdb: `-- InfluxQL: one SELECT, the window bound as $start / $end.
+SELECT count("value") AS value FROM "orders" WHERE time >= $start AND time < $end GROUP BY time($__interval)
+`,
+  };
+  const SQL_TEMPLATE = TEMPLATES.sqlite;
 
   function pageNew() {
     const f = (name, label, input, hint) => h("label", { class: "field" }, h("span", { class: "lbl" }, label), input, hint ? h("span", { class: "hint" }, hint) : null);
@@ -961,37 +1043,73 @@ GROUP BY 1
     });
     const sensOut = h("output", {}, "0.50");
     const sens = inp("sensitivity", { type: "range", min: "0.05", max: "0.95", step: "0.05", value: "0.5", oninput: () => { sensOut.textContent = Number(sens.value).toFixed(2); } });
+    // The source: a dropdown of the configured sources; the query template follows its driver
+    // (until the query is edited).
+    const sourceSel = h("select", { name: "source", required: true }, h("option", { value: "" }, "loading sources…"));
+    const sourceKind = h("span", {}, "a source from the config; the query template follows its driver");
+    let kinds = {};
+    const isTemplate = () => Object.values(TEMPLATES).includes(sql.value);
+    function onSource() {
+      const kind = kinds[sourceSel.value];
+      sourceKind.textContent = kind ? `${kind} — the template below is written for it` : "a source from the config";
+      if (kind && TEMPLATES[kind] && isTemplate()) sql.value = TEMPLATES[kind];
+    }
+    sourceSel.addEventListener("change", onSource);
+    api("GET", "/api/sources").then((list) => {
+      kinds = Object.fromEntries(list.map((s) => [s.name, s.kind]));
+      put(sourceSel, ...(list.length ? list : [{ name: "", kind: "" }]).map((s) => h("option", { value: s.name }, s.name ? `${s.name} (${s.kind})` : "no sources configured")));
+      onSource();
+    }).catch((e) => put(sourceSel, h("option", { value: "" }, `sources unavailable: ${errorText(e)}`)));
     const form = h("form", { class: "reg", novalidate: true },
       h("div", { class: "form-grid" },
-        f("id", "Id", inp("id", { required: true, pattern: "[a-z0-9_]+", placeholder: "orders_per_minute" }), "lowercase letters, digits and _; used in URLs and alerts"),
-        f("title", "Title", inp("title", { required: true, placeholder: "Orders per minute" })),
-        f("source", "Source", inp("source", { required: true, placeholder: "shop" }), "a source name from the config"),
-        f("kind", "Kind", sel("kind", [["count", "count (events per bucket)"], ["ratio", "ratio (numerator / denominator)"], ["gauge", "gauge (a level, e.g. revenue)"]], "count")),
+        f("id", "Id", inp("id", { required: true, pattern: "[a-z][a-z0-9_-]*", placeholder: "orders_per_minute" }), "lowercase letters, digits, _ and -, starting with a letter; used in URLs and alerts"),
+        f("title", "Title", inp("title", { required: true, placeholder: "Orders per minute" }), "how people see it in alerts and the digest"),
+        f("source", "Source", sourceSel, sourceKind),
+        f("kind", "Kind", sel("kind", [["count", "count (events per bucket)"], ["ratio", "ratio (numerator / denominator)"], ["gauge", "gauge (a level, e.g. revenue)"]], "count"), "decides the noise model: counts are Poisson, ratios binomial, gauges their own spread"),
         f("interval", "Interval", sel("interval", [["1m", "1 minute"], ["5m", "5 minutes"], ["15m", "15 minutes"], ["1h", "1 hour"], ["1d", "1 day"]], "5m"), "bucket length"),
         f("delay", "Delay", inp("delay", { value: "1m", placeholder: "1m" }), "wait for late rows before a bucket counts"),
-        f("direction", "Direction", sel("direction", [["down", "down (alert on drops)"], ["up", "up (alert on spikes)"], ["both", "both"]], "down")),
-        f("sensitivity", "Sensitivity", h("span", { class: "inline" }, sens, sensOut), "higher = more alerts; 0.50 ≈ medium"),
-        f("owner", "Owner", inp("owner", { placeholder: "payments-team" })),
-        f("recipients", "Recipients", inp("recipients", { placeholder: "oncall@example.com, lead@example.com" }), "comma-separated e-mail addresses")),
-      h("label", { class: "field full" }, h("span", { class: "lbl" }, "SQL query"), sql, h("span", { class: "hint" }, "Tab inserts two spaces. Use :start and :end for the time window.")),
+        f("direction", "Direction", sel("direction", [["down", "down (alert on drops)"], ["up", "up (alert on spikes)"], ["both", "both"]], "down"), "which deviations alert"),
+        f("sensitivity", "Sensitivity", h("span", { class: "inline" }, sens, sensOut), "higher = more alerts; 0.25 low, 0.50 medium, 0.75 high — try the draft backtest"),
+        f("min_volume", "Minimum volume", inp("min_volume", { type: "number", min: "0", step: "any", placeholder: "0" }), "buckets with less volume (count, or denominator) are never flagged"),
+        f("seasonality", "Seasonality", sel("seasonality", [["auto", "auto (chosen from the data)"], ["daily", "daily"], ["weekly", "weekly"], ["none", "none"]], "auto"), "which cycle the baseline learns"),
+        f("timezone", "Timezone", inp("timezone", { placeholder: "UTC" }), "IANA name; daily and weekly slots follow its local time"),
+        f("severity", "Severity", sel("severity", [["warning", "warning"], ["critical", "critical"], ["info", "info"]], "warning"), "of its alerts (a drop of 50 % or more is raised to critical)"),
+        f("trigger", "Trigger", inp("trigger", { placeholder: "1 of 1", pattern: "[0-9]+ of [0-9]+" }), "fire when N of the last M judged buckets are anomalous, e.g. 2 of 3"),
+        f("recover_after", "Recover after", inp("recover_after", { type: "number", min: "1", step: "1", placeholder: "3" }), "in-band buckets that resolve an alert (default: the scheduler's)"),
+        f("repeat_interval", "Repeat every", inp("repeat_interval", { placeholder: "4h" }), "remind while firing and unacknowledged (empty: never)"),
+        f("max_series", "Max series", inp("max_series", { type: "number", min: "1", step: "1", placeholder: "1000" }), "most dimension combinations the query may return"),
+        f("owner", "Owner", inp("owner", { placeholder: "payments-team" }), "person or team; shown in alerts, usable in routing"),
+        f("unit", "Unit", inp("unit", { placeholder: "orders" }), "shown beside counts and gauges (ratios are in %)"),
+        f("labels", "Labels", inp("labels", { placeholder: "team=payments, tier=1" }), "key=value pairs for routing, silences and events"),
+        f("recipients", "Recipients", inp("recipients", { placeholder: "oncall@example.com, lead@example.com" }), "comma-separated e-mail addresses (empty: the configured defaults)")),
+      h("label", { class: "field full" }, h("span", { class: "lbl" }, "Description"), h("textarea", { name: "description", rows: 2, placeholder: "What it measures and why it matters" }), h("span", { class: "hint" }, "shown on the KPI page and in alerts")),
+      h("label", { class: "field full" }, h("span", { class: "lbl" }, "Query"), sql, h("span", { class: "hint" }, "Tab inserts two spaces. Use :start and :end for the time window.")),
       h("div", { class: "actions" },
         h("button", { type: "button", class: "secondary", id: "test-btn" }, "Test query"),
+        h("button", { type: "button", class: "secondary", id: "draft-bt-btn" }, "Backtest draft"),
         h("button", { type: "submit" }, "Register"),
         h("span", { class: "form-msg", id: "reg-msg" })),
-      h("div", { id: "test-out" }));
+      h("div", { id: "test-out" }),
+      h("div", { id: "draft-bt-out" }));
 
     function body() {
       const fd = new FormData(form);
       const g = (n) => String(fd.get(n) || "").trim();
-      return {
+      const b = {
         id: g("id"), title: g("title"), source: g("source"), kind: g("kind"), interval: g("interval"), delay: g("delay"),
-        direction: g("direction"), sensitivity: Number(fd.get("sensitivity")), owner: g("owner"),
+        direction: g("direction"), sensitivity: Number(fd.get("sensitivity")), seasonality: g("seasonality"), severity: g("severity"),
         recipients: g("recipients").split(",").map((s) => s.trim()).filter(Boolean),
         query: sql.value,
       };
+      for (const n of ["owner", "unit", "timezone", "trigger", "repeat_interval", "description"]) if (g(n)) b[n] = g(n);
+      for (const n of ["min_volume", "recover_after", "max_series"]) if (g(n)) b[n] = Number(g(n));
+      const labels = g("labels").split(",").map((s) => s.trim()).filter(Boolean);
+      if (labels.length) b.labels = Object.fromEntries(labels.map((l) => { const i = l.indexOf("="); return i < 0 ? [l, ""] : [l.slice(0, i).trim(), l.slice(i + 1).trim()]; }));
+      return b;
     }
     const msg = form.querySelector("#reg-msg");
     const out = form.querySelector("#test-out");
+    const btOut = form.querySelector("#draft-bt-out");
     form.querySelector("#test-btn").addEventListener("click", async (ev) => {
       const btn = ev.target;
       btn.disabled = true;
@@ -1006,6 +1124,31 @@ GROUP BY 1
             h("tbody", {}, rows.slice(0, 20).map((row) => h("tr", {}, cols.map((c) => h("td", {}, row[c] == null ? "" : String(row[c]))))))) : null));
       } catch (e) {
         put(out, h("div", { class: "error-box" }, h("strong", {}, "Query failed: "), errorText(e)));
+      } finally {
+        btn.disabled = false;
+      }
+    });
+    // The draft backtest: what this setting would have fired over the last 4 weeks, the most
+    // sensitive setting within 1 alert/week, and which settings catch injected drops.
+    form.querySelector("#draft-bt-btn").addEventListener("click", async (ev) => {
+      const btn = ev.target;
+      btn.disabled = true;
+      put(btOut, h("p", { class: "muted" }, "Querying 8 weeks of history and replaying it…"));
+      try {
+        const kpi = body();
+        const r = await api("POST", "/api/kpis/backtest", { kpi, weeks: 4, budget: "1/week", inject: [{ drop_percent: 20, duration: "30m", at: "busy" }, { drop_percent: 20, duration: "30m", at: "quiet" }] });
+        const n = (r.alerts || []).length;
+        const c = r.budget && r.budget.chosen;
+        const rows = r.replay || [];
+        put(btOut, h("div", { class: "draft-bt" },
+          h("p", {}, h("strong", {}, `${n} alert${n === 1 ? "" : "s"} in 4 weeks`), ` at sensitivity ${Number(r.sensitivity).toFixed(2)} (${(r.mean_alerts_per_week || 0).toFixed(1)} per week).`),
+          h("p", { class: "small" }, c ? `Within 1 alert/week: sensitivity ${c.sensitivity.toFixed(2)} (${c.alerts_per_week.toFixed(1)}/week).` : "No setting stays within 1 alert/week."),
+          rows.length ? h("table", { class: "replay" },
+            h("thead", {}, h("tr", {}, h("th", {}, "injected drop"), ...rows.map((x) => h("th", {}, `${x.names.join("/")} ${x.sensitivity.toFixed(2)}`)))),
+            h("tbody", {}, ...rows[0].incidents.map((inc, i) => h("tr", {}, h("td", {}, inc.incident),
+              ...rows.map((x) => h("td", { class: x.incidents[i].caught ? "caught" : "missed" }, x.incidents[i].caught ? `after ${Math.round(x.incidents[i].delay_secs / 60)} min` : "missed")))))) : null));
+      } catch (e) {
+        put(btOut, h("div", { class: "error-box" }, h("strong", {}, "Backtest failed: "), errorText(e)));
       } finally {
         btn.disabled = false;
       }
@@ -1025,7 +1168,7 @@ GROUP BY 1
       }
     });
     put(app, h("div", { class: "page-head" }, h("h1", {}, "Register a KPI")),
-      h("p", { class: "lead" }, "Describe the metric and the SQL that computes it. Test the query first; once registered, kpiwatch backfills its history and starts watching."),
+      h("p", { class: "lead" }, "Describe the metric and the query that computes it. Test the query and backtest the draft first; once registered, kpiwatch backfills its history and starts watching."),
       h("section", { class: "card wide" }, form));
   }
 

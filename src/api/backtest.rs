@@ -27,6 +27,222 @@ pub(super) struct BacktestBody {
     /// Buckets with less volume are never flagged.
     #[schema(minimum = 0)]
     min_volume: Option<f64>,
+    /// An alert budget, `N/week` or `N/day`: also pick the most sensitive setting that fires
+    /// at most that many alerts per week over the replayed weeks.
+    #[schema(
+        max_length = 32,
+        pattern = "^\\s*[0-9]+(\\.[0-9]+)?\\s*/\\s*(week|day|w|wk|d)\\s*$"
+    )]
+    budget: Option<String>,
+    /// Incidents to inject, one at a time, into the history: which settings would catch each,
+    /// and how fast (at most 12).
+    #[schema(max_items = 12)]
+    inject: Option<Vec<InjectDto>>,
+}
+
+/// A synthetic drop added to the history.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct InjectDto {
+    /// How much the value drops, in percent (e.g. 20 for −20 %).
+    #[schema(exclusive_minimum = 0, maximum = 100)]
+    drop_percent: f64,
+    /// How long, e.g. `30m` (1 minute to 7 days).
+    #[schema(max_length = 32)]
+    duration: String,
+    /// At the KPI's busiest or quietest hour.
+    at: PlacementDto,
+}
+
+/// busy | quiet.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum PlacementDto {
+    /// The hour (or weekday, for daily KPIs) with the highest mean value.
+    Busy,
+    /// The one with the lowest.
+    Quiet,
+}
+
+/// The budget's answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct BudgetDto {
+    /// Alerts per week allowed.
+    budget_per_week: f64,
+    /// The most sensitive setting within it (null: even the least sensitive fires more).
+    chosen: Option<RateDto>,
+    /// The next more sensitive setting, which fires more (null: the chosen one is the most
+    /// sensitive tried).
+    next: Option<RateDto>,
+    /// Every setting tried, least sensitive first.
+    curve: Vec<RateDto>,
+}
+
+/// What one sensitivity fired.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub(super) struct RateDto {
+    sensitivity: f64,
+    alerts: usize,
+    alerts_per_week: f64,
+    flagged_buckets: usize,
+}
+
+/// One setting's results on the injected incidents.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ReplayDto {
+    sensitivity: f64,
+    /// `low`, `medium`, `high`, `model`, `budget` (a setting may carry several).
+    names: Vec<String>,
+    incidents: Vec<CatchDto>,
+}
+
+/// Whether one injected incident would have alerted.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct CatchDto {
+    /// Like `-20%:30m@busy`.
+    incident: String,
+    drop_percent: f64,
+    duration_secs: i64,
+    at: PlacementDto,
+    /// Where it was put.
+    start: String,
+    caught: bool,
+    /// Seconds from its start to the end of the bucket at which the alert fires (bucket time:
+    /// add the model's `delay` for wall-clock time); null when missed.
+    delay_secs: Option<i64>,
+}
+
+/// The budget and incidents asked for, checked (400 for a malformed budget, 422 for an
+/// incident out of range).
+pub(super) fn tuning_request(
+    budget: Option<&str>,
+    inject: Option<&[InjectDto]>,
+) -> ApiResult<(Option<crate::tuning::Budget>, Vec<crate::tuning::Incident>)> {
+    if budget.is_some_and(|b| b.chars().count() > 32) {
+        return Err(ApiError::BadRequest(
+            "`budget` is longer than 32 characters".to_owned(),
+        ));
+    }
+    let budget = budget
+        .map(str::parse::<crate::tuning::Budget>)
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let inject = inject.unwrap_or_default();
+    if inject.len() > 12 {
+        return Err(ApiError::BadRequest(
+            "`inject` takes at most 12 incidents".to_owned(),
+        ));
+    }
+    let mut incidents = Vec::with_capacity(inject.len());
+    for i in inject {
+        if i.duration.chars().count() > 32 {
+            return Err(ApiError::BadRequest(
+                "`inject.duration` is longer than 32 characters".to_owned(),
+            ));
+        }
+        let duration = humantime::parse_duration(i.duration.trim())
+            .map_err(|e| ApiError::Unprocessable(format!("`inject.duration` {:?}: {e}", i.duration)))?;
+        let at = match i.at {
+            PlacementDto::Busy => crate::tuning::Placement::Busy,
+            PlacementDto::Quiet => crate::tuning::Placement::Quiet,
+        };
+        let secs = i64::try_from(duration.as_secs()).unwrap_or(i64::MAX);
+        incidents.push(
+            crate::tuning::Incident::new(i.drop_percent / 100.0, secs, at)
+                .map_err(|e| ApiError::Unprocessable(e.to_string()))?,
+        );
+    }
+    Ok((budget, incidents))
+}
+
+/// What the tuning parts of a backtest answer.
+pub(super) type Tuned = (Option<BudgetDto>, Option<Vec<ReplayDto>>);
+
+fn rate_dto(r: crate::tuning::Rate) -> RateDto {
+    RateDto {
+        sensitivity: r.sensitivity,
+        alerts: r.alerts,
+        alerts_per_week: r.per_week,
+        flagged_buckets: r.flagged,
+    }
+}
+
+fn placement_dto(p: crate::tuning::Placement) -> PlacementDto {
+    match p {
+        crate::tuning::Placement::Busy => PlacementDto::Busy,
+        crate::tuning::Placement::Quiet => PlacementDto::Quiet,
+    }
+}
+
+/// Run the budget search and the incident replay (CPU-bound: on a blocking thread).
+pub(super) async fn tune(
+    spec: &crate::kpi::KpiSpec,
+    history: BTreeMap<String, Vec<crate::store::ObservationRow>>,
+    (opts, to): (crate::backtest::BacktestOptions, i64),
+    excluded: crate::calendar::Exclusions,
+    budget: Option<crate::tuning::Budget>,
+    incidents: Vec<crate::tuning::Incident>,
+) -> ApiResult<Tuned> {
+    if budget.is_none() && incidents.is_empty() {
+        return Ok((None, None));
+    }
+    let spec = spec.clone();
+    let work = move || -> Result<Tuned, crate::baseline::Error> {
+        let choice = budget
+            .map(|b| crate::tuning::choose_by_budget(&spec, &history, opts, to, 3, &excluded, b))
+            .transpose()?;
+        let mut replay = None;
+        if !incidents.is_empty() {
+            let named = crate::tuning::replay_settings(
+                opts.sensitivity.get(),
+                choice.as_ref().and_then(|c| c.chosen).map(|c| c.sensitivity),
+            );
+            let settings: Vec<crate::kpi::Sensitivity> = named
+                .iter()
+                .filter_map(|(s, _)| crate::kpi::Sensitivity::new(*s).ok())
+                .collect();
+            let out = crate::tuning::replay_incidents(
+                &spec, &history, opts, to, 3, &excluded, &settings, &incidents,
+            )?;
+            replay = Some(
+                out.into_iter()
+                    .zip(named)
+                    .map(|(r, (_, names))| ReplayDto {
+                        sensitivity: r.sensitivity,
+                        names,
+                        incidents: r
+                            .catches
+                            .into_iter()
+                            .map(|c| CatchDto {
+                                incident: c.incident.label(),
+                                drop_percent: c.incident.drop * 100.0,
+                                duration_secs: c.incident.duration_secs,
+                                at: placement_dto(c.incident.at),
+                                start: super::iso(c.start).unwrap_or_default(),
+                                caught: c.caught,
+                                delay_secs: c.delay_secs,
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            );
+        }
+        let budget = choice.map(|c| BudgetDto {
+            budget_per_week: c.budget.get(),
+            chosen: c.chosen.map(rate_dto),
+            next: c.next.map(rate_dto),
+            curve: c.curve.into_iter().map(rate_dto).collect(),
+        });
+        Ok((budget, replay))
+    };
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        work()
+    })
+    .await
+    .map_err(anyhow::Error::from)?
+    .map_err(|e| ApiError::Internal(e.into()))
 }
 
 /// down | up | both.
@@ -102,6 +318,12 @@ pub(super) struct BacktestDto {
     alerts: Vec<BacktestAlertDto>,
     /// Every flagged bucket.
     flags: Vec<BacktestFlagDto>,
+    /// With `budget`: the most sensitive setting within it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) budget: Option<BudgetDto>,
+    /// With `inject`: per setting, which injected incidents it catches and how fast.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) replay: Option<Vec<ReplayDto>>,
 }
 
 /// An incident a backtest would have opened.
@@ -149,6 +371,7 @@ fn dims_map(s: &str) -> BTreeMap<String, serde_json::Value> {
         (status = 403, description = "The token's role is too low (a backtest is a POST: editor needed)", body = ErrorBody),
         (status = 404, description = "No such KPI", body = ErrorBody),
         (status = 413, description = "The body is larger than 256 KiB", body = ErrorBody),
+        (status = 422, description = "An injected incident is out of range", body = ErrorBody),
         (status = 500, description = "The state store or the detector failed", body = ErrorBody),
     )
 )]
@@ -185,14 +408,21 @@ pub(super) async fn backtest(
     for series in state.store.series_of(&id).await? {
         history.insert(series.dims, state.store.observations(series.id, from, to).await?);
     }
+    let (budget, incidents) = tuning_request(body.budget.as_deref(), body.inject.as_deref())?;
     let opts = crate::backtest::BacktestOptions {
         weeks,
         sensitivity,
         direction: body.direction.map(Into::into),
         min_volume: body.min_volume,
     };
-    let report = crate::backtest::run(&spec, &history, opts, to, 3).map_err(anyhow::Error::from)?;
-    Ok(Json(backtest_dto(id, &report)))
+    let excluded = crate::calendar::exclusions(&state.store, &spec, from, to).await?;
+    let report = crate::backtest::run_excluding(&spec, &history, opts, to, 3, &excluded)
+        .map_err(anyhow::Error::from)?;
+    let (budget, replay) = tune(&spec, history, (opts, to), excluded, budget, incidents).await?;
+    let mut dto = backtest_dto(id, &report);
+    dto.budget = budget;
+    dto.replay = replay;
+    Ok(Json(dto))
 }
 
 pub(super) fn backtest_dto(kpi: String, report: &crate::backtest::BacktestReport) -> BacktestDto {
@@ -226,5 +456,7 @@ pub(super) fn backtest_dto(kpi: String, report: &crate::backtest::BacktestReport
                 score: f.score,
             })
             .collect(),
+        budget: None,
+        replay: None,
     }
 }

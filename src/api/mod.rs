@@ -23,12 +23,15 @@ mod audit;
 mod auth;
 mod backtest;
 mod breakdown;
+mod events;
 mod health;
 mod kpis;
 mod links;
 mod registration;
 mod series;
+mod series_csv;
 mod silences;
+mod sources;
 mod tokens;
 mod ui;
 
@@ -177,6 +180,7 @@ type ApiResult<T> = Result<T, ApiError>;
         (name = "alerts", description = "Incidents and acknowledgement"),
         (name = "silences", description = "Silences"),
         (name = "backtest", description = "What a setting would have fired"),
+        (name = "events", description = "Events and holidays: buckets neither learned nor alerted"),
         (name = "tokens", description = "API tokens (admin)"),
         (name = "audit", description = "The audit log (admin)"),
     )
@@ -216,9 +220,13 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(alerts::ack_alert))
         .routes(routes!(silences::list_silences, silences::create_silence))
         .routes(routes!(silences::expire_silence))
+        .routes(routes!(events::list_events, events::create_event))
+        .routes(routes!(events::import_events))
+        .routes(routes!(events::delete_event))
         .routes(routes!(tokens::list_tokens, tokens::create_token))
         .routes(routes!(tokens::revoke_token))
         .routes(routes!(audit::audit))
+        .routes(routes!(sources::list_sources))
 }
 
 /// The API's OpenAPI 3.1 document, generated from the handlers.
@@ -492,7 +500,7 @@ mod tests {
                 operations += 1;
             }
         }
-        assert_eq!(operations, 20, "{:?}", paths.keys().collect::<Vec<_>>());
+        assert_eq!(operations, 25, "{:?}", paths.keys().collect::<Vec<_>>());
     }
 
     #[test]

@@ -466,6 +466,15 @@ pub(super) struct DraftBacktest {
     #[schema(minimum = 1, maximum = 12)]
     #[serde(default, deserialize_with = "super::whole::opt")]
     weeks: Option<u32>,
+    /// An alert budget, `N/week` or `N/day` (see the stored KPI's backtest).
+    #[schema(
+        max_length = 32,
+        pattern = "^\\s*[0-9]+(\\.[0-9]+)?\\s*/\\s*(week|day|w|wk|d)\\s*$"
+    )]
+    budget: Option<String>,
+    /// Incidents to inject (at most 12).
+    #[schema(max_items = 12)]
+    inject: Option<Vec<super::backtest::InjectDto>>,
 }
 
 /// Backtest an unsaved draft: query its source fresh for the weeks asked (plus four weeks to
@@ -496,6 +505,8 @@ pub(super) async fn backtest_draft(
             "`weeks` must be between 1 and 12 for a draft".to_owned(),
         ));
     }
+    let (budget, incidents) =
+        super::backtest::tuning_request(body.budget.as_deref(), body.inject.as_deref())?;
     let spec = parse(&body.kpi.id, &model_toml(&body.kpi.model)?, &body.kpi.query)?;
     let step = spec.interval.secs_i64();
     let to = state.clock.now().timestamp().div_euclid(step) * step;
@@ -509,6 +520,13 @@ pub(super) async fn backtest_draft(
         direction: None,
         min_volume: None,
     };
-    let report = crate::backtest::run(&spec, &draft_store_free, opts, to, 3).map_err(anyhow::Error::from)?;
-    Ok(Json(backtest_dto(spec.id.to_string(), &report)))
+    let excluded = crate::calendar::exclusions(&state.store, &spec, from, to).await?;
+    let report = crate::backtest::run_excluding(&spec, &draft_store_free, opts, to, 3, &excluded)
+        .map_err(anyhow::Error::from)?;
+    let (budget, replay) =
+        super::backtest::tune(&spec, draft_store_free, (opts, to), excluded, budget, incidents).await?;
+    let mut dto = backtest_dto(spec.id.to_string(), &report);
+    dto.budget = budget;
+    dto.replay = replay;
+    Ok(Json(dto))
 }

@@ -27,6 +27,10 @@ pub(super) struct RangeQuery {
     #[serde(flatten)]
     #[param(ignore)]
     dimensions: BTreeMap<String, String>,
+    /// `json` (default) or `csv`: one row per bucket, dimension columns, expected, band,
+    /// score and flags (columns as in docs/EXPORT.md).
+    #[param(pattern = "^(json|csv)$")]
+    format: Option<String>,
 }
 
 /// One bucket and the detector's verdict on it (the verdict fields are null while the bucket
@@ -87,8 +91,11 @@ const MAX_POINTS: i64 = 50_000;
                         (the total has none, so any filter leaves it out)"),
     ),
     responses(
-        (status = 200, description = "The KPI's series", body = Vec<SeriesDto>),
-        (status = 400, description = "`from` or `to` is neither RFC 3339 nor unix seconds, or a parameter is given twice", body = ErrorBody),
+        (status = 200, description = "The KPI's series (JSON, or CSV with `format=csv`)", content(
+            (Vec<SeriesDto> = "application/json"),
+            (String = "text/csv"),
+        )),
+        (status = 400, description = "`from` or `to` is neither RFC 3339 nor unix seconds, `format` is not json or csv, or a parameter is given twice", body = ErrorBody),
         (status = 401, description = "A token is needed", body = ErrorBody),
         (status = 404, description = "No such KPI", body = ErrorBody),
         (status = 422, description = "`from` is not before `to`, the range holds more than 50,000 buckets, or a date that does not exist", body = ErrorBody),
@@ -100,7 +107,8 @@ pub(super) async fn series(
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<RangeQuery>, QueryRejection>,
     RawQuery(raw): RawQuery,
-) -> ApiResult<Json<Vec<SeriesDto>>> {
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse as _;
     let Path(id) = path?;
     let Query(range) = query?;
     // A dimension has one value per filter: `country=DE&country=FR` is not a filter.
@@ -110,6 +118,15 @@ pub(super) async fn series(
             return Err(ApiError::BadRequest(format!("`{key}` is given more than once")));
         }
     }
+    let csv = match range.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "`format` must be json or csv, got {other:?}"
+            )))
+        }
+    };
     let spec = state
         .specs
         .get(&id)
@@ -189,5 +206,9 @@ pub(super) async fn series(
             points,
         });
     }
-    Ok(Json(out))
+    if csv {
+        let value = serde_json::to_value(&out).map_err(anyhow::Error::from)?;
+        return super::series_csv::response(&id, &value);
+    }
+    Ok(Json(out).into_response())
 }

@@ -293,6 +293,7 @@ mod tests {
             near_misses: vec![],
             data_health: None,
             note: None,
+            events: vec![],
             url: String::new(),
         }
     }

@@ -83,6 +83,9 @@ pub struct KpiDigest {
     /// The day's value was outside its band without an alert (e.g. a rise on a KPI that
     /// watches drops), said in words.
     pub note: Option<String>,
+    /// Events and holidays that covered part of the day (their buckets were neither learned
+    /// nor alerted), each as its name and local times.
+    pub events: Vec<String>,
     /// Link to the KPI's series.
     pub url: String,
 }

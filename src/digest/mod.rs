@@ -431,6 +431,7 @@ async fn kpi_digest(
         near_misses,
         data_health,
         note,
+        events: day_events(store, spec, tz, (d0, d1)).await?,
         url: crate::alerting::kpi_url(public_url, spec.id.as_str(), None),
     })
 }
@@ -461,6 +462,30 @@ pub async fn build(
         public_url: public_url.to_owned(),
         kpis,
     })
+}
+
+/// The events that applied to `spec` during `[d0, d1)`, as "name (local start – end)".
+async fn day_events(
+    store: &Store,
+    spec: &KpiSpec,
+    tz: chrono_tz::Tz,
+    (d0, d1): (i64, i64),
+) -> anyhow::Result<Vec<String>> {
+    let local = |t: i64| {
+        DateTime::from_timestamp(t, 0)
+            .map(|t| t.with_timezone(&tz).format("%a %d %b %H:%M").to_string())
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for (_, event) in crate::calendar::stored(store).await? {
+        if !event.applies_to(spec) {
+            continue;
+        }
+        for (s, e) in event.occurrences(d0, d1) {
+            out.push(format!("{} ({} – {})", event.name, local(s), local(e)));
+        }
+    }
+    Ok(out)
 }
 
 /// The MIME message: text and HTML alternatives, the HTML with its charts inline by

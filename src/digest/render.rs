@@ -220,6 +220,8 @@ struct KpiView {
     href: Value,
     /// A day outside its band that did not alert (e.g. a rise on a KPI that watches drops).
     note: Option<String>,
+    /// Events and holidays during the day.
+    events: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -397,6 +399,7 @@ fn kpi_view(kpi: &KpiDigest, fmt: &Formatter, public_url: &str, chart: Option<Ch
         url: join_url(public_url, &kpi.url),
         href: href(&join_url(public_url, &kpi.url)),
         note: kpi.note.clone(),
+        events: kpi.events.clone(),
     }
 }
 
@@ -608,6 +611,7 @@ mod tests {
             near_misses: vec![],
             data_health: None,
             note: None,
+            events: vec![],
             url: format!("/kpis/{id}"),
         }
     }
@@ -863,6 +867,22 @@ mod tests {
             assert!(!part.contains("score"), "no raw scores for people: {part}");
             assert!(part.contains("data arrived 2 h late"));
         }
+    }
+
+    #[test]
+    fn events_of_the_day_are_shown_as_annotations() {
+        let mut k = kpi("orders", Kind::Count, DigestStatus::Ok, 0.0);
+        k.events = vec!["Black Friday campaign (Fri 27 Nov 00:00 – Sat 28 Nov 00:00)".into()];
+        let out = render(&digest(vec![k])).unwrap();
+        for part in [&out.html, &out.text] {
+            assert!(
+                part.contains("Black Friday campaign (Fri 27 Nov 00:00 – Sat 28 Nov 00:00)"),
+                "{part}"
+            );
+            assert!(part.contains("not learned, not alerted"), "{part}");
+        }
+        let plain = render(&digest(vec![kpi("orders", Kind::Count, DigestStatus::Ok, 0.0)])).unwrap();
+        assert!(!plain.text.contains("Events:"), "{}", plain.text);
     }
 
     #[test]

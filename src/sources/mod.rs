@@ -260,6 +260,18 @@ impl Source {
         &self.name
     }
 
+    /// What speaks at the other end (the registration form picks its query template by it).
+    pub fn kind(&self) -> crate::config::SourceKind {
+        use crate::config::SourceKind;
+        match &self.pool {
+            SourcePool::Postgres(_) => SourceKind::Postgres,
+            SourcePool::MySql(_) => SourceKind::Mysql,
+            SourcePool::Sqlite(_) => SourceKind::Sqlite,
+            SourcePool::Prometheus(_) => SourceKind::Prometheus,
+            SourcePool::InfluxDb(_) => SourceKind::Influxdb,
+        }
+    }
+
     /// The URL with the password redacted.
     pub fn redacted_url(&self) -> &str {
         &self.url

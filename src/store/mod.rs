@@ -68,9 +68,11 @@ macro_rules! run {
     };
 }
 
+mod events;
 mod retention;
 mod tokens;
 
+pub use events::EventRow;
 pub use retention::{Cutoffs, Pruned};
 pub use tokens::TokenRow;
 

@@ -105,3 +105,123 @@ async fn a_backtest_reports_the_alerts_a_setting_would_have_fired_per_week() {
         "the outage is listed:\n{stdout}"
     );
 }
+
+/// An alert budget and injected incidents, through the API and the CLI, on stored history.
+#[tokio::test]
+async fn a_budget_picks_a_sensitivity_and_injected_drops_report_what_each_setting_catches() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smtp = SmtpServer::start();
+    let mut shop = Shop::create(&dir.path().join("shop.db")).await;
+    shop.traffic(t0() - Duration::days(28), t0()).await;
+    let clock = ManualClock::new(t0() + Duration::minutes(1));
+    let env = [
+        ("KPIWATCH_SCHEDULER__BACKFILL", "28d".to_owned()),
+        ("KPIWATCH_SCHEDULER__HISTORY", "28d".to_owned()),
+    ];
+    let app = build_full(dir.path(), &smtp, &clock, "", &env).await;
+    app.scheduler().run_due().await;
+
+    let (status, r) = post(
+        &app,
+        "/api/kpis/orders/backtest",
+        r#"{"weeks": 2, "budget": "1/week",
+            "inject": [{"drop_percent": 20, "duration": "30m", "at": "busy"},
+                       {"drop_percent": 5, "duration": "30m", "at": "quiet"}]}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    let budget = &r["budget"];
+    assert_eq!(budget["budget_per_week"], 1.0);
+    let chosen = &budget["chosen"];
+    assert!(
+        chosen["alerts_per_week"].as_f64().expect("rate") <= 1.0,
+        "{budget}"
+    );
+    match budget["next"].as_object() {
+        Some(next) => assert!(next["alerts_per_week"].as_f64().expect("rate") > 1.0, "{budget}"),
+        None => assert_eq!(
+            chosen["sensitivity"], 0.95,
+            "only the top of the grid has no next"
+        ),
+    }
+    assert_eq!(budget["curve"].as_array().map(Vec::len), Some(19));
+    let replay = r["replay"].as_array().expect("replay");
+    let medium = replay
+        .iter()
+        .find(|s| {
+            s["names"]
+                .as_array()
+                .is_some_and(|n| n.iter().any(|x| x == "medium"))
+        })
+        .expect("medium is reported");
+    let busy = &medium["incidents"][0];
+    assert_eq!(busy["incident"], "-20%:30m@busy");
+    assert_eq!(busy["caught"], true, "{medium}");
+    let delay = busy["delay_secs"].as_i64().expect("delay");
+    assert!((300..=1800).contains(&delay), "{delay}");
+    assert!(
+        replay.iter().any(|s| s["names"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|x| x == "budget"))),
+        "the budget's pick is replayed too: {replay:?}"
+    );
+    for (bad, status) in [
+        (r#"{"budget": "often"}"#, StatusCode::BAD_REQUEST),
+        (
+            r#"{"inject": [{"drop_percent": 20, "duration": "forever", "at": "busy"}]}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            r#"{"inject": [{"drop_percent": 20, "duration": "30m", "at": "noon"}]}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let (got, body) = post(&app, "/api/kpis/orders/backtest", bad).await;
+        assert_eq!(got, status, "{bad}: {body}");
+    }
+
+    drop(app);
+    crate::helpers::write_orders_model(dir.path());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kpiwatch"))
+        .current_dir(dir.path())
+        .env(
+            "KPIWATCH_STATE__URL",
+            format!("sqlite://{}", dir.path().join("state.db").display()),
+        )
+        .env(
+            "KPIWATCH_SOURCES__SHOP__URL",
+            format!("sqlite://{}", dir.path().join("shop.db").display()),
+        )
+        .args([
+            "backtest",
+            "orders",
+            "--weeks",
+            "2",
+            "--budget",
+            "1/week",
+            "--inject",
+            "-20%:30m@busy",
+            "--until",
+        ])
+        .arg(t0().to_rfc3339())
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pick = format!(
+        "alert budget 1/week: sensitivity {:.2}",
+        chosen["sensitivity"].as_f64().expect("s")
+    );
+    assert!(stdout.contains(&pick), "{pick}\n{stdout}");
+    assert!(stdout.contains("← budget"), "{stdout}");
+    assert!(stdout.contains("-20%:30m@busy"), "{stdout}");
+    assert!(stdout.contains("after "), "{stdout}");
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_kpiwatch"))
+        .current_dir(dir.path())
+        .args(["backtest", "orders", "--inject", "-20%@busy"])
+        .output()
+        .expect("runs");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("-20%:30m@busy"));
+}

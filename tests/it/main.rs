@@ -13,6 +13,8 @@ mod digest;
 mod dimensions;
 mod e2e;
 mod email;
+mod events;
+mod export;
 mod helpers;
 mod influxdb;
 mod interfaces;

@@ -189,8 +189,28 @@ async fn the_ui_registers_a_kpi_backtests_with_the_slider_and_acknowledges_an_al
     // The list shows the KPI, anomalous.
     until(&c, "the KPI list", "document.body.innerText.includes('Orders')").await;
 
+    // An event over the chart's range (the browser's own clock) is listed under the chart.
+    let wall = Utc::now();
+    let created = reqwest::Client::new()
+        .post(format!("{base}api/events"))
+        .json(&serde_json::json!({
+            "name": "Spring campaign", "kpis": ["orders"],
+            "start": (wall - Duration::hours(2)).to_rfc3339(),
+            "end": (wall + Duration::hours(1)).to_rfc3339(),
+        }))
+        .send()
+        .await
+        .expect("POST /api/events");
+    assert_eq!(created.status(), 201);
+
     // Slider: lower and higher sensitivity give different would-fire counts.
     c.goto(&format!("{base}#/kpi/orders")).await.expect("kpi page");
+    until(
+        &c,
+        "the event under the chart",
+        "(document.querySelector('.chart-events')?.innerText || '').includes('Spring campaign')",
+    )
+    .await;
     let set = |v: &str| {
         format!(
             "(() => {{ const s = document.querySelector('.slider-row input[type=range]'); s.value = '{v}'; s.dispatchEvent(new Event('input')); return true; }})()"
@@ -230,6 +250,25 @@ async fn the_ui_registers_a_kpi_backtests_with_the_slider_and_acknowledges_an_al
             .unwrap_or(0)
     };
     assert!(flagged(&low) < flagged(&high), "low:\n{low}\nhigh:\n{high}");
+    // Beside the slider: the setting within 1 alert/week (the slider snaps to it) and which
+    // settings catch the injected drops.
+    c.execute(
+        "[...document.querySelectorAll('button')].find(b => b.innerText === 'Find the setting').click(); return true;",
+        vec![],
+    )
+    .await
+    .expect("click");
+    let tuned = until(
+        &c,
+        "the budget's setting and the injected drops",
+        "document.querySelector('.tune-out table.replay') && document.querySelector('.tune-out').innerText",
+    )
+    .await;
+    let tuned = tuned.as_str().unwrap_or_default();
+    assert!(
+        tuned.contains("alerts/week") && tuned.contains("-20%:30m@busy"),
+        "{tuned}"
+    );
     let shot = c.screenshot().await.expect("screenshot");
     std::fs::write(dir.path().join("ui-kpi.png"), &shot).expect("write");
     if let Ok(keep) = std::env::var("KPIWATCH_UI_SCREENSHOT") {
@@ -556,6 +595,147 @@ async fn the_alert_link_opens_the_kpi_page_with_the_slice_that_explains_the_drop
     if let Ok(out) = std::env::var("TEST_SCREENSHOT_SLICES") {
         std::fs::write(out, &png).expect("write the screenshot");
     }
+    c.close().await.expect("close");
+    token.cancel();
+    server.await.expect("joined").expect("clean shutdown");
+}
+
+/// The registration form, complete: every model field filled, the source chosen from the
+/// configured ones (its driver's template shown), the draft backtested (alerts, the budget's
+/// setting, injected drops), then registered and listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_full_registration_form_backtests_the_draft_then_registers_and_lists_the_kpi() {
+    init_logs();
+    let Some(driver) = start_driver() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let now = DateTime::parse_from_rfc3339("2026-03-30T12:01:00Z")
+        .expect("valid")
+        .with_timezone(&Utc);
+    shop(&dir.path().join("shop.db"), now).await;
+    let settings = settings(
+        dir.path(),
+        None,
+        &[(
+            "KPIWATCH_SOURCES__SHOP__URL",
+            format!("sqlite://{}", dir.path().join("shop.db").display()),
+        )],
+    );
+    let app = Application::build(
+        settings,
+        vec![],
+        BuildOptions {
+            clock: std::sync::Arc::new(ManualClock::new(now)),
+            extra_sources: None,
+        },
+    )
+    .await
+    .expect("app");
+    let store = app.store().clone();
+    let base = format!("http://127.0.0.1:{}/", app.port());
+    let token = CancellationToken::new();
+    let server = tokio::spawn(app.run_until_stopped(token.clone()));
+
+    let c = browser(&driver, &dir.path().join("chrome")).await;
+    c.goto(&format!("{base}#/new")).await.expect("form");
+    until(
+        &c,
+        "the source dropdown",
+        "document.querySelector('form.reg select[name=source] option[value=shop]')",
+    )
+    .await;
+    // The SQLite source's template uses strftime; every field has help text.
+    let template = until(
+        &c,
+        "the template",
+        "document.querySelector('form.reg [name=query]').value",
+    )
+    .await;
+    assert!(
+        template.as_str().unwrap_or_default().contains("strftime"),
+        "{template}"
+    );
+    let unhelped = c
+        .execute(
+            "return [...document.querySelectorAll('form.reg label.field')].filter(l => !l.querySelector('.hint')).map(l => l.innerText);",
+            vec![],
+        )
+        .await
+        .expect("js");
+    assert_eq!(
+        unhelped,
+        serde_json::json!([]),
+        "fields without help text: {unhelped}"
+    );
+    let fill = r#"
+        const f = document.querySelector('form.reg');
+        const set = (n, v) => { const e = f.querySelector(`[name=${n}]`); e.value = v; e.dispatchEvent(new Event('change')); };
+        set('id', 'orders_hourly'); set('title', 'Orders (hourly)'); set('source', 'shop');
+        set('kind', 'count'); set('interval', '1h'); set('delay', '2m'); set('direction', 'both');
+        set('sensitivity', '0.6'); set('min_volume', '10'); set('seasonality', 'daily');
+        set('timezone', 'Europe/Berlin'); set('severity', 'critical'); set('trigger', '2 of 3');
+        set('recover_after', '2'); set('repeat_interval', '4h'); set('max_series', '50');
+        set('owner', 'shop-team'); set('unit', 'orders'); set('labels', 'team=shop, tier=1');
+        set('recipients', 'oncall@example.com'); set('description', 'Orders placed per hour.');
+        set('query', "SELECT ts, n AS value FROM order_counts WHERE ts >= :start AND ts < :end");
+        return true;"#;
+    c.execute(fill, vec![]).await.expect("fill");
+    c.find(Locator::Id("draft-bt-btn"))
+        .await
+        .expect("backtest button")
+        .click()
+        .await
+        .expect("click");
+    let shown = until(
+        &c,
+        "the draft backtest",
+        "document.querySelector('.draft-bt')?.innerText || document.querySelector('#draft-bt-out .error-box')?.innerText",
+    )
+    .await;
+    let shown = shown.as_str().unwrap_or_default().to_owned();
+    assert!(
+        shown.contains("in 4 weeks") && shown.contains("sensitivity 0.60"),
+        "{shown}"
+    );
+    assert!(shown.contains("1 alert/week"), "{shown}");
+    assert!(shown.contains("-20%:30m@busy"), "the injected drops: {shown}");
+    c.find(Locator::Css("form.reg button[type=submit]"))
+        .await
+        .expect("register button")
+        .click()
+        .await
+        .expect("click");
+    until(
+        &c,
+        "the new KPI's page",
+        "location.hash === '#/kpi/orders_hourly'",
+    )
+    .await;
+    let (_, model, _) = store
+        .kpi_definitions()
+        .await
+        .expect("definitions")
+        .into_iter()
+        .find(|(id, _, _)| id == "orders_hourly")
+        .expect("stored");
+    for expected in [
+        "severity = \"critical\"",
+        "min_volume = 10",
+        "timezone = \"Europe/Berlin\"",
+        "seasonality = \"daily\"",
+        "trigger = \"2 of 3\"",
+        "team = \"shop\"",
+        "description = \"Orders placed per hour.\"",
+        "repeat_interval = \"4h\"",
+    ] {
+        assert!(model.contains(expected), "{expected} in:\n{model}");
+    }
+    c.goto(&base).await.expect("list");
+    until(
+        &c,
+        "the KPI in the list",
+        "document.body.innerText.includes('Orders (hourly)')",
+    )
+    .await;
     c.close().await.expect("close");
     token.cancel();
     server.await.expect("joined").expect("clean shutdown");
