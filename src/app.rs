@@ -125,6 +125,7 @@ impl Application {
             receivers,
             signer: signer.clone(),
             instance: format!("kpiwatch-{}", hex::encode(rand::random::<[u8; 6]>())),
+            detectors: Arc::default(),
         };
         let registry = Registry::new(specs);
         load_api_kpis(&store, &registry, &cx.sources).await?;

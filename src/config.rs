@@ -405,6 +405,9 @@ pub struct SchedulerConfig {
     pub history: Duration,
     /// Buckets re-read before the new window.
     pub overlap_buckets: u32,
+    /// Keep each series' detector between runs and step only the new buckets when replaying
+    /// would rebuild the same state (`false`: replay `history` on every run).
+    pub keep_detectors: bool,
     /// Concurrent KPI runs.
     pub max_concurrent_runs: usize,
     /// Concurrent KPI runs against one source (a slow or dead source holds at most this

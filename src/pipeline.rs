@@ -14,7 +14,7 @@
 //!
 //! The scheduler, the API and tests all call this; none run KPI SQL themselves.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -52,6 +52,76 @@ pub struct Context {
     pub signer: LinkSigner,
     /// This process's name in leases and outbox claims (random per start).
     pub instance: String,
+    /// Each series' detector as of its last judged bucket (see [`KeptDetector`]).
+    pub detectors: DetectorCache,
+}
+
+/// The detectors this process keeps between runs, by series id.
+pub type DetectorCache = Arc<std::sync::Mutex<HashMap<i64, KeptDetector>>>;
+
+/// Observations at the end of a kept detector's history that are compared with the stored
+/// ones before it is reused: a restated bucket there (late rows re-read in the overlap)
+/// sends the run down the full replay.
+const KEPT_TAIL: usize = 16;
+
+/// A series' detector after stepping through its stored history up to `upto`, kept by the
+/// process that ran it so the next run steps only the new buckets (the fast path). It is used
+/// only when replaying from scratch would give the same state: the same replay start (`from`,
+/// anchored to a UTC day so it moves once a day), the same configuration, the same feedback
+/// and excluded periods before `upto`, and the same stored observations before `upto` (their
+/// count, and the last [`KEPT_TAIL`] of them value for value). Otherwise the run replays from
+/// the stored observations (the slow path) — which is also what a process that takes a KPI
+/// over does.
+#[derive(Debug, Clone)]
+pub struct KeptDetector {
+    from: i64,
+    cfg: DetectorConfig,
+    /// Hash of the feedback and excluded periods before `upto`.
+    inputs: u64,
+    upto: i64,
+    /// Observations stepped.
+    seen: usize,
+    tail: Vec<ObservationRow>,
+    detector: OnlineDetector,
+}
+
+/// The start of the replayed history for a run ending at `end`: `history` back, rounded down
+/// to a UTC midnight, so it stays put for a day and a kept detector stays valid.
+pub fn replay_start(history: std::time::Duration, end: i64) -> i64 {
+    (end - history.as_secs() as i64).div_euclid(86_400) * 86_400
+}
+
+/// Hash of what, besides the observations, shapes the replay before `upto`.
+fn replay_inputs(
+    feedback: &HashMap<i64, Feedback>,
+    excluded: &crate::calendar::Exclusions,
+    from: i64,
+    upto: i64,
+) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut fb: Vec<(i64, u8)> = feedback
+        .iter()
+        .filter(|(t, _)| **t < upto)
+        .map(|(t, f)| {
+            (
+                *t,
+                match f {
+                    Feedback::None => 0,
+                    Feedback::NotAnomaly => 1,
+                    Feedback::NewNormal => 2,
+                },
+            )
+        })
+        .collect();
+    fb.sort_unstable();
+    fb.hash(&mut h);
+    for (s, e) in excluded.intervals() {
+        if *s < upto && *e > from {
+            ((*s).max(from), (*e).min(upto)).hash(&mut h);
+        }
+    }
+    h.finish()
 }
 
 /// What one run did.
@@ -522,7 +592,7 @@ async fn evaluate_series(
     let store = &cx.store;
     let sched = &cx.settings.scheduler;
     let step = spec.interval.secs_i64();
-    let from = end - sched.history.as_secs() as i64;
+    let from = replay_start(sched.history, end);
     let history = store.observations(series_id, from, end).await?;
     let judged_until = store
         .series_of(spec.id.as_str())
@@ -548,7 +618,7 @@ async fn evaluate_series(
     let excluded = crate::calendar::exclusions(store, spec, from, end).await?;
     // Feedback on earlier buckets is replayed into the detector: a false positive is learned
     // as normal, a new normal re-baselines there.
-    let feedback: std::collections::HashMap<i64, Feedback> = store
+    let feedback: HashMap<i64, Feedback> = store
         .feedback(series_id, from, end)
         .await?
         .into_iter()
@@ -558,13 +628,38 @@ async fn evaluate_series(
             _ => None,
         })
         .collect();
+    // The fast path: the detector this process kept after the last run, if replaying would
+    // rebuild exactly it. Coarse windows (thin slices) always replay: their windows are cut
+    // from `end`.
+    let keep = sched.keep_detectors && k == 1;
+    let kept = if keep {
+        cx.detectors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&series_id)
+    } else {
+        None
+    };
+    let kept = kept.filter(|c| {
+        c.upto == judged_until
+            && c.from == from
+            && c.cfg == cfg
+            && c.seen == history.partition_point(|o| o.ts < c.upto)
+            && history[..c.seen].ends_with(&c.tail)
+            && c.inputs == replay_inputs(&feedback, &excluded, from, c.upto)
+    });
+    let fast = kept.is_some();
+    let next_inputs = replay_inputs(&feedback, &excluded, from, end);
     // CPU-bound: replaying weeks of buckets. Keep it off the async workers.
     let span = tracing::Span::current();
-    let verdicts = tokio::task::spawn_blocking(move || {
+    let (verdicts, kept) = tokio::task::spawn_blocking(move || {
         let _entered = span.enter();
-        let mut detector = OnlineDetector::new(cfg)?;
+        let (mut detector, skip) = match kept {
+            Some(c) => (c.detector, c.seen),
+            None => (OnlineDetector::new(cfg)?, 0),
+        };
         let mut out = Vec::new();
-        for o in &history {
+        for o in &history[skip..] {
             // A coarse window starts k buckets before the one it is dated by.
             let start = o.ts - (k - 1) * step;
             let bucket = Bucket {
@@ -585,11 +680,32 @@ async fn evaluate_series(
                 out.push((o.ts, v, since));
             }
         }
-        Ok::<_, crate::baseline::Error>(out)
+        let kept = KeptDetector {
+            from,
+            cfg,
+            inputs: next_inputs,
+            upto: end,
+            seen: history.len(),
+            tail: history[history.len().saturating_sub(KEPT_TAIL)..].to_vec(),
+            detector,
+        };
+        Ok::<_, crate::baseline::Error>((out, kept))
     })
     .await
     .context("Detector task failed")?
     .context("Invalid detector configuration")?;
+    cx.metrics
+        .detector_runs
+        .get_or_create(&crate::telemetry::ReplayLabels {
+            path: if fast { "kept" } else { "full" },
+        })
+        .inc();
+    if keep {
+        cx.detectors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(series_id, kept);
+    }
 
     let horizon = end - step * (1 + i64::from(sched.alert_horizon_buckets));
     let finite = |x: f64| x.is_finite().then_some(x);

@@ -57,6 +57,13 @@ pub struct KpiLabels {
     pub kpi: String,
 }
 
+/// How a series' detector was brought up to date.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplayLabels {
+    /// `kept` (only new buckets stepped) or `full` (replayed from the stored history).
+    pub path: &'static str,
+}
+
 /// Labels of a notification delivery.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeliveryLabels {
@@ -107,6 +114,8 @@ pub struct Metrics {
     pub notifications: Family<DeliveryLabels, Counter>,
     /// `alerts_firing` — open incidents.
     pub alerts_firing: Gauge,
+    /// `detector_runs_total{path}` — series judged with a kept detector or a full replay.
+    pub detector_runs: Family<ReplayLabels, Counter>,
     /// `receiver_failing{receiver}` — 1 while a receiver's last delivery attempt failed.
     pub receiver_failing: Family<ReceiverLabels, Gauge>,
     /// `kpi_value{kpi,series}` — the newest judged bucket's value (ratios as fractions).
@@ -133,6 +142,7 @@ impl Default for Metrics {
         let anomalies = Family::<KpiLabels, Counter>::default();
         let notifications = Family::<DeliveryLabels, Counter>::default();
         let alerts_firing = Gauge::default();
+        let detector_runs = Family::<ReplayLabels, Counter>::default();
         let receiver_failing = Family::<ReceiverLabels, Gauge>::default();
         let kpi_value = SeriesGauge::default();
         let kpi_expected = SeriesGauge::default();
@@ -190,6 +200,11 @@ impl Default for Metrics {
         );
         registry.register("alerts_firing", "Open incidents", alerts_firing.clone());
         registry.register(
+            "detector_runs",
+            "Series judged with the detector kept from the last run (kept) or a full replay (full)",
+            detector_runs.clone(),
+        );
+        registry.register(
             "receiver_failing",
             "1 while a receiver's last delivery attempt failed",
             receiver_failing.clone(),
@@ -202,6 +217,7 @@ impl Default for Metrics {
             anomalies,
             notifications,
             alerts_firing,
+            detector_runs,
             receiver_failing,
             kpi_value,
             kpi_expected,

@@ -716,3 +716,110 @@ async fn a_catch_up_after_downtime_alerts_on_the_incident_still_open_from_its_st
         stop.timestamp()
     );
 }
+
+/// The kept detector (the fast path: only new buckets stepped) gives exactly the verdicts of a
+/// full replay. Two processes with separate state stores read one shop, one with
+/// `keep_detectors = false`; through the backfill, hours of normal traffic, a drop, late rows
+/// restating a bucket and feedback on an anomaly, their stored verdicts are identical.
+#[tokio::test]
+async fn kept_detectors_give_the_same_verdicts_as_a_full_replay() {
+    init_logs();
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let smtp = SmtpServer::start();
+    let (mut shop, clock) = busy_shop(dir_a.path()).await;
+    let fast = build(dir_a.path(), &smtp, &clock).await;
+    let shop_url = format!("sqlite://{}", dir_a.path().join("shop.db").display());
+    let slow = build_full(
+        dir_b.path(),
+        &smtp,
+        &clock,
+        "",
+        &[
+            ("KPIWATCH_SOURCES__SHOP__URL", shop_url),
+            ("KPIWATCH_SCHEDULER__KEEP_DETECTORS", "false".to_owned()),
+        ],
+    )
+    .await;
+    async fn pass(a: &Application, b: &Application, at: DateTime<Utc>) {
+        let (ra, rb) = (a.scheduler().run_due().await, b.scheduler().run_due().await);
+        assert_eq!(format!("{ra:?}"), format!("{rb:?}"), "at {at}");
+    }
+    pass(&fast, &slow, clock_now(&clock)).await;
+    let step = |minutes: i64| {
+        clock.advance(Duration::minutes(minutes));
+    };
+    // Normal traffic, then orders stop at t0 + 1 h (the shop's traffic ends there).
+    for _ in 0..16 {
+        step(5);
+        pass(&fast, &slow, clock_now(&clock)).await;
+    }
+    // Late rows restate the newest closed bucket (re-read through the overlap).
+    let now = clock_now(&clock);
+    let newest = DateTime::<Utc>::from_timestamp((now.timestamp() - 60).div_euclid(300) * 300 - 300, 0)
+        .expect("valid");
+    shop.traffic(newest, newest + Duration::minutes(5)).await;
+    step(5);
+    pass(&fast, &slow, clock_now(&clock)).await;
+    // Feedback on the first anomaly, in both stores.
+    for app in [&fast, &slow] {
+        let anomalies = app
+            .store()
+            .anomalies(Some("orders"), None, 100)
+            .await
+            .expect("anomalies");
+        let first = anomalies
+            .iter()
+            .map(|a| a.id)
+            .min()
+            .expect("the drop was flagged");
+        let (status, body) = crate::helpers::request(
+            app,
+            "POST",
+            &format!("/api/anomalies/{first}/feedback"),
+            None,
+            r#"{"kind": "new_normal"}"#,
+        )
+        .await;
+        assert!(status.is_success(), "{status} {body}");
+    }
+    for _ in 0..6 {
+        step(5);
+        pass(&fast, &slow, clock_now(&clock)).await;
+    }
+    let verdicts = |app: &Application| {
+        let store = app.store().clone();
+        async move {
+            let series = store.series_of("orders").await.expect("series");
+            store
+                .evaluations(series[0].id, 0, i64::MAX)
+                .await
+                .expect("evaluations")
+        }
+    };
+    let (a, b) = (verdicts(&fast).await, verdicts(&slow).await);
+    assert!(a.len() > 4000, "{} verdicts", a.len());
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x, y);
+    }
+    assert!(a.iter().any(|e| e.anomaly), "the drop is among them");
+    // The fast process used its kept detector on most runs; the other never did.
+    async fn replays(app: &Application) -> (u64, u64) {
+        let (_, text) = crate::helpers::request(app, "GET", "/metrics", None, "").await;
+        let count = |path: &str| -> u64 {
+            let prefix = format!("kpiwatch_detector_runs_total{{path=\"{path}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        (count("kept"), count("full"))
+    }
+    let (kept, full) = replays(&fast).await;
+    // Full replays: the backfill, the restated bucket, the feedback.
+    assert!(kept >= 15 && (3..=6).contains(&full), "kept {kept}, full {full}");
+    assert_eq!(replays(&slow).await.0, 0);
+}
