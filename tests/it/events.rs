@@ -143,7 +143,11 @@ async fn api_and_icalendar_events_keep_their_drops_from_alerting_and_from_being_
         .expect("fetched");
     let history = app
         .store()
-        .observations(series_id, end - 14 * 86_400, end)
+        .observations(
+            series_id,
+            kpiwatch::pipeline::replay_start(std::time::Duration::from_secs(14 * 86_400), end),
+            end,
+        )
         .await
         .expect("history");
     let spec = orders_spec("");
