@@ -60,8 +60,9 @@ pub struct Context {
 pub type DetectorCache = Arc<std::sync::Mutex<HashMap<i64, KeptDetector>>>;
 
 /// Observations at the end of a kept detector's history that are compared with the stored
-/// ones before it is reused: a restated bucket there (late rows re-read in the overlap)
-/// sends the run down the full replay.
+/// ones before it is reused (at least, and more when `overlap_buckets` asks for more): a
+/// restated bucket there (late rows re-read in the overlap) sends the run down the full
+/// replay.
 const KEPT_TAIL: usize = 16;
 
 /// A series' detector after stepping through its stored history up to `upto`, kept by the
@@ -649,6 +650,7 @@ async fn evaluate_series(
             && c.inputs == replay_inputs(&feedback, &excluded, from, c.upto)
     });
     let fast = kept.is_some();
+    let tail_len = KEPT_TAIL.max(sched.overlap_buckets as usize + 1);
     let next_inputs = replay_inputs(&feedback, &excluded, from, end);
     // CPU-bound: replaying weeks of buckets. Keep it off the async workers.
     let span = tracing::Span::current();
@@ -686,7 +688,7 @@ async fn evaluate_series(
             inputs: next_inputs,
             upto: end,
             seen: history.len(),
-            tail: history[history.len().saturating_sub(KEPT_TAIL)..].to_vec(),
+            tail: history[history.len().saturating_sub(tail_len)..].to_vec(),
             detector,
         };
         Ok::<_, crate::baseline::Error>((out, kept))

@@ -88,14 +88,14 @@ const MAX_POINTS: i64 = 50_000;
         RangeQuery,
         ("dimensions" = Option<BTreeMap<String, String>>, Query, style = Form, explode,
          description = "Only the series with these dimension values, e.g. `country=DE`: each key is a dimension \
-                        (the total has none, so any filter leaves it out)"),
+                        (letters, digits and `_`, not starting with a digit; the total has none, so any filter leaves it out)"),
     ),
     responses(
         (status = 200, description = "The KPI's series (JSON, or CSV with `format=csv`)", content(
             (Vec<SeriesDto> = "application/json"),
             (String = "text/csv"),
         )),
-        (status = 400, description = "`from` or `to` is neither RFC 3339 nor unix seconds, `format` is not json or csv, or a parameter is given twice", body = ErrorBody),
+        (status = 400, description = "`from` or `to` is neither RFC 3339 nor unix seconds, `format` is not json or csv, a parameter is given twice, or a filter is not a dimension name", body = ErrorBody),
         (status = 401, description = "A token is needed", body = ErrorBody),
         (status = 404, description = "No such KPI", body = ErrorBody),
         (status = 422, description = "`from` is not before `to`, the range holds more than 50,000 buckets, or a date that does not exist", body = ErrorBody),
@@ -114,6 +114,14 @@ pub(super) async fn series(
     // A dimension has one value per filter: `country=DE&country=FR` is not a filter.
     let mut seen = std::collections::BTreeSet::new();
     for (key, _) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        // A dimension is a result column's name: a word, never empty.
+        let word = key.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
+            && key.chars().all(|c| c.is_alphanumeric() || c == '_');
+        if !word {
+            return Err(ApiError::BadRequest(format!(
+                "`{key}` is not a dimension name (letters, digits and `_`, not starting with a digit)"
+            )));
+        }
         if !seen.insert(key.clone()) {
             return Err(ApiError::BadRequest(format!("`{key}` is given more than once")));
         }

@@ -459,6 +459,18 @@ async fn a_small_countrys_orders_going_to_zero_is_a_slice_incident_naming_its_sh
     )
     .await;
     assert_eq!(status, 400, "one value per dimension: {twice}");
+    // A filter names a dimension: an empty or odd key is refused, not silently ignored.
+    for bad in ["=null", "coun%20try=LU", "1country=LU"] {
+        let (status, body) = request_json(
+            &app,
+            "GET",
+            &format!("/api/kpis/orders/series?{bad}&{range}"),
+            None,
+            "",
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
     drop(app);
     shop.close().await;
     db.drop_db().await;
