@@ -33,6 +33,36 @@ pub(super) struct RangeQuery {
     format: Option<String>,
 }
 
+/// The documented shape of the dimension filters: a dimension name (a word of ASCII letters,
+/// digits and `_`, not starting with a digit) to a scalar value (read as text: a query string
+/// carries no types).
+pub(super) struct DimensionFilters;
+
+impl utoipa::PartialSchema for DimensionFilters {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, SchemaType, Type};
+        ObjectBuilder::new()
+            .property_names(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some("^[A-Za-z_][A-Za-z0-9_]*$")),
+            ))
+            .additional_properties(Some(AdditionalProperties::RefOr(
+                ObjectBuilder::new()
+                    .schema_type(SchemaType::Array(vec![
+                        Type::String,
+                        Type::Number,
+                        Type::Boolean,
+                        Type::Null,
+                    ]))
+                    .into(),
+            )))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for DimensionFilters {}
+
 /// One bucket and the detector's verdict on it (the verdict fields are null while the bucket
 /// is not judged yet).
 #[derive(Debug, Serialize, ToSchema)]
@@ -86,7 +116,7 @@ const MAX_POINTS: i64 = 50_000;
     params(
         ("id" = String, Path, description = "KPI id", pattern = "^[a-z][a-z0-9_-]{0,63}$"),
         RangeQuery,
-        ("dimensions" = Option<BTreeMap<String, String>>, Query, style = Form, explode,
+        ("dimensions" = inline(Option<DimensionFilters>), Query, style = Form, explode,
          description = "Only the series with these dimension values, e.g. `country=DE`: each key is a dimension \
                         (letters, digits and `_`, not starting with a digit; the total has none, so any filter leaves it out)"),
     ),
@@ -115,8 +145,11 @@ pub(super) async fn series(
     let mut seen = std::collections::BTreeSet::new();
     for (key, _) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         // A dimension is a result column's name: a word, never empty.
-        let word = key.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
-            && key.chars().all(|c| c.is_alphanumeric() || c == '_');
+        let word = key
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !word {
             return Err(ApiError::BadRequest(format!(
                 "`{key}` is not a dimension name (letters, digits and `_`, not starting with a digit)"
