@@ -95,6 +95,12 @@ impl Progress {
     }
 }
 
+/// How long a lease lasts, in seconds: `claim_timeout`, at least 3 s (a run renews it every
+/// third of that).
+fn lease_secs(sched: &crate::config::SchedulerConfig) -> i64 {
+    i64::try_from(sched.claim_timeout.as_secs().max(3)).unwrap_or(i64::MAX)
+}
+
 /// Seconds to wait after `failures` failed runs in a row: `tick`, doubling, at most `step`.
 fn backoff_secs(tick: std::time::Duration, step: i64, failures: u32) -> i64 {
     let tick = tick.as_secs().max(1) as i64;
@@ -157,20 +163,20 @@ impl Scheduler {
                 // in flight, so a process that dies is replaced within that time and a slow
                 // run is never taken over.
                 let lease = format!("kpi:{}", spec.id);
-                let ttl = cx.settings.scheduler.claim_timeout.as_secs().max(3);
-                match cx.store.try_lease(&lease, &cx.instance, ttl as i64).await {
+                let ttl = lease_secs(&cx.settings.scheduler);
+                match cx.store.try_lease(&lease, &cx.instance, ttl).await {
                     Ok(true) => {}
                     Ok(false) => return (spec.id.clone(), Ok(RunOutcome::NotDue)),
                     Err(error) => return (spec.id.clone(), Err(format!("lease: {error}"))),
                 }
                 let run = pipeline::run_kpi(&cx, &spec, now);
                 tokio::pin!(run);
-                let renew_every = std::time::Duration::from_secs(ttl / 3);
+                let renew_every = std::time::Duration::from_secs(ttl.unsigned_abs() / 3);
                 let result = loop {
                     tokio::select! {
                         result = &mut run => break result,
                         () = tokio::time::sleep(renew_every) => {
-                            if let Err(error) = cx.store.try_lease(&lease, &cx.instance, ttl as i64).await {
+                            if let Err(error) = cx.store.try_lease(&lease, &cx.instance, ttl).await {
                                 error!(message = "Failed to renew a KPI lease.", kpi = %spec.id, %error);
                             }
                         }
@@ -230,7 +236,7 @@ impl Scheduler {
             *next = now.timestamp() + cfg.every.as_secs().max(1) as i64;
         }
         let store = &self.cx.store;
-        let ttl = self.cx.settings.scheduler.claim_timeout.as_secs().max(3) as i64;
+        let ttl = lease_secs(&self.cx.settings.scheduler);
         match store.try_lease("retention", &self.cx.instance, ttl).await {
             Ok(true) => {}
             Ok(false) => return,
