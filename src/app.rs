@@ -80,7 +80,7 @@ impl Application {
             .context("Failed to open the state store")?;
         for spec in &specs {
             if store.upsert_kpi(spec).await.context("Failed to register KPIs")? {
-                warn!(message = "KPI interval or kind changed; its stored history will be fetched again.", kpi = %spec.id);
+                warn!(message = "KPI interval, bucket alignment or kind changed; its stored history will be fetched again.", kpi = %spec.id);
             }
         }
         let events = crate::calendar::sync_config(&store, &settings.calendar, std::path::Path::new("."))

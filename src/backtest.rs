@@ -128,7 +128,7 @@ pub fn run_excluding(
     let mut tried = spec.clone();
     tried.direction = cfg.direction;
     let rule = alerting::rule_for(&tried, recovery_buckets);
-    let step = spec.interval.secs_i64();
+    let grid = spec.buckets();
     let at = |ts: i64| DateTime::<Utc>::from_timestamp(ts, 0).unwrap_or_default();
     let mut flags = Vec::new();
     let mut alerts = Vec::new();
@@ -137,12 +137,13 @@ pub fn run_excluding(
         let mut open: Option<lifecycle::Incident> = None;
         let mut current: Option<WouldAlert> = None;
         for o in rows.iter().filter(|o| o.ts < to) {
+            let bucket_end = grid.end(o.ts);
             let local = local_secs(spec.timezone, o.ts);
             let v = detector.step(&Bucket {
                 ts: local,
                 value: o.value,
                 denominator: o.denominator,
-                excluded: excluded.covers(o.ts, o.ts + step),
+                excluded: excluded.covers(o.ts, bucket_end),
             });
             if o.ts < from {
                 continue;
@@ -160,14 +161,14 @@ pub fn run_excluding(
             }
             let verdict = bucket_verdict(o.ts, &v, since_utc(&v, local, o.ts));
             let severity = alerting::severity_for(spec, &verdict);
-            match lifecycle::step(open.as_ref(), &verdict, &rule, severity, o.ts + step) {
+            match lifecycle::step(open.as_ref(), &verdict, &rule, severity, bucket_end) {
                 Step::Nothing => {}
                 Step::Open(inc, event) | Step::Update(inc, event) => {
                     if event == Some(lifecycle::Event::Firing) {
                         current = Some(WouldAlert {
                             series: series.clone(),
                             started: at(inc.started_ts),
-                            fired: at(o.ts + step),
+                            fired: at(bucket_end),
                             resolved: None,
                             buckets: 0,
                         });

@@ -470,8 +470,7 @@ async fn run_backtest(
     use secrecy::ExposeSecret;
     let store = kpiwatch::store::Store::connect(settings.state.url.expose_secret()).await?;
     let sources = kpiwatch::sources::SourceRegistry::build(&settings.sources)?;
-    let step = spec.interval.secs_i64();
-    let to = until.timestamp().div_euclid(step) * step;
+    let to = spec.buckets().floor(until.timestamp());
     let warm_up = settings.scheduler.history.as_secs() as i64;
     let from = to - i64::from(opts.weeks) * 7 * 86_400 - warm_up;
     let history = kpiwatch::pipeline::history(&store, &sources, spec, from, to).await?;

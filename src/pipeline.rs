@@ -154,14 +154,17 @@ pub fn due_window(
     fetched_until: Option<i64>,
     now: DateTime<Utc>,
 ) -> Option<(i64, i64)> {
-    let step = spec.interval.secs_i64();
+    let buckets = spec.buckets();
     let ready = now.timestamp() - spec.delay.as_secs() as i64;
-    let end = ready.div_euclid(step) * step;
-    let backfill_start = end - (sched.backfill.as_secs() as i64).div_euclid(step) * step;
+    let end = buckets.floor(ready);
+    let backfill = (sched.backfill.as_secs() as i64).div_euclid(buckets.nominal_secs());
+    let backfill_start = buckets.back(end, backfill);
     let start = match fetched_until {
         None => backfill_start,
         Some(done) if done >= end => return None,
-        Some(done) => (done - i64::from(sched.overlap_buckets) * step).max(backfill_start),
+        Some(done) => buckets
+            .back(done, i64::from(sched.overlap_buckets))
+            .max(backfill_start),
     };
     (start < end).then_some((start, end))
 }
@@ -226,8 +229,8 @@ pub async fn run_kpi(cx: &Context, spec: &KpiSpec, now: DateTime<Utc>) -> anyhow
             };
             warn!(message = "KPI query failed.", status, %error);
             count_run(cx, spec, status);
-            let behind = (end - fetched_until.unwrap_or(start)) / spec.interval.secs_i64();
-            if behind >= DATA_MISSING_AFTER_BUCKETS {
+            let behind_since = fetched_until.unwrap_or(start);
+            if behind_since <= spec.buckets().back(end, DATA_MISSING_AFTER_BUCKETS) {
                 data_missing_alert(
                     cx,
                     spec,
@@ -265,14 +268,12 @@ pub async fn run_kpi(cx: &Context, spec: &KpiSpec, now: DateTime<Utc>) -> anyhow
             series.insert("{}".to_owned(), BTreeMap::new());
         }
         for buckets in series.values_mut() {
-            let mut t = start;
-            while t < end {
+            for t in spec.buckets().starts(start, end) {
                 buckets.entry(t).or_insert(ObservationRow {
                     ts: t,
                     value: 0.0,
                     denominator: None,
                 });
-                t += spec.interval.secs_i64();
             }
         }
     }
@@ -592,7 +593,7 @@ async fn evaluate_series(
 ) -> anyhow::Result<(Fresh, usize)> {
     let store = &cx.store;
     let sched = &cx.settings.scheduler;
-    let step = spec.interval.secs_i64();
+    let grid = spec.buckets();
     let from = replay_start(sched.history, end);
     let history = store.observations(series_id, from, end).await?;
     let judged_until = store
@@ -607,9 +608,10 @@ async fn evaluate_series(
     // its verdicts are dated by each window's last bucket and given per bucket (counts and
     // volumes as the window's mean per bucket; ratios are rates either way).
     let k = crate::slices::evaluation_factor(spec, dims, &history);
+    let windows = crate::slices::window_buckets(spec, k);
     let history = if k > 1 {
-        cfg.interval_secs = u32::try_from(step * k).unwrap_or(cfg.interval_secs);
-        crate::slices::coarsen(&history, step, k, end)
+        cfg.interval_secs = u32::try_from(windows.nominal_secs()).unwrap_or(cfg.interval_secs);
+        crate::slices::coarsen(&history, grid, windows, end)
     } else {
         history
     };
@@ -663,12 +665,12 @@ async fn evaluate_series(
         let mut out = Vec::new();
         for o in &history[skip..] {
             // A coarse window starts k buckets before the one it is dated by.
-            let start = o.ts - (k - 1) * step;
+            let start = windows.floor(o.ts);
             let bucket = Bucket {
                 ts: local_secs(tz, start),
                 value: o.value,
                 denominator: o.denominator,
-                excluded: excluded.covers(o.ts, o.ts + step),
+                excluded: excluded.covers(o.ts, grid.end(o.ts)),
             };
             let mut v =
                 detector.step_with_feedback(&bucket, feedback.get(&o.ts).copied().unwrap_or_default());
@@ -709,7 +711,7 @@ async fn evaluate_series(
             .insert(series_id, kept);
     }
 
-    let horizon = end - step * (1 + i64::from(sched.alert_horizon_buckets));
+    let horizon = alert_horizon(spec, sched, end);
     let finite = |x: f64| x.is_finite().then_some(x);
     let mut evaluations = Vec::with_capacity(verdicts.len());
     let mut anomalies = Vec::new();
@@ -764,7 +766,8 @@ async fn evaluate_series(
 
 /// The first bucket start that may still alert in a run whose window ends at `end`.
 fn alert_horizon(spec: &KpiSpec, sched: &SchedulerConfig, end: i64) -> i64 {
-    end - spec.interval.secs_i64() * (1 + i64::from(sched.alert_horizon_buckets))
+    spec.buckets()
+        .back(end, 1 + i64::from(sched.alert_horizon_buckets))
 }
 
 /// Run the alert lifecycle of the incident stored under series `dims` (`series_id`) over the
@@ -779,7 +782,7 @@ async fn alert_on(
 ) -> anyhow::Result<usize> {
     let store = &cx.store;
     let sched = &cx.settings.scheduler;
-    let step = spec.interval.secs_i64();
+    let grid = spec.buckets();
     let mut alerts_opened = 0;
     let labels = alerting::alert_labels(spec, dims);
     let targets = targets_for(cx, spec, &labels);
@@ -802,11 +805,11 @@ async fn alert_on(
         let open = store.open_alert(&fp).await?;
         let incident = open.as_ref().map(alerting::incident_of);
         let severity = alerting::severity_for(spec, &verdict);
-        let bucket_end = t + step;
+        let bucket_end = grid.end(*t);
         let step_result = lifecycle::step(incident.as_ref(), &verdict, &rule, severity, bucket_end);
         // For a resolution: the first in-band bucket of the streak that resolves it (the
         // open row's `ok_streak` counts the in-band buckets before this one).
-        let recovered_since = open.as_ref().map(|o| *t - o.ok_streak * step);
+        let recovered_since = open.as_ref().map(|o| grid.back(*t, o.ok_streak));
         let (row, event) = match step_result {
             lifecycle::Step::Nothing => continue,
             lifecycle::Step::Open(inc, event) | lifecycle::Step::Update(inc, event) => {
@@ -969,9 +972,9 @@ pub async fn try_query(
     now: DateTime<Utc>,
     buckets: i64,
 ) -> Result<QueryTrial, sources::Error> {
-    let step = spec.interval.secs_i64();
-    let end = now.timestamp().div_euclid(step) * step;
-    let start = end - buckets * step;
+    let grid = spec.buckets();
+    let end = grid.floor(now.timestamp());
+    let start = grid.back(end, buckets);
     let window = Window {
         start: DateTime::from_timestamp(start, 0).unwrap_or(now),
         end: DateTime::from_timestamp(end, 0).unwrap_or(now),
@@ -1035,14 +1038,12 @@ pub async fn fresh_history(
             series.insert("{}".to_owned(), BTreeMap::new());
         }
         for buckets in series.values_mut() {
-            let mut t = from.div_euclid(spec.interval.secs_i64()) * spec.interval.secs_i64();
-            while t < to {
+            for t in spec.buckets().starts(from, to) {
                 buckets.entry(t).or_insert(ObservationRow {
                     ts: t,
                     value: 0.0,
                     denominator: None,
                 });
-                t += spec.interval.secs_i64();
             }
         }
     }

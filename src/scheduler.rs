@@ -83,7 +83,7 @@ impl Progress {
         match outcome {
             Ok(RunOutcome::Ok { .. } | RunOutcome::NotDue) => {
                 let ready = now.timestamp() - spec.delay.as_secs() as i64;
-                self.done_until = Some(ready.div_euclid(step) * step);
+                self.done_until = Some(spec.buckets().floor(ready));
                 self.failures = 0;
                 self.retry_at = 0;
             }

@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::kpi::{Aggregation, Kind, KpiSpec};
+use crate::kpi::{Aggregation, Buckets, Interval, Kind, KpiSpec};
 use crate::sources::{self, RawRow};
 use crate::store::ObservationRow;
 
@@ -82,19 +82,29 @@ pub fn evaluation_factor(spec: &KpiSpec, dims: &str, history: &[ObservationRow])
     chosen
 }
 
-/// `history` summed over windows of `k` buckets (aligned to `k × interval` in UTC); only
+/// The evaluation windows of `k` of the KPI's buckets: `k × interval` long, aligned like
+/// the KPI's buckets of that length (UTC below an hour, its timezone from an hour up).
+pub fn window_buckets(spec: &KpiSpec, k: i64) -> Buckets {
+    let secs = u64::try_from(spec.interval.secs_i64() * k.max(1)).unwrap_or(0);
+    match Interval::from_secs(secs) {
+        Ok(width) => Buckets::new(width, spec.timezone),
+        Err(_) => spec.buckets(),
+    }
+}
+
+/// `history` (buckets of `grid`) summed over the `windows` (see [`window_buckets`]); only
 /// windows that have closed by `end`. Each window is dated by its last bucket, the one whose
 /// closing decided it.
-pub fn coarsen(history: &[ObservationRow], step: i64, k: i64, end: i64) -> Vec<ObservationRow> {
-    let width = step * k.max(1);
-    let mut windows: BTreeMap<i64, ObservationRow> = BTreeMap::new();
+pub fn coarsen(history: &[ObservationRow], grid: Buckets, windows: Buckets, end: i64) -> Vec<ObservationRow> {
+    let mut out: BTreeMap<i64, ObservationRow> = BTreeMap::new();
     for o in history {
-        let w = o.ts.div_euclid(width) * width;
-        if w + width > end {
+        let w = windows.floor(o.ts);
+        let w_end = windows.end(w);
+        if w_end > end {
             continue;
         }
-        let e = windows.entry(w).or_insert(ObservationRow {
-            ts: w + width - step,
+        let e = out.entry(w).or_insert(ObservationRow {
+            ts: grid.prev(w_end),
             value: 0.0,
             denominator: o.denominator.map(|_| 0.0),
         });
@@ -103,7 +113,7 @@ pub fn coarsen(history: &[ObservationRow], step: i64, k: i64, end: i64) -> Vec<O
             *d += x;
         }
     }
-    windows.into_values().collect()
+    out.into_values().collect()
 }
 
 /// Whether `dims` (a series key) is the KPI's total.
@@ -217,13 +227,13 @@ pub fn bucketize(
     end: i64,
     known: &BTreeSet<String>,
 ) -> Result<BTreeMap<String, BTreeMap<i64, ObservationRow>>, sources::Error> {
-    let step = spec.interval.secs_i64();
+    let grid = spec.buckets();
     let dims_cfg = &spec.dimensions;
     let mut total: BTreeMap<i64, Acc> = BTreeMap::new();
     let mut slices: HashMap<String, BTreeMap<i64, Acc>> = HashMap::new();
     let mut volume: HashMap<String, f64> = HashMap::new();
     for row in rows {
-        let t = row.ts.timestamp().div_euclid(step) * step;
+        let t = grid.floor(row.ts.timestamp());
         if t < start || t >= end {
             continue;
         }
@@ -486,10 +496,29 @@ mod tests {
     #[test]
     fn coarse_windows_sum_closed_windows_and_are_dated_by_their_last_bucket() {
         let rows: Vec<ObservationRow> = (0..7).map(|i| obs(i * 300, 1.0, Some(2.0))).collect();
-        let out = coarsen(&rows, 300, 3, 7 * 300);
+        let s = spec("", "count");
+        let out = coarsen(&rows, s.buckets(), window_buckets(&s, 3), 7 * 300);
         assert_eq!(out.len(), 2, "the third window is still open: {out:?}");
         assert_eq!(out[0], obs(600, 3.0, Some(6.0)));
         assert_eq!(out[1], obs(1500, 3.0, Some(6.0)));
+    }
+
+    #[test]
+    fn coarse_windows_of_hourly_buckets_follow_the_local_day() {
+        // Hourly buckets in Berlin on the spring day (23 hours from local midnight, which is
+        // 23:00 UTC the day before): a day-long window sums 23 of them.
+        let s = KpiSpec::parse(
+            "k",
+            "source = \"s\"\nkind = \"count\"\ninterval = \"1h\"\ntimezone = \"Europe/Berlin\"\n",
+            "SELECT 1 WHERE :start < :end",
+            Path::new("m"),
+        )
+        .expect("valid");
+        let midnight = 1_774_738_800; // 2026-03-28T23:00:00Z
+        let rows: Vec<ObservationRow> = (0..30).map(|i| obs(midnight + i * 3600, 1.0, None)).collect();
+        let out = coarsen(&rows, s.buckets(), window_buckets(&s, 24), midnight + 30 * 3600);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0], obs(midnight + 22 * 3600, 23.0, None));
     }
 
     #[test]

@@ -286,7 +286,7 @@ pub fn replay_incidents(
     settings: &[Sensitivity],
     incidents: &[Incident],
 ) -> Result<Vec<SettingReplay>, crate::baseline::Error> {
-    let step = spec.interval.secs_i64();
+    let grid = spec.buckets();
     let starts: Vec<Option<i64>> = incidents
         .iter()
         .map(|inc| place(spec, history, inc, to, recovery_buckets))
@@ -311,7 +311,7 @@ pub fn replay_incidents(
             };
             let injected = inject(spec, history, inc, start);
             let r = backtest::run_excluding(spec, &injected, opts, to, recovery_buckets, excluded)?;
-            let end = start + inc.duration_secs + step;
+            let end = grid.forward(start + inc.duration_secs, 1);
             let fired = first_new_alert(&r, &clean, start, end);
             catches.push(Catch {
                 incident: *inc,
@@ -352,7 +352,7 @@ pub fn inject(
     inc: &Incident,
     start: i64,
 ) -> BTreeMap<String, Vec<ObservationRow>> {
-    let step = spec.interval.secs_i64();
+    let grid = spec.buckets();
     let end = start + inc.duration_secs;
     history
         .iter()
@@ -360,11 +360,12 @@ pub fn inject(
             let rows = rows
                 .iter()
                 .map(|o| {
-                    let overlap = (o.ts + step).min(end) - o.ts.max(start);
+                    let bucket_end = grid.end(o.ts);
+                    let overlap = bucket_end.min(end) - o.ts.max(start);
                     if overlap <= 0 {
                         return *o;
                     }
-                    let factor = 1.0 - inc.drop * overlap as f64 / step as f64;
+                    let factor = 1.0 - inc.drop * overlap as f64 / (bucket_end - o.ts) as f64;
                     let mut value = o.value * factor;
                     if spec.kind == Kind::Count {
                         value = value.round();
@@ -387,7 +388,8 @@ pub fn place(
     to: i64,
     recovery_buckets: u32,
 ) -> Option<i64> {
-    let step = spec.interval.secs_i64();
+    let grid = spec.buckets();
+    let step = grid.nominal_secs();
     let daily = step >= 86_400;
     let slot_of = |utc: i64| {
         let local = local_secs(spec.timezone, utc);
@@ -416,16 +418,23 @@ pub fn place(
         Placement::Quiet => means.min_by(|a, b| a.1.total_cmp(&b.1))?.0,
     };
     let room = inc.duration_secs + (i64::from(recovery_buckets) + 2) * step;
-    let latest = (to - room).div_euclid(step) * step;
-    // Walk back, a slot (hour or day) at a time, from the latest possible start.
-    let unit = if daily { 86_400 } else { 3600 };
+    let latest = grid.floor(to - room);
+    // Walk back, a slot (local hour or day) at a time, from the latest possible start.
+    let unit = crate::kpi::Buckets::new(
+        if daily {
+            crate::kpi::Interval::DAY
+        } else {
+            crate::kpi::Interval::HOUR
+        },
+        spec.timezone,
+    );
     let first = history.values().filter_map(|r| r.first()).map(|o| o.ts).min()?;
-    let mut t = latest.div_euclid(unit) * unit;
+    let mut t = unit.floor(latest);
     while t >= first {
         if slot_of(t) == slot {
             return Some(t);
         }
-        t -= unit;
+        t = unit.prev(t);
     }
     None
 }

@@ -401,8 +401,7 @@ pub(super) async fn backtest(
             "`min_volume` must be a number >= 0".to_owned(),
         ));
     }
-    let step = spec.interval.secs_i64();
-    let to = state.clock.now().timestamp().div_euclid(step) * step;
+    let to = spec.buckets().floor(state.clock.now().timestamp());
     let from = to - i64::from(weeks) * 7 * 86_400 - 28 * 86_400;
     let mut history = BTreeMap::new();
     for series in state.store.series_of(&id).await? {

@@ -123,10 +123,10 @@ pub(super) async fn breakdown(
         .specs
         .get(&id)
         .ok_or_else(|| ApiError::NotFound(format!("no KPI {id:?}")))?;
-    let step = spec.interval.secs_i64();
+    let grid = spec.buckets();
     let series = state.store.series_of(&id).await?;
     let at = match q.at.as_deref() {
-        Some(s) => parse_instant("at", s)?.div_euclid(step) * step,
+        Some(s) => grid.floor(parse_instant("at", s)?),
         None => {
             // The newest judged bucket of the total (or of any series) in the last week.
             let now = state.clock.now().timestamp();
@@ -144,7 +144,7 @@ pub(super) async fn breakdown(
     };
     let mut readings: BTreeMap<String, EvaluationRow> = BTreeMap::new();
     for s in &series {
-        if let Some(e) = state.store.evaluations(s.id, at, at + step).await?.pop() {
+        if let Some(e) = state.store.evaluations(s.id, at, grid.end(at)).await?.pop() {
             readings.insert(s.dims.clone(), e);
         }
     }

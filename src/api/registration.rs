@@ -508,8 +508,7 @@ pub(super) async fn backtest_draft(
     let (budget, incidents) =
         super::backtest::tuning_request(body.budget.as_deref(), body.inject.as_deref())?;
     let spec = parse(&body.kpi.id, &model_toml(&body.kpi.model)?, &body.kpi.query)?;
-    let step = spec.interval.secs_i64();
-    let to = state.clock.now().timestamp().div_euclid(step) * step;
+    let to = spec.buckets().floor(state.clock.now().timestamp());
     let from = to - i64::from(weeks) * 7 * 86_400 - 28 * 86_400;
     let draft_store_free = crate::pipeline::fresh_history(&state.sources, &spec, from, to)
         .await

@@ -235,7 +235,7 @@ pub(super) async fn series(
         };
         // The window rule reads the last week of the series (as the pipeline does).
         let step = spec.interval.secs_i64();
-        let newest = now.div_euclid(step) * step;
+        let newest = spec.buckets().floor(now);
         let week = state
             .store
             .observations(s.id, newest - crate::slices::WINDOW_RULE_DAYS * 86_400, newest)

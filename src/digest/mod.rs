@@ -211,9 +211,14 @@ fn at(ts: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(ts, 0).unwrap_or_default()
 }
 
-/// Chart points per hour for sub-hourly KPIs, per bucket otherwise.
-fn chart_step(spec: &KpiSpec) -> i64 {
-    spec.interval.secs_i64().max(3600)
+/// Chart points per hour for sub-hourly KPIs, per bucket otherwise (both aligned like the
+/// KPI's buckets: local hours and days in its timezone).
+fn chart_slots(spec: &KpiSpec) -> crate::kpi::Buckets {
+    if spec.interval.secs_i64() < 3600 {
+        crate::kpi::Buckets::new(crate::kpi::Interval::HOUR, spec.timezone)
+    } else {
+        spec.buckets()
+    }
 }
 
 /// Read one KPI's day (and the 14 days before, for the chart) from the store.
@@ -227,7 +232,7 @@ async fn kpi_digest(
     let (d0, d1) = day_bounds(tz, day).context("day out of range")?;
     let from = d1 - 14 * 86_400;
     let week = 7 * 86_400;
-    let step = chart_step(spec);
+    let slots = chart_slots(spec);
     let mut day_acc = Acc::default();
     let mut week_acc = Acc::default();
     let mut buckets: BTreeMap<i64, Acc> = BTreeMap::new();
@@ -247,7 +252,7 @@ async fn kpi_digest(
             .collect();
         for o in store.observations(series.id, from, d1).await? {
             let e = evals.get(&o.ts);
-            let slot = from + (o.ts - from).div_euclid(step) * step;
+            let slot = slots.floor(o.ts);
             if counts {
                 buckets
                     .entry(slot)

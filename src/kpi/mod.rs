@@ -9,6 +9,7 @@
 //!
 //! Everything depends on this module; it depends on nothing else in the crate.
 
+pub mod buckets;
 pub mod dimensions;
 pub mod types;
 
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use buckets::Buckets;
 pub use dimensions::{Aggregation, Dimensions, SliceAlerts};
 pub use types::{Direction, Kind, ParseError, Sensitivity};
 
@@ -111,6 +113,11 @@ impl fmt::Display for Severity {
 pub struct Interval(u32);
 
 impl Interval {
+    /// One hour.
+    pub const HOUR: Interval = Interval(3600);
+    /// One day.
+    pub const DAY: Interval = Interval(86_400);
+
     /// Parse `"5m"`, `"1h"`, `"1d"` and the like.
     pub fn parse(s: &str) -> Result<Self, String> {
         let d = humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration: {e}"))?;
@@ -357,6 +364,12 @@ struct RawModel {
 }
 
 impl KpiSpec {
+    /// Where its buckets start and end: the interval, aligned to its timezone for an hour or
+    /// more (see [`Buckets`]).
+    pub fn buckets(&self) -> Buckets {
+        Buckets::new(self.interval, self.timezone)
+    }
+
     /// Build a spec from the text of `model.toml` and `query.sql`. `dir` names the model's
     /// folder in error messages.
     pub fn parse(id: &str, model_toml: &str, query_sql: &str, dir: &Path) -> Result<Self, Vec<ModelProblem>> {

@@ -477,8 +477,9 @@ impl Store {
 
     /// Register or refresh a KPI's descriptive columns; keeps its progress.
     ///
-    /// When the KPI's bucket length or kind changed, its stored buckets and verdicts no longer
-    /// mean the same thing: they are dropped (anomalies, alerts and the audit trail stay),
+    /// When the KPI's bucket length, alignment (`kpi::Buckets`: the timezone of buckets of an
+    /// hour or more) or kind changed, its stored buckets and verdicts no longer mean the same
+    /// thing: they are dropped (anomalies, alerts and the audit trail stay),
     /// pending incidents are cancelled (firing ones stay open for the next runs to continue or
     /// resolve), and the next run backfills at the new definition. Returns
     /// whether that happened.
@@ -486,7 +487,9 @@ impl Store {
         run!(self, |pool| {
             let now = now_secs();
             let mut tx = pool.begin().await?;
-            let before = sqlx::query("SELECT kind, interval_secs FROM kpis WHERE id = $1")
+            let grid = spec.buckets();
+            let bucket_tz = grid.is_local().then(|| spec.timezone.name().to_owned());
+            let before = sqlx::query("SELECT kind, interval_secs, bucket_tz FROM kpis WHERE id = $1")
                 .bind(spec.id.as_str())
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -494,7 +497,8 @@ impl Store {
                 Some(row) => {
                     let kind: String = row.try_get("kind")?;
                     let interval: i64 = row.try_get("interval_secs")?;
-                    kind != spec.kind.to_string() || interval != spec.interval.secs_i64()
+                    let tz: Option<String> = row.try_get("bucket_tz")?;
+                    kind != spec.kind.to_string() || interval != spec.interval.secs_i64() || tz != bucket_tz
                 }
                 None => false,
             };
@@ -516,10 +520,11 @@ impl Store {
                 }
             }
             sqlx::query(
-                "INSERT INTO kpis (id, title, kind, interval_secs, source, origin, owner, severity, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                "INSERT INTO kpis (id, title, kind, interval_secs, source, origin, owner, severity, created_at, updated_at, bucket_tz)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                  ON CONFLICT (id) DO UPDATE SET title = excluded.title, kind = excluded.kind,
-                   interval_secs = excluded.interval_secs, source = excluded.source, origin = excluded.origin,
+                   interval_secs = excluded.interval_secs, bucket_tz = excluded.bucket_tz,
+                   source = excluded.source, origin = excluded.origin,
                    owner = excluded.owner, severity = excluded.severity, updated_at = excluded.updated_at",
             )
             .bind(spec.id.as_str())
@@ -532,6 +537,7 @@ impl Store {
             .bind(spec.severity.to_string())
             .bind(now)
             .bind(now)
+            .bind(&bucket_tz)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;

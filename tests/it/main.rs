@@ -18,6 +18,7 @@ mod export;
 mod helpers;
 mod influxdb;
 mod interfaces;
+mod local_buckets;
 mod metric_stores;
 mod prometheus;
 mod retention;
