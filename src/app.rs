@@ -124,7 +124,13 @@ impl Application {
             mailer,
             receivers,
             signer: signer.clone(),
-            instance: format!("kpiwatch-{}", hex::encode(rand::random::<[u8; 6]>())),
+            // The process id lets an operator (and the kill tests) tell which process holds
+            // a lease or an outbox claim; the random part keeps restarts apart.
+            instance: format!(
+                "kpiwatch-{}-{}",
+                std::process::id(),
+                hex::encode(rand::random::<[u8; 6]>())
+            ),
             detectors: Arc::default(),
         };
         let registry = Registry::new(specs);

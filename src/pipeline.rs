@@ -50,7 +50,8 @@ pub struct Context {
     pub receivers: Receivers,
     /// Signs the links in messages.
     pub signer: LinkSigner,
-    /// This process's name in leases and outbox claims (random per start).
+    /// This process's name in leases and outbox claims: `kpiwatch-<pid>-<random>`, new per
+    /// start.
     pub instance: String,
     /// Each series' detector as of its last judged bucket (see [`KeptDetector`]).
     pub detectors: DetectorCache,

@@ -18,6 +18,7 @@ mod export;
 mod helpers;
 mod influxdb;
 mod interfaces;
+mod kill;
 mod local_buckets;
 mod metric_stores;
 mod prometheus;
