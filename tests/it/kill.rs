@@ -49,6 +49,10 @@ struct GateState {
     armed: bool,
     stalled: bool,
     released: bool,
+    /// Hold the next accepted message before the server's 250 until released.
+    hold_accept: bool,
+    accept_held: bool,
+    accept_released: bool,
     accepted: Vec<Accepted>,
 }
 
@@ -92,8 +96,18 @@ impl Handler for Gate {
                 .and_then(|m| m.subject().map(str::to_owned))
                 .unwrap_or_default(),
         };
-        let (lock, _) = &*self.state;
-        lock.lock().expect("gate lock").accepted.push(accepted);
+        let (lock, cv) = &*self.state;
+        let mut st = lock.lock().expect("gate lock");
+        st.accepted.push(accepted);
+        if st.hold_accept {
+            st.hold_accept = false;
+            st.accept_held = true;
+            cv.notify_all();
+            drop(
+                cv.wait_timeout_while(st, Duration::from_secs(30), |s| !s.accept_released)
+                    .expect("gate lock"),
+            );
+        }
         mailin_embedded::response::OK
     }
 }
@@ -180,12 +194,21 @@ where
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_processes_runs_and_deliveries_are_taken_over_and_each_alert_is_sent_once() {
-    init_logs();
-    let Some(admin) = server_url("TEST_POSTGRES_URL") else {
-        return;
-    };
+/// Two databases (state, shop), the shop's four days of orders with an outage from three
+/// minutes ago on, the model, the recording SMTP server and the processes' environment.
+struct Setup {
+    dir: tempfile::TempDir,
+    state_db: PgDatabase,
+    shop_db: PgDatabase,
+    shop: PgPool,
+    minute: chrono::DateTime<Utc>,
+    outage: chrono::DateTime<Utc>,
+    gate: Arc<(Mutex<GateState>, Condvar)>,
+    env: Vec<(&'static str, String)>,
+}
+
+async fn setup(admin: &str) -> Setup {
+    let admin = admin.to_owned();
     let dir = tempfile::tempdir().expect("tempdir");
     let state_db = PgDatabase::create(&admin).await;
     let shop_db = PgDatabase::create(&admin).await;
@@ -239,6 +262,34 @@ async fn killed_processes_runs_and_deliveries_are_taken_over_and_each_alert_is_s
             format!("{}s", CLAIM_TIMEOUT.as_secs()),
         ),
     ];
+    Setup {
+        dir,
+        state_db,
+        shop_db,
+        shop,
+        minute,
+        outage,
+        gate,
+        env,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_processes_runs_and_deliveries_are_taken_over_and_each_alert_is_sent_once() {
+    init_logs();
+    let Some(admin) = server_url("TEST_POSTGRES_URL") else {
+        return;
+    };
+    let Setup {
+        dir,
+        state_db,
+        shop_db,
+        shop,
+        minute,
+        outage,
+        gate,
+        env,
+    } = setup(&admin).await;
     // Hold the first SMTP conversation at DATA: the process delivering is killed there.
     gate.0.lock().expect("gate").armed = true;
     let mut procs = vec![
@@ -389,7 +440,10 @@ async fn killed_processes_runs_and_deliveries_are_taken_over_and_each_alert_is_s
         .expect("evaluations");
     let first = judged.first().map(|j| j.0).expect("judged buckets");
     let newest = judged.last().map(|j| j.0).expect("judged buckets");
-    assert_eq!(first, (minute - chrono::Duration::days(4)).timestamp());
+    // The backfill reaches four days back from the minute of the first run (a minute may have
+    // begun since the shop was filled).
+    let backfill_from = (minute - chrono::Duration::days(4)).timestamp();
+    assert!((backfill_from..=backfill_from + 60).contains(&first), "{first}");
     assert_eq!(
         judged.iter().map(|j| j.0).collect::<Vec<_>>(),
         (first..=newest).step_by(60).collect::<Vec<_>>(),
@@ -436,6 +490,117 @@ async fn killed_processes_runs_and_deliveries_are_taken_over_and_each_alert_is_s
         p.kill();
     }
     assert_eq!(gate.0.lock().expect("gate").accepted.len(), 1);
+    state.close().await;
+    shop.close().await;
+    state_db.drop_db().await;
+    shop_db.drop_db().await;
+}
+
+/// The window exactly-once cannot close: the SMTP server has accepted a message (250) but the
+/// process dies before the store records it as sent. The test holds the notification's row
+/// lock so that the process is caught between the two, SIGKILLs it, and lets the survivor
+/// take the claim over. What it shows: the message is sent again, under the same Message-ID
+/// (it comes from the outbox row), so a receiver that de-duplicates by Message-ID shows it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_killed_after_the_server_accepted_a_message_gets_it_resent_under_the_same_message_id() {
+    init_logs();
+    let Some(admin) = server_url("TEST_POSTGRES_URL") else {
+        return;
+    };
+    let Setup {
+        dir,
+        state_db,
+        shop_db,
+        shop,
+        gate,
+        env,
+        ..
+    } = setup(&admin).await;
+    gate.0.lock().expect("gate").hold_accept = true;
+    let mut procs = vec![
+        Serve::spawn(dir.path(), "a", &env),
+        Serve::spawn(dir.path(), "b", &env),
+    ];
+    let state = PgPool::connect(&state_db.url).await.expect("state");
+
+    // The server has the message and holds its 250: lock the row the sender will mark sent.
+    {
+        let (lock, cv) = &*gate;
+        let st = lock.lock().expect("gate");
+        let (_st, timeout) = cv
+            .wait_timeout_while(st, Duration::from_secs(40), |s| !s.accept_held)
+            .expect("gate");
+        assert!(!timeout.timed_out(), "no message reached the server");
+    }
+    let (id, claimer): (i64, String) =
+        sqlx::query_as("SELECT id, claimed_by FROM notifications WHERE status = 'pending'")
+            .fetch_one(&state)
+            .await
+            .expect("the claimed message");
+    let mut blocker = state.begin().await.expect("tx");
+    sqlx::query("SELECT id FROM notifications WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *blocker)
+        .await
+        .expect("row lock");
+    {
+        let (lock, cv) = &*gate;
+        lock.lock().expect("gate").accept_released = true;
+        cv.notify_all();
+    }
+    // The sender got its 250 and now waits for the row to record the message as sent.
+    poll(
+        "the sender to wait on the row lock",
+        Duration::from_secs(20),
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'
+               AND query LIKE 'UPDATE notifications SET %'",
+            )
+            .fetch_one(&state)
+            .await
+            .ok()?;
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
+    let pid = pid_of(&claimer).expect("the claimer names its pid");
+    let sender = procs
+        .iter()
+        .position(|p| p.pid() == pid)
+        .unwrap_or_else(|| panic!("claimed by {claimer}, not one of the spawned processes"));
+    procs[sender].kill();
+    blocker.rollback().await.expect("release the row");
+
+    let message_id: String = poll(
+        "a survivor to send it and record it",
+        INTERVAL + CLAIM_TIMEOUT,
+        || async {
+            sqlx::query_scalar("SELECT message_id FROM notifications WHERE id = $1 AND status = 'sent'")
+                .bind(id)
+                .fetch_optional(&state)
+                .await
+                .ok()
+                .flatten()
+        },
+    )
+    .await;
+    let accepted = gate.0.lock().expect("gate").accepted.clone();
+    println!("accepted by the server: {accepted:?}");
+    let bare = message_id.trim_matches(['<', '>']).to_owned();
+    let times = accepted
+        .iter()
+        .filter(|a| a.message_id.as_deref().map(|m| m.trim_matches(['<', '>'])) == Some(bare.as_str()))
+        .count();
+    assert_eq!(
+        (accepted.len(), times),
+        (2, 2),
+        "sent twice, both times as <{bare}>: {accepted:?}"
+    );
+    for p in &mut procs {
+        p.kill();
+    }
     state.close().await;
     shop.close().await;
     state_db.drop_db().await;
