@@ -1147,6 +1147,36 @@ mod tests {
     }
 
     #[test]
+    fn a_daily_window_in_seoul_runs_from_local_midnight_and_backfills_whole_local_days() {
+        let s = KpiSpec::parse(
+            "k",
+            "source = \"s\"\nkind = \"count\"\ninterval = \"1d\"\ndelay = \"15m\"\ntimezone = \"Asia/Seoul\"",
+            "SELECT 1 WHERE :start < :end",
+            Path::new("m"),
+        )
+        .expect("valid");
+        let utc = |s: &str| {
+            DateTime::parse_from_rfc3339(s)
+                .expect("valid")
+                .with_timezone(&Utc)
+        };
+        // 00:20 in Seoul on 11 June: 10 June (15:00 UTC to 15:00 UTC) has closed.
+        let now = utc("2026-06-10T15:20:00Z");
+        let (start, end) = due_window(&s, &sched(), None, now).expect("due");
+        assert_eq!(end, utc("2026-06-10T15:00:00Z").timestamp());
+        assert_eq!(end - start, 28 * 86_400, "28 local days of backfill");
+        assert_eq!(due_window(&s, &sched(), Some(end), now), None);
+        // Not yet due at 00:10 Seoul time (the delay), due again the next local midnight.
+        assert_eq!(
+            due_window(&s, &sched(), Some(end), utc("2026-06-11T15:10:00Z")),
+            None
+        );
+        let (start, next) = due_window(&s, &sched(), Some(end), utc("2026-06-11T15:16:00Z")).expect("due");
+        assert_eq!(next, end + 86_400);
+        assert_eq!(start, end - 2 * 86_400, "two days of overlap");
+    }
+
+    #[test]
     fn slices_take_their_own_min_volume_and_the_total_keeps_the_kpis() {
         let s = KpiSpec::parse(
             "k",
