@@ -86,9 +86,18 @@ pub(crate) struct TailCalibrator {
     next: usize,
     /// Values pushed so far.
     pushes: u64,
-    /// For each push since the last boundary (by `pushes % REFIT_EVERY`): where it went and
-    /// the value it overwrote (NaN: it was appended).
-    recent: [(u32, f32); REFIT_EVERY as usize],
+    /// Each write since the last boundary, in order: where it went and the value it
+    /// overwrote (NaN: it was appended). A push writes once, or twice when it takes over a
+    /// cluster's maximum.
+    recent: [(u32, f32); 2 * REFIT_EVERY as usize],
+    /// Writes recorded in `recent`.
+    writes: u8,
+    /// Runs declustering: consecutive values beyond this magnitude on one side form one
+    /// cluster, kept as its maximum (the others are recorded at the level). `None`: off.
+    decluster: Option<f32>,
+    /// The open cluster: its side (-1, 0 none, +1), where its maximum is in `buf`, and the
+    /// push that put it there.
+    cluster: (i8, u32, u64),
     /// Where the model's tail is checked: a magnitude and the probability the model gives
     /// to exceeding it.
     reference: &'static [(f64, f64)],
@@ -117,10 +126,22 @@ impl TailCalibrator {
             buf: Vec::new(),
             next: 0,
             pushes: 0,
-            recent: [(0, f32::NAN); REFIT_EVERY as usize],
+            recent: [(0, f32::NAN); 2 * REFIT_EVERY as usize],
+            writes: 0,
+            decluster: None,
+            cluster: (0, 0, 0),
             reference,
             cache: std::cell::Cell::new(None),
         }
+    }
+
+    /// Keeps each run of consecutive values beyond `level` (on one side) as one value, its
+    /// maximum: an alarm budget counts episodes, so the tail is that of the episodes' peaks,
+    /// not of every bucket of a burst (runs declustering; the extremal index of bursty series
+    /// is well below 1).
+    pub(crate) fn declustered(mut self, level: f64) -> Self {
+        self.decluster = Some(level as f32);
+        self
     }
 
     /// Heap bytes held.
@@ -154,20 +175,78 @@ impl TailCalibrator {
         if !z.is_finite() {
             return;
         }
-        let z = z.clamp(-1e6, 1e6) as f32;
-        let slot = (self.pushes % u64::from(REFIT_EVERY)) as usize;
+        let mut z = z.clamp(-1e6, 1e6) as f32;
+        if self.pushes % u64::from(REFIT_EVERY) == 0 {
+            self.writes = 0;
+        }
+        if let Some(level) = self.decluster {
+            let side: i8 = if z >= level {
+                1
+            } else if z <= -level {
+                -1
+            } else {
+                0
+            };
+            let (open, at, when) = self.cluster;
+            // The open cluster continues when this value is beyond the level on its side, the
+            // previous push belonged to it and its maximum is still held.
+            let continues = side != 0 && side == open && self.pushes - when < self.capacity as u64;
+            if continues {
+                let held = self.buf[at as usize];
+                if z.abs() > held.abs() {
+                    // A new maximum: the old one is recorded at the level.
+                    self.write(at as usize, f32::from(side) * level);
+                    let pos = self.push_raw(z);
+                    self.cluster = (side, pos, self.pushes);
+                } else {
+                    z = f32::from(side) * level;
+                    self.push_raw(z);
+                }
+            } else {
+                let pos = self.push_raw(z);
+                self.cluster = (side, pos, self.pushes);
+            }
+            self.pushes += 1;
+            if side == 0 {
+                self.cluster = (0, 0, 0);
+            }
+            return;
+        }
+        self.push_raw(z);
+        self.pushes += 1;
+    }
+
+    /// Overwrite `buf[pos]`, recording the old value for the refit.
+    fn write(&mut self, pos: usize, value: f32) {
+        self.record(pos, self.buf[pos]);
+        self.buf[pos] = value;
+    }
+
+    fn record(&mut self, pos: usize, old: f32) {
+        let i = usize::from(self.writes);
+        if let Some(slot) = self.recent.get_mut(i) {
+            *slot = (pos as u32, old);
+            self.writes += 1;
+        }
+    }
+
+    /// Append or overwrite the oldest value; where it went.
+    fn push_raw(&mut self, z: f32) -> u32 {
         if self.buf.len() < self.capacity {
             if self.buf.capacity() == 0 {
                 self.buf.reserve_exact(self.capacity);
             }
-            self.recent[slot] = (self.buf.len() as u32, f32::NAN);
+            let pos = self.buf.len();
+            self.record(pos, f32::NAN);
             self.buf.push(z);
+            pos as u32
         } else {
-            self.recent[slot] = (self.next as u32, self.buf[self.next]);
-            self.buf[self.next] = z;
+            let pos = self.next;
+            self.record(pos, self.buf[pos]);
+            self.buf[pos] = z;
             self.next = (self.next + 1) % self.capacity;
+            pos as u32
         }
-        self.pushes += 1;
     }
 
     /// The fits as of the last boundary, computed now if not cached.
@@ -178,7 +257,11 @@ impl TailCalibrator {
         }
         // The values as they stood at the boundary: undo the pushes since, newest first.
         let mut scratch: Vec<f32> = self.buf.clone();
-        let since = (self.pushes % u64::from(REFIT_EVERY)) as usize;
+        let since = if self.pushes % u64::from(REFIT_EVERY) == 0 {
+            0
+        } else {
+            usize::from(self.writes)
+        };
         for &(pos, old) in self.recent[..since].iter().rev() {
             if old.is_nan() {
                 scratch.truncate(pos as usize);
@@ -297,6 +380,53 @@ fn fit_side(xs: &mut [f32], k: usize) -> Option<TailFit> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_declustered_burst_counts_once_at_its_peak() {
+        let mut c = TailCalibrator::new(&[(3.0, 1.35e-3)], 512).declustered(3.0);
+        let mut raw = TailCalibrator::new(&[(3.0, 1.35e-3)], 512);
+        let mut values = Vec::new();
+        for i in 0..410 {
+            // Quiet values, and every 50 buckets a burst of five above 3 peaking at 9.
+            let burst = [4.0, 6.0, 9.0, 7.0, 5.0];
+            let v = if i % 50 < 5 {
+                burst[i % 50]
+            } else {
+                ((i * 7) % 11) as f64 / 5.0 - 1.0
+            };
+            values.push(v);
+        }
+        for &v in &values {
+            c.push(v);
+            raw.push(v);
+        }
+        assert_eq!(raw.count_beyond(3.0, false), 45);
+        assert_eq!(
+            c.count_beyond(3.0, false),
+            45,
+            "the other members stay at the level"
+        );
+        assert_eq!(
+            c.count_beyond(3.5, false),
+            9,
+            "one value per burst beyond the level"
+        );
+        assert_eq!(
+            c.count_beyond(9.0, false),
+            9,
+            "and that value is the burst's peak"
+        );
+        // The fit as of the last boundary is the one a fresh calibrator makes from the same
+        // values pushed up to that boundary.
+        let mut fresh = TailCalibrator::new(&[(3.0, 1.35e-3)], 512).declustered(3.0);
+        let boundary = values.len() / REFIT_EVERY as usize * REFIT_EVERY as usize;
+        for &v in &values[..boundary] {
+            fresh.push(v);
+        }
+        c.push(0.0);
+        fresh.push(0.0);
+        assert_eq!(c.fit(false), fresh.fit(false));
+    }
 
     struct Lcg(u64);
     impl Lcg {

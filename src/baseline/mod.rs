@@ -569,7 +569,7 @@ impl OnlineDetector {
             alarm: AlarmState::quiet(),
             incident_len: 0,
             ac: Autocorrelation::default(),
-            cal_z: TailCalibrator::new(Z_REFERENCE, calibration_window(per_day)),
+            cal_z: TailCalibrator::new(Z_REFERENCE, calibration_window(per_day)).declustered(MIN_Z),
             cal_cusum: TailCalibrator::new(CUSUM_REFERENCE, calibration_window(per_day)),
             events: Vec::new(),
             previous: None,
@@ -985,7 +985,16 @@ impl OnlineDetector {
         // "it was like this at this time last week" vetoes a single-bucket alarm.
         let veto = chosen.and_then(|c| (c + 1..3).rev().find(|&i| preds[i].is_some()));
         scored.veto = veto;
-        let mut veto_z = veto.and_then(|i| preds[i].map(|q| self.z_score(y, weight, &q)));
+        // A vetoing prediction explains a deviation only when it lies on the deviation's side
+        // of the chosen one ("it was higher at this time last week" explains a rise, not a
+        // fall); one that is merely less certain does not weaken the evidence.
+        let explains = |q: &Prediction| {
+            (model_value > p.rate && q.rate > p.rate) || (model_value < p.rate && q.rate < p.rate)
+        };
+        let mut veto_z = veto
+            .and_then(|i| preds[i])
+            .filter(|q| explains(q))
+            .map(|q| self.z_score(y, weight, &q));
         // For a while after a new normal was accepted, the old level vetoes too: a series
         // coming back to where it was is not breaking out again.
         if let (Some(prev), Some(c)) = (
@@ -997,10 +1006,12 @@ impl OnlineDetector {
             scored.home = Some(home);
             let z_home = self.z_score(y, weight, &home);
             scored.back_home = z_home.abs() <= RETURN_Z && z.abs() >= RUN_AWAY_Z;
-            veto_z = Some(match veto_z {
-                Some(v) if v.abs() < z_home.abs() => v,
-                _ => z_home,
-            });
+            if explains(&home) {
+                veto_z = Some(match veto_z {
+                    Some(v) if v.abs() < z_home.abs() => v,
+                    _ => z_home,
+                });
+            }
         }
         // Per side: the single bucket, the CUSUM, and (counts, below) the empty run. The CUSUM
         // accumulates only what a vetoing candidate agrees is a deviation.
@@ -1184,17 +1195,20 @@ impl OnlineDetector {
         };
         let thresholds = [self.z_threshold(Side::Below), self.z_threshold(Side::Above)];
         let (mut lo, mut hi) = self.band_of(b, &p, thresholds);
-        // A newer, more specific profile vetoes what it explains: its band counts too.
-        if let Some(q) = scored.veto.and_then(|i| scored.preds[i]) {
+        // A newer, more specific profile vetoes what it explains: its band counts too, on the
+        // side its prediction lies (see `score_raw`). So does the level before the last new
+        // normal, while it is remembered.
+        for q in [scored.veto.and_then(|i| scored.preds[i]), scored.home]
+            .into_iter()
+            .flatten()
+        {
             let (vlo, vhi) = self.band_of(b, &q, thresholds);
-            lo = lo.min(vlo);
-            hi = hi.max(vhi);
-        }
-        // So does the level before the last new normal, while it is remembered.
-        if let Some(q) = scored.home {
-            let (vlo, vhi) = self.band_of(b, &q, thresholds);
-            lo = lo.min(vlo);
-            hi = hi.max(vhi);
+            if q.rate < p.rate {
+                lo = lo.min(vlo);
+            }
+            if q.rate > p.rate {
+                hi = hi.max(vhi);
+            }
         }
         // Deviations as large as recent recurring ones are not flagged either.
         let rec_lo = self.recurrent_below(true);

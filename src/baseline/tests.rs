@@ -771,3 +771,20 @@ fn a_temporary_level_that_was_accepted_is_undone_when_the_series_comes_back() {
         "back at the old level: {last:?}"
     );
 }
+
+#[test]
+fn a_burst_is_not_vetoed_by_a_less_certain_profile_that_expected_less() {
+    // Ten days of hourly counts with a daily shape: daily seasonality is chosen and the
+    // weekly profile, in its second week, has seen each slot once (a wide band). On day 10 a
+    // burst of 20 times the expected count. The weekly profile expected no more than the daily
+    // one there, so it explains nothing and may not veto the alarm.
+    let mut buckets = hourly_counts(2, 41, |ts| 40.0 * daily_shape(ts));
+    buckets.truncate(10 * 24);
+    let at = 9 * 24 + 14;
+    let burst = 20.0 * 40.0 * daily_shape(buckets[at].ts);
+    buckets[at] = Bucket::new(buckets[at].ts, burst.round());
+    let mut det = detector(Kind::Count, 3600);
+    let v = run(&mut det, &buckets);
+    assert!(v[at].anomaly, "a 20x burst must fire: {:?}", v[at]);
+    assert!(v[at].upper < burst, "the band must exclude it: {:?}", v[at]);
+}
