@@ -159,15 +159,24 @@ impl TailCalibrator {
         self.fitted().fits[usize::from(!below)]
     }
 
-    /// How many recorded values on one side (`below`: negative ones) are at least `m` in
-    /// magnitude.
+    /// How many times the recorded values on one side (`below`: negative ones) went from
+    /// under `m` in magnitude to at least `m`: excursions, not buckets (a CUSUM that stays
+    /// beyond a level for ten buckets is one event).
     pub(crate) fn count_beyond(&self, m: f64, below: bool) -> usize {
         let m = m as f32;
-        if below {
-            self.buf.iter().filter(|&&x| -x >= m).count()
-        } else {
-            self.buf.iter().filter(|&&x| x >= m).count()
+        let beyond = |x: f32| if below { -x >= m } else { x >= m };
+        // Oldest first: the ring starts at `next` once full.
+        let (newer, older) = self.buf.split_at(self.next.min(self.buf.len()));
+        let mut count = 0;
+        let mut was = false;
+        for &x in older.iter().chain(newer) {
+            let is = beyond(x);
+            if is && !was {
+                count += 1;
+            }
+            was = is;
         }
+        count
     }
 
     /// Record one value.
@@ -400,22 +409,19 @@ mod tests {
             c.push(v);
             raw.push(v);
         }
-        assert_eq!(raw.count_beyond(3.0, false), 45);
+        let values_beyond = |c: &TailCalibrator, m: f32| c.buf.iter().filter(|&&x| x >= m).count();
         assert_eq!(
-            c.count_beyond(3.0, false),
+            values_beyond(&raw, 3.5),
             45,
-            "the other members stay at the level"
+            "every value of each burst is beyond 3.5"
         );
-        assert_eq!(
-            c.count_beyond(3.5, false),
-            9,
-            "one value per burst beyond the level"
-        );
-        assert_eq!(
-            c.count_beyond(9.0, false),
-            9,
-            "and that value is the burst's peak"
-        );
+        assert_eq!(values_beyond(&c, 3.0), 45, "the other members stay at the level");
+        assert_eq!(values_beyond(&c, 3.5), 9, "one value per burst beyond the level");
+        assert_eq!(values_beyond(&c, 9.0), 9, "and that value is the burst's peak");
+        // Events are excursions, not buckets.
+        assert_eq!(raw.count_beyond(3.0, false), 9);
+        assert_eq!(raw.count_beyond(5.0, false), 9);
+        assert_eq!(c.count_beyond(3.0, false), 9);
         // The fit as of the last boundary is the one a fresh calibrator makes from the same
         // values pushed up to that boundary.
         let mut fresh = TailCalibrator::new(&[(3.0, 1.35e-3)], 512).declustered(3.0);
