@@ -265,7 +265,8 @@ impl Scheduler {
                 evaluations = p.evaluations,
                 anomalies = p.anomalies,
                 runs = p.runs,
-                notifications = p.notifications
+                notifications = p.notifications,
+                checkpoints = p.checkpoints
             ),
             Ok(_) => {}
             Err(error) => error!(message = "Pruning the store failed.", %error),

@@ -68,10 +68,12 @@ macro_rules! run {
     };
 }
 
+mod checkpoints;
 mod events;
 mod retention;
 mod tokens;
 
+pub use checkpoints::CheckpointRow;
 pub use events::EventRow;
 pub use retention::{Cutoffs, Pruned};
 pub use tokens::TokenRow;
@@ -504,6 +506,7 @@ impl Store {
                     format!("DELETE FROM evaluations WHERE series_id IN {by_series}"),
                     format!("DELETE FROM observations WHERE series_id IN {by_series}"),
                     format!("DELETE FROM anomaly_feedback WHERE series_id IN {by_series}"),
+                    format!("DELETE FROM detector_checkpoints WHERE series_id IN {by_series}"),
                     "UPDATE series SET evaluated_until = NULL WHERE kpi_id = $1".to_owned(),
                     // A pending incident told nobody and is dropped; a firing one stays open, so
                     // the next runs at the new definition continue it (no second page) or resolve
@@ -1412,7 +1415,8 @@ impl Store {
     }
 
     /// Delete everything stored about a KPI: its series, observations, verdicts, anomalies,
-    /// feedback, alerts and their notifications (one transaction). The audit log stays.
+    /// feedback, detector checkpoints, alerts and their notifications (one transaction). The
+    /// audit log stays.
     pub async fn purge_kpi(&self, kpi_id: &str) -> Result<()> {
         run!(self, |pool| {
             let mut tx = pool.begin().await?;
@@ -1423,6 +1427,7 @@ impl Store {
                 "DELETE FROM alerts WHERE kpi_id = $1".to_owned(),
                 format!("DELETE FROM anomalies WHERE series_id IN {by_series}"),
                 format!("DELETE FROM anomaly_feedback WHERE series_id IN {by_series}"),
+                format!("DELETE FROM detector_checkpoints WHERE series_id IN {by_series}"),
                 format!("DELETE FROM evaluations WHERE series_id IN {by_series}"),
                 format!("DELETE FROM observations WHERE series_id IN {by_series}"),
                 "DELETE FROM series WHERE kpi_id = $1".to_owned(),
@@ -1436,16 +1441,25 @@ impl Store {
         })
     }
 
-    /// Retire an API KPI (its history stays); returns whether it was active.
+    /// Retire an API KPI (its history stays, its detector checkpoints go); returns whether it
+    /// was active.
     pub async fn retire_kpi_definition(&self, id: &str) -> Result<bool> {
         run!(self, |pool| {
+            let mut tx = pool.begin().await?;
             let done = sqlx::query(
                 "UPDATE kpi_definitions SET retired_at = $1 WHERE id = $2 AND retired_at IS NULL",
             )
             .bind(now_secs())
             .bind(id)
-            .execute(pool)
+            .execute(&mut *tx)
             .await?;
+            sqlx::query(
+                "DELETE FROM detector_checkpoints WHERE series_id IN (SELECT id FROM series WHERE kpi_id = $1)",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
             Ok(done.rows_affected() > 0)
         })
     }
