@@ -70,6 +70,7 @@ macro_rules! run {
 
 mod checkpoints;
 mod events;
+mod leases;
 mod retention;
 mod tokens;
 
