@@ -648,3 +648,65 @@ async fn due_kpi_leases_are_taken_in_bulk_on_postgres_skipping_rows_another_repl
     store.close().await;
     db.drop_db().await;
 }
+
+/// A series' checkpoint is one row, overwritten; pruning drops it once its `upto` is past
+/// the observations' cut-off; purging the KPI drops it with the series.
+async fn checkpoints(url: &str) -> Store {
+    let store = Store::connect(url).await.expect("connect");
+    let spec = orders_spec("");
+    store.upsert_kpi(&spec).await.expect("kpi");
+    let series = store.series_id("orders", "{}").await.expect("series");
+    assert_eq!(store.checkpoint(series).await.expect("read"), None);
+    store
+        .save_checkpoint(series, 1_000, 10, 1, &[1, 2, 3])
+        .await
+        .expect("save");
+    store
+        .save_checkpoint(series, 2_000, 20, 1, &[4, 5])
+        .await
+        .expect("overwrite");
+    let row = store.checkpoint(series).await.expect("read").expect("one row");
+    assert_eq!(
+        (row.upto, row.seen, row.format, row.state),
+        (2_000, 20, 1, vec![4, 5])
+    );
+    let cut = |observations| kpiwatch::store::Cutoffs {
+        observations,
+        evaluations: 0,
+        anomalies: 0,
+        runs: 0,
+        notifications: 0,
+    };
+    assert_eq!(store.prune(cut(2_000)).await.expect("prune").checkpoints, 0);
+    assert_eq!(store.prune(cut(2_001)).await.expect("prune").checkpoints, 1);
+    assert_eq!(store.checkpoint(series).await.expect("read"), None);
+    store
+        .save_checkpoint(series, 3_000, 30, 1, &[6])
+        .await
+        .expect("save");
+    store
+        .purge_kpi("orders")
+        .await
+        .expect("purge with its checkpoint");
+    assert_eq!(store.checkpoint(series).await.expect("read"), None);
+    store
+}
+
+#[tokio::test]
+async fn detector_checkpoints_are_overwritten_pruned_and_purged_on_sqlite() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = checkpoints(&format!("sqlite://{}", dir.path().join("state.db").display())).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn detector_checkpoints_are_overwritten_pruned_and_purged_on_postgres() {
+    init_logs();
+    let Some(admin) = server_url("TEST_POSTGRES_URL") else {
+        return;
+    };
+    let db = PgDatabase::create(&admin).await;
+    checkpoints(&db.url).await.close().await;
+    db.drop_db().await;
+}
