@@ -3,7 +3,9 @@
 //! - fitting baselines for 10,000 hourly series of 8 weeks (target < 2 s on 2 cores),
 //! - evaluating one new bucket against a fitted baseline (target < 5 µs),
 //! - model state per series (target < 64 KB),
-//! - `detect` over the whole dev set (target < 3 s).
+//! - `detect` over the whole dev set (target < 3 s),
+//! - a detector checkpoint of a warmed 1-minute series with 28 days: size, encode and decode
+//!   time, against the full replay it saves.
 //!
 //! Run with `cargo bench --bench detector`. The dev set is read from `KPIWATCH_DEV_DATA`, or
 //! from `../shared/data/kpi-dev` next to the crate; that part is skipped when it is missing.
@@ -175,6 +177,34 @@ fn main() -> Result<(), Box<dyn Error>> {
         full * 1e3,
         history.len(),
         fast * 1e6
+    );
+
+    // A checkpoint of that detector (what a restarted process loads instead of replaying):
+    // the detector's postcard encoding, which is what `pipeline::checkpoint` stores (plus a
+    // header of a few dozen bytes and the last 16 observations).
+    let warmed = OnlineDetector::warm(cfg, history)?;
+    let rounds = 200;
+    let start = Instant::now();
+    let mut bytes = Vec::new();
+    for _ in 0..rounds {
+        bytes = black_box(postcard::to_allocvec(black_box(&warmed))?);
+    }
+    let encode = start.elapsed().as_secs_f64() / f64::from(rounds);
+    let start = Instant::now();
+    for _ in 0..rounds {
+        black_box(postcard::from_bytes::<OnlineDetector>(black_box(&bytes))?);
+    }
+    let decode = start.elapsed().as_secs_f64() / f64::from(rounds);
+    let mut restored = postcard::from_bytes::<OnlineDetector>(&bytes)?;
+    let mut original = warmed.clone();
+    let same = format!("{:?}", restored.step(&new[0])) == format!("{:?}", original.step(&new[0]));
+    println!(
+        "checkpoint of a 1-minute KPI with 28 days: {} bytes, encode {:.1} µs, decode {:.1} µs \
+         (vs full replay {:.1} ms; next verdict identical: {same})",
+        bytes.len(),
+        encode * 1e6,
+        decode * 1e6,
+        full * 1e3
     );
 
     // State is measured after five weeks of history, when every profile and the tail

@@ -408,6 +408,10 @@ pub struct SchedulerConfig {
     /// Keep each series' detector between runs and step only the new buckets when replaying
     /// would rebuild the same state (`false`: replay `history` on every run).
     pub keep_detectors: bool,
+    /// How often (in bucket time) each series' kept detector is written to the store as a
+    /// checkpoint, so a restart or takeover steps only the buckets after it; `0s`: never.
+    #[serde(with = "humantime_serde_compat")]
+    pub checkpoint_every: Duration,
     /// Concurrent KPI runs.
     pub max_concurrent_runs: usize,
     /// Concurrent KPI runs against one source (a slow or dead source holds at most this

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Offset, TimeZone, Utc};
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use crate::alerting::receivers::Receivers;
 use crate::alerting::{self, lifecycle, BucketVerdict, LinkSigner, Mailer, MessageContext};
@@ -31,7 +31,10 @@ use crate::sources::{self, RawRow, SourceRegistry, Window};
 use crate::store::{AlertRow, EvaluationRow, NewAnomaly, ObservationRow, Store};
 use crate::telemetry::{KpiLabels, Metrics, RunLabels, SourceLabels};
 
+mod checkpoint;
 mod incidents;
+
+pub use checkpoint::FORMAT as CHECKPOINT_FORMAT;
 
 /// What a run needs: handles, not logic.
 #[derive(Debug, Clone)]
@@ -72,8 +75,13 @@ const KEPT_TAIL: usize = 16;
 /// anchored to a UTC day so it moves once a day), the same configuration, the same feedback
 /// and excluded periods before `upto`, and the same stored observations before `upto` (their
 /// count, and the last [`KEPT_TAIL`] of them value for value). Otherwise the run replays from
-/// the stored observations (the slow path) — which is also what a process that takes a KPI
-/// over does.
+/// the stored observations (the slow path).
+///
+/// Every `scheduler.checkpoint_every` it is also written to the store (see `checkpoint`): a
+/// process with no kept detector for a series (just started, or taking the KPI over) loads
+/// that checkpoint, checks it the same way (it may be older than the last judged bucket: the
+/// buckets after it are stepped again, their verdicts already stored) and steps only the
+/// observations after it.
 #[derive(Debug, Clone)]
 pub struct KeptDetector {
     from: i64,
@@ -85,6 +93,41 @@ pub struct KeptDetector {
     seen: usize,
     tail: Vec<ObservationRow>,
     detector: OnlineDetector,
+    /// `upto` of the last checkpoint written (or loaded) for this series, if any.
+    checkpointed: Option<i64>,
+}
+
+impl KeptDetector {
+    /// Whether this detector is the state a replay of `history` (the stored observations from
+    /// `from`) with `cfg`, `feedback` and `excluded` reaches after its `upto`, for a series
+    /// judged up to `judged_until`. A kept detector must be exactly at `judged_until`; a
+    /// checkpoint may be behind it (`exact = false`).
+    fn valid_for(
+        &self,
+        replay: &Replay<'_>,
+        history: &[ObservationRow],
+        judged_until: i64,
+        exact: bool,
+    ) -> bool {
+        let at = if exact {
+            self.upto == judged_until
+        } else {
+            self.upto <= judged_until && self.upto >= replay.from
+        };
+        at && self.from == replay.from
+            && self.cfg == replay.cfg
+            && self.seen == history.partition_point(|o| o.ts < self.upto)
+            && history[..self.seen].ends_with(&self.tail)
+            && self.inputs == replay_inputs(replay.feedback, replay.excluded, replay.from, self.upto)
+    }
+}
+
+/// What, besides the observations, a replay of one series depends on.
+struct Replay<'a> {
+    from: i64,
+    cfg: DetectorConfig,
+    feedback: &'a HashMap<i64, Feedback>,
+    excluded: &'a crate::calendar::Exclusions,
 }
 
 /// The start of the replayed history for a run ending at `end`: `history` back, rounded down
@@ -101,7 +144,8 @@ fn replay_inputs(
     upto: i64,
 ) -> u64 {
     use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    // Stable across processes and builds: checkpoints store it.
+    let mut h = checkpoint::StableHasher::default();
     let mut fb: Vec<(i64, u8)> = feedback
         .iter()
         .filter(|(t, _)| **t < upto)
@@ -633,9 +677,15 @@ async fn evaluate_series(
         })
         .collect();
     // The fast path: the detector this process kept after the last run, if replaying would
-    // rebuild exactly it. Coarse windows (thin slices) always replay: their windows are cut
-    // from `end`.
+    // rebuild exactly it; else this series' checkpoint in the store, under the same test.
+    // Coarse windows (thin slices) always replay: their windows are cut from `end`.
     let keep = sched.keep_detectors && k == 1;
+    let replay = Replay {
+        from,
+        cfg,
+        feedback: &feedback,
+        excluded: &excluded,
+    };
     let kept = if keep {
         cx.detectors
             .lock()
@@ -644,20 +694,26 @@ async fn evaluate_series(
     } else {
         None
     };
-    let kept = kept.filter(|c| {
-        c.upto == judged_until
-            && c.from == from
-            && c.cfg == cfg
-            && c.seen == history.partition_point(|o| o.ts < c.upto)
-            && history[..c.seen].ends_with(&c.tail)
-            && c.inputs == replay_inputs(&feedback, &excluded, from, c.upto)
-    });
-    let fast = kept.is_some();
+    let mut path = "full";
+    let mut kept = kept.filter(|c| c.valid_for(&replay, &history, judged_until, true));
+    if kept.is_some() {
+        path = "kept";
+    } else if keep {
+        kept = load_checkpoint(store, series_id, &replay, &history, judged_until).await;
+        if kept.is_some() {
+            path = "checkpoint";
+        }
+    }
     let tail_len = KEPT_TAIL.max(sched.overlap_buckets as usize + 1);
     let next_inputs = replay_inputs(&feedback, &excluded, from, end);
+    // A checkpoint is written every `checkpoint_every` of buckets (and at once after a full
+    // replay), not on every run.
+    let every = sched.checkpoint_every.as_secs() as i64;
+    let checkpointed = kept.as_ref().and_then(|c| c.checkpointed);
+    let write_checkpoint = keep && every > 0 && checkpointed.is_none_or(|at| end - at >= every);
     // CPU-bound: replaying weeks of buckets. Keep it off the async workers.
     let span = tracing::Span::current();
-    let (verdicts, kept) = tokio::task::spawn_blocking(move || {
+    let (verdicts, kept, encoded) = tokio::task::spawn_blocking(move || {
         let _entered = span.enter();
         let (mut detector, skip) = match kept {
             Some(c) => (c.detector, c.seen),
@@ -685,7 +741,7 @@ async fn evaluate_series(
                 out.push((o.ts, v, since));
             }
         }
-        let kept = KeptDetector {
+        let mut kept = KeptDetector {
             from,
             cfg,
             inputs: next_inputs,
@@ -693,18 +749,32 @@ async fn evaluate_series(
             seen: history.len(),
             tail: history[history.len().saturating_sub(tail_len)..].to_vec(),
             detector,
+            checkpointed,
         };
-        Ok::<_, crate::baseline::Error>((out, kept))
+        let encoded = if write_checkpoint {
+            match checkpoint::encode(&kept) {
+                Ok(bytes) => {
+                    kept.checkpointed = Some(end);
+                    Some(bytes)
+                }
+                Err(error) => {
+                    warn!(message = "Failed to encode a detector checkpoint.", %error);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Ok::<_, crate::baseline::Error>((out, kept, encoded))
     })
     .await
     .context("Detector task failed")?
     .context("Invalid detector configuration")?;
     cx.metrics
         .detector_runs
-        .get_or_create(&crate::telemetry::ReplayLabels {
-            path: if fast { "kept" } else { "full" },
-        })
+        .get_or_create(&crate::telemetry::ReplayLabels { path })
         .inc();
+    let checkpoint = encoded.map(|bytes| (kept.upto, kept.seen, bytes));
     if keep {
         cx.detectors
             .lock()
@@ -749,6 +819,24 @@ async fn evaluate_series(
         .save_evaluations(series_id, &evaluations, &anomalies, end)
         .await
         .context("Failed to store verdicts")?;
+    if let Some((upto, seen, bytes)) = checkpoint {
+        // An optimisation only: a failed write costs the next process a replay, not the run.
+        let seen = i64::try_from(seen).unwrap_or(i64::MAX);
+        if let Err(error) = store
+            .save_checkpoint(series_id, upto, seen, CHECKPOINT_FORMAT, &bytes)
+            .await
+        {
+            warn!(message = "Failed to store a detector checkpoint.", series = series_id, %error);
+            if let Some(c) = cx
+                .detectors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(&series_id)
+            {
+                c.checkpointed = None;
+            }
+        }
+    }
 
     let mut live = 0;
     for (t, v, _) in &verdicts {
@@ -763,6 +851,45 @@ async fn evaluate_series(
         }
     }
     Ok((verdicts, live))
+}
+
+/// The series' stored checkpoint as a kept detector, if there is one and a replay of
+/// `history` would reach the same state; `None` (logged) otherwise, and the run replays.
+async fn load_checkpoint(
+    store: &Store,
+    series_id: i64,
+    replay: &Replay<'_>,
+    history: &[ObservationRow],
+    judged_until: i64,
+) -> Option<KeptDetector> {
+    let row = match store.checkpoint(series_id).await {
+        Ok(row) => row?,
+        Err(error) => {
+            warn!(message = "Failed to read a detector checkpoint; replaying.", series = series_id, %error);
+            return None;
+        }
+    };
+    let decoded = if row.format == CHECKPOINT_FORMAT {
+        checkpoint::decode(&row.state, &replay.cfg)
+    } else {
+        Err(checkpoint::Refused::Format(row.format))
+    };
+    match decoded {
+        Ok(c) if c.valid_for(replay, history, judged_until, false) => Some(c),
+        Ok(c) => {
+            debug!(
+                message = "Detector checkpoint is stale; replaying.",
+                series = series_id,
+                upto = c.upto,
+                judged_until,
+            );
+            None
+        }
+        Err(error) => {
+            info!(message = "Detector checkpoint refused; replaying.", series = series_id, %error);
+            None
+        }
+    }
 }
 
 /// The first bucket start that may still alert in a run whose window ends at `end`.

@@ -14,9 +14,11 @@
 //! concurrency slots of other sources.
 //!
 //! Time comes from an injected [`Clock`]. Several processes may share one state store: a
-//! lease per KPI (`Store::try_lease`, lasting `claim_timeout` and renewed while the run is in
-//! flight) lets one of them run it at a time, and outbox rows are claimed before delivery, so
-//! no KPI is judged twice at once and no message goes out twice.
+//! lease per KPI lets one of them run it at a time — the leases of a pass's due KPIs are taken
+//! in one statement (`Store::take_leases`, `FOR UPDATE SKIP LOCKED` on PostgreSQL), last
+//! `claim_timeout` and are renewed while the KPI waits for a slot and runs — and outbox rows
+//! are claimed before delivery, so no KPI is judged twice at once and no message goes out
+//! twice.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -101,6 +103,11 @@ fn lease_secs(sched: &crate::config::SchedulerConfig) -> i64 {
     i64::try_from(sched.claim_timeout.as_secs().max(3)).unwrap_or(i64::MAX)
 }
 
+/// The lease of a KPI's runs.
+fn lease_name(id: &KpiId) -> String {
+    format!("kpi:{id}")
+}
+
 /// Seconds to wait after `failures` failed runs in a row: `tick`, doubling, at most `step`.
 fn backoff_secs(tick: std::time::Duration, step: i64, failures: u32) -> i64 {
     let tick = tick.as_secs().max(1) as i64;
@@ -145,8 +152,36 @@ impl Scheduler {
         let specs = self.specs.all();
         let sched = &self.cx.settings.scheduler;
         let mut results = Vec::new();
-        for spec in specs.iter().cloned() {
-            if !self.progress(&spec.id).due(&spec, sched, now) {
+        let mut due = Vec::new();
+        for spec in specs.iter() {
+            if self.progress(&spec.id).due(spec, sched, now) {
+                due.push(spec.clone());
+            } else {
+                results.push((spec.id.clone(), Ok(RunOutcome::NotDue)));
+            }
+        }
+        // With several processes on one store, one runs a KPI at a time: the leases of every
+        // due KPI are taken in one statement (skipping those another live process holds). A
+        // lease lasts `claim_timeout` (wall clock) and is renewed while its KPI waits for a
+        // slot and runs, so a process that dies is replaced within that time and a slow run is
+        // never taken over.
+        let ttl = lease_secs(sched);
+        let names: Vec<String> = due.iter().map(|spec| lease_name(&spec.id)).collect();
+        let held: std::collections::HashSet<String> =
+            match self.cx.store.take_leases(&names, &self.cx.instance, ttl).await {
+                Ok(held) => held.into_iter().collect(),
+                Err(error) => {
+                    error!(message = "Failed to take KPI leases.", %error);
+                    for spec in due.drain(..) {
+                        results.push((spec.id.clone(), Err(format!("lease: {error}"))));
+                    }
+                    std::collections::HashSet::new()
+                }
+            };
+        for spec in due {
+            let lease = lease_name(&spec.id);
+            if !held.contains(&lease) {
+                // Another live process holds it.
                 results.push((spec.id.clone(), Ok(RunOutcome::NotDue)));
                 continue;
             }
@@ -155,26 +190,17 @@ impl Scheduler {
             let source_limit = self.source_limit(&spec.source);
             let known = Arc::clone(&self.known);
             tasks.spawn(async move {
-                // The source's slot first: runs waiting on a slow source hold no global slot.
-                let _source_permit = source_limit.acquire_owned().await;
-                let _permit = limit.acquire_owned().await;
-                // With several processes on one store, one runs a KPI at a time.
-                // The lease lasts `claim_timeout` (wall clock) and is renewed while the run is
-                // in flight, so a process that dies is replaced within that time and a slow
-                // run is never taken over.
-                let lease = format!("kpi:{}", spec.id);
-                let ttl = lease_secs(&cx.settings.scheduler);
-                match cx.store.try_lease(&lease, &cx.instance, ttl).await {
-                    Ok(true) => {}
-                    Ok(false) => return (spec.id.clone(), Ok(RunOutcome::NotDue)),
-                    Err(error) => return (spec.id.clone(), Err(format!("lease: {error}"))),
-                }
-                let run = pipeline::run_kpi(&cx, &spec, now);
-                tokio::pin!(run);
+                let work = async {
+                    // The source's slot first: runs waiting on a slow source hold no global slot.
+                    let _source_permit = source_limit.acquire_owned().await;
+                    let _permit = limit.acquire_owned().await;
+                    pipeline::run_kpi(&cx, &spec, now).await
+                };
+                tokio::pin!(work);
                 let renew_every = std::time::Duration::from_secs(ttl.unsigned_abs() / 3);
                 let result = loop {
                     tokio::select! {
-                        result = &mut run => break result,
+                        result = &mut work => break result,
                         () = tokio::time::sleep(renew_every) => {
                             if let Err(error) = cx.store.try_lease(&lease, &cx.instance, ttl).await {
                                 error!(message = "Failed to renew a KPI lease.", kpi = %spec.id, %error);
@@ -265,7 +291,8 @@ impl Scheduler {
                 evaluations = p.evaluations,
                 anomalies = p.anomalies,
                 runs = p.runs,
-                notifications = p.notifications
+                notifications = p.notifications,
+                checkpoints = p.checkpoints
             ),
             Ok(_) => {}
             Err(error) => error!(message = "Pruning the store failed.", %error),

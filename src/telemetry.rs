@@ -60,7 +60,8 @@ pub struct KpiLabels {
 /// How a series' detector was brought up to date.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReplayLabels {
-    /// `kept` (only new buckets stepped) or `full` (replayed from the stored history).
+    /// `kept` (only new buckets stepped), `checkpoint` (loaded from the store, then the
+    /// buckets after it stepped) or `full` (replayed from the stored history).
     pub path: &'static str,
 }
 
@@ -114,7 +115,8 @@ pub struct Metrics {
     pub notifications: Family<DeliveryLabels, Counter>,
     /// `alerts_firing` — open incidents.
     pub alerts_firing: Gauge,
-    /// `detector_runs_total{path}` — series judged with a kept detector or a full replay.
+    /// `detector_runs_total{path}` — series judged with a kept detector, a stored checkpoint
+    /// or a full replay.
     pub detector_runs: Family<ReplayLabels, Counter>,
     /// `receiver_failing{receiver}` — 1 while a receiver's last delivery attempt failed.
     pub receiver_failing: Family<ReceiverLabels, Gauge>,

@@ -33,7 +33,7 @@ const MIN_U: f64 = 0.5;
 
 /// A power-law tail fitted to one side's largest magnitudes beyond `u` (Hill's estimator,
 /// with Weissman's quantiles): `P(X > x) = share * (x / u)^(-1 / gamma)` for `x > u`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct TailFit {
     /// The peak threshold (in this side's magnitude).
     pub(crate) u: f64,
@@ -78,7 +78,7 @@ impl TailFit {
 /// pushes, and only when asked for: a detector replaying weeks of quiet history never needs
 /// them, one judging a suspicious bucket does, and both see exactly the same fit (the values
 /// pushed since that boundary, and what they overwrote, are kept to rebuild it).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct TailCalibrator {
     /// Values kept: at most `CAPACITY`.
     capacity: usize,
@@ -100,13 +100,14 @@ pub(crate) struct TailCalibrator {
     cluster: (i8, u32, u64),
     /// Where the model's tail is checked: a magnitude and the probability the model gives
     /// to exceeding it.
+    #[serde(with = "super::snapshot::reference")]
     reference: &'static [(f64, f64)],
     /// The fits as of a boundary: a pure cache.
     cache: std::cell::Cell<Option<Fitted>>,
 }
 
 /// The tails as of one refit boundary.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Fitted {
     /// `pushes / REFIT_EVERY` at the boundary.
     version: u64,

@@ -26,6 +26,7 @@
 mod calibrate;
 mod noise;
 mod profile;
+mod snapshot;
 mod threshold;
 
 use statrs::distribution::{ContinuousCDF, Normal};
@@ -54,7 +55,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Which seasonality to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 pub enum SeasonalityMode {
     /// Choose from history by one-step prediction error (the default).
     #[default]
@@ -68,7 +69,7 @@ pub enum SeasonalityMode {
 }
 
 /// The seasonality a verdict was computed with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Seasonality {
     /// A level only.
     None,
@@ -172,15 +173,18 @@ impl Side {
 }
 
 /// How to detect on one series.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DetectorConfig {
     /// Noise model.
+    #[serde(with = "snapshot::kind")]
     pub kind: Kind,
     /// Bucket length in seconds.
     pub interval_secs: u32,
     /// Which deviations are anomalies.
+    #[serde(with = "snapshot::direction")]
     pub direction: Direction,
     /// Alarm budget: see [`false_alarms_per_week`].
+    #[serde(with = "snapshot::sensitivity")]
     pub sensitivity: Sensitivity,
     /// Buckets whose volume (count, or denominator) is below this are never flagged.
     pub min_volume: f64,
@@ -293,7 +297,7 @@ pub struct Verdict {
 }
 
 /// One side's open incident: a deviation that has fired and has not come back yet.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Incident {
     /// Local seconds of its first bucket.
     since: i64,
@@ -319,7 +323,7 @@ impl Incident {
 }
 
 /// The alarm statistics after a bucket: what `learn` commits.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 struct AlarmState {
     cusum: [f64; 2],
     cusum_since: [i64; 2],
@@ -373,7 +377,7 @@ struct Scored {
 
 /// A recent bucket that the single-bucket test found beyond its threshold (flagged or not):
 /// what makes a deviation "this series' behaviour" once it recurs.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Event {
     /// `learned` when it happened.
     at: u64,
@@ -386,7 +390,7 @@ struct Event {
 const EVENTS: usize = 32;
 
 /// Lag-1 autocorrelation of the z-scores of learned buckets, over about a week.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 struct Autocorrelation {
     prev: f64,
     lag: f64,
@@ -395,9 +399,10 @@ struct Autocorrelation {
 }
 
 /// The online detector of one series; clone it to branch a backtest.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct OnlineDetector {
     cfg: DetectorConfig,
+    #[serde(with = "snapshot::normal")]
     normal: Normal,
     thresholds: Thresholds,
     models: [Option<SeasonalModel>; 3],
@@ -431,7 +436,7 @@ pub struct OnlineDetector {
 }
 
 /// What accepting a new normal did to each candidate's level, to undo it.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 struct PreviousLevel {
     /// Per candidate, the shift back to the old level.
     back: [Shift; 3],
@@ -442,7 +447,7 @@ struct PreviousLevel {
 }
 
 /// The scale a gauge's baselines work on.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 enum GaugeScale {
     /// Not chosen yet (warm-up): linear.
     Undecided,

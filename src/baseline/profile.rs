@@ -38,7 +38,7 @@ const DAY: i64 = 86_400;
 const WEEK: i64 = 7 * DAY;
 
 /// A change of a model's level: what accepting a new normal did, and its inverse.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Shift {
     /// Nothing.
     None,
@@ -122,7 +122,7 @@ pub(crate) struct Prediction {
 }
 
 /// A level-times-profile model with one seasonality.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct SeasonalModel {
     pub(crate) seasonality: Seasonality,
     period: i64,

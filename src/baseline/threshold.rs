@@ -10,7 +10,7 @@ use statrs::distribution::{ContinuousCDF, Normal};
 pub(crate) const CUSUM_K: f64 = 0.75;
 
 /// Thresholds derived from a sensitivity and the bucket length.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Thresholds {
     /// |z| at or beyond which one bucket alone is an anomaly.
     pub(crate) z_bucket: f64,

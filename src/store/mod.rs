@@ -68,10 +68,13 @@ macro_rules! run {
     };
 }
 
+mod checkpoints;
 mod events;
+mod leases;
 mod retention;
 mod tokens;
 
+pub use checkpoints::CheckpointRow;
 pub use events::EventRow;
 pub use retention::{Cutoffs, Pruned};
 pub use tokens::TokenRow;
@@ -423,6 +426,10 @@ pub struct SilenceRow {
 const ALERT_COLUMNS: &str = "id, kpi_id, series_id, kind, fingerprint, state, severity, started_ts, last_anomaly_ts, \
      hits_mask, seen, ok_streak, notified_at, repeats, resolved_ts, acknowledged_by, acknowledged_at, summary";
 
+/// Rows per multi-row `INSERT` (a statement binds at most a few thousand values: well under
+/// SQLite's 32,766 and PostgreSQL's 65,535).
+const ROWS_PER_STATEMENT: usize = 1000;
+
 fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()
 }
@@ -508,6 +515,7 @@ impl Store {
                     format!("DELETE FROM evaluations WHERE series_id IN {by_series}"),
                     format!("DELETE FROM observations WHERE series_id IN {by_series}"),
                     format!("DELETE FROM anomaly_feedback WHERE series_id IN {by_series}"),
+                    format!("DELETE FROM detector_checkpoints WHERE series_id IN {by_series}"),
                     "UPDATE series SET evaluated_until = NULL WHERE kpi_id = $1".to_owned(),
                     // A pending incident told nobody and is dropped; a firing one stays open, so
                     // the next runs at the new definition continue it (no second page) or resolve
@@ -645,24 +653,28 @@ impl Store {
         })
     }
 
-    /// Insert or update buckets (late rows and restated data overwrite; idempotent).
+    /// Insert or update buckets (late rows and restated data overwrite; idempotent): multi-row
+    /// statements of up to `ROWS_PER_STATEMENT` rows, in one transaction.
     pub async fn upsert_observations(&self, series_id: i64, rows: &[ObservationRow]) -> Result<()> {
         run!(self, |pool| {
             let now = now_secs();
             let mut tx = pool.begin().await?;
-            for r in rows {
-                sqlx::query(
-                    "INSERT INTO observations (series_id, ts, value, denominator, updated_at) VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (series_id, ts) DO UPDATE SET value = excluded.value,
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO observations (series_id, ts, value, denominator, updated_at) ",
+                );
+                q.push_values(chunk, |mut b, r| {
+                    b.push_bind(series_id)
+                        .push_bind(r.ts)
+                        .push_bind(r.value)
+                        .push_bind(r.denominator)
+                        .push_bind(now);
+                });
+                q.push(
+                    " ON CONFLICT (series_id, ts) DO UPDATE SET value = excluded.value,
                        denominator = excluded.denominator, updated_at = excluded.updated_at",
-                )
-                .bind(series_id)
-                .bind(r.ts)
-                .bind(r.value)
-                .bind(r.denominator)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                );
+                q.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(())
@@ -695,49 +707,52 @@ impl Store {
         run!(self, |pool| {
             let now = now_secs();
             let mut tx = pool.begin().await?;
-            for e in evaluations {
-                sqlx::query(
-                    "INSERT INTO evaluations (series_id, ts, value, expected, lower, upper, score, anomaly, status, volume, flagged_by)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                     ON CONFLICT (series_id, ts) DO UPDATE SET value = excluded.value, expected = excluded.expected,
+            for chunk in evaluations.chunks(ROWS_PER_STATEMENT / 2) {
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO evaluations (series_id, ts, value, expected, lower, upper, score, anomaly, status, volume, flagged_by) ",
+                );
+                q.push_values(chunk, |mut b, e| {
+                    b.push_bind(series_id)
+                        .push_bind(e.ts)
+                        .push_bind(e.value)
+                        .push_bind(e.expected)
+                        .push_bind(e.lower)
+                        .push_bind(e.upper)
+                        .push_bind(e.score)
+                        .push_bind(e.anomaly)
+                        .push_bind(&e.status)
+                        .push_bind(e.volume)
+                        .push_bind(&e.flagged_by);
+                });
+                q.push(
+                    " ON CONFLICT (series_id, ts) DO UPDATE SET value = excluded.value, expected = excluded.expected,
                        lower = excluded.lower, upper = excluded.upper, score = excluded.score,
                        anomaly = excluded.anomaly, status = excluded.status, volume = excluded.volume,
                        flagged_by = excluded.flagged_by",
-                )
-                .bind(series_id)
-                .bind(e.ts)
-                .bind(e.value)
-                .bind(e.expected)
-                .bind(e.lower)
-                .bind(e.upper)
-                .bind(e.score)
-                .bind(e.anomaly)
-                .bind(&e.status)
-                .bind(e.volume)
-                .bind(&e.flagged_by)
-                .execute(&mut *tx)
-                .await?;
+                );
+                q.build().execute(&mut *tx).await?;
             }
-            for a in anomalies {
-                sqlx::query(
-                    "INSERT INTO anomalies (series_id, ts, value, expected, lower, upper, score, volume, seasonality, alerted, created_at, flagged_by, side)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (series_id, ts) DO NOTHING",
-                )
-                .bind(series_id)
-                .bind(a.ts)
-                .bind(a.value)
-                .bind(a.expected)
-                .bind(a.lower)
-                .bind(a.upper)
-                .bind(a.score)
-                .bind(a.volume)
-                .bind(&a.seasonality)
-                .bind(a.alerted)
-                .bind(now)
-                .bind(&a.flagged_by)
-                .bind(&a.side)
-                .execute(&mut *tx)
-                .await?;
+            for chunk in anomalies.chunks(ROWS_PER_STATEMENT / 2) {
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO anomalies (series_id, ts, value, expected, lower, upper, score, volume, seasonality, alerted, created_at, flagged_by, side) ",
+                );
+                q.push_values(chunk, |mut b, a| {
+                    b.push_bind(series_id)
+                        .push_bind(a.ts)
+                        .push_bind(a.value)
+                        .push_bind(a.expected)
+                        .push_bind(a.lower)
+                        .push_bind(a.upper)
+                        .push_bind(a.score)
+                        .push_bind(a.volume)
+                        .push_bind(&a.seasonality)
+                        .push_bind(a.alerted)
+                        .push_bind(now)
+                        .push_bind(&a.flagged_by)
+                        .push_bind(&a.side);
+                });
+                q.push(" ON CONFLICT (series_id, ts) DO NOTHING");
+                q.build().execute(&mut *tx).await?;
             }
             sqlx::query("UPDATE series SET evaluated_until = CASE WHEN coalesce(evaluated_until, 0) > $1 THEN coalesce(evaluated_until, 0) ELSE $1 END WHERE id = $2")
             .bind(evaluated_until)
@@ -1418,7 +1433,8 @@ impl Store {
     }
 
     /// Delete everything stored about a KPI: its series, observations, verdicts, anomalies,
-    /// feedback, alerts and their notifications (one transaction). The audit log stays.
+    /// feedback, detector checkpoints, alerts and their notifications (one transaction). The
+    /// audit log stays.
     pub async fn purge_kpi(&self, kpi_id: &str) -> Result<()> {
         run!(self, |pool| {
             let mut tx = pool.begin().await?;
@@ -1429,6 +1445,7 @@ impl Store {
                 "DELETE FROM alerts WHERE kpi_id = $1".to_owned(),
                 format!("DELETE FROM anomalies WHERE series_id IN {by_series}"),
                 format!("DELETE FROM anomaly_feedback WHERE series_id IN {by_series}"),
+                format!("DELETE FROM detector_checkpoints WHERE series_id IN {by_series}"),
                 format!("DELETE FROM evaluations WHERE series_id IN {by_series}"),
                 format!("DELETE FROM observations WHERE series_id IN {by_series}"),
                 "DELETE FROM series WHERE kpi_id = $1".to_owned(),
@@ -1442,16 +1459,25 @@ impl Store {
         })
     }
 
-    /// Retire an API KPI (its history stays); returns whether it was active.
+    /// Retire an API KPI (its history stays, its detector checkpoints go); returns whether it
+    /// was active.
     pub async fn retire_kpi_definition(&self, id: &str) -> Result<bool> {
         run!(self, |pool| {
+            let mut tx = pool.begin().await?;
             let done = sqlx::query(
                 "UPDATE kpi_definitions SET retired_at = $1 WHERE id = $2 AND retired_at IS NULL",
             )
             .bind(now_secs())
             .bind(id)
-            .execute(pool)
+            .execute(&mut *tx)
             .await?;
+            sqlx::query(
+                "DELETE FROM detector_checkpoints WHERE series_id IN (SELECT id FROM series WHERE kpi_id = $1)",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
             Ok(done.rows_affected() > 0)
         })
     }

@@ -34,12 +34,20 @@ pub struct Pruned {
     pub runs: u64,
     /// Notifications.
     pub notifications: u64,
+    /// Detector checkpoints whose `upto` is before the observations' cut-off (the history
+    /// they stand for is gone, so they can never be used).
+    pub checkpoints: u64,
 }
 
 impl Pruned {
     /// Rows deleted in all.
     pub fn total(&self) -> u64 {
-        self.observations + self.evaluations + self.anomalies + self.runs + self.notifications
+        self.observations
+            + self.evaluations
+            + self.anomalies
+            + self.runs
+            + self.notifications
+            + self.checkpoints
     }
 }
 
@@ -66,6 +74,11 @@ impl Store {
                     .await?
                     .rows_affected();
             }
+            out.checkpoints = sqlx::query("DELETE FROM detector_checkpoints WHERE upto < $1")
+                .bind(cut.observations)
+                .execute(pool)
+                .await?
+                .rows_affected();
             let batched = [
                 (
                     "DELETE FROM anomalies WHERE id IN (SELECT id FROM anomalies WHERE ts < $1 ORDER BY id LIMIT $2)",

@@ -823,3 +823,192 @@ async fn kept_detectors_give_the_same_verdicts_as_a_full_replay() {
     assert!(kept >= 15 && (3..=6).contains(&full), "kept {kept}, full {full}");
     assert_eq!(replays(&slow).await.0, 0);
 }
+
+/// `kpiwatch_detector_runs_total{path}` of an application.
+async fn detector_runs(app: &Application, path: &str) -> u64 {
+    let (_, text) = crate::helpers::request(app, "GET", "/metrics", None, "").await;
+    let prefix = format!("kpiwatch_detector_runs_total{{path=\"{path}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_restarted_process_steps_from_the_stored_checkpoint_with_the_verdicts_of_a_full_replay() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = format!("sqlite://{}", dir.path().join("state.db").display());
+    checkpoint_takeover(dir.path(), &state).await;
+}
+
+#[tokio::test]
+async fn a_process_taking_over_on_postgres_steps_from_the_stored_checkpoint_with_the_verdicts_of_a_full_replay(
+) {
+    init_logs();
+    let Some(admin) = server_url("TEST_POSTGRES_URL") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = PgDatabase::create(&admin).await;
+    checkpoint_takeover(dir.path(), &db.url).await;
+    db.drop_db().await;
+}
+
+/// A process runs the orders KPI on the store at `state_url` (checkpoints every 10 minutes of
+/// 5-minute buckets); then a new process with an empty detector cache takes over on the same
+/// store and steps from the checkpoint; then ones that find the checkpoint damaged or of
+/// another format replay. Every verdict equals that of a process that always replays.
+async fn checkpoint_takeover(dir: &Path, state_url: &str) {
+    let smtp = SmtpServer::start();
+    let reference_dir = tempfile::tempdir().expect("tempdir");
+    let (mut shop, clock) = busy_shop(dir).await;
+    let shop_url = format!("sqlite://{}", dir.join("shop.db").display());
+    let on_store = |extra: &[(&'static str, String)]| {
+        let mut env = vec![
+            ("KPIWATCH_STATE__URL", state_url.to_owned()),
+            ("KPIWATCH_SCHEDULER__CHECKPOINT_EVERY", "10m".to_owned()),
+        ];
+        env.extend(extra.iter().cloned());
+        env
+    };
+    let first = build_full(dir, &smtp, &clock, "", &on_store(&[])).await;
+    let reference = build_full(
+        reference_dir.path(),
+        &smtp,
+        &clock,
+        "",
+        &[
+            ("KPIWATCH_SOURCES__SHOP__URL", shop_url),
+            ("KPIWATCH_SCHEDULER__KEEP_DETECTORS", "false".to_owned()),
+        ],
+    )
+    .await;
+    async fn pass(app: &Application, reference: &Application, clock: &ManualClock) {
+        let (a, b) = (
+            app.scheduler().run_due().await,
+            reference.scheduler().run_due().await,
+        );
+        assert_eq!(format!("{a:?}"), format!("{b:?}"), "at {}", clock_now(clock));
+    }
+    // Backfill (a full replay, checkpointed at once), then three runs: the one 10 minutes of
+    // buckets later writes the checkpoint again, the last leaves it one run behind.
+    pass(&first, &reference, &clock).await;
+    for _ in 0..3 {
+        clock.advance(Duration::minutes(5));
+        pass(&first, &reference, &clock).await;
+    }
+    assert_eq!(
+        (
+            detector_runs(&first, "full").await,
+            detector_runs(&first, "kept").await
+        ),
+        (1, 3)
+    );
+    let store = first.store().clone();
+    let series = store.series_of("orders").await.expect("series")[0].clone();
+    let saved = store
+        .checkpoint(series.id)
+        .await
+        .expect("read")
+        .expect("a checkpoint was written");
+    let judged = series.evaluated_until.expect("judged");
+    assert_eq!(
+        saved.upto,
+        judged - 300,
+        "the checkpoint is one run behind the verdicts"
+    );
+    assert_eq!(saved.format, kpiwatch::pipeline::CHECKPOINT_FORMAT);
+    assert!(saved.state.len() > 1000, "{} bytes", saved.state.len());
+
+    // A new process (empty cache) takes over: it loads the checkpoint, then keeps its detector.
+    let second = build_full(dir, &smtp, &clock, "", &on_store(&[])).await;
+    for _ in 0..3 {
+        clock.advance(Duration::minutes(5));
+        pass(&second, &reference, &clock).await;
+    }
+    // The orders stop an hour after t0: a drop, judged from the checkpoint's line.
+    for _ in 0..9 {
+        clock.advance(Duration::minutes(5));
+        pass(&second, &reference, &clock).await;
+    }
+    assert_eq!(
+        (
+            detector_runs(&second, "checkpoint").await,
+            detector_runs(&second, "kept").await,
+            detector_runs(&second, "full").await
+        ),
+        (1, 11, 0)
+    );
+
+    // A damaged checkpoint, then one of another format (a newer build wrote it): each new
+    // process replays instead, and writes a good checkpoint again.
+    for damage in ["corrupt", "format"] {
+        let row = store
+            .checkpoint(series.id)
+            .await
+            .expect("read")
+            .expect("checkpoint");
+        let mut bytes = row.state.clone();
+        match damage {
+            "corrupt" => bytes.truncate(bytes.len() / 3),
+            _ => bytes[0] = 0x7e, // zigzag varint 63: a format this build never wrote
+        }
+        store
+            .save_checkpoint(series.id, row.upto, row.seen, row.format, &bytes)
+            .await
+            .expect("write");
+        let next = build_full(dir, &smtp, &clock, "", &on_store(&[])).await;
+        clock.advance(Duration::minutes(5));
+        pass(&next, &reference, &clock).await;
+        assert_eq!(
+            (
+                detector_runs(&next, "full").await,
+                detector_runs(&next, "checkpoint").await
+            ),
+            (1, 0),
+            "{damage}"
+        );
+        let rewritten = store
+            .checkpoint(series.id)
+            .await
+            .expect("read")
+            .expect("checkpoint");
+        assert!(rewritten.state != bytes && rewritten.upto > row.upto, "{damage}");
+    }
+    // Late rows restate a bucket before the checkpoint's end: the tail no longer matches, so
+    // a new process replays.
+    let now = clock_now(&clock);
+    let newest = DateTime::<Utc>::from_timestamp((now.timestamp() - 60).div_euclid(300) * 300 - 300, 0)
+        .expect("valid");
+    shop.traffic(newest, newest + Duration::minutes(5)).await;
+    let last = build_full(dir, &smtp, &clock, "", &on_store(&[])).await;
+    clock.advance(Duration::minutes(5));
+    pass(&last, &reference, &clock).await;
+    assert_eq!(
+        (
+            detector_runs(&last, "full").await,
+            detector_runs(&last, "checkpoint").await
+        ),
+        (1, 0)
+    );
+
+    // Every verdict, bucket for bucket, as the process that always replays judged it.
+    let verdicts = |app: &Application| {
+        let store = app.store().clone();
+        async move {
+            let series = store.series_of("orders").await.expect("series");
+            store
+                .evaluations(series[0].id, 0, i64::MAX)
+                .await
+                .expect("evaluations")
+        }
+    };
+    let (a, b) = (verdicts(&last).await, verdicts(&reference).await);
+    assert!(a.len() > 4000, "{} verdicts", a.len());
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x, y);
+    }
+    assert!(a.iter().any(|e| e.anomaly), "the drop is among them");
+}

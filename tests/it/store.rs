@@ -574,3 +574,139 @@ async fn an_unsupported_state_url_is_refused() {
         .expect_err("mysql is not a state store");
     assert!(err.to_string().contains("unsupported"), "{err}");
 }
+
+/// Leases taken in bulk: free and expired ones are taken, ones another holder keeps are not,
+/// and the holder's own are renewed.
+async fn bulk_leases(url: &str) -> Store {
+    let store = Store::connect(url).await.expect("connect");
+    let names: Vec<String> = ["kpi:a", "kpi:b", "kpi:c"].map(str::to_owned).to_vec();
+    assert!(store.try_lease("kpi:b", "other", 60).await.expect("lease"));
+    assert!(
+        store.try_lease("kpi:c", "other", -10).await.expect("lease"),
+        "already expired"
+    );
+    let mut held = store.take_leases(&names, "me", 60).await.expect("take");
+    held.sort();
+    assert_eq!(held, ["kpi:a", "kpi:c"], "b is held by a live process");
+    // Taking them again renews mine; b stays the other's.
+    let mut again = store.take_leases(&names, "me", 60).await.expect("take");
+    again.sort();
+    assert_eq!(again, ["kpi:a", "kpi:c"]);
+    assert!(!store.try_lease("kpi:a", "other", 60).await.expect("lease"));
+    store.release_lease("kpi:b", "other").await.expect("release");
+    let mut all = store.take_leases(&names, "me", 60).await.expect("take");
+    all.sort();
+    assert_eq!(all, names);
+    assert!(store.take_leases(&[], "me", 60).await.expect("none").is_empty());
+    // More names than one SQLite statement takes.
+    let many: Vec<String> = (0..1200).map(|i| format!("kpi:m{i}")).collect();
+    assert_eq!(
+        store.take_leases(&many, "me", 60).await.expect("many").len(),
+        1200
+    );
+    store
+}
+
+#[tokio::test]
+async fn due_kpi_leases_are_taken_in_bulk_on_sqlite() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = bulk_leases(&format!("sqlite://{}", dir.path().join("state.db").display())).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn due_kpi_leases_are_taken_in_bulk_on_postgres_skipping_rows_another_replica_has_locked() {
+    init_logs();
+    let Some(admin) = server_url("TEST_POSTGRES_URL") else {
+        return;
+    };
+    let db = PgDatabase::create(&admin).await;
+    let store = bulk_leases(&db.url).await;
+    // Another replica is in the middle of claiming kpi:x (its row locked, lease expired):
+    // this one skips it at once instead of waiting for that transaction.
+    let names: Vec<String> = ["kpi:x", "kpi:y"].map(str::to_owned).to_vec();
+    assert!(store.try_lease("kpi:x", "gone", -10).await.expect("lease"));
+    assert!(store.try_lease("kpi:y", "gone", -10).await.expect("lease"));
+    let other = sqlx::PgPool::connect(&db.url).await.expect("connect");
+    let mut tx = other.begin().await.expect("tx");
+    sqlx::query("SELECT name FROM leases WHERE name = 'kpi:x' FOR UPDATE")
+        .execute(&mut *tx)
+        .await
+        .expect("lock");
+    let held = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        store.take_leases(&names, "me", 60),
+    )
+    .await
+    .expect("no waiting on the locked row")
+    .expect("take");
+    assert_eq!(held, ["kpi:y"]);
+    tx.rollback().await.expect("rollback");
+    assert_eq!(store.take_leases(&names, "me", 60).await.expect("take"), names);
+    other.close().await;
+    store.close().await;
+    db.drop_db().await;
+}
+
+/// A series' checkpoint is one row, overwritten; pruning drops it once its `upto` is past
+/// the observations' cut-off; purging the KPI drops it with the series.
+async fn checkpoints(url: &str) -> Store {
+    let store = Store::connect(url).await.expect("connect");
+    let spec = orders_spec("");
+    store.upsert_kpi(&spec).await.expect("kpi");
+    let series = store.series_id("orders", "{}").await.expect("series");
+    assert_eq!(store.checkpoint(series).await.expect("read"), None);
+    store
+        .save_checkpoint(series, 1_000, 10, 1, &[1, 2, 3])
+        .await
+        .expect("save");
+    store
+        .save_checkpoint(series, 2_000, 20, 1, &[4, 5])
+        .await
+        .expect("overwrite");
+    let row = store.checkpoint(series).await.expect("read").expect("one row");
+    assert_eq!(
+        (row.upto, row.seen, row.format, row.state),
+        (2_000, 20, 1, vec![4, 5])
+    );
+    let cut = |observations| kpiwatch::store::Cutoffs {
+        observations,
+        evaluations: 0,
+        anomalies: 0,
+        runs: 0,
+        notifications: 0,
+    };
+    assert_eq!(store.prune(cut(2_000)).await.expect("prune").checkpoints, 0);
+    assert_eq!(store.prune(cut(2_001)).await.expect("prune").checkpoints, 1);
+    assert_eq!(store.checkpoint(series).await.expect("read"), None);
+    store
+        .save_checkpoint(series, 3_000, 30, 1, &[6])
+        .await
+        .expect("save");
+    store
+        .purge_kpi("orders")
+        .await
+        .expect("purge with its checkpoint");
+    assert_eq!(store.checkpoint(series).await.expect("read"), None);
+    store
+}
+
+#[tokio::test]
+async fn detector_checkpoints_are_overwritten_pruned_and_purged_on_sqlite() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = checkpoints(&format!("sqlite://{}", dir.path().join("state.db").display())).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn detector_checkpoints_are_overwritten_pruned_and_purged_on_postgres() {
+    init_logs();
+    let Some(admin) = server_url("TEST_POSTGRES_URL") else {
+        return;
+    };
+    let db = PgDatabase::create(&admin).await;
+    checkpoints(&db.url).await.close().await;
+    db.drop_db().await;
+}

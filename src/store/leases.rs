@@ -1,0 +1,68 @@
+//! Leases taken in bulk: one statement per scheduler pass claims every due KPI that no live
+//! process holds. (`Store::try_lease` / `release_lease` in `mod.rs` take and give back one.)
+
+use super::{now_secs, Pool, Result, Store};
+
+/// Names per statement on SQLite (three binds each, well under its bind limit).
+const SQLITE_CHUNK: usize = 500;
+
+impl Store {
+    /// Take every lease of `names` that is free, expired or already held by `holder`, for
+    /// `ttl_secs` (wall clock); returns the names `holder` holds now. Leases held by another
+    /// live process are skipped, never waited for.
+    ///
+    /// PostgreSQL: one statement — missing rows are inserted, existing free ones are locked
+    /// with `FOR UPDATE SKIP LOCKED` (a row another replica is claiming or renewing at this
+    /// moment is skipped, not waited on) and updated. SQLite (one writer at a time): a
+    /// multi-row upsert whose `RETURNING` lists the rows it took.
+    pub async fn take_leases(&self, names: &[String], holder: &str, ttl_secs: i64) -> Result<Vec<String>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_secs();
+        let until = now.saturating_add(ttl_secs);
+        match &self.pool {
+            Pool::Postgres(pool) => Ok(sqlx::query_scalar::<_, String>(
+                "WITH fresh AS (
+                     INSERT INTO leases (name, holder, until)
+                     SELECT n, $2, $3 FROM unnest($1::text[]) AS n
+                     ON CONFLICT (name) DO NOTHING
+                     RETURNING name),
+                 free AS (
+                     SELECT name FROM leases
+                     WHERE name = ANY($1) AND (until < $4 OR holder = $2)
+                     ORDER BY name
+                     FOR UPDATE SKIP LOCKED),
+                 taken AS (
+                     UPDATE leases SET holder = $2, until = $3 FROM free
+                     WHERE leases.name = free.name
+                     RETURNING leases.name)
+                 SELECT name FROM fresh UNION ALL SELECT name FROM taken",
+            )
+            .bind(names)
+            .bind(holder)
+            .bind(until)
+            .bind(now)
+            .fetch_all(pool)
+            .await?),
+            Pool::Sqlite(pool) => {
+                let mut taken = Vec::with_capacity(names.len());
+                for chunk in names.chunks(SQLITE_CHUNK) {
+                    let mut q =
+                        sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO leases (name, holder, until) ");
+                    q.push_values(chunk, |mut row, name| {
+                        row.push_bind(name).push_bind(holder).push_bind(until);
+                    });
+                    q.push(
+                        " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
+                          WHERE leases.until < ",
+                    )
+                    .push_bind(now)
+                    .push(" OR leases.holder = excluded.holder RETURNING name");
+                    taken.extend(q.build_query_scalar::<String>().fetch_all(pool).await?);
+                }
+                Ok(taken)
+            }
+        }
+    }
+}
