@@ -186,7 +186,7 @@ impl TailCalibrator {
             return;
         }
         let mut z = z.clamp(-1e6, 1e6) as f32;
-        if self.pushes % u64::from(REFIT_EVERY) == 0 {
+        if self.pushes.is_multiple_of(u64::from(REFIT_EVERY)) {
             self.writes = 0;
         }
         if let Some(level) = self.decluster {
@@ -267,7 +267,7 @@ impl TailCalibrator {
         }
         // The values as they stood at the boundary: undo the pushes since, newest first.
         let mut scratch: Vec<f32> = self.buf.clone();
-        let since = if self.pushes % u64::from(REFIT_EVERY) == 0 {
+        let since = if self.pushes.is_multiple_of(u64::from(REFIT_EVERY)) {
             0
         } else {
             usize::from(self.writes)
