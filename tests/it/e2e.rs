@@ -789,23 +789,7 @@ async fn kept_detectors_give_the_same_verdicts_as_a_full_replay() {
         step(5);
         pass(&fast, &slow, clock_now(&clock)).await;
     }
-    let verdicts = |app: &Application| {
-        let store = app.store().clone();
-        async move {
-            let series = store.series_of("orders").await.expect("series");
-            store
-                .evaluations(series[0].id, 0, i64::MAX)
-                .await
-                .expect("evaluations")
-        }
-    };
-    let (a, b) = (verdicts(&fast).await, verdicts(&slow).await);
-    assert!(a.len() > 4000, "{} verdicts", a.len());
-    assert_eq!(a.len(), b.len());
-    for (x, y) in a.iter().zip(&b) {
-        assert_eq!(x, y);
-    }
-    assert!(a.iter().any(|e| e.anomaly), "the drop is among them");
+    assert_same_orders_verdicts(&fast, &slow).await;
     // The fast process used its kept detector on most runs; the other never did.
     async fn replays(app: &Application) -> (u64, u64) {
         let (_, text) = crate::helpers::request(app, "GET", "/metrics", None, "").await;
@@ -994,17 +978,21 @@ async fn checkpoint_takeover(dir: &Path, state_url: &str) {
     );
 
     // Every verdict, bucket for bucket, as the process that always replays judged it.
-    let verdicts = |app: &Application| {
-        let store = app.store().clone();
-        async move {
-            let series = store.series_of("orders").await.expect("series");
-            store
-                .evaluations(series[0].id, 0, i64::MAX)
-                .await
-                .expect("evaluations")
-        }
-    };
-    let (a, b) = (verdicts(&last).await, verdicts(&reference).await);
+    assert_same_orders_verdicts(&last, &reference).await;
+}
+
+/// Every stored verdict of the `orders` total, bucket for bucket, is the same in both
+/// applications' stores — more than 4,000 of them, the drop among them.
+async fn assert_same_orders_verdicts(a: &Application, b: &Application) {
+    async fn verdicts(app: &Application) -> Vec<kpiwatch::store::EvaluationRow> {
+        let store = app.store();
+        let series = store.series_of("orders").await.expect("series");
+        store
+            .evaluations(series[0].id, 0, i64::MAX)
+            .await
+            .expect("evaluations")
+    }
+    let (a, b) = (verdicts(a).await, verdicts(b).await);
     assert!(a.len() > 4000, "{} verdicts", a.len());
     assert_eq!(a.len(), b.len());
     for (x, y) in a.iter().zip(&b) {
