@@ -144,6 +144,7 @@ impl Application {
             signer,
             tokens: Arc::new(cx.settings.api.tokens.clone()),
             sources: cx.sources.clone(),
+            replay: crate::backtest::Replay::of(&cx.settings.scheduler),
         };
         Ok(Application {
             listener,

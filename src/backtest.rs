@@ -1,22 +1,102 @@
 //! Backtests: "how many alerts would this setting have fired over the last N weeks, and
 //! which?" — answered before a setting is saved.
 //!
-//! [`run`] replays a series' history through the same detector and the same incident
-//! lifecycle the service uses, at the sensitivity (and direction, minimum volume) asked for,
-//! and groups flagged buckets into the incidents that would have alerted. Pure: the caller
-//! brings the history (stored observations, or a fresh query for a draft KPI).
+//! [`run`] is the one entry point: it replays a KPI's [`History`] (its observations per
+//! series, the feedback people recorded on them, the excluded periods, and the service's own
+//! warm-up and recovery settings, [`Replay`]) through the same detector
+//! (`step_with_feedback`, as `pipeline` steps it) and the same alert planning
+//! ([`alerting::plan`]) the service uses, at the sensitivity (and direction, minimum volume)
+//! asked for, and reports the flagged buckets and the incidents that would have fired. Pure:
+//! `pipeline::backtest_history` loads the history (stored, or a fresh query for a draft KPI).
+//!
+//! What it does not replay: a run's rolling replay start (the service replays
+//! `scheduler.history` before each run; a backtest one detector from the start of its
+//! history), the alert horizon and coarse windows of thin slices.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 
 use crate::alerting;
-use crate::alerting::lifecycle::{self, Step};
-use crate::baseline::{Bucket, OnlineDetector};
+use crate::alerting::lifecycle::Event;
+use crate::alerting::plan::{self, Judged};
+use crate::baseline::{Bucket, Feedback, OnlineDetector};
 use crate::calendar::Exclusions;
-use crate::kpi::{Direction, KpiSpec, Sensitivity};
+use crate::config::SchedulerConfig;
+use crate::kpi::{Buckets, Direction, KpiSpec, Sensitivity};
 use crate::pipeline::{bucket_verdict, detector_config, local_secs, since_utc};
 use crate::store::ObservationRow;
+
+const WEEK: i64 = 7 * 86_400;
+
+/// The service's settings a backtest replays with, so it agrees with what the service does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replay {
+    /// History before the reported weeks that warms the detector up (`scheduler.history`),
+    /// in seconds.
+    pub warm_up_secs: i64,
+    /// In-band buckets that resolve an incident (`scheduler.recovery_buckets`), unless the
+    /// model sets `recover_after`.
+    pub recovery_buckets: u32,
+}
+
+impl Replay {
+    /// The configured ones.
+    pub fn of(sched: &SchedulerConfig) -> Self {
+        Replay {
+            warm_up_secs: i64::try_from(sched.history.as_secs()).unwrap_or(i64::MAX / 4),
+            recovery_buckets: sched.recovery_buckets,
+        }
+    }
+
+    /// The start of the history a backtest of the `weeks` weeks before `to` replays: those
+    /// weeks and the warm-up before them.
+    pub fn from(&self, weeks: u32, to: i64) -> i64 {
+        to - i64::from(weeks.max(1)) * WEEK - self.warm_up_secs
+    }
+}
+
+/// What a backtest replays: a KPI's history up to `to` and what shaped the service's verdicts
+/// on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct History {
+    /// Observations per series (dimension values, JSON), in time order.
+    pub series: BTreeMap<String, Vec<ObservationRow>>,
+    /// Feedback recorded per series (same keys), by bucket start: replayed into the detector
+    /// as the service replays it.
+    pub feedback: BTreeMap<String, HashMap<i64, Feedback>>,
+    /// Events and holidays: their buckets are neither learned nor alerted.
+    pub excluded: Exclusions,
+    /// End of the replay (a bucket start); the reported weeks end here.
+    pub to: i64,
+    /// The service's settings.
+    pub replay: Replay,
+}
+
+impl History {
+    /// `series` up to `to`, with no feedback and nothing excluded.
+    pub fn new(series: BTreeMap<String, Vec<ObservationRow>>, to: i64, replay: Replay) -> Self {
+        History {
+            series,
+            feedback: BTreeMap::new(),
+            excluded: Exclusions::default(),
+            to,
+            replay,
+        }
+    }
+
+    /// The same history with other observations (an injected incident), keeping the feedback,
+    /// exclusions and settings.
+    pub fn with_series(&self, series: BTreeMap<String, Vec<ObservationRow>>) -> Self {
+        History {
+            series,
+            feedback: self.feedback.clone(),
+            excluded: self.excluded.clone(),
+            to: self.to,
+            replay: self.replay,
+        }
+    }
+}
 
 /// What to try.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -93,30 +173,14 @@ impl BacktestReport {
     }
 }
 
-/// Replay `history` (per series, in time order) at `opts` and report the last `weeks`
-/// weeks before `to`.
+/// Replay `history` at `opts` and report the last `opts.weeks` weeks before `history.to`.
 pub fn run(
     spec: &KpiSpec,
-    history: &BTreeMap<String, Vec<ObservationRow>>,
+    history: &History,
     opts: BacktestOptions,
-    to: i64,
-    recovery_buckets: u32,
 ) -> Result<BacktestReport, crate::baseline::Error> {
-    run_excluding(spec, history, opts, to, recovery_buckets, &Exclusions::default())
-}
-
-/// [`run`], with the buckets inside `excluded` (events, holidays) neither learned nor
-/// alerted, as the service treats them.
-pub fn run_excluding(
-    spec: &KpiSpec,
-    history: &BTreeMap<String, Vec<ObservationRow>>,
-    opts: BacktestOptions,
-    to: i64,
-    recovery_buckets: u32,
-    excluded: &Exclusions,
-) -> Result<BacktestReport, crate::baseline::Error> {
-    let week = 7 * 86_400;
-    let from = to - i64::from(opts.weeks.max(1)) * week;
+    let to = history.to;
+    let from = to - i64::from(opts.weeks.max(1)) * WEEK;
     let mut cfg = detector_config(spec);
     cfg.sensitivity = opts.sensitivity;
     if let Some(d) = opts.direction {
@@ -127,24 +191,24 @@ pub fn run_excluding(
     }
     let mut tried = spec.clone();
     tried.direction = cfg.direction;
-    let rule = alerting::rule_for(&tried, recovery_buckets);
+    let rule = alerting::rule_for(&tried, history.replay.recovery_buckets);
     let grid = spec.buckets();
-    let at = |ts: i64| DateTime::<Utc>::from_timestamp(ts, 0).unwrap_or_default();
+    let no_feedback = HashMap::new();
     let mut flags = Vec::new();
     let mut alerts = Vec::new();
-    for (series, rows) in history {
+    for (series, rows) in &history.series {
+        let feedback = history.feedback.get(series).unwrap_or(&no_feedback);
         let mut detector = OnlineDetector::new(cfg)?;
-        let mut open: Option<lifecycle::Incident> = None;
-        let mut current: Option<WouldAlert> = None;
+        let mut judged = Vec::new();
         for o in rows.iter().filter(|o| o.ts < to) {
-            let bucket_end = grid.end(o.ts);
             let local = local_secs(spec.timezone, o.ts);
-            let v = detector.step(&Bucket {
+            let bucket = Bucket {
                 ts: local,
                 value: o.value,
                 denominator: o.denominator,
-                excluded: excluded.covers(o.ts, bucket_end),
-            });
+                excluded: history.excluded.covers(o.ts, grid.end(o.ts)),
+            };
+            let v = detector.step_with_feedback(&bucket, feedback.get(&o.ts).copied().unwrap_or_default());
             if o.ts < from {
                 continue;
             }
@@ -160,45 +224,25 @@ pub fn run_excluding(
                 });
             }
             let verdict = bucket_verdict(o.ts, &v, since_utc(&v, local, o.ts));
-            let severity = alerting::severity_for(spec, &verdict);
-            match lifecycle::step(open.as_ref(), &verdict, &rule, severity, bucket_end) {
-                Step::Nothing => {}
-                Step::Open(inc, event) | Step::Update(inc, event) => {
-                    if event == Some(lifecycle::Event::Firing) {
-                        current = Some(WouldAlert {
-                            series: series.clone(),
-                            started: at(inc.started_ts),
-                            fired: at(bucket_end),
-                            resolved: None,
-                            buckets: 0,
-                        });
-                    }
-                    if v.anomaly {
-                        if let Some(c) = current.as_mut() {
-                            c.buckets += 1;
-                        }
-                    }
-                    open = Some(inc);
-                }
-                Step::Close { resolved, .. } => {
-                    if let Some(mut c) = current.take() {
-                        if resolved {
-                            c.resolved = Some(at(o.ts));
-                        }
-                        alerts.push(c);
-                    }
-                    open = None;
-                }
-            }
+            judged.push(Judged::alone(o.ts, verdict, series));
         }
-        alerts.extend(current.take());
+        // The service's planning, from no open incident: the would-be alerts are its firings.
+        let input = plan::Input {
+            spec: &tried,
+            series_id: 0,
+            dims: series,
+            judged: &judged,
+            open: None,
+            rule,
+        };
+        alerts.extend(would_alerts(series, &judged, &plan::plan(&input), grid));
     }
     alerts.sort_by_key(|a| a.started);
     flags.sort_by_key(|f| f.ts);
     let weeks = opts.weeks.max(1) as usize;
     let mut alerts_per_week = vec![0; weeks];
     for a in &alerts {
-        let i = ((a.started.timestamp() - from) / week).clamp(0, weeks as i64 - 1) as usize;
+        let i = ((a.started.timestamp() - from) / WEEK).clamp(0, weeks as i64 - 1) as usize;
         alerts_per_week[i] += 1;
     }
     Ok(BacktestReport {
@@ -209,6 +253,45 @@ pub fn run_excluding(
         alerts,
         alerts_per_week,
     })
+}
+
+fn at(ts: i64) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp(ts, 0).unwrap_or_default()
+}
+
+/// The incidents of one series that fired, from the plan's writes over its `judged` buckets.
+fn would_alerts(series: &str, judged: &[Judged], writes: &[plan::Write], grid: Buckets) -> Vec<WouldAlert> {
+    let mut out = Vec::new();
+    let mut current: Option<WouldAlert> = None;
+    for w in writes {
+        let Some(j) = judged.get(w.bucket) else { continue };
+        if w.event == Some(Event::Firing) {
+            current = Some(WouldAlert {
+                series: series.to_owned(),
+                started: at(w.row.started_ts),
+                fired: at(grid.end(j.t)),
+                resolved: None,
+                buckets: 0,
+            });
+        }
+        match w.row.state.as_str() {
+            "resolved" | "cancelled" => {
+                if let Some(mut c) = current.take() {
+                    if w.row.state == "resolved" {
+                        c.resolved = Some(at(j.t));
+                    }
+                    out.push(c);
+                }
+            }
+            _ => {
+                if let Some(c) = current.as_mut().filter(|_| j.verdict.anomaly) {
+                    c.buckets += 1;
+                }
+            }
+        }
+    }
+    out.extend(current);
+    out
 }
 
 #[cfg(test)]
@@ -225,9 +308,28 @@ mod tests {
         .expect("valid")
     }
 
+    const T0: i64 = 1_772_409_600; // a Monday
+    const TO: i64 = T0 + 6 * 7 * 86_400;
+
+    fn replay(recovery_buckets: u32) -> Replay {
+        Replay {
+            warm_up_secs: 28 * 86_400,
+            recovery_buckets,
+        }
+    }
+
+    fn opts(sensitivity: Sensitivity) -> BacktestOptions {
+        BacktestOptions {
+            weeks: 4,
+            sensitivity,
+            direction: None,
+            min_volume: None,
+        }
+    }
+
     /// Six weeks of hourly counts with a daily cycle, two outages and a milder dip.
-    fn history() -> BTreeMap<String, Vec<ObservationRow>> {
-        let t0 = 1_772_409_600; // a Monday
+    fn series() -> BTreeMap<String, Vec<ObservationRow>> {
+        let t0 = T0;
         let mut rows = Vec::new();
         for h in 0..(6 * 7 * 24) {
             let ts = t0 + h * 3600;
@@ -251,17 +353,15 @@ mod tests {
         BTreeMap::from([("{}".to_owned(), rows)])
     }
 
+    /// The history with the service's default settings.
+    fn history() -> History {
+        History::new(series(), TO, replay(3))
+    }
+
     #[test]
     fn outages_in_the_window_would_have_alerted_and_higher_sensitivity_never_alerts_less() {
         let h = history();
-        let to = 1_772_409_600 + 6 * 7 * 86_400;
-        let opts = |s: Sensitivity| BacktestOptions {
-            weeks: 4,
-            sensitivity: s,
-            direction: None,
-            min_volume: None,
-        };
-        let medium = run(&spec(), &h, opts(Sensitivity::MEDIUM), to, 3).expect("runs");
+        let medium = run(&spec(), &h, opts(Sensitivity::MEDIUM)).expect("runs");
         assert_eq!(medium.alerts_per_week.len(), 4);
         assert!(medium.alerts.len() >= 2, "both outages: {:?}", medium.alerts);
         let zero_hours: Vec<i64> = medium
@@ -271,8 +371,8 @@ mod tests {
             .map(|f| f.ts.timestamp())
             .collect();
         assert_eq!(zero_hours.len(), 2, "{:?}", medium.flags);
-        let low = run(&spec(), &h, opts(Sensitivity::LOW), to, 3).expect("runs");
-        let high = run(&spec(), &h, opts(Sensitivity::HIGH), to, 3).expect("runs");
+        let low = run(&spec(), &h, opts(Sensitivity::LOW)).expect("runs");
+        let high = run(&spec(), &h, opts(Sensitivity::HIGH)).expect("runs");
         assert!(low.flags.len() <= medium.flags.len() && medium.flags.len() <= high.flags.len());
         // Only the last 4 weeks are reported.
         assert!(medium.flags.iter().all(|f| f.ts >= medium.from));
@@ -280,15 +380,8 @@ mod tests {
 
     #[test]
     fn buckets_inside_an_event_neither_flag_nor_alert() {
-        let h = history();
-        let t0 = 1_772_409_600;
-        let to = t0 + 6 * 7 * 86_400;
-        let opts = BacktestOptions {
-            weeks: 4,
-            sensitivity: Sensitivity::MEDIUM,
-            direction: None,
-            min_volume: None,
-        };
+        let (t0, to) = (T0, TO);
+        let opts = opts(Sensitivity::MEDIUM);
         // An event over the first outage (week 3, hour 50).
         let outage = t0 + (3 * 7 * 24 + 50) * 3600;
         let event = crate::calendar::Event {
@@ -307,8 +400,16 @@ mod tests {
             labels: BTreeMap::new(),
         };
         let excluded = Exclusions::for_kpi([&event], &spec(), 0, to);
-        let plain = run(&spec(), &h, opts, to, 3).expect("runs");
-        let honoured = run_excluding(&spec(), &h, opts, to, 3, &excluded).expect("runs");
+        let plain = run(&spec(), &history(), opts).expect("runs");
+        let honoured = run(
+            &spec(),
+            &History {
+                excluded,
+                ..history()
+            },
+            opts,
+        )
+        .expect("runs");
         let at_outage = |r: &BacktestReport| r.flags.iter().any(|f| f.ts.timestamp() == outage);
         assert!(at_outage(&plain), "{:?}", plain.flags);
         assert!(!at_outage(&honoured), "{:?}", honoured.flags);
@@ -318,5 +419,61 @@ mod tests {
             "{:?}",
             honoured.alerts
         );
+    }
+
+    /// The would-be alert that starts at `ts`, if any.
+    fn alert_at(r: &BacktestReport, ts: i64) -> Option<&WouldAlert> {
+        r.alerts.iter().find(|a| a.started.timestamp() == ts)
+    }
+
+    #[test]
+    fn a_bucket_marked_not_an_anomaly_no_longer_alerts() {
+        let outage = T0 + (3 * 7 * 24 + 50) * 3600;
+        let other = T0 + (5 * 7 * 24 + 100) * 3600;
+        let plain = run(&spec(), &history(), opts(Sensitivity::MEDIUM)).expect("runs");
+        assert!(alert_at(&plain, outage).is_some(), "{:?}", plain.alerts);
+        let mut marked = history();
+        marked
+            .feedback
+            .insert("{}".to_owned(), HashMap::from([(outage, Feedback::NotAnomaly)]));
+        let r = run(&spec(), &marked, opts(Sensitivity::MEDIUM)).expect("runs");
+        assert!(alert_at(&r, outage).is_none(), "{:?}", r.alerts);
+        assert!(
+            r.flags.iter().all(|f| f.ts.timestamp() != outage),
+            "{:?}",
+            r.flags
+        );
+        assert!(
+            alert_at(&r, other).is_some(),
+            "the other outage still alerts: {:?}",
+            r.alerts
+        );
+        // Feedback on another series changes nothing here.
+        let mut elsewhere = history();
+        elsewhere.feedback.insert(
+            r#"{"country":"LU"}"#.to_owned(),
+            HashMap::from([(outage, Feedback::NotAnomaly)]),
+        );
+        assert_eq!(
+            run(&spec(), &elsewhere, opts(Sensitivity::MEDIUM)).expect("runs"),
+            plain
+        );
+    }
+
+    #[test]
+    fn the_configured_recovery_decides_when_a_would_be_alert_resolves() {
+        let outage = T0 + (3 * 7 * 24 + 50) * 3600;
+        let resolved = |recovery: u32| {
+            let h = History {
+                replay: replay(recovery),
+                ..history()
+            };
+            let r = run(&spec(), &h, opts(Sensitivity::MEDIUM)).expect("runs");
+            let a = alert_at(&r, outage).cloned().expect("the outage alerts");
+            a.resolved.expect("resolved").timestamp()
+        };
+        let (quick, slow) = (resolved(1), resolved(6));
+        assert!(quick > outage, "{quick}");
+        assert_eq!(slow - quick, 5 * 3600, "five more in-band hours");
     }
 }

@@ -470,26 +470,16 @@ async fn run_backtest(
     use secrecy::ExposeSecret;
     let store = kpiwatch::store::Store::connect(settings.state.url.expose_secret()).await?;
     let sources = kpiwatch::sources::SourceRegistry::build(&settings.sources)?;
-    let to = spec.buckets().floor(until.timestamp());
-    let warm_up = settings.scheduler.history.as_secs() as i64;
-    let from = to - i64::from(opts.weeks) * 7 * 86_400 - warm_up;
-    let history = kpiwatch::pipeline::history(&store, &sources, spec, from, to).await?;
-    let excluded = kpiwatch::calendar::exclusions_with_config(
-        &store,
-        &settings.calendar,
-        std::path::Path::new("."),
+    let request = kpiwatch::pipeline::BacktestRequest {
         spec,
-        (from, to),
-    )
-    .await?;
-    let report = kpiwatch::backtest::run_excluding(
-        spec,
-        &history,
-        opts,
-        to,
-        settings.scheduler.recovery_buckets,
-        &excluded,
-    )?;
+        weeks: opts.weeks,
+        to: spec.buckets().floor(until.timestamp()),
+        replay: kpiwatch::backtest::Replay::of(&settings.scheduler),
+        recorded: kpiwatch::pipeline::Recorded::StoredElseFresh,
+        calendar: Some((&settings.calendar, std::path::Path::new("."))),
+    };
+    let history = kpiwatch::pipeline::backtest_history(&store, &sources, request).await?;
+    let report = kpiwatch::backtest::run(spec, &history, opts)?;
     println!(
         "{}: sensitivity {} over {} weeks from {} to {}",
         spec.id,
@@ -516,11 +506,9 @@ async fn run_backtest(
             a.series
         );
     }
-    let recovery = settings.scheduler.recovery_buckets;
     let mut chosen = None;
     if let Some(budget) = budget {
-        let choice =
-            kpiwatch::tuning::choose_by_budget(spec, &history, opts, to, recovery, &excluded, budget)?;
+        let choice = kpiwatch::tuning::choose_by_budget(spec, &history, opts, budget)?;
         print!("{}", kpiwatch::tuning::budget_text(&choice));
         chosen = choice.chosen.map(|c| c.sensitivity);
     }
@@ -530,16 +518,7 @@ async fn run_backtest(
             .iter()
             .filter_map(|(s, _)| kpi::Sensitivity::new(*s).ok())
             .collect();
-        let replays = kpiwatch::tuning::replay_incidents(
-            spec,
-            &history,
-            opts,
-            to,
-            recovery,
-            &excluded,
-            &sensitivities,
-            incidents,
-        )?;
+        let replays = kpiwatch::tuning::replay_incidents(spec, &history, opts, &sensitivities, incidents)?;
         print!("{}", kpiwatch::tuning::replay_text(&replays, &named));
     }
     Ok(())

@@ -22,8 +22,9 @@ use anyhow::Context as _;
 use chrono::{DateTime, Offset, TimeZone, Utc};
 use tracing::{debug, info, instrument, warn};
 
+use crate::alerting::plan::{self, Judged};
 use crate::alerting::receivers::Receivers;
-use crate::alerting::{self, lifecycle, BucketVerdict, LinkSigner, Mailer, MessageContext};
+use crate::alerting::{self, lifecycle, BucketVerdict, LinkSigner, Mailer};
 use crate::baseline::{Bucket, DetectorConfig, Feedback, OnlineDetector, SeasonalityMode, Status};
 use crate::config::{SchedulerConfig, Settings};
 use crate::kpi::{Kind, KpiSpec, SeasonalitySetting, SliceAlerts};
@@ -362,17 +363,17 @@ pub async fn run_kpi(cx: &Context, spec: &KpiSpec, now: DateTime<Utc>) -> anyhow
             if crate::slices::is_total(dims) || store.open_alert(&fp).await?.is_none() {
                 continue;
             }
-            let judged: Vec<incidents::Judged> = live(fresh)
+            let judged: Vec<Judged> = live(fresh)
                 .into_iter()
-                .map(|(t, v)| incidents::Judged::alone(t, v, dims))
+                .map(|(t, v)| Judged::alone(t, v, dims))
                 .collect();
             alert_on(cx, spec, *series_id, dims, &judged, now).await?;
         }
     } else {
         for (dims, series_id, fresh) in &evaluated {
-            let judged: Vec<incidents::Judged> = live(fresh)
+            let judged: Vec<Judged> = live(fresh)
                 .into_iter()
-                .map(|(t, v)| incidents::Judged::alone(t, v, dims))
+                .map(|(t, v)| Judged::alone(t, v, dims))
                 .collect();
             alerts_opened += alert_on(cx, spec, *series_id, dims, &judged, now).await?;
         }
@@ -666,16 +667,7 @@ async fn evaluate_series(
     let excluded = crate::calendar::exclusions(store, spec, from, end).await?;
     // Feedback on earlier buckets is replayed into the detector: a false positive is learned
     // as normal, a new normal re-baselines there.
-    let feedback: HashMap<i64, Feedback> = store
-        .feedback(series_id, from, end)
-        .await?
-        .into_iter()
-        .filter_map(|f| match f.kind.as_str() {
-            "not_anomaly" => Some((f.ts, Feedback::NotAnomaly)),
-            "new_normal" => Some((f.ts, Feedback::NewNormal)),
-            _ => None,
-        })
-        .collect();
+    let feedback = series_feedback(store, series_id, from, end).await?;
     // The fast path: the detector this process kept after the last run, if replaying would
     // rebuild exactly it; else this series' checkpoint in the store, under the same test.
     // Coarse windows (thin slices) always replay: their windows are cut from `end`.
@@ -900,18 +892,22 @@ fn alert_horizon(spec: &KpiSpec, sched: &SchedulerConfig, end: i64) -> i64 {
 
 /// Run the alert lifecycle of the incident stored under series `dims` (`series_id`) over the
 /// judged buckets; returns the number of alerts opened.
+///
+/// The decisions are [`alerting::plan::plan`]'s (pure, from the inputs loaded here once);
+/// this stores its writes in order, giving a new alert its id before its messages are
+/// rendered (their acknowledge links need it).
 async fn alert_on(
     cx: &Context,
     spec: &KpiSpec,
     series_id: i64,
     dims: &str,
-    judged: &[incidents::Judged],
+    judged: &[Judged],
     now: DateTime<Utc>,
 ) -> anyhow::Result<usize> {
+    if judged.is_empty() {
+        return Ok(0);
+    }
     let store = &cx.store;
-    let sched = &cx.settings.scheduler;
-    let grid = spec.buckets();
-    let mut alerts_opened = 0;
     let labels = alerting::alert_labels(spec, dims);
     let targets = targets_for(cx, spec, &labels);
     let silences = load_silences(store, now).await?;
@@ -921,144 +917,84 @@ async fn alert_on(
         .map(|_| "inhibited: data missing".to_owned());
     let suppressed_by = inhibited
         .or_else(|| alerting::suppression(&labels, &silences, &cx.settings.alerting.maintenance, now));
-    let rule = alerting::rule_for(spec, sched.recovery_buckets);
     let group = alerting::group_key(&labels, &cx.settings.alerting.grouping.by);
-    let fp = alerting::fingerprint("anomaly", spec, dims);
-    for j in judged {
-        let t = &j.t;
-        let verdict = j.verdict.clone();
-        let v = &verdict;
-        // The series the message speaks of (the total, or a grouped incident's worst slice).
-        let msg_dims = j.dims.as_str();
-        let open = store.open_alert(&fp).await?;
-        let incident = open.as_ref().map(alerting::incident_of);
-        let severity = alerting::severity_for(spec, &verdict);
-        let bucket_end = grid.end(*t);
-        let step_result = lifecycle::step(incident.as_ref(), &verdict, &rule, severity, bucket_end);
-        // For a resolution: the first in-band bucket of the streak that resolves it (the
-        // open row's `ok_streak` counts the in-band buckets before this one).
-        let recovered_since = open.as_ref().map(|o| grid.back(*t, o.ok_streak));
-        let (row, event) = match step_result {
-            lifecycle::Step::Nothing => continue,
-            lifecycle::Step::Open(inc, event) | lifecycle::Step::Update(inc, event) => {
-                let base = open
-                    .clone()
-                    .unwrap_or_else(|| AlertRow::new(spec.id.as_str(), Some(series_id), "anomaly", &fp, *t));
-                (alerting::row_of(&inc, base), event)
-            }
-            lifecycle::Step::Close { resolved, event } => {
-                let Some(open) = open.clone() else { continue };
-                let state = if resolved { "resolved" } else { "cancelled" };
-                (
-                    AlertRow {
-                        state: state.to_owned(),
-                        resolved_ts: Some(*t),
-                        ..open
-                    },
-                    event,
-                )
-            }
-        };
-        let mut row = row;
-        if v.anomaly {
-            let fmt = crate::format::ValueFormat::of(spec);
-            let series = crate::format::series_label(msg_dims);
-            row.summary = format!(
-                "{}{} at {}: {}{} vs {} expected, {} ({})",
-                spec.title,
-                if series.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({series})")
-                },
-                alerting::message::fmt_ts(*t),
-                fmt.value(v.value),
-                fmt.change(v.value, v.expected)
-                    .map(|c| format!(" ({c})"))
-                    .unwrap_or_default(),
-                fmt.value(v.expected),
-                crate::format::distance(v.value, v.expected, v.lower, v.upper),
-                fmt.band(v.lower, v.upper),
-            );
-            if let Some(cause) = &j.cause {
-                row.summary.push_str(&format!(". {cause}"));
-            }
+    let input = plan::Input {
+        spec,
+        series_id,
+        dims,
+        judged,
+        open: store
+            .open_alert(&alerting::fingerprint("anomaly", spec, dims))
+            .await?,
+        rule: alerting::rule_for(spec, cx.settings.scheduler.recovery_buckets),
+    };
+    let writes = plan::plan(&input);
+    let delivery = plan::Delivery {
+        receivers: &cx.receivers,
+        targets: &targets,
+        suppressed_by: suppressed_by.as_deref(),
+        group_key: &group,
+        public_url: &cx.settings.http.public_url,
+        signer: &cx.signer,
+        not_before: now.timestamp() + cx.settings.alerting.grouping.wait.as_secs() as i64,
+    };
+    let mut alerts_opened = 0;
+    // The alert the plan's writes are about: the open one, then each one the plan opens.
+    let mut current = input.open.as_ref().map_or(0, |o| o.id);
+    for w in &writes {
+        let mut row = w.row.clone();
+        if w.opens {
+            row.id = 0;
+        } else if row.id == 0 {
+            row.id = current;
         }
-        // The alert needs an id for its acknowledge link: store it first, then the messages.
-        let opened = row.id == 0;
-        let id = store.save_alert(&row, None, &[]).await?;
-        row.id = id;
-        if let Some(event) = event {
-            let severity = row.severity.parse().unwrap_or(spec.severity);
-            let message_cx = MessageContext {
-                spec,
-                dims: msg_dims,
-                verdict: &verdict,
-                cause: j.cause.as_deref(),
-                affected: &j.affected,
-                since: row.started_ts,
-                recovered_since,
-                severity,
-                public_url: &cx.settings.http.public_url,
-                alert_id: Some(id),
-                ack_url: (event != lifecycle::Event::Resolved)
-                    .then(|| cx.signer.ack_url(&cx.settings.http.public_url, id)),
-                silence_url: (event != lifecycle::Event::Resolved)
-                    .then(|| cx.signer.silence_url(&cx.settings.http.public_url, id)),
-            };
-            let (subject, body) = alerting::message::message(&message_cx, event);
-            let resolved = event == lifecycle::Event::Resolved;
-            let payload = alerting::payload(
-                spec,
-                msg_dims,
-                &row,
-                Some(&verdict),
-                resolved,
-                &cx.settings.http.public_url,
-                (message_cx.ack_url.clone(), message_cx.silence_url.clone()),
-            );
-            let event_name = event.name();
-            let out = alerting::Outgoing {
-                event: &event_name,
-                subject: &subject,
-                body: &body,
-                payload: &payload,
-                suppressed_by: suppressed_by.as_deref(),
-                group_key: &group,
-                not_before: now.timestamp() + cx.settings.alerting.grouping.wait.as_secs() as i64,
-            };
-            let notify = alerting::notifications(&cx.receivers, &targets, out);
-            store.save_alert(&row, Some(&event.name()), &notify).await?;
-            match event {
-                lifecycle::Event::Firing => {
-                    alerts_opened += 1;
-                    warn!(
-                        message = "KPI anomaly alert firing.",
-                        alert = id,
-                        series = msg_dims,
-                        bucket = %ts(*t)?,
-                        value = v.value,
-                        expected = v.expected,
-                        lower = v.lower,
-                        upper = v.upper,
-                        volume = v.volume,
-                        suppressed_by = suppressed_by.as_deref().unwrap_or("-"),
-                    );
-                    if targets.is_empty() {
-                        warn!(message = "Alert has no recipients; set recipients in the model or email.default_recipients.");
-                    }
-                }
-                lifecycle::Event::Resolved => {
-                    info!(message = "KPI anomaly alert resolved.", alert = id, series = msg_dims, bucket = %ts(*t)?);
-                }
-                _ => info!(message = "KPI anomaly alert re-notified.", alert = id, event = %event.name()),
+        let Some(event) = w.event else {
+            current = store.save_alert(&row, None, &[]).await?;
+            if w.opens {
+                info!(
+                    message = "KPI anomaly pending (trigger rule not yet met).",
+                    alert = current,
+                    series = dims
+                );
             }
-        } else if opened {
-            info!(
-                message = "KPI anomaly pending (trigger rule not yet met).",
-                alert = id,
-                series = msg_dims
-            );
+            continue;
+        };
+        // A new alert needs an id for its acknowledge link: store it first, then the messages
+        // with it (one transaction).
+        if row.id == 0 {
+            row.id = store.save_alert(&row, None, &[]).await?;
+        }
+        let id = row.id;
+        current = id;
+        let notify = w.notifications(&input, id, &delivery);
+        store.save_alert(&row, Some(&event.name()), &notify).await?;
+        let (t, v, msg_dims) = match judged.get(w.bucket) {
+            Some(j) => (j.t, &j.verdict, j.dims.as_str()),
+            None => continue,
+        };
+        match event {
+            lifecycle::Event::Firing => {
+                alerts_opened += 1;
+                warn!(
+                    message = "KPI anomaly alert firing.",
+                    alert = id,
+                    series = msg_dims,
+                    bucket = %ts(t)?,
+                    value = v.value,
+                    expected = v.expected,
+                    lower = v.lower,
+                    upper = v.upper,
+                    volume = v.volume,
+                    suppressed_by = suppressed_by.as_deref().unwrap_or("-"),
+                );
+                if targets.is_empty() {
+                    warn!(message = "Alert has no recipients; set recipients in the model or email.default_recipients.");
+                }
+            }
+            lifecycle::Event::Resolved => {
+                info!(message = "KPI anomaly alert resolved.", alert = id, series = msg_dims, bucket = %ts(t)?);
+            }
+            _ => info!(message = "KPI anomaly alert re-notified.", alert = id, event = %event.name()),
         }
     }
     Ok(alerts_opened)
@@ -1119,28 +1055,6 @@ pub async fn try_query(
     })
 }
 
-/// A KPI's history in `[from, to)` per series (dimension JSON): from the store when it has
-/// any, else fetched fresh from the source (a draft or never-run KPI), zero-filled for counts.
-pub async fn history(
-    store: &Store,
-    sources: &SourceRegistry,
-    spec: &KpiSpec,
-    from: i64,
-    to: i64,
-) -> anyhow::Result<BTreeMap<String, Vec<ObservationRow>>> {
-    let mut out = BTreeMap::new();
-    for series in store.series_of(spec.id.as_str()).await? {
-        let rows = store.observations(series.id, from, to).await?;
-        if !rows.is_empty() {
-            out.insert(series.dims, rows);
-        }
-    }
-    if !out.is_empty() {
-        return Ok(out);
-    }
-    Ok(fresh_history(sources, spec, from, to).await?)
-}
-
 /// A KPI's history in `[from, to)` queried fresh from its source (a draft, or a KPI that
 /// never ran), bucketed per series and zero-filled for counts.
 pub async fn fresh_history(
@@ -1179,6 +1093,97 @@ pub async fn fresh_history(
         .into_iter()
         .map(|(dims, buckets)| (dims, buckets.into_values().collect()))
         .collect())
+}
+
+/// The feedback recorded on a series' buckets in `[from, to)`, as the detector replays it.
+async fn series_feedback(
+    store: &Store,
+    series_id: i64,
+    from: i64,
+    to: i64,
+) -> crate::store::Result<HashMap<i64, Feedback>> {
+    Ok(store
+        .feedback(series_id, from, to)
+        .await?
+        .into_iter()
+        .filter_map(|f| match f.kind.as_str() {
+            "not_anomaly" => Some((f.ts, Feedback::NotAnomaly)),
+            "new_normal" => Some((f.ts, Feedback::NewNormal)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Where a backtest's observations come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// The store's: a KPI the service runs (the API).
+    Stored,
+    /// The store's, else fresh from the source when the store has none (the CLI, which may
+    /// be pointed at a KPI that never ran).
+    StoredElseFresh,
+    /// Fresh from the source: a draft, with no series, feedback or alerts of its own.
+    Fresh,
+}
+
+/// What a backtest asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct BacktestRequest<'a> {
+    /// The KPI (or draft).
+    pub spec: &'a KpiSpec,
+    /// Weeks reported on.
+    pub weeks: u32,
+    /// End of the period: a bucket start.
+    pub to: i64,
+    /// The service's settings (`Replay::of(&settings.scheduler)`).
+    pub replay: crate::backtest::Replay,
+    /// Where the observations come from.
+    pub recorded: Recorded,
+    /// The config's `[[calendar]]` and its base directory, for a command run beside the
+    /// service whose config may be newer than the store's copy; `None`: the store's events.
+    pub calendar: Option<(&'a [crate::config::CalendarEntry], &'a std::path::Path)>,
+}
+
+/// Load what a backtest replays ([`crate::backtest::run`], the one entry point for the CLI,
+/// the API, draft backtests and tuning): the observations of the reported weeks and the
+/// configured warm-up before them, the feedback recorded on each stored series (replayed as
+/// `run_kpi` replays it) and the excluded periods.
+///
+/// A failing source is returned as the [`sources::Error`] (downcast it to tell a broken
+/// query from a failing store).
+pub async fn backtest_history(
+    store: &Store,
+    sources: &SourceRegistry,
+    req: BacktestRequest<'_>,
+) -> anyhow::Result<crate::backtest::History> {
+    let spec = req.spec;
+    let to = req.to;
+    let from = req.replay.from(req.weeks, to);
+    let mut out = crate::backtest::History::new(BTreeMap::new(), to, req.replay);
+    if req.recorded != Recorded::Fresh {
+        for series in store.series_of(spec.id.as_str()).await? {
+            let rows = store.observations(series.id, from, to).await?;
+            if rows.is_empty() {
+                continue;
+            }
+            let feedback = series_feedback(store, series.id, from, to).await?;
+            if !feedback.is_empty() {
+                out.feedback.insert(series.dims.clone(), feedback);
+            }
+            out.series.insert(series.dims, rows);
+        }
+    }
+    if req.recorded == Recorded::Fresh || (req.recorded == Recorded::StoredElseFresh && out.series.is_empty())
+    {
+        out.series = fresh_history(sources, spec, from, to).await?;
+    }
+    out.excluded = match req.calendar {
+        Some((entries, base)) => {
+            crate::calendar::exclusions_with_config(store, entries, base, spec, (from, to)).await?
+        }
+        None => crate::calendar::exclusions(store, spec, from, to).await?,
+    };
+    Ok(out)
 }
 
 /// Active silences at `now`, parsed.

@@ -1,7 +1,7 @@
 //! Choosing a sensitivity: by alert budget, and by which incidents a setting would catch.
 //!
-//! - [`choose_by_budget`] replays the history (through [`backtest::run_excluding`], the
-//!   service's detector and incident lifecycle) at every sensitivity of [`GRID`] and picks the
+//! - [`choose_by_budget`] replays the history (through [`backtest::run`], the service's
+//!   detector and alert planning) at every sensitivity of [`GRID`] and picks the
 //!   most sensitive one whose replay fires at most the budget's alerts per week, saying what
 //!   the next more sensitive setting would fire.
 //! - [`replay_incidents`] adds synthetic drops ([`Incident`]: size, duration, at the KPI's
@@ -9,7 +9,8 @@
 //!   would have alerted and how long after its start (bucket time: the end of the bucket at
 //!   which the trigger rule is met; add the model's `delay` for wall time).
 //!
-//! Pure, like `backtest`: the caller brings the history and the exclusions.
+//! Pure, like `backtest`: the caller brings the [`History`] (observations, feedback,
+//! exclusions and the service's settings).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,8 +18,7 @@ use std::str::FromStr;
 
 use chrono::Timelike;
 
-use crate::backtest::{self, BacktestOptions, BacktestReport};
-use crate::calendar::Exclusions;
+use crate::backtest::{self, BacktestOptions, BacktestReport, History};
 use crate::kpi::{Kind, KpiSpec, Sensitivity};
 use crate::pipeline::local_secs;
 use crate::store::ObservationRow;
@@ -110,11 +110,8 @@ pub struct BudgetChoice {
 /// sensitive within `budget`.
 pub fn choose_by_budget(
     spec: &KpiSpec,
-    history: &BTreeMap<String, Vec<ObservationRow>>,
+    history: &History,
     opts: BacktestOptions,
-    to: i64,
-    recovery_buckets: u32,
-    excluded: &Exclusions,
     budget: Budget,
 ) -> Result<BudgetChoice, crate::baseline::Error> {
     let mut curve = Vec::with_capacity(GRID.len());
@@ -124,7 +121,7 @@ pub fn choose_by_budget(
             continue;
         };
         let opts = BacktestOptions { sensitivity, ..opts };
-        let r = backtest::run_excluding(spec, history, opts, to, recovery_buckets, excluded)?;
+        let r = backtest::run(spec, history, opts)?;
         curve.push(Rate {
             sensitivity: s,
             alerts: r.alerts.len(),
@@ -274,43 +271,35 @@ pub struct SettingReplay {
 /// which would have alerted, and how fast. An alert counts as catching an incident when it
 /// fires at or after the incident's start, started before the incident ended (plus one
 /// bucket), and is not in the replay without the incident.
-// The backtest's inputs plus the two lists; a struct for them would only be unpacked again.
-#[allow(clippy::too_many_arguments)]
 pub fn replay_incidents(
     spec: &KpiSpec,
-    history: &BTreeMap<String, Vec<ObservationRow>>,
+    history: &History,
     opts: BacktestOptions,
-    to: i64,
-    recovery_buckets: u32,
-    excluded: &Exclusions,
     settings: &[Sensitivity],
     incidents: &[Incident],
 ) -> Result<Vec<SettingReplay>, crate::baseline::Error> {
     let grid = spec.buckets();
-    let starts: Vec<Option<i64>> = incidents
-        .iter()
-        .map(|inc| place(spec, history, inc, to, recovery_buckets))
-        .collect();
+    let starts: Vec<Option<i64>> = incidents.iter().map(|inc| place(spec, history, inc)).collect();
     let mut out = Vec::with_capacity(settings.len());
     for &s in settings {
         let opts = BacktestOptions {
             sensitivity: s,
             ..opts
         };
-        let clean = backtest::run_excluding(spec, history, opts, to, recovery_buckets, excluded)?;
+        let clean = backtest::run(spec, history, opts)?;
         let mut catches = Vec::with_capacity(incidents.len());
         for (inc, start) in incidents.iter().zip(&starts) {
             let Some(start) = *start else {
                 catches.push(Catch {
                     incident: *inc,
-                    start: to,
+                    start: history.to,
                     caught: false,
                     delay_secs: None,
                 });
                 continue;
             };
-            let injected = inject(spec, history, inc, start);
-            let r = backtest::run_excluding(spec, &injected, opts, to, recovery_buckets, excluded)?;
+            let injected = history.with_series(inject(spec, &history.series, inc, start));
+            let r = backtest::run(spec, &injected, opts)?;
             let end = grid.forward(start + inc.duration_secs, 1);
             let fired = first_new_alert(&r, &clean, start, end);
             catches.push(Catch {
@@ -379,15 +368,11 @@ pub fn inject(
 }
 
 /// The start of `inc`: the last occurrence of the busy or quiet slot (local hour of day, or
-/// weekday for KPIs of a day or more) that leaves the incident and `recovery_buckets` + 2
-/// buckets before `to`. `None` when the history is empty.
-pub fn place(
-    spec: &KpiSpec,
-    history: &BTreeMap<String, Vec<ObservationRow>>,
-    inc: &Incident,
-    to: i64,
-    recovery_buckets: u32,
-) -> Option<i64> {
+/// weekday for KPIs of a day or more) that leaves the incident and the recovery buckets + 2
+/// before `history.to`. `None` when the history is empty.
+pub fn place(spec: &KpiSpec, history: &History, inc: &Incident) -> Option<i64> {
+    let (to, recovery_buckets) = (history.to, history.replay.recovery_buckets);
+    let series = &history.series;
     let grid = spec.buckets();
     let step = grid.nominal_secs();
     let daily = step >= 86_400;
@@ -401,7 +386,7 @@ pub fn place(
         }
     };
     let mut sums: BTreeMap<i64, (f64, f64)> = BTreeMap::new();
-    for rows in history.values() {
+    for rows in series.values() {
         for o in rows.iter().filter(|o| o.ts < to) {
             let v = match (spec.kind, o.denominator) {
                 (Kind::Ratio, Some(d)) => d, // busy = most attempts
@@ -428,7 +413,7 @@ pub fn place(
         },
         spec.timezone,
     );
-    let first = history.values().filter_map(|r| r.first()).map(|o| o.ts).min()?;
+    let first = series.values().filter_map(|r| r.first()).map(|o| o.ts).min()?;
     let mut t = unit.floor(latest);
     while t >= first {
         if slot_of(t) == slot {
@@ -584,6 +569,13 @@ mod tests {
         BTreeMap::from([("{}".to_owned(), rows)])
     }
 
+    fn replay() -> backtest::Replay {
+        backtest::Replay {
+            warm_up_secs: 28 * 86_400,
+            recovery_buckets: 3,
+        }
+    }
+
     fn opts() -> BacktestOptions {
         BacktestOptions {
             weeks: 3,
@@ -623,11 +615,9 @@ mod tests {
     #[test]
     fn a_budget_of_one_a_week_picks_the_most_sensitive_setting_within_it_and_the_next_fires_more() {
         let spec = spec("5m");
-        let h = history(7, true);
-        let to = T0 + 7 * 7 * 86_400;
+        let h = History::new(history(7, true), T0 + 7 * 7 * 86_400, replay());
         let budget: Budget = "1/week".parse().expect("budget");
-        let choice =
-            choose_by_budget(&spec, &h, opts(), to, 3, &Exclusions::default(), budget).expect("runs");
+        let choice = choose_by_budget(&spec, &h, opts(), budget).expect("runs");
         let chosen = choice.chosen.expect("some setting fits");
         assert!(chosen.per_week <= 1.0, "{choice:?}");
         let next = choice.next.expect("a more sensitive setting exists");
@@ -651,8 +641,6 @@ mod tests {
                 sensitivity: Sensitivity::new(chosen.sensitivity).expect("s"),
                 ..opts()
             },
-            to,
-            3,
         )
         .expect("runs");
         assert_eq!(plain.alerts.len(), chosen.alerts);
@@ -661,23 +649,13 @@ mod tests {
     #[test]
     fn a_20_percent_half_hour_drop_is_caught_at_medium_with_its_delay() {
         let spec = spec("5m");
-        let h = history(6, false);
         let to = T0 + 6 * 7 * 86_400;
+        let h = History::new(history(6, false), to, replay());
         let incidents = [
             Incident::new(0.2, 1800, Placement::Busy).expect("valid"),
             Incident::new(0.2, 1800, Placement::Quiet).expect("valid"),
         ];
-        let out = replay_incidents(
-            &spec,
-            &h,
-            opts(),
-            to,
-            3,
-            &Exclusions::default(),
-            &[Sensitivity::MEDIUM],
-            &incidents,
-        )
-        .expect("runs");
+        let out = replay_incidents(&spec, &h, opts(), &[Sensitivity::MEDIUM], &incidents).expect("runs");
         let busy = &out[0].catches[0];
         // The busy hour of this cycle is 14:00 UTC, on the last day that leaves room.
         assert_eq!(busy.start % 86_400, 14 * 3600, "{busy:?}");

@@ -1,7 +1,9 @@
 //! Turns the detector's verdicts into alerts people trust, and delivers them.
 //!
 //! - [`lifecycle`] is the pure incident state machine (pending → firing → resolved, trigger
-//!   and recovery rules, repeats, escalation); [`message`] renders what a message says.
+//!   and recovery rules, repeats, escalation); [`plan`] threads a series' open incident
+//!   through a run's judged buckets and decides the rows and events to store (pure);
+//!   [`message`] renders what a message says.
 //! - [`routing`], [`receivers`] and [`silence`] decide who is told, and whether now.
 //! - [`Mailer`] delivers e-mail over SMTP or into an outbox folder of `.eml` files.
 //! - [`deliver_pending`] drains the notification outbox in the state store: a message is
@@ -13,6 +15,7 @@ mod email;
 pub mod lifecycle;
 pub mod message;
 pub mod notifiers;
+pub mod plan;
 pub mod receivers;
 pub mod routing;
 pub mod silence;

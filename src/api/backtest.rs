@@ -177,9 +177,8 @@ fn placement_dto(p: crate::tuning::Placement) -> PlacementDto {
 /// Run the budget search and the incident replay (CPU-bound: on a blocking thread).
 pub(super) async fn tune(
     spec: &crate::kpi::KpiSpec,
-    history: BTreeMap<String, Vec<crate::store::ObservationRow>>,
-    (opts, to): (crate::backtest::BacktestOptions, i64),
-    excluded: crate::calendar::Exclusions,
+    history: crate::backtest::History,
+    opts: crate::backtest::BacktestOptions,
     budget: Option<crate::tuning::Budget>,
     incidents: Vec<crate::tuning::Incident>,
 ) -> ApiResult<Tuned> {
@@ -189,7 +188,7 @@ pub(super) async fn tune(
     let spec = spec.clone();
     let work = move || -> Result<Tuned, crate::baseline::Error> {
         let choice = budget
-            .map(|b| crate::tuning::choose_by_budget(&spec, &history, opts, to, 3, &excluded, b))
+            .map(|b| crate::tuning::choose_by_budget(&spec, &history, opts, b))
             .transpose()?;
         let mut replay = None;
         if !incidents.is_empty() {
@@ -201,9 +200,7 @@ pub(super) async fn tune(
                 .iter()
                 .filter_map(|(s, _)| crate::kpi::Sensitivity::new(*s).ok())
                 .collect();
-            let out = crate::tuning::replay_incidents(
-                &spec, &history, opts, to, 3, &excluded, &settings, &incidents,
-            )?;
+            let out = crate::tuning::replay_incidents(&spec, &history, opts, &settings, &incidents)?;
             replay = Some(
                 out.into_iter()
                     .zip(named)
@@ -401,12 +398,6 @@ pub(super) async fn backtest(
             "`min_volume` must be a number >= 0".to_owned(),
         ));
     }
-    let to = spec.buckets().floor(state.clock.now().timestamp());
-    let from = to - i64::from(weeks) * 7 * 86_400 - 28 * 86_400;
-    let mut history = BTreeMap::new();
-    for series in state.store.series_of(&id).await? {
-        history.insert(series.dims, state.store.observations(series.id, from, to).await?);
-    }
     let (budget, incidents) = tuning_request(body.budget.as_deref(), body.inject.as_deref())?;
     let opts = crate::backtest::BacktestOptions {
         weeks,
@@ -414,10 +405,17 @@ pub(super) async fn backtest(
         direction: body.direction.map(Into::into),
         min_volume: body.min_volume,
     };
-    let excluded = crate::calendar::exclusions(&state.store, &spec, from, to).await?;
-    let report = crate::backtest::run_excluding(&spec, &history, opts, to, 3, &excluded)
-        .map_err(anyhow::Error::from)?;
-    let (budget, replay) = tune(&spec, history, (opts, to), excluded, budget, incidents).await?;
+    let request = crate::pipeline::BacktestRequest {
+        spec: &spec,
+        weeks,
+        to: spec.buckets().floor(state.clock.now().timestamp()),
+        replay: state.replay,
+        recorded: crate::pipeline::Recorded::Stored,
+        calendar: None,
+    };
+    let history = crate::pipeline::backtest_history(&state.store, &state.sources, request).await?;
+    let report = crate::backtest::run(&spec, &history, opts).map_err(anyhow::Error::from)?;
+    let (budget, replay) = tune(&spec, history, opts, budget, incidents).await?;
     let mut dto = backtest_dto(id, &report);
     dto.budget = budget;
     dto.replay = replay;

@@ -72,6 +72,8 @@ pub struct AppState {
     pub tokens: Arc<Vec<crate::config::TokenConfig>>,
     /// KPI sources, for testing a draft KPI's query (through `pipeline`).
     pub sources: crate::sources::SourceRegistry,
+    /// The service's warm-up and recovery settings, which backtests replay with.
+    pub replay: crate::backtest::Replay,
 }
 
 pub use auth::{hash_token, new_token, Caller};

@@ -477,8 +477,8 @@ pub(super) struct DraftBacktest {
     inject: Option<Vec<super::backtest::InjectDto>>,
 }
 
-/// Backtest an unsaved draft: query its source fresh for the weeks asked (plus four weeks to
-/// warm the detector up) and replay them at the draft's settings.
+/// Backtest an unsaved draft: query its source fresh for the weeks asked (plus the configured
+/// `scheduler.history` to warm the detector up) and replay them at the draft's settings.
 #[utoipa::path(
     post,
     path = "/api/kpis/backtest",
@@ -508,22 +508,28 @@ pub(super) async fn backtest_draft(
     let (budget, incidents) =
         super::backtest::tuning_request(body.budget.as_deref(), body.inject.as_deref())?;
     let spec = parse(&body.kpi.id, &model_toml(&body.kpi.model)?, &body.kpi.query)?;
-    let to = spec.buckets().floor(state.clock.now().timestamp());
-    let from = to - i64::from(weeks) * 7 * 86_400 - 28 * 86_400;
-    let draft_store_free = crate::pipeline::fresh_history(&state.sources, &spec, from, to)
+    let request = crate::pipeline::BacktestRequest {
+        spec: &spec,
+        weeks,
+        to: spec.buckets().floor(state.clock.now().timestamp()),
+        replay: state.replay,
+        recorded: crate::pipeline::Recorded::Fresh,
+        calendar: None,
+    };
+    let history = crate::pipeline::backtest_history(&state.store, &state.sources, request)
         .await
-        .map_err(|e| ApiError::Unprocessable(format!("the query does not work: {e}")))?;
+        .map_err(|e| match e.downcast::<crate::sources::Error>() {
+            Ok(e) => ApiError::Unprocessable(format!("the query does not work: {e}")),
+            Err(e) => ApiError::Internal(e),
+        })?;
     let opts = crate::backtest::BacktestOptions {
         weeks,
         sensitivity: spec.sensitivity,
         direction: None,
         min_volume: None,
     };
-    let excluded = crate::calendar::exclusions(&state.store, &spec, from, to).await?;
-    let report = crate::backtest::run_excluding(&spec, &draft_store_free, opts, to, 3, &excluded)
-        .map_err(anyhow::Error::from)?;
-    let (budget, replay) =
-        super::backtest::tune(&spec, draft_store_free, (opts, to), excluded, budget, incidents).await?;
+    let report = crate::backtest::run(&spec, &history, opts).map_err(anyhow::Error::from)?;
+    let (budget, replay) = super::backtest::tune(&spec, history, opts, budget, incidents).await?;
     let mut dto = backtest_dto(spec.id.to_string(), &report);
     dto.budget = budget;
     dto.replay = replay;

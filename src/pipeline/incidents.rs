@@ -1,6 +1,6 @@
 //! One incident per problem: the verdicts of a KPI's total and its slices at one bucket
-//! become one [`Judged`] bucket for the alert lifecycle (`slice_alerts = "grouped"`, the
-//! default). Pure.
+//! become one [`Judged`] bucket for the alert planning ([`crate::alerting::plan`]) of the
+//! grouped incident (`slice_alerts = "grouped"`, the default). Pure.
 //!
 //! - The bucket is flagged when the total or any slice is; the incident stays open while any
 //!   of them has not recovered (so it resolves when the worst slice is back).
@@ -10,40 +10,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::alerting::plan::Judged;
 use crate::alerting::BucketVerdict;
 use crate::format::{self, ValueFormat};
 use crate::kpi::KpiSpec;
 use crate::rootcause::{self, Reading};
 use crate::slices::{is_total, TOTAL};
-
-/// One bucket as the alert lifecycle sees it.
-#[derive(Debug, Clone)]
-pub(super) struct Judged {
-    /// Bucket start.
-    pub(super) t: i64,
-    /// The verdict messages speak of (the total's, or the worst slice's), flagged and open as
-    /// the group is.
-    pub(super) verdict: BucketVerdict,
-    /// The series it belongs to (`{}` for the total).
-    pub(super) dims: String,
-    /// Slices outside their band, worst first (`payment_method=card`).
-    pub(super) affected: Vec<String>,
-    /// "Payment success -5.3 points; payment_method=card -17.0 points explains 96%".
-    pub(super) cause: Option<String>,
-}
-
-impl Judged {
-    /// A bucket of a series that alerts on its own.
-    pub(super) fn alone(t: i64, verdict: BucketVerdict, dims: &str) -> Self {
-        Judged {
-            t,
-            verdict,
-            dims: dims.to_owned(),
-            affected: Vec::new(),
-            cause: None,
-        }
-    }
-}
 
 /// Group the fresh verdicts of a KPI's series (by bucket start, each with its series key).
 pub(super) fn group(spec: &KpiSpec, buckets: BTreeMap<i64, Vec<(String, BucketVerdict)>>) -> Vec<Judged> {

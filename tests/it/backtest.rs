@@ -106,6 +106,95 @@ async fn a_backtest_reports_the_alerts_a_setting_would_have_fired_per_week() {
     );
 }
 
+/// The API's backtest replays with the service's own settings and what people told it: the
+/// configured `scheduler.recovery_buckets` decide when a would-be alert resolves, and an
+/// outage marked "not an anomaly" no longer alerts.
+#[tokio::test]
+async fn the_api_backtest_honours_the_configured_recovery_and_recorded_feedback() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smtp = SmtpServer::start();
+    let mut shop = Shop::create(&dir.path().join("shop.db")).await;
+    // Six weeks, with no orders for an hour ten days ago.
+    let outage = t0() - Duration::days(10);
+    let back = outage + Duration::hours(1);
+    shop.traffic(t0() - Duration::days(42), outage).await;
+    shop.traffic(back, t0()).await;
+    let clock = ManualClock::new(t0() + Duration::minutes(1));
+    let env = [
+        ("KPIWATCH_SCHEDULER__BACKFILL", "42d".to_owned()),
+        ("KPIWATCH_SCHEDULER__HISTORY", "42d".to_owned()),
+        ("KPIWATCH_SCHEDULER__RECOVERY_BUCKETS", "12".to_owned()),
+    ];
+    let app = build_full(dir.path(), &smtp, &clock, "", &env).await;
+    app.scheduler().run_due().await;
+
+    let secs = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| t.timestamp())
+    };
+    let in_outage =
+        |ts: Option<i64>| ts.is_some_and(|ts| (outage.timestamp()..back.timestamp()).contains(&ts));
+    let body = r#"{"weeks": 2, "sensitivity": "medium"}"#;
+    let (status, before) = post(&app, "/api/kpis/orders/backtest", body).await;
+    assert_eq!(status, StatusCode::OK, "{before}");
+    let alerts = before["alerts"].as_array().expect("alerts");
+    let outage_alert = alerts
+        .iter()
+        .find(|a| in_outage(secs(&a["started"])))
+        .unwrap_or_else(|| panic!("the outage would have alerted: {alerts:?}"));
+    // Twelve in-band buckets after the orders came back, not the default three.
+    let resolved = secs(&outage_alert["resolved"]).expect("resolved");
+    assert!(
+        resolved >= (back + Duration::minutes(55)).timestamp(),
+        "resolved at {resolved}, back at {back}: {outage_alert}"
+    );
+
+    // Someone marks the outage's anomalies "not an anomaly" (planned, say).
+    let since = outage.to_rfc3339().replace('+', "%2B");
+    let (status, anomalies) = crate::helpers::request_json(
+        &app,
+        "GET",
+        &format!("/api/anomalies?kpi=orders&since={since}&limit=1000"),
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{anomalies}");
+    let marked: Vec<(i64, i64)> = anomalies
+        .as_array()
+        .expect("anomalies")
+        .iter()
+        .filter_map(|a| Some((a["id"].as_i64()?, secs(&a["ts"])?)))
+        .filter(|(_, ts)| in_outage(Some(*ts)))
+        .collect();
+    assert!(!marked.is_empty(), "the service flagged the outage: {anomalies}");
+    for (id, _) in &marked {
+        let (status, body) = post(
+            &app,
+            &format!("/api/anomalies/{id}/feedback"),
+            r#"{"kind": "not_anomaly", "comment": "planned"}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    }
+    let (status, after) = post(&app, "/api/kpis/orders/backtest", body).await;
+    assert_eq!(status, StatusCode::OK, "{after}");
+    let alerts = after["alerts"].as_array().expect("alerts");
+    assert!(
+        !alerts.iter().any(|a| in_outage(secs(&a["started"]))),
+        "the marked outage no longer alerts: {alerts:?}"
+    );
+    let flags = after["flags"].as_array().expect("flags");
+    assert!(
+        !flags
+            .iter()
+            .any(|f| marked.iter().any(|(_, ts)| secs(&f["ts"]) == Some(*ts))),
+        "no marked bucket is flagged: {flags:?}"
+    );
+}
+
 /// An alert budget and injected incidents, through the API and the CLI, on stored history.
 #[tokio::test]
 async fn a_budget_picks_a_sensitivity_and_injected_drops_report_what_each_setting_catches() {
