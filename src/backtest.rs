@@ -11,7 +11,8 @@
 //!
 //! What it does not replay: a run's rolling replay start (the service replays
 //! `scheduler.history` before each run; a backtest one detector from the start of its
-//! history), the alert horizon and coarse windows of thin slices.
+//! history), the alert horizon, coarse windows of thin slices, and grouped incidents (each
+//! series is planned on its own).
 
 use std::collections::{BTreeMap, HashMap};
 
