@@ -14,8 +14,8 @@
 //!   beyond the single-bucket threshold fires at once; a two-sided CUSUM on the z-scores
 //!   (corrected for their autocorrelation) fires on moderate sustained deviations; for counts,
 //!   a run of empty buckets fires once its exact probability of being all zero is too small.
-//! - Anomalous and excluded buckets are not learned. A deviation that persists for half a day
-//!   (at least 3 buckets) is accepted as the new level: a level shift is alerted, then learned.
+//! - Anomalous and excluded buckets are not learned. A deviation that persists for a quarter
+//!   of a day (at least 3 buckets) is accepted as the new level: a level shift is alerted, then learned.
 //! - User feedback replayed with a bucket ([`Feedback`]): `NotAnomaly` learns it as normal
 //!   (the band widens) without feeding the alarm statistics; `NewNormal` rescales every level
 //!   to it at once and restarts the CUSUM.
@@ -410,6 +410,8 @@ pub struct OnlineDetector {
     judge_after: u64,
     per_day: f64,
     buckets_per_week: f64,
+    /// Buckets of one incident after which its level is the new normal: a quarter of a day,
+    /// at least 3.
     accept_after: u32,
     /// Buckets learned before the CUSUM accumulates: a day and a half when a daily profile is
     /// possible (a day to see it, half a day to prove it), else the judging warm-up.
@@ -475,7 +477,7 @@ const ZERO_HOLD_BACK: f64 = 0.5;
 const MIN_Z: f64 = 3.0;
 /// A deviation at least this large that the recent history already holds this many times is
 /// the series' behaviour, not news.
-const RECURRENT: usize = 3;
+const RECURRENT: usize = 2;
 /// Effective buckets behind a gauge's spread before its z-scores calibrate the tails.
 const MIN_SPREAD_FOR_CALIBRATION: f64 = 30.0;
 /// After a new normal, a bucket within this |z| of the old level ...
@@ -563,7 +565,7 @@ impl OnlineDetector {
             judge_after,
             per_day,
             buckets_per_week,
-            accept_after: (per_day / 2.0).max(3.0).ceil() as u32,
+            accept_after: (per_day / 4.0).max(3.0).ceil() as u32,
             accumulate_after: if per_day >= 2.0 {
                 judge_after.max((1.5 * per_day).ceil() as u64)
             } else {

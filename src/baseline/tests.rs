@@ -746,7 +746,7 @@ fn a_low_volume_ratio_drop_stays_flagged_while_it_lasts_and_ends_when_the_rate_i
 
 #[test]
 fn a_temporary_level_that_was_accepted_is_undone_when_the_series_comes_back() {
-    // 5-minute gauge: 40 for a day, accepted as the new normal after half a day, then back
+    // 5-minute gauge: 40 for a day, accepted as the new normal after a quarter of a day, then back
     // to 50 for good. Coming back is not a second incident.
     let days = 12;
     let from = 9 * 288;
@@ -787,4 +787,49 @@ fn a_burst_is_not_vetoed_by_a_less_certain_profile_that_expected_less() {
     let v = run(&mut det, &buckets);
     assert!(v[at].anomaly, "a 20x burst must fire: {:?}", v[at]);
     assert!(v[at].upper < burst, "the band must exclude it: {:?}", v[at]);
+}
+
+#[test]
+fn a_lasting_shift_stays_one_incident_for_a_quarter_of_a_day_then_is_the_new_normal() {
+    // 5-minute gauge at 50; from day 9 at 40 for good. The incident stays open (every bucket
+    // flagged) until a quarter of a day (72 buckets) has shown the new level, then it is the
+    // new normal: no flag after that.
+    let from = 9 * 288;
+    let series = gauge_5min(11, 52, |i, n| {
+        let level = if i >= from { 40.0 } else { 50.0 };
+        level + n.normal()
+    });
+    let mut det = detector(Kind::Gauge, 300);
+    let v = run(&mut det, &series);
+    let f = from as usize;
+    assert!(v[f..f + 3].iter().any(|v| v.anomaly), "the drop is flagged");
+    let first = (f..f + 3).find(|&i| v[i].anomaly).expect("flagged");
+    assert!(
+        v[first..f + 60].iter().all(|v| v.anomaly),
+        "one open incident while the new level is unproven"
+    );
+    assert!(
+        !v[f + 80..].iter().any(|v| v.anomaly),
+        "accepted as the new normal after a quarter of a day"
+    );
+    assert!((v.last().expect("verdicts").expected - 40.0).abs() < 1.0);
+}
+
+#[test]
+fn a_spike_the_last_weeks_already_held_twice_is_not_news() {
+    // Hourly counts around 100 with the daily shape; at 03:00 on days 9, 11 and 13 a burst
+    // of five times the expected count (not daily, so no profile learns it). The first two
+    // are news; the third is the series' behaviour.
+    let days = [9, 11, 13];
+    let at = |d: i64| (d * 24 + 3) as usize;
+    let mut buckets = hourly_counts(2, 53, |ts| 100.0 * daily_shape(ts));
+    for d in days {
+        let i = at(d);
+        buckets[i] = Bucket::new(buckets[i].ts, (5.0 * 100.0 * daily_shape(buckets[i].ts)).round());
+    }
+    let mut det = detector(Kind::Count, 3600);
+    let v = run(&mut det, &buckets);
+    assert!(v[at(9)].anomaly, "first burst: {:?}", v[at(9)]);
+    assert!(v[at(11)].anomaly, "second burst: {:?}", v[at(11)]);
+    assert!(!v[at(13)].anomaly, "third burst is recurrent: {:?}", v[at(13)]);
 }
