@@ -21,6 +21,7 @@ mod interfaces;
 mod kill;
 mod local_buckets;
 mod metric_stores;
+mod outage;
 mod prometheus;
 mod retention;
 mod sources;
