@@ -273,12 +273,13 @@ impl Scheduler {
         }
         let before = |d: std::time::Duration| now.timestamp() - d.as_secs() as i64;
         let cut = crate::store::Cutoffs {
-            // The detector replays `history` from the midnight before: never prune what it
-            // reads.
-            observations: before(
-                cfg.observations
-                    .max(self.cx.settings.scheduler.history + std::time::Duration::from_secs(86_400)),
-            ),
+            // The detector replays up to `history + history_slack`: never prune what it reads
+            // (a day to spare).
+            observations: before(cfg.observations.max(
+                self.cx.settings.scheduler.history
+                    + self.cx.settings.scheduler.history_slack
+                    + std::time::Duration::from_secs(86_400),
+            )),
             evaluations: before(cfg.evaluations),
             anomalies: before(cfg.anomalies),
             runs: before(cfg.runs),
