@@ -24,6 +24,7 @@ mod metric_stores;
 mod outage;
 mod prometheus;
 mod retention;
+mod scheduler;
 mod sources;
 mod store;
 mod ui;
