@@ -57,8 +57,9 @@ pub struct Settings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionConfig {
-    /// Buckets read from sources. The detector replays `scheduler.history` of them, so they
-    /// are kept at least that long whatever this says.
+    /// Buckets read from sources. The detector replays up to `scheduler.history` +
+    /// `scheduler.history_slack` of them, so they are kept at least that long (and a day)
+    /// whatever this says.
     #[serde(with = "humantime_serde_compat")]
     pub observations: Duration,
     /// The detector's verdicts per bucket (the charts' expected value and band).
@@ -403,6 +404,12 @@ pub struct SchedulerConfig {
     /// Stored history replayed through the detector per evaluation.
     #[serde(with = "humantime_serde_compat")]
     pub history: Duration,
+    /// How far the replay start may lag behind `history` ago: it moves once per
+    /// `history_slack`, at a time of its own per series, so a replay covers between `history`
+    /// and `history + history_slack`, and kept detectors and checkpoints are invalidated once
+    /// per `history_slack` per series, spread over it (not all at once).
+    #[serde(with = "humantime_serde_compat")]
+    pub history_slack: Duration,
     /// Buckets re-read before the new window.
     pub overlap_buckets: u32,
     /// Keep each series' detector between runs and step only the new buckets when replaying

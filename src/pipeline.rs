@@ -73,9 +73,10 @@ const KEPT_TAIL: usize = 16;
 /// A series' detector after stepping through its stored history up to `upto`, kept by the
 /// process that ran it so the next run steps only the new buckets (the fast path). It is used
 /// only when replaying from scratch would give the same state: the same replay start (`from`,
-/// anchored to a UTC day so it moves once a day), the same configuration, the same feedback
-/// and excluded periods before `upto`, and the same stored observations before `upto` (their
-/// count, and the last [`KEPT_TAIL`] of them value for value). Otherwise the run replays from
+/// which moves once per `scheduler.history_slack`, see [`replay_start`]), the same
+/// configuration, the same feedback and excluded periods before `upto`, and the same stored
+/// observations before `upto` (their count, and the last [`KEPT_TAIL`] of them value for
+/// value). Otherwise the run replays from
 /// the stored observations (the slow path).
 ///
 /// Every `scheduler.checkpoint_every` it is also written to the store (see `checkpoint`): a
@@ -131,10 +132,33 @@ struct Replay<'a> {
     excluded: &'a crate::calendar::Exclusions,
 }
 
-/// The start of the replayed history for a run ending at `end`: `history` back, rounded down
-/// to a UTC midnight, so it stays put for a day and a kept detector stays valid.
-pub fn replay_start(history: std::time::Duration, end: i64) -> i64 {
-    (end - history.as_secs() as i64).div_euclid(86_400) * 86_400
+/// The start of a series' replayed history for a run ending at `end`: `history` back, rounded
+/// down to the series' last anchor, one of the instants `anchor + k * slack` (see
+/// [`replay_anchor`]). So it stays put for `slack` and a kept detector or checkpoint stays
+/// valid that long; the replay then covers between `history` and `history + slack` (the
+/// detector carries up to `slack` more history than configured). A `slack` under a second is
+/// taken as one second: the start moves on with every run.
+pub fn replay_start(history: std::time::Duration, slack: std::time::Duration, anchor: i64, end: i64) -> i64 {
+    let period = (slack.as_secs() as i64).max(1);
+    let back = end - history.as_secs() as i64;
+    back - (back - anchor).rem_euclid(period)
+}
+
+/// Where in each `slack` period a series' replay start moves on: a stable hash of the KPI id
+/// and the series' dimensions, on the bucket grid (`step`, the bucket's nominal length), in
+/// `[0, slack)`. Every series has its own, so the replays that a moving start causes are
+/// spread over the period instead of all falling in one minute (at 10,000 KPIs, a stall).
+pub fn replay_anchor(kpi: &str, dims: &str, step: i64, slack: std::time::Duration) -> i64 {
+    use std::hash::Hasher;
+    let period = (slack.as_secs() as i64).max(1);
+    let step = step.clamp(1, period);
+    let slots = u64::try_from(period / step).unwrap_or(1).max(1);
+    // Stable across processes and builds: the start is part of what checkpoints store.
+    let mut h = checkpoint::StableHasher::default();
+    h.write(kpi.as_bytes());
+    h.write(&[0xff]);
+    h.write(dims.as_bytes());
+    i64::try_from(h.finish() % slots).unwrap_or(0) * step
 }
 
 /// Hash of what, besides the observations, shapes the replay before `upto`.
@@ -640,7 +664,8 @@ async fn evaluate_series(
     let store = &cx.store;
     let sched = &cx.settings.scheduler;
     let grid = spec.buckets();
-    let from = replay_start(sched.history, end);
+    let anchor = replay_anchor(spec.id.as_str(), dims, grid.nominal_secs(), sched.history_slack);
+    let from = replay_start(sched.history, sched.history_slack, anchor, end);
     let history = store.observations(series_id, from, end).await?;
     let judged_until = store
         .series_of(spec.id.as_str())
@@ -1219,6 +1244,7 @@ pub fn bucketize(
 mod tests {
     use super::*;
     use std::path::Path;
+    use std::time::Duration;
 
     fn spec(kind: &str, interval: &str) -> KpiSpec {
         KpiSpec::parse(
@@ -1324,6 +1350,61 @@ mod tests {
             series_detector_config(&plain, r#"{"country":"LU"}"#).min_volume,
             plain.min_volume
         );
+    }
+
+    #[test]
+    fn the_replay_start_lags_history_by_less_than_the_slack_and_moves_once_per_slack() {
+        let (history, slack) = (Duration::from_secs(28 * 86_400), Duration::from_secs(7 * 86_400));
+        let anchor = replay_anchor("orders", "{}", 300, slack);
+        assert!((0..7 * 86_400).contains(&anchor) && anchor % 300 == 0, "{anchor}");
+        let t0 = 1_774_872_000; // 2026-03-30T12:00:00Z
+        let mut moves = Vec::new();
+        let mut last = replay_start(history, slack, anchor, t0);
+        for end in (t0..t0 + 21 * 86_400).step_by(300) {
+            let from = replay_start(history, slack, anchor, end);
+            let back = end - history.as_secs() as i64;
+            assert!(
+                from <= back && back - from < slack.as_secs() as i64,
+                "{end}: {from}"
+            );
+            assert_eq!((from - anchor).rem_euclid(7 * 86_400), 0);
+            if from != last {
+                moves.push(end);
+                last = from;
+            }
+        }
+        assert_eq!(moves.len(), 3, "once a week over three weeks: {moves:?}");
+        assert!(moves.windows(2).all(|w| w[1] - w[0] == 7 * 86_400), "{moves:?}");
+        // No slack: the start moves on with every run.
+        let none = Duration::ZERO;
+        assert_eq!(replay_start(history, none, 0, t0 + 300), t0 + 300 - 28 * 86_400);
+    }
+
+    #[test]
+    fn the_replay_anchors_of_many_series_are_spread_over_the_slack() {
+        let slack = Duration::from_secs(86_400);
+        // 2,000 KPIs with a total and two slices each, 5-minute buckets: each hour of the
+        // day's anchors moves about 250 series' replay start; none may take a crowd.
+        let mut per_hour = [0usize; 24];
+        let mut distinct = std::collections::BTreeSet::new();
+        for k in 0..2_000 {
+            for dims in ["{}", r#"{"country":"DE"}"#, r#"{"country":"FR"}"#] {
+                let a = replay_anchor(&format!("kpi_{k}"), dims, 300, slack);
+                assert!((0..86_400).contains(&a) && a % 300 == 0, "{a}");
+                per_hour[(a / 3600) as usize] += 1;
+                distinct.insert(a);
+            }
+        }
+        assert!(per_hour.iter().all(|&n| (170..=330).contains(&n)), "{per_hour:?}");
+        assert!(distinct.len() > 250, "{} of 288 slots used", distinct.len());
+        // Stable: the same series keeps its anchor (checkpoints store the start it gives).
+        assert_eq!(
+            replay_anchor("orders", "{}", 300, slack),
+            replay_anchor("orders", "{}", 300, slack)
+        );
+        // Daily buckets anchor on whole days of a weekly slack.
+        let week = Duration::from_secs(7 * 86_400);
+        assert!((0..100).all(|k| replay_anchor(&format!("d{k}"), "{}", 86_400, week) % 86_400 == 0));
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! [`Scheduler::run_due`] is one pass: every KPI whose next bucket has closed is run through
 //! `pipeline::run_kpi` (at most `max_concurrent_runs` at once, and at most
 //! `max_runs_per_source` against one source), then pending notifications are delivered
-//! (retrying earlier failures). [`Scheduler::run_until_cancelled`] repeats it every `tick`
-//! until the cancellation token fires, and lets in-flight runs finish.
+//! (retrying earlier failures). [`Scheduler::run_until_cancelled`] makes a pass every `tick`
+//! until the cancellation token fires, without waiting for the runs a pass started: a slow
+//! run (a source that takes longer than a tick) delays no other KPI's next run. The runs in
+//! flight are tracked per KPI, so a KPI is never run twice at once by one process (and the
+//! lease keeps other processes off it); on cancellation the runs in flight finish.
 //!
 //! The pass is cheap when nothing is due: each process remembers, per KPI, up to which bucket
 //! end it has seen the KPI run (by itself, or found done by another process) and takes no
@@ -20,12 +23,14 @@
 //! are claimed before delivery, so no KPI is judged twice at once and no message goes out
 //! twice.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
 use crate::clock::Clock;
@@ -45,6 +50,29 @@ pub struct Scheduler {
     known: Arc<Mutex<HashMap<KpiId, Progress>>>,
     /// When this process next tries to prune the store (unix seconds).
     next_prune: Arc<Mutex<i64>>,
+    /// KPIs with a run in flight in this process: not started again until it ends.
+    running: Arc<Mutex<HashSet<KpiId>>>,
+    /// Every run in flight, so that shutdown lets them finish.
+    runs: TaskTracker,
+}
+
+/// One run's result, as a pass reports it.
+type RunResult = (KpiId, Result<RunOutcome, String>);
+
+/// Marks a KPI's run in flight; the mark goes when the run ends, however it ends.
+#[derive(Debug)]
+struct InFlight {
+    running: Arc<Mutex<HashSet<KpiId>>>,
+    id: KpiId,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
 }
 
 /// Where one KPI stands, as far as this process knows.
@@ -127,6 +155,8 @@ impl Scheduler {
             per_source: Arc::default(),
             known: Arc::default(),
             next_prune: Arc::default(),
+            running: Arc::default(),
+            runs: TaskTracker::new(),
         }
     }
 
@@ -144,17 +174,47 @@ impl Scheduler {
         known.get(id).copied().unwrap_or_default()
     }
 
-    /// One pass over every KPI at the clock's current time. Errors are logged per KPI and
-    /// returned for inspection; one KPI failing does not stop the others.
-    pub async fn run_due(&self) -> Vec<(KpiId, Result<RunOutcome, String>)> {
+    /// One pass over every KPI at the clock's current time, waiting for the runs it starts.
+    /// Errors are logged per KPI and returned for inspection; one KPI failing does not stop
+    /// the others. A KPI whose run (started by an earlier pass that did not wait) is still in
+    /// flight is reported `NotDue`.
+    pub async fn run_due(&self) -> Vec<RunResult> {
         let now = self.clock.now();
-        let mut tasks = tokio::task::JoinSet::new();
+        let (mut results, started) = self.start_due(now).await;
+        for handle in started {
+            match handle.await {
+                Ok(r) => results.push(r),
+                Err(e) => error!(message = "KPI run task panicked.", error = %e),
+            }
+        }
+        results.sort_by(|a, b| a.0.cmp(&b.0));
+        self.after_runs(now).await;
+        results
+    }
+
+    /// One pass that does not wait for the runs it starts (they go on in the background,
+    /// tracked per KPI): digests, delivery and pruning follow at once.
+    async fn pass(&self) {
+        let now = self.clock.now();
+        let _started = self.start_due(now).await;
+        self.after_runs(now).await;
+    }
+
+    /// Start a run of every due KPI that has none in flight and whose lease this process
+    /// gets; the results of KPIs not started, and the started runs.
+    async fn start_due(&self, now: DateTime<Utc>) -> (Vec<RunResult>, Vec<JoinHandle<RunResult>>) {
         let specs = self.specs.all();
         let sched = &self.cx.settings.scheduler;
         let mut results = Vec::new();
+        let mut started = Vec::new();
         let mut due = Vec::new();
         for spec in specs.iter() {
-            if self.progress(&spec.id).due(spec, sched, now) {
+            let in_flight = self
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&spec.id);
+            if !in_flight && self.progress(&spec.id).due(spec, sched, now) {
                 due.push(spec.clone());
             } else {
                 results.push((spec.id.clone(), Ok(RunOutcome::NotDue)));
@@ -189,7 +249,16 @@ impl Scheduler {
             let limit = Arc::clone(&self.limit);
             let source_limit = self.source_limit(&spec.source);
             let known = Arc::clone(&self.known);
-            tasks.spawn(async move {
+            self.running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(spec.id.clone());
+            let in_flight = InFlight {
+                running: Arc::clone(&self.running),
+                id: spec.id.clone(),
+            };
+            started.push(self.runs.spawn(async move {
+                let _in_flight = in_flight;
                 let work = async {
                     // The source's slot first: runs waiting on a slow source hold no global slot.
                     let _source_permit = source_limit.acquire_owned().await;
@@ -222,15 +291,14 @@ impl Scheduler {
                     .or_default()
                     .record(&spec, cx.settings.scheduler.tick, now, &result);
                 (spec.id.clone(), result)
-            });
+            }));
         }
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(r) => results.push(r),
-                Err(e) => error!(message = "KPI run task panicked.", error = %e),
-            }
-        }
-        results.sort_by(|a, b| a.0.cmp(&b.0));
+        (results, started)
+    }
+
+    /// What follows a pass's runs: digests due, delivery, pruning.
+    async fn after_runs(&self, now: DateTime<Utc>) {
+        let specs = self.specs.all();
         let digests = crate::digest::DigestContext {
             store: &self.cx.store,
             specs: &specs,
@@ -248,7 +316,6 @@ impl Scheduler {
             );
         }
         self.prune_if_due(now).await;
-        results
     }
 
     /// Prune the store once per `retention.every` (on one process at a time).
@@ -273,12 +340,13 @@ impl Scheduler {
         }
         let before = |d: std::time::Duration| now.timestamp() - d.as_secs() as i64;
         let cut = crate::store::Cutoffs {
-            // The detector replays `history` from the midnight before: never prune what it
-            // reads.
-            observations: before(
-                cfg.observations
-                    .max(self.cx.settings.scheduler.history + std::time::Duration::from_secs(86_400)),
-            ),
+            // The detector replays up to `history + history_slack`: never prune what it reads
+            // (a day to spare).
+            observations: before(cfg.observations.max(
+                self.cx.settings.scheduler.history
+                    + self.cx.settings.scheduler.history_slack
+                    + std::time::Duration::from_secs(86_400),
+            )),
             evaluations: before(cfg.evaluations),
             anomalies: before(cfg.anomalies),
             runs: before(cfg.runs),
@@ -302,17 +370,20 @@ impl Scheduler {
         }
     }
 
-    /// Run passes every `tick` until `token` is cancelled. A pass in flight completes.
+    /// Make a pass every `tick` until `token` is cancelled, without waiting for the runs a
+    /// pass starts; then let the runs in flight finish.
     pub async fn run_until_cancelled(self, token: CancellationToken) {
         let tick = self.cx.settings.scheduler.tick;
         info!(message = "Scheduler started.", kpis = self.specs.all().len(), tick = ?tick);
         loop {
-            self.run_due().await;
+            self.pass().await;
             tokio::select! {
                 () = token.cancelled() => break,
                 () = tokio::time::sleep(tick) => {}
             }
         }
+        self.runs.close();
+        self.runs.wait().await;
         info!(message = "Scheduler stopped.");
     }
 }

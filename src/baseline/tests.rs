@@ -131,6 +131,50 @@ fn a_count_at_zero_when_two_hundred_are_expected_fires_on_that_bucket() {
     assert!((v[at].expected - 200.0).abs() < 20.0, "{}", v[at].expected);
 }
 
+/// A 1-minute count at about 50 with `days` of history, then 15 empty minutes, then 50 again
+/// (the kill test's shop): every empty minute is flagged, as one stretch that ends when the
+/// orders return. The weekly profile (5-minute slots) is chosen after a few days on how well
+/// each slot's later minutes follow its first; an outage that is a slot's first visit must
+/// not become how that slot looks (it did: only minutes 0-6 and 10 were flagged, after 3 days).
+#[test]
+fn a_15_minute_outage_of_a_1_minute_count_is_flagged_throughout_after_days_of_history() {
+    for days in [1, 2, 3, 4, 6] {
+        for seed in [None, Some(7), Some(8)] {
+            let mut noise = seed.map(Noise);
+            let outage = T0 + days * DAY + 9 * HOUR;
+            let series: Vec<Bucket> = (0..days * 1440 + 60)
+                .map(|i| {
+                    let ts = T0 + 9 * HOUR + i * 60;
+                    let normal = match noise.as_mut() {
+                        Some(n) => n.poisson(50.0),
+                        None => (40 + ((ts / 60) * 7919) % 21) as f64,
+                    };
+                    let empty = (outage..outage + 15 * 60).contains(&ts);
+                    Bucket::new(ts, if empty { 0.0 } else { normal })
+                })
+                .collect();
+            let mut det = detector(Kind::Count, 60);
+            let v = run(&mut det, &series);
+            let flagged: Vec<i64> = series
+                .iter()
+                .zip(&v)
+                .filter(|(b, v)| v.anomaly && b.ts >= outage - HOUR)
+                .map(|(b, _)| (b.ts - outage) / 60)
+                .collect();
+            assert_eq!(
+                flagged,
+                (0..15).collect::<Vec<_>>(),
+                "{days} days, noise {seed:?}: minutes flagged after the outage began"
+            );
+            let first = ((outage - series[0].ts) / 60) as usize;
+            assert!(
+                v[first..first + 15].iter().all(|v| v.since == Some(outage)),
+                "{days} days, noise {seed:?}: one incident from the first empty minute"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_moderate_sustained_drop_fires_within_a_few_buckets() {
     let start = 3 * 168 - 20;

@@ -23,7 +23,7 @@ use crate::baseline::{DetectorConfig, OnlineDetector};
 use crate::store::ObservationRow;
 
 /// Version of the checkpoint encoding and of the detector behind it.
-pub const FORMAT: i32 = 3;
+pub const FORMAT: i32 = 4;
 
 /// What is stored: the validity inputs of a [`KeptDetector`] and the detector.
 #[derive(Serialize, Deserialize)]
@@ -257,7 +257,7 @@ mod tests {
         let digest = hex::encode(&Sha256::digest(&bytes)[..8]);
         assert_eq!(
             (FORMAT, bytes.len(), digest.as_str()),
-            (3, 56_725, "e93f7d3611ab6221"),
+            (4, 56_725, "7205529f61b39bce"),
             "detector state or maths changed: bump checkpoint::FORMAT and pin the new digest"
         );
     }

@@ -145,7 +145,14 @@ async fn api_and_icalendar_events_keep_their_drops_from_alerting_and_from_being_
         .store()
         .observations(
             series_id,
-            kpiwatch::pipeline::replay_start(std::time::Duration::from_secs(14 * 86_400), end),
+            {
+                let (history, slack) = (
+                    std::time::Duration::from_secs(14 * 86_400),
+                    std::time::Duration::from_secs(7 * 86_400),
+                );
+                let anchor = kpiwatch::pipeline::replay_anchor("orders", "{}", 300, slack);
+                kpiwatch::pipeline::replay_start(history, slack, anchor, end)
+            },
             end,
         )
         .await

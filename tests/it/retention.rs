@@ -57,6 +57,8 @@ async fn sixty_days_of_a_one_minute_kpi_stay_within_the_retention_windows() {
     let env = [
         ("KPIWATCH_SCHEDULER__BACKFILL", "2d".to_owned()),
         ("KPIWATCH_SCHEDULER__HISTORY", "2d".to_owned()),
+        // The replay starts exactly `history` back, so observations are kept 2 + 1 days.
+        ("KPIWATCH_SCHEDULER__HISTORY_SLACK", "0s".to_owned()),
         ("KPIWATCH_RETENTION__OBSERVATIONS", "3d".to_owned()),
         ("KPIWATCH_RETENTION__EVALUATIONS", "3d".to_owned()),
         ("KPIWATCH_RETENTION__RUNS", "10d".to_owned()),
@@ -141,9 +143,10 @@ async fn kpi_rows(pool: &sqlx::PgPool, kpi: &str) -> [(&'static str, i64); 5] {
 
 /// The bound documented in the README ("Retention"): after 60 simulated days a 1-minute KPI
 /// holds at most `retention + every` of each kind of row (observations at least
-/// `scheduler.history` + 1 day), counted in its buckets, runs or messages. Observations and
-/// evaluations keep the defaults (35 days); runs, anomalies and notifications are kept 20, 30
-/// and 20 days here (defaults 90, 400, 90) so that their pruning happens within 60 days.
+/// `scheduler.history` + `history_slack` + 1 day), counted in its buckets, runs or messages.
+/// Observations and evaluations keep the defaults (35 days); runs, anomalies and
+/// notifications are kept 20, 30 and 20 days here (defaults 90, 400, 90) so that their
+/// pruning happens within 60 days.
 /// The state store is PostgreSQL, whose table sizes give the bytes per row the README quotes.
 #[tokio::test]
 async fn sixty_days_of_a_one_minute_kpi_with_incidents_stay_under_the_documented_bound_on_postgres() {

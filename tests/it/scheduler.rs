@@ -1,0 +1,225 @@
+//! The scheduler loop (`run_until_cancelled`) does not wait for a slow run: a KPI whose
+//! source takes longer than a tick (PostgreSQL `pg_sleep`) delays no other KPI's next run,
+//! is never run twice at once, and a run in flight at shutdown finishes.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration as StdDuration, Instant};
+
+use chrono::{Duration, DurationRound, Utc};
+use kpiwatch::app::{Application, BuildOptions};
+use kpiwatch::clock::ManualClock;
+use kpiwatch::kpi::KpiSpec;
+use sqlx::{Executor, PgPool, SqlitePool};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{init_logs, server_url, settings, PgDatabase};
+
+/// How long each run of the slow KPI's query sleeps.
+const SLOW_SECS: u64 = 5;
+
+fn model(source: &str) -> String {
+    format!("source = \"{source}\"\nkind = \"count\"\ninterval = \"1m\"\ndelay = \"0s\"\n")
+}
+
+/// The fetched-until of a KPI, as the state store has it.
+async fn fetched_until(app: &Application, id: &str) -> Option<i64> {
+    app.store()
+        .kpi(id)
+        .await
+        .expect("kpi")
+        .and_then(|k| k.fetched_until)
+}
+
+/// Poll `check` every 50 ms until it holds; panics after `limit`.
+async fn wait_for(what: &str, limit: StdDuration, mut check: impl AsyncFnMut() -> bool) -> StdDuration {
+    let started = Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(StdDuration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_source_does_not_delay_the_next_pass_and_its_kpi_never_runs_twice_at_once() {
+    init_logs();
+    let Some(admin) = server_url("TEST_POSTGRES_URL") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let minute = Utc::now().duration_trunc(Duration::minutes(1)).expect("minute");
+    let first = minute - Duration::hours(3);
+    let last = minute + Duration::hours(1);
+
+    // The fast KPI's rows in SQLite, the slow one's in PostgreSQL behind a sleeping query.
+    let fast = SqlitePool::connect(&format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("shop.db").display()
+    ))
+    .await
+    .expect("shop");
+    fast.execute("CREATE TABLE ticks (ts TEXT PRIMARY KEY, n INTEGER NOT NULL)")
+        .await
+        .expect("table");
+    let mut t = first;
+    while t < last {
+        sqlx::query("INSERT INTO ticks VALUES (?, 50)")
+            .bind(t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .execute(&fast)
+            .await
+            .expect("row");
+        t += Duration::minutes(1);
+    }
+    let slow_db = PgDatabase::create(&admin).await;
+    let slow = PgPool::connect(&slow_db.url).await.expect("slow db");
+    slow.execute("CREATE TABLE ticks (ts TIMESTAMPTZ PRIMARY KEY, n INTEGER NOT NULL)")
+        .await
+        .expect("table");
+    sqlx::query(
+        "INSERT INTO ticks SELECT t, 50 FROM generate_series($1::timestamptz, $2::timestamptz, interval '1 minute') t",
+    )
+    .bind(first)
+    .bind(last)
+    .execute(&slow)
+    .await
+    .expect("rows");
+
+    let specs = vec![
+        KpiSpec::parse(
+            "fast",
+            &model("shop"),
+            "SELECT ts, n AS value FROM ticks WHERE ts >= :start AND ts < :end",
+            Path::new("models/fast"),
+        )
+        .expect("model"),
+        KpiSpec::parse(
+            "slow",
+            &model("slow"),
+            &format!(
+                "WITH pause AS (SELECT pg_sleep({SLOW_SECS}) AS slept)
+                 SELECT t.ts, t.n AS value FROM ticks t, pause WHERE t.ts >= :start AND t.ts < :end"
+            ),
+            Path::new("models/slow"),
+        )
+        .expect("model"),
+    ];
+    let clock = ManualClock::new(minute + Duration::seconds(5));
+    let env = [
+        (
+            "KPIWATCH_SOURCES__SHOP__URL",
+            format!("sqlite://{}", dir.path().join("shop.db").display()),
+        ),
+        ("KPIWATCH_SOURCES__SLOW__URL", slow_db.url.clone()),
+        ("KPIWATCH_SCHEDULER__BACKFILL", "2h".to_owned()),
+        ("KPIWATCH_SCHEDULER__HISTORY", "2h".to_owned()),
+        ("KPIWATCH_SCHEDULER__TICK", "1s".to_owned()),
+    ];
+    let app = Application::build(
+        settings(dir.path(), None, &env),
+        specs,
+        BuildOptions {
+            clock: Arc::new(clock.clone()),
+            extra_sources: None,
+        },
+    )
+    .await
+    .expect("app builds");
+
+    // Watch the slow source: how many of its sleeping queries run at once, at most.
+    let stop = Arc::new(AtomicBool::new(false));
+    let most = Arc::new(AtomicI64::new(0));
+    let watcher = {
+        let (stop, most, slow) = (Arc::clone(&stop), Arc::clone(&most), slow.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                     AND state = 'active' AND query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()",
+                )
+                .fetch_one(&slow)
+                .await
+                .unwrap_or(0);
+                most.fetch_max(n, Ordering::SeqCst);
+                tokio::time::sleep(StdDuration::from_millis(50)).await;
+            }
+        })
+    };
+    let in_flight = |slow: PgPool| async move {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+             AND state = 'active' AND query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&slow)
+        .await
+        .unwrap_or(0)
+    };
+
+    let token = CancellationToken::new();
+    let scheduler = tokio::spawn(app.scheduler().clone().run_until_cancelled(token.clone()));
+    let m = |k: i64| Some((minute + Duration::minutes(k)).timestamp());
+
+    // The first pass starts both; the fast KPI is done long before the slow query wakes.
+    wait_for(
+        "the fast KPI's first run",
+        StdDuration::from_secs(10),
+        async || fetched_until(&app, "fast").await == m(0),
+    )
+    .await;
+    assert_eq!(
+        fetched_until(&app, "slow").await,
+        None,
+        "the slow run is still asleep"
+    );
+    // A minute later the next pass runs the fast KPI again at once; the slow one, still in
+    // flight, is not started a second time.
+    clock.advance(Duration::minutes(1));
+    let took = wait_for(
+        "the fast KPI's second run",
+        StdDuration::from_secs(4),
+        async || fetched_until(&app, "fast").await == m(1),
+    )
+    .await;
+    assert_eq!(
+        fetched_until(&app, "slow").await,
+        None,
+        "the fast KPI ran again {took:?} after the clock moved, while the slow run was in flight"
+    );
+    // The slow run ends; the next pass runs it for the new minute.
+    wait_for(
+        "the slow KPI's second run",
+        StdDuration::from_secs(3 * SLOW_SECS + 10),
+        async || fetched_until(&app, "slow").await == m(1),
+    )
+    .await;
+
+    // Shutdown while a slow run is in flight: the scheduler lets it finish.
+    clock.advance(Duration::minutes(1));
+    wait_for("a slow run in flight", StdDuration::from_secs(5), async || {
+        in_flight(slow.clone()).await == 1
+    })
+    .await;
+    token.cancel();
+    tokio::time::timeout(StdDuration::from_secs(2 * SLOW_SECS + 10), scheduler)
+        .await
+        .expect("the scheduler stops once its runs end")
+        .expect("scheduler task");
+    assert_eq!(
+        fetched_until(&app, "slow").await,
+        m(2),
+        "the run in flight at shutdown finished"
+    );
+    stop.store(true, Ordering::SeqCst);
+    watcher.await.expect("watcher");
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        1,
+        "the slow KPI never ran twice at once"
+    );
+    slow.close().await;
+    slow_db.drop_db().await;
+}
