@@ -83,9 +83,11 @@ async fn browser(driver: &Driver, profile: &std::path::Path) -> Client {
         .expect("a browser session")
 }
 
-/// Poll a JavaScript expression until it is truthy; returns its value.
+/// Poll a JavaScript expression until it is truthy; returns its value. The wait is generous:
+/// "Find the setting" replays four weeks at every sensitivity (a debug build, beside the rest of
+/// the suite on two cores, took more than 30 s once).
 async fn until(c: &Client, what: &str, expr: &str) -> serde_json::Value {
-    let deadline = Instant::now() + StdDuration::from_secs(30);
+    let deadline = Instant::now() + StdDuration::from_secs(120);
     loop {
         let v = c
             .execute(&format!("return ({expr});"), vec![])
