@@ -1350,15 +1350,14 @@ impl OnlineDetector {
             None
         };
         let kind = self.cfg.kind;
-        // A model that has never seen this slot learns it from this bucket whatever it was
-        // (the first weekend a series shows is how its weekends look, and a slot must not stay
-        // unseen forever) — except a bucket held back: an anomaly, or a bucket of an incident
-        // under way, leaves the slot unseen until a bucket that is not. Otherwise an outage
-        // that is the first visit of a slot becomes how that slot looks: a 1-minute KPI's
-        // weekly profile (5-minute slots, chosen after a few days on its fit within each
-        // slot's first visit) learnt the outage's first minute of each slot and predicted
-        // zero for the rest, so a 15-minute outage went unflagged after a few minutes and
-        // its return opened a second incident.
+        // A model that has never seen this slot learns it from this bucket whatever it was:
+        // the first weekend a series shows is how its weekends look, and a slot must not stay
+        // unseen forever. (One that learnt an anomaly this way is corrected over the next
+        // visits, and until it has proven itself the chosen model is a simpler one.) A slot
+        // first learnt from a held-back bucket is not used for the rest of that visit: a
+        // 1-minute KPI's weekly profile has 5-minute slots, and an outage that is a slot's
+        // first visit would otherwise be predicted by its own first minute (it flagged minutes
+        // 0-6 and 10 of a 15-minute outage, and the return opened a second incident).
         for (m, p) in self.models.iter_mut().zip(scored.preds.iter()) {
             if let Some(m) = m {
                 match p {
@@ -1369,11 +1368,14 @@ impl OnlineDetector {
                     }
                     Some(p) if !held_back => m.learn(kind, b.ts, y, weight, p, winsor),
                     Some(_) => {}
-                    None if !held_back => {
+                    None if held_back && m.seen(b.ts) => {}
+                    None => {
                         let p = m.predict(kind, b.ts, weight);
                         m.learn(kind, b.ts, y, weight, &p, None);
+                        if held_back {
+                            m.provisional(b.ts);
+                        }
                     }
-                    None => {}
                 }
             }
         }

@@ -162,6 +162,10 @@ pub(crate) struct SeasonalModel {
     run_n: f64,
     /// The last bucket start asked about and its slot (a pure cache).
     slot_cache: std::cell::Cell<(i64, usize)>,
+    /// A slot first learnt from a held-back bucket (an anomaly) and the end of that visit of
+    /// the slot: until then the slot is not used, so the rest of an outage that began a
+    /// wide slot (a 1-minute KPI's 5-minute weekly slots) is not predicted by its first bucket.
+    provisional: (usize, i64),
 }
 
 /// Median and median absolute deviation of a few values.
@@ -244,6 +248,7 @@ impl SeasonalModel {
             run_exp: 0.0,
             run_n: 0.0,
             slot_cache: std::cell::Cell::new((i64::MIN, 0)),
+            provisional: (usize::MAX, i64::MIN),
         })
     }
 
@@ -269,7 +274,21 @@ impl SeasonalModel {
 
     /// Whether the model has seen this bucket's slot and a level.
     pub(crate) fn ready(&self, ts: i64) -> bool {
-        self.level_n > 0 && self.visits[self.slot(ts)] > 0
+        let slot = self.slot(ts);
+        self.level_n > 0
+            && self.visits[slot] > 0
+            && !(slot == self.provisional.0 && ts < self.provisional.1)
+    }
+
+    /// Whether the model has ever learnt this bucket's slot.
+    pub(crate) fn seen(&self, ts: i64) -> bool {
+        self.visits[self.slot(ts)] > 0
+    }
+
+    /// This bucket's slot was just learnt from a held-back bucket: it is not used for the rest
+    /// of this visit of the slot.
+    pub(crate) fn provisional(&mut self, ts: i64) {
+        self.provisional = (self.slot(ts), ts - ts.rem_euclid(self.width) + self.width);
     }
 
     fn level(&self) -> f64 {
