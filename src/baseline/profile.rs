@@ -275,9 +275,7 @@ impl SeasonalModel {
     /// Whether the model has seen this bucket's slot and a level.
     pub(crate) fn ready(&self, ts: i64) -> bool {
         let slot = self.slot(ts);
-        self.level_n > 0
-            && self.visits[slot] > 0
-            && !(slot == self.provisional.0 && ts < self.provisional.1)
+        self.level_n > 0 && self.visits[slot] > 0 && !(slot == self.provisional.0 && ts < self.provisional.1)
     }
 
     /// Whether the model has ever learnt this bucket's slot.
