@@ -672,7 +672,7 @@ impl OnlineDetector {
         let avail = |i: usize, min_errors: f64| {
             self.models[i]
                 .as_ref()
-                .filter(|m| m.ready(ts) && f64::from(m.mse_n) >= min_errors)
+                .filter(|m| m.trusted(ts) && f64::from(m.mse_n) >= min_errors)
         };
         if self.cfg.seasonality != SeasonalityMode::Auto {
             return self.models.iter().position(Option::is_some);
@@ -1352,12 +1352,12 @@ impl OnlineDetector {
         let kind = self.cfg.kind;
         // A model that has never seen this slot learns it from this bucket whatever it was:
         // the first weekend a series shows is how its weekends look, and a slot must not stay
-        // unseen forever. (One that learnt an anomaly this way is corrected over the next
-        // visits, and until it has proven itself the chosen model is a simpler one.) A slot
-        // first learnt from a held-back bucket is not used for the rest of that visit: a
-        // 1-minute KPI's weekly profile has 5-minute slots, and an outage that is a slot's
-        // first visit would otherwise be predicted by its own first minute (it flagged minutes
-        // 0-6 and 10 of a 15-minute outage, and the return opened a second incident).
+        // unseen forever. A slot first learnt from a held-back bucket is provisional: it may
+        // veto ("it was like this last week") but does not judge, and the first bucket there
+        // that is not held back replaces what it learnt. Otherwise an outage that is a slot's
+        // first visit is how the slot looks: a 1-minute KPI's weekly profile (5-minute slots)
+        // predicted the rest of a 15-minute outage from its first minute (flagging minutes 0-6
+        // and 10 only), and a normal value in that slot a week later was a "spike".
         for (m, p) in self.models.iter_mut().zip(scored.preds.iter()) {
             if let Some(m) = m {
                 match p {
@@ -1365,16 +1365,20 @@ impl OnlineDetector {
                     Some(_) if feedback == Feedback::NewNormal => {
                         let p = m.predict(kind, b.ts, weight);
                         m.learn(kind, b.ts, y, weight, &p, winsor);
+                        m.set_provisional(b.ts, false);
+                    }
+                    Some(_) if !held_back && m.is_provisional(b.ts) => {
+                        m.forget_slot(b.ts);
+                        let p = m.predict(kind, b.ts, weight);
+                        m.learn(kind, b.ts, y, weight, &p, None);
+                        m.set_provisional(b.ts, false);
                     }
                     Some(p) if !held_back => m.learn(kind, b.ts, y, weight, p, winsor),
                     Some(_) => {}
-                    None if held_back && m.seen(b.ts) => {}
                     None => {
                         let p = m.predict(kind, b.ts, weight);
                         m.learn(kind, b.ts, y, weight, &p, None);
-                        if held_back {
-                            m.provisional(b.ts);
-                        }
+                        m.set_provisional(b.ts, held_back);
                     }
                 }
             }

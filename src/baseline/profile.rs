@@ -162,10 +162,12 @@ pub(crate) struct SeasonalModel {
     run_n: f64,
     /// The last bucket start asked about and its slot (a pure cache).
     slot_cache: std::cell::Cell<(i64, usize)>,
-    /// A slot first learnt from a held-back bucket (an anomaly) and the end of that visit of
-    /// the slot: until then the slot is not used, so the rest of an outage that began a
-    /// wide slot (a 1-minute KPI's 5-minute weekly slots) is not predicted by its first bucket.
-    provisional: (usize, i64),
+    /// Slots first learnt from a held-back bucket (an anomaly), one bit each: such a slot may
+    /// explain a deviation (veto) but is not used to judge until a bucket that is not held
+    /// back replaces what it learnt. Otherwise an outage that is a slot's first visit is how
+    /// the slot looks: the rest of it goes unflagged, and a normal value there a week later
+    /// is a "spike".
+    provisional: Vec<u64>,
 }
 
 /// Median and median absolute deviation of a few values.
@@ -248,7 +250,7 @@ impl SeasonalModel {
             run_exp: 0.0,
             run_n: 0.0,
             slot_cache: std::cell::Cell::new((i64::MIN, 0)),
-            provisional: (usize::MAX, i64::MIN),
+            provisional: Vec::new(),
         })
     }
 
@@ -274,19 +276,45 @@ impl SeasonalModel {
 
     /// Whether the model has seen this bucket's slot and a level.
     pub(crate) fn ready(&self, ts: i64) -> bool {
+        self.level_n > 0 && self.visits[self.slot(ts)] > 0
+    }
+
+    /// Whether the model may judge this bucket: ready, and its slot not provisional.
+    pub(crate) fn trusted(&self, ts: i64) -> bool {
+        self.ready(ts) && !self.is_provisional(ts)
+    }
+
+    /// Whether this bucket's slot was learnt only from a held-back bucket.
+    pub(crate) fn is_provisional(&self, ts: i64) -> bool {
         let slot = self.slot(ts);
-        self.level_n > 0 && self.visits[slot] > 0 && !(slot == self.provisional.0 && ts < self.provisional.1)
+        self.provisional
+            .get(slot / 64)
+            .is_some_and(|w| w & (1 << (slot % 64)) != 0)
     }
 
-    /// Whether the model has ever learnt this bucket's slot.
-    pub(crate) fn seen(&self, ts: i64) -> bool {
-        self.visits[self.slot(ts)] > 0
+    /// Mark this bucket's slot provisional (learnt from a held-back bucket), or not.
+    pub(crate) fn set_provisional(&mut self, ts: i64, on: bool) {
+        let slot = self.slot(ts);
+        if self.provisional.len() <= slot / 64 {
+            if !on {
+                return;
+            }
+            self.provisional.resize(self.num.len().div_ceil(64), 0);
+        }
+        let bit = 1 << (slot % 64);
+        if on {
+            self.provisional[slot / 64] |= bit;
+        } else {
+            self.provisional[slot / 64] &= !bit;
+        }
     }
 
-    /// This bucket's slot was just learnt from a held-back bucket: it is not used for the rest
-    /// of this visit of the slot.
-    pub(crate) fn provisional(&mut self, ts: i64) {
-        self.provisional = (self.slot(ts), ts - ts.rem_euclid(self.width) + self.width);
+    /// Forget what this bucket's slot learnt (a provisional slot about to be replaced).
+    pub(crate) fn forget_slot(&mut self, ts: i64) {
+        let slot = self.slot(ts);
+        self.visits[slot] = 0;
+        self.num[slot] = 0.0;
+        self.den[slot] = 0.0;
     }
 
     fn level(&self) -> f64 {

@@ -877,3 +877,33 @@ fn a_spike_the_last_weeks_already_held_twice_is_not_news() {
     assert!(v[at(11)].anomaly, "second burst: {:?}", v[at(11)]);
     assert!(!v[at(13)].anomaly, "third burst is recurrent: {:?}", v[at(13)]);
 }
+
+#[test]
+fn a_slot_first_seen_in_an_outage_is_not_expected_empty_a_week_later() {
+    // A 1-minute count at about 50: a 15-minute outage on day 3 (weekly slots not yet seen),
+    // then the same minutes a week later are ordinary. The weekly profile learnt those slots
+    // from the outage only provisionally: a week later it does not judge 50 orders a spike.
+    let outage = 3 * 1440 + 9 * 60;
+    let series: Vec<Bucket> = (0..11 * 1440)
+        .map(|i| {
+            let ts = T0 + i * 60;
+            // The kill and retention tests' shop: deterministic, about 50 a minute.
+            let v = if (outage..outage + 15).contains(&i) {
+                0.0
+            } else {
+                (40 + ((ts / 60) * 7919) % 21) as f64
+            };
+            Bucket::new(ts, v)
+        })
+        .collect();
+    let mut det = detector(Kind::Count, 60);
+    let v = run(&mut det, &series);
+    let o = outage as usize;
+    assert!(
+        v[o..o + 15].iter().all(|v| v.anomaly),
+        "the outage is flagged throughout"
+    );
+    let week = o + 7 * 1440;
+    let later: Vec<_> = v[week - 5..week + 20].iter().filter(|v| v.anomaly).collect();
+    assert!(later.is_empty(), "a week later: {later:?}");
+}
