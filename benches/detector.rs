@@ -181,7 +181,7 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     // A checkpoint of that detector (what a restarted process loads instead of replaying):
     // the detector's postcard encoding, which is what `pipeline::checkpoint` stores (plus a
-    // header of a few dozen bytes and the last 16 observations).
+    // header of a few dozen bytes).
     let warmed = OnlineDetector::warm(cfg, history)?;
     let rounds = 200;
     let start = Instant::now();

@@ -29,7 +29,7 @@ use crate::baseline::{Bucket, DetectorConfig, Feedback, OnlineDetector, Seasonal
 use crate::config::{SchedulerConfig, Settings};
 use crate::kpi::{Kind, KpiSpec, SeasonalitySetting, SliceAlerts};
 use crate::sources::{self, RawRow, SourceRegistry, Window};
-use crate::store::{AlertRow, EvaluationRow, NewAnomaly, ObservationRow, Store};
+use crate::store::{AlertRow, EvaluationRow, NewAnomaly, ObservationRow, SeriesRevision, Store};
 use crate::telemetry::{KpiLabels, Metrics, RunLabels, SourceLabels};
 
 mod checkpoint;
@@ -64,20 +64,22 @@ pub struct Context {
 /// The detectors this process keeps between runs, by series id.
 pub type DetectorCache = Arc<std::sync::Mutex<HashMap<i64, KeptDetector>>>;
 
-/// Observations at the end of a kept detector's history that are compared with the stored
-/// ones before it is reused (at least, and more when `overlap_buckets` asks for more): a
-/// restated bucket there (late rows re-read in the overlap) sends the run down the full
-/// replay.
-const KEPT_TAIL: usize = 16;
-
 /// A series' detector after stepping through its stored history up to `upto`, kept by the
 /// process that ran it so the next run steps only the new buckets (the fast path). It is used
 /// only when replaying from scratch would give the same state: the same replay start (`from`,
 /// which moves once per `scheduler.history_slack`, see [`replay_start`]), the same
 /// configuration, the same feedback and excluded periods before `upto`, and the same stored
-/// observations before `upto` (their count, and the last [`KEPT_TAIL`] of them value for
-/// value). Otherwise the run replays from
-/// the stored observations (the slow path).
+/// observations before `upto`.
+///
+/// The observations are checked without reading them: the store bumps the series'
+/// observation revision (`series.obs_rev`, kept by triggers) whenever a bucket before its
+/// `evaluated_until` is inserted or restated, and pruning (which deletes a prefix) would move
+/// the first bucket at or after `from`. While both are what the detector saw, the run reads
+/// only the buckets after `upto`. Otherwise it reads the history from `from` and checks it
+/// against the detector: the number of observations before `upto` and a chained digest of
+/// all of them ([`chain`]); a restated bucket after `upto` leaves the detector usable (a
+/// checkpoint written before it), one before sends the run down the full replay (the slow
+/// path).
 ///
 /// Every `scheduler.checkpoint_every` it is also written to the store (see `checkpoint`): a
 /// process with no kept detector for a series (just started, or taking the KPI over) loads
@@ -93,24 +95,22 @@ pub struct KeptDetector {
     upto: i64,
     /// Observations stepped.
     seen: usize,
-    tail: Vec<ObservationRow>,
+    /// [`chain`] of the observations stepped.
+    digest: u64,
+    /// The series' observation revision when they were read.
+    rev: i64,
+    /// The first observation stepped.
+    first: Option<i64>,
     detector: OnlineDetector,
     /// `upto` of the last checkpoint written (or loaded) for this series, if any.
     checkpointed: Option<i64>,
 }
 
 impl KeptDetector {
-    /// Whether this detector is the state a replay of `history` (the stored observations from
-    /// `from`) with `cfg`, `feedback` and `excluded` reaches after its `upto`, for a series
-    /// judged up to `judged_until`. A kept detector must be exactly at `judged_until`; a
-    /// checkpoint may be behind it (`exact = false`).
-    fn valid_for(
-        &self,
-        replay: &Replay<'_>,
-        history: &[ObservationRow],
-        judged_until: i64,
-        exact: bool,
-    ) -> bool {
+    /// Whether this detector was built with the replay's start, configuration, feedback and
+    /// exclusions, for a series judged up to `judged_until`. A kept detector must be exactly
+    /// at `judged_until`; a checkpoint may be behind it (`exact = false`).
+    fn matches(&self, replay: &Replay<'_>, judged_until: i64, exact: bool) -> bool {
         let at = if exact {
             self.upto == judged_until
         } else {
@@ -118,10 +118,49 @@ impl KeptDetector {
         };
         at && self.from == replay.from
             && self.cfg == replay.cfg
-            && self.seen == history.partition_point(|o| o.ts < self.upto)
-            && history[..self.seen].ends_with(&self.tail)
             && self.inputs == replay_inputs(replay.feedback, replay.excluded, replay.from, self.upto)
     }
+
+    /// Whether no stored observation it stepped through can have changed since: the same
+    /// revision, and the same first bucket at or after its replay start (pruning).
+    fn current(&self, revision: &SeriesRevision) -> bool {
+        self.rev == revision.obs_rev && (self.first.is_none() || self.first == revision.first)
+    }
+
+    /// Whether it [`matches`](Self::matches) and `history` (the stored observations from
+    /// `from`) starts with exactly the observations it stepped.
+    fn valid_for(
+        &self,
+        replay: &Replay<'_>,
+        history: &[ObservationRow],
+        judged_until: i64,
+        exact: bool,
+    ) -> bool {
+        self.matches(replay, judged_until, exact)
+            && self.seen == history.partition_point(|o| o.ts < self.upto)
+            && chain(CHAIN_SEED, &history[..self.seen]) == self.digest
+    }
+}
+
+/// The digest of no observations.
+const CHAIN_SEED: u64 = 0x6b70_6977_6174_6368;
+
+/// A digest of `rows` after `digest` (so `chain(chain(s, a), b) == chain(s, a ++ b)`):
+/// stable across processes and builds (checkpoints store it), bit for bit on values. Not
+/// cryptographic: it tells restated data from what was stepped, not an adversary.
+fn chain(mut digest: u64, rows: &[ObservationRow]) -> u64 {
+    fn mix(mut z: u64) -> u64 {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    for o in rows {
+        digest = mix(digest ^ o.ts as u64);
+        digest = mix(digest ^ o.value.to_bits());
+        digest = mix(digest ^ o.denominator.map_or(0x7ff4_0000_0000_0001, f64::to_bits));
+    }
+    digest
 }
 
 /// What, besides the observations, a replay of one series depends on.
@@ -666,19 +705,98 @@ async fn evaluate_series(
     let grid = spec.buckets();
     let anchor = replay_anchor(spec.id.as_str(), dims, grid.nominal_secs(), sched.history_slack);
     let from = replay_start(sched.history, sched.history_slack, anchor, end);
-    let history = store.observations(series_id, from, end).await?;
-    let judged_until = store
-        .series_of(spec.id.as_str())
-        .await?
-        .into_iter()
-        .find(|s| s.id == series_id)
-        .and_then(|s| s.evaluated_until)
-        .unwrap_or(i64::MIN);
+    // Read before the observations: a restatement after this read then only costs a replay.
+    let revision = store.series_revision(series_id, from).await?.unwrap_or_default();
+    let judged_until = revision.evaluated_until.unwrap_or(i64::MIN);
     let mut cfg = series_detector_config(spec, dims);
-    // A slice too thin for the KPI's interval is judged over a coarser window (see `slices`);
-    // its verdicts are dated by each window's last bucket and given per bucket (counts and
-    // volumes as the window's mean per bucket; ratios are rates either way).
-    let k = crate::slices::evaluation_factor(spec, dims, &history);
+    let tz = spec.timezone;
+    // Buckets inside an event or holiday are neither learned nor alerted.
+    let excluded = crate::calendar::exclusions(store, spec, from, end).await?;
+    // Feedback on earlier buckets is replayed into the detector: a false positive is learned
+    // as normal, a new normal re-baselines there.
+    let feedback = series_feedback(store, series_id, from, end).await?;
+    let replay = Replay {
+        from,
+        cfg,
+        feedback: &feedback,
+        excluded: &excluded,
+    };
+    let take_kept = || {
+        cx.detectors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&series_id)
+    };
+    // The fast path: the detector this process kept after the last run, else this series'
+    // checkpoint in the store, when nothing it stepped through changed (see
+    // [`KeptDetector`]): only the buckets after it are read. A slice needs its recent
+    // volumes to know whether it is judged over coarse windows (`slices`), so it reads its
+    // history (and may still step from a kept detector below).
+    let fine = crate::slices::is_total(dims) || spec.kind == Kind::Gauge;
+    let mut kept = if sched.keep_detectors { take_kept() } else { None };
+    let mut stored: Option<Option<KeptDetector>> = None;
+    let mut fast = None;
+    if sched.keep_detectors && fine {
+        if kept
+            .as_ref()
+            .is_some_and(|c| c.matches(&replay, judged_until, true) && c.current(&revision))
+        {
+            fast = kept.take().map(|c| (c, "kept"));
+        } else {
+            let c = load_checkpoint(store, series_id, &cfg).await;
+            if c.as_ref()
+                .is_some_and(|c| c.matches(&replay, judged_until, false) && c.current(&revision))
+            {
+                fast = c.map(|c| (c, "checkpoint"));
+            } else {
+                stored = Some(c);
+            }
+        }
+    }
+    let mut k = 1;
+    let (history, start_from, path) = match fast {
+        Some((c, path)) => (store.observations(series_id, c.upto, end).await?, Some(c), path),
+        None => {
+            let history = store.observations(series_id, from, end).await?;
+            // A slice too thin for the KPI's interval is judged over a coarser window (see
+            // `slices`); its verdicts are dated by each window's last bucket and given per
+            // bucket (counts and volumes as the window's mean per bucket; ratios are rates
+            // either way). Coarse windows always replay: they are cut from `end`.
+            k = crate::slices::evaluation_factor(spec, dims, &history);
+            if k == 1 && sched.keep_detectors {
+                // The slow path's check: the stored history itself.
+                if let Some(c) = kept
+                    .take()
+                    .filter(|c| c.valid_for(&replay, &history, judged_until, true))
+                {
+                    (history, Some(c), "kept")
+                } else {
+                    let c = match stored {
+                        Some(c) => c,
+                        None => load_checkpoint(store, series_id, &cfg).await,
+                    };
+                    match c {
+                        Some(c) if c.valid_for(&replay, &history, judged_until, false) => {
+                            (history, Some(c), "checkpoint")
+                        }
+                        Some(c) => {
+                            debug!(
+                                message = "Detector checkpoint is stale; replaying.",
+                                series = series_id,
+                                upto = c.upto,
+                                judged_until,
+                            );
+                            (history, None, "full")
+                        }
+                        None => (history, None, "full"),
+                    }
+                }
+            } else {
+                (history, None, "full")
+            }
+        }
+    };
+    let rows_read = history.len() as u64;
     let windows = crate::slices::window_buckets(spec, k);
     let history = if k > 1 {
         cfg.interval_secs = u32::try_from(windows.nominal_secs()).unwrap_or(cfg.interval_secs);
@@ -687,55 +805,29 @@ async fn evaluate_series(
         history
     };
     let per_bucket = if spec.kind == Kind::Count { k as f64 } else { 1.0 };
-    let tz = spec.timezone;
-    // Buckets inside an event or holiday are neither learned nor alerted.
-    let excluded = crate::calendar::exclusions(store, spec, from, end).await?;
-    // Feedback on earlier buckets is replayed into the detector: a false positive is learned
-    // as normal, a new normal re-baselines there.
-    let feedback = series_feedback(store, series_id, from, end).await?;
-    // The fast path: the detector this process kept after the last run, if replaying would
-    // rebuild exactly it; else this series' checkpoint in the store, under the same test.
-    // Coarse windows (thin slices) always replay: their windows are cut from `end`.
     let keep = sched.keep_detectors && k == 1;
-    let replay = Replay {
-        from,
-        cfg,
-        feedback: &feedback,
-        excluded: &excluded,
-    };
-    let kept = if keep {
-        cx.detectors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&series_id)
-    } else {
-        None
-    };
-    let mut path = "full";
-    let mut kept = kept.filter(|c| c.valid_for(&replay, &history, judged_until, true));
-    if kept.is_some() {
-        path = "kept";
-    } else if keep {
-        kept = load_checkpoint(store, series_id, &replay, &history, judged_until).await;
-        if kept.is_some() {
-            path = "checkpoint";
-        }
-    }
-    let tail_len = KEPT_TAIL.max(sched.overlap_buckets as usize + 1);
     let next_inputs = replay_inputs(&feedback, &excluded, from, end);
     // A checkpoint is written every `checkpoint_every` of buckets (and at once after a full
     // replay), not on every run.
     let every = sched.checkpoint_every.as_secs() as i64;
-    let checkpointed = kept.as_ref().and_then(|c| c.checkpointed);
+    let checkpointed = start_from.as_ref().and_then(|c| c.checkpointed);
     let write_checkpoint = keep && every > 0 && checkpointed.is_none_or(|at| end - at >= every);
+    let obs_rev = revision.obs_rev;
     // CPU-bound: replaying weeks of buckets. Keep it off the async workers.
     let span = tracing::Span::current();
     let (verdicts, kept, encoded) = tokio::task::spawn_blocking(move || {
         let _entered = span.enter();
-        let (mut detector, skip) = match kept {
-            Some(c) => (c.detector, c.seen),
-            None => (OnlineDetector::new(cfg)?, 0),
+        // Stepped already: the observations before `upto` (`seen` of them, all of `history`
+        // from `from` on the slow path, none of it on the fast path).
+        let (mut detector, skip, base) = match start_from {
+            Some(c) => {
+                let skip = history.partition_point(|o| o.ts < c.upto);
+                let base = (c.seen.saturating_sub(skip), c.digest, c.first);
+                (c.detector, skip, base)
+            }
+            None => (OnlineDetector::new(cfg)?, 0, (0, CHAIN_SEED, None)),
         };
+        let (before, digest, first) = base;
         let mut out = Vec::new();
         for o in &history[skip..] {
             // A coarse window starts k buckets before the one it is dated by.
@@ -763,8 +855,10 @@ async fn evaluate_series(
             cfg,
             inputs: next_inputs,
             upto: end,
-            seen: history.len(),
-            tail: history[history.len().saturating_sub(tail_len)..].to_vec(),
+            seen: before + history.len(),
+            digest: chain(digest, &history[skip..]),
+            rev: obs_rev,
+            first: first.or_else(|| history.first().map(|o| o.ts)),
             detector,
             checkpointed,
         };
@@ -787,10 +881,12 @@ async fn evaluate_series(
     .await
     .context("Detector task failed")?
     .context("Invalid detector configuration")?;
+    let labels = crate::telemetry::ReplayLabels { path };
+    cx.metrics.detector_runs.get_or_create(&labels).inc();
     cx.metrics
-        .detector_runs
-        .get_or_create(&crate::telemetry::ReplayLabels { path })
-        .inc();
+        .detector_observations_read
+        .get_or_create(&labels)
+        .inc_by(rows_read);
     let checkpoint = encoded.map(|bytes| (kept.upto, kept.seen, bytes));
     if keep {
         cx.detectors
@@ -870,15 +966,9 @@ async fn evaluate_series(
     Ok((verdicts, live))
 }
 
-/// The series' stored checkpoint as a kept detector, if there is one and a replay of
-/// `history` would reach the same state; `None` (logged) otherwise, and the run replays.
-async fn load_checkpoint(
-    store: &Store,
-    series_id: i64,
-    replay: &Replay<'_>,
-    history: &[ObservationRow],
-    judged_until: i64,
-) -> Option<KeptDetector> {
+/// The series' stored checkpoint as a kept detector, if there is one written by this format
+/// for `cfg`; `None` (logged) otherwise. The caller checks it like a kept detector.
+async fn load_checkpoint(store: &Store, series_id: i64, cfg: &DetectorConfig) -> Option<KeptDetector> {
     let row = match store.checkpoint(series_id).await {
         Ok(row) => row?,
         Err(error) => {
@@ -887,21 +977,12 @@ async fn load_checkpoint(
         }
     };
     let decoded = if row.format == CHECKPOINT_FORMAT {
-        checkpoint::decode(&row.state, &replay.cfg)
+        checkpoint::decode(&row.state, cfg)
     } else {
         Err(checkpoint::Refused::Format(row.format))
     };
     match decoded {
-        Ok(c) if c.valid_for(replay, history, judged_until, false) => Some(c),
-        Ok(c) => {
-            debug!(
-                message = "Detector checkpoint is stale; replaying.",
-                series = series_id,
-                upto = c.upto,
-                judged_until,
-            );
-            None
-        }
+        Ok(c) => Some(c),
         Err(error) => {
             info!(message = "Detector checkpoint refused; replaying.", series = series_id, %error);
             None

@@ -118,6 +118,9 @@ pub struct Metrics {
     /// `detector_runs_total{path}` — series judged with a kept detector, a stored checkpoint
     /// or a full replay.
     pub detector_runs: Family<ReplayLabels, Counter>,
+    /// `detector_observations_read_total{path}` — stored observations read to bring series'
+    /// detectors up to date (a kept detector or checkpoint reads only the buckets after it).
+    pub detector_observations_read: Family<ReplayLabels, Counter>,
     /// `receiver_failing{receiver}` — 1 while a receiver's last delivery attempt failed.
     pub receiver_failing: Family<ReceiverLabels, Gauge>,
     /// `kpi_value{kpi,series}` — the newest judged bucket's value (ratios as fractions).
@@ -145,6 +148,7 @@ impl Default for Metrics {
         let notifications = Family::<DeliveryLabels, Counter>::default();
         let alerts_firing = Gauge::default();
         let detector_runs = Family::<ReplayLabels, Counter>::default();
+        let detector_observations_read = Family::<ReplayLabels, Counter>::default();
         let receiver_failing = Family::<ReceiverLabels, Gauge>::default();
         let kpi_value = SeriesGauge::default();
         let kpi_expected = SeriesGauge::default();
@@ -207,6 +211,11 @@ impl Default for Metrics {
             detector_runs.clone(),
         );
         registry.register(
+            "detector_observations_read",
+            "Stored observations read to bring series' detectors up to date, by path",
+            detector_observations_read.clone(),
+        );
+        registry.register(
             "receiver_failing",
             "1 while a receiver's last delivery attempt failed",
             receiver_failing.clone(),
@@ -220,6 +229,7 @@ impl Default for Metrics {
             notifications,
             alerts_firing,
             detector_runs,
+            detector_observations_read,
             receiver_failing,
             kpi_value,
             kpi_expected,

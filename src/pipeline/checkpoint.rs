@@ -4,7 +4,8 @@
 //!
 //! The bytes are a postcard encoding of an envelope: [`FORMAT`] first, then a hash of the
 //! [`DetectorConfig`], the kept detector's validity inputs (replay start, feedback and
-//! exclusion hash, `upto`, observations stepped, the last observations value for value) and
+//! exclusion hash, `upto`, observations stepped, a digest of all of them, the series'
+//! observation revision and first bucket when they were read) and
 //! the detector itself (its state types derive serde in `baseline`; see
 //! `baseline/snapshot.rs`). [`decode`] refuses a checkpoint of another format, another
 //! configuration or one that does not decode; the caller then validates it against the
@@ -20,10 +21,9 @@ use sha2::{Digest, Sha256};
 
 use super::KeptDetector;
 use crate::baseline::{DetectorConfig, OnlineDetector};
-use crate::store::ObservationRow;
 
 /// Version of the checkpoint encoding and of the detector behind it.
-pub const FORMAT: i32 = 4;
+pub const FORMAT: i32 = 5;
 
 /// What is stored: the validity inputs of a [`KeptDetector`] and the detector.
 #[derive(Serialize, Deserialize)]
@@ -34,8 +34,12 @@ struct Envelope<D> {
     inputs: u64,
     upto: i64,
     seen: u64,
-    /// `(ts, value, denominator)` of the last observations stepped.
-    tail: Vec<(i64, f64, Option<f64>)>,
+    /// Chained digest of the observations stepped (`super::chain`).
+    digest: u64,
+    /// `series.obs_rev` when they were read.
+    rev: i64,
+    /// The first of them.
+    first: Option<i64>,
     detector: D,
 }
 
@@ -88,7 +92,9 @@ pub(super) fn encode(kept: &KeptDetector) -> Result<Vec<u8>, postcard::Error> {
         inputs: kept.inputs,
         upto: kept.upto,
         seen: kept.seen as u64,
-        tail: kept.tail.iter().map(|o| (o.ts, o.value, o.denominator)).collect(),
+        digest: kept.digest,
+        rev: kept.rev,
+        first: kept.first,
         detector: &kept.detector,
     };
     postcard::to_allocvec(&envelope)
@@ -114,15 +120,9 @@ pub(super) fn decode(bytes: &[u8], cfg: &DetectorConfig) -> Result<KeptDetector,
         inputs: envelope.inputs,
         upto: envelope.upto,
         seen: usize::try_from(envelope.seen).unwrap_or(usize::MAX),
-        tail: envelope
-            .tail
-            .into_iter()
-            .map(|(ts, value, denominator)| ObservationRow {
-                ts,
-                value,
-                denominator,
-            })
-            .collect(),
+        digest: envelope.digest,
+        rev: envelope.rev,
+        first: envelope.first,
         detector: envelope.detector,
         checkpointed: Some(envelope.upto),
     })
@@ -133,6 +133,7 @@ mod tests {
     use super::*;
     use crate::baseline::{Bucket, Feedback};
     use crate::kpi::{Kind, Sensitivity};
+    use crate::store::ObservationRow;
 
     /// A 1-minute count series with a daily cycle, deterministic (no RNG).
     fn history(days: i64) -> Vec<Bucket> {
@@ -155,14 +156,19 @@ mod tests {
             inputs: 7,
             upto: buckets.last().map_or(0, |b| b.ts + 60),
             seen: buckets.len(),
-            tail: buckets[buckets.len() - 3..]
-                .iter()
-                .map(|b| ObservationRow {
-                    ts: b.ts,
-                    value: b.value,
-                    denominator: b.denominator,
-                })
-                .collect(),
+            digest: super::super::chain(
+                super::super::CHAIN_SEED,
+                &buckets
+                    .iter()
+                    .map(|b| ObservationRow {
+                        ts: b.ts,
+                        value: b.value,
+                        denominator: b.denominator,
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+            rev: 3,
+            first: buckets.first().map(|b| b.ts),
             detector,
             checkpointed: None,
         }
@@ -178,8 +184,16 @@ mod tests {
             let bytes = encode(&k).expect("encodes");
             let back = decode(&bytes, &cfg).expect("decodes");
             assert_eq!(
-                (back.from, back.inputs, back.upto, back.seen, &back.tail),
-                (k.from, k.inputs, k.upto, k.seen, &k.tail)
+                (
+                    back.from,
+                    back.inputs,
+                    back.upto,
+                    back.seen,
+                    back.digest,
+                    back.rev,
+                    back.first
+                ),
+                (k.from, k.inputs, k.upto, k.seen, k.digest, k.rev, k.first)
             );
             assert_eq!(back.checkpointed, Some(k.upto));
             let (mut a, mut b) = (k.detector, back.detector);
@@ -257,7 +271,7 @@ mod tests {
         let digest = hex::encode(&Sha256::digest(&bytes)[..8]);
         assert_eq!(
             (FORMAT, bytes.len(), digest.as_str()),
-            (4, 56_728, "5dac5af188e106a9"),
+            (5, 56_704, "154e05c7b2e51d05"),
             "detector state or maths changed: bump checkpoint::FORMAT and pin the new digest"
         );
     }

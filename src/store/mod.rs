@@ -72,11 +72,13 @@ mod checkpoints;
 mod events;
 mod leases;
 mod retention;
+mod revisions;
 mod tokens;
 
 pub use checkpoints::CheckpointRow;
 pub use events::EventRow;
 pub use retention::{Cutoffs, Pruned};
+pub use revisions::SeriesRevision;
 pub use tokens::TokenRow;
 
 /// One bucket of one series as stored.
@@ -516,7 +518,8 @@ impl Store {
                     format!("DELETE FROM observations WHERE series_id IN {by_series}"),
                     format!("DELETE FROM anomaly_feedback WHERE series_id IN {by_series}"),
                     format!("DELETE FROM detector_checkpoints WHERE series_id IN {by_series}"),
-                    "UPDATE series SET evaluated_until = NULL WHERE kpi_id = $1".to_owned(),
+                    "UPDATE series SET evaluated_until = NULL, obs_rev = obs_rev + 1 WHERE kpi_id = $1"
+                        .to_owned(),
                     // A pending incident told nobody and is dropped; a firing one stays open, so
                     // the next runs at the new definition continue it (no second page) or resolve
                     // it with a message.

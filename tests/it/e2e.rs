@@ -828,6 +828,133 @@ async fn kept_detectors_give_the_same_verdicts_as_a_full_replay() {
     assert_eq!(replays(&slow).await.0, 0);
 }
 
+/// A counter of an application's `/metrics`, by its full name and labels.
+async fn counter(app: &Application, series: &str) -> u64 {
+    let (_, text) = crate::helpers::request(app, "GET", "/metrics", None, "").await;
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_run_with_a_kept_detector_reads_only_the_new_buckets_and_an_old_restated_bucket_replays() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    light_runs(dir.path(), None).await;
+}
+
+#[tokio::test]
+async fn a_run_with_a_kept_detector_reads_only_the_new_buckets_and_an_old_restated_bucket_replays_on_postgres(
+) {
+    init_logs();
+    let Some(admin) = server_url("TEST_POSTGRES_URL") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = PgDatabase::create(&admin).await;
+    light_runs(dir.path(), Some(db.url.clone())).await;
+}
+
+/// Runs of a 5-minute KPI with 14 days of history beside a process that always replays: the
+/// kept detector's runs read one stored bucket each (not the 4,000 of the history); a bucket
+/// restated a day back (directly in the store, as no overlap would) bumps the series'
+/// revision and sends the next run down the full replay; the verdicts stay those of the
+/// replaying process throughout.
+async fn light_runs(dir: &Path, state_url: Option<String>) {
+    let smtp = SmtpServer::start();
+    let reference_dir = tempfile::tempdir().expect("tempdir");
+    let (_shop, clock) = busy_shop(dir).await;
+    let shop_url = format!("sqlite://{}", dir.join("shop.db").display());
+    let env: Vec<(&str, String)> = state_url
+        .into_iter()
+        .map(|url| ("KPIWATCH_STATE__URL", url))
+        .collect();
+    let fast = build_full(dir, &smtp, &clock, "", &env).await;
+    let slow = build_full(
+        reference_dir.path(),
+        &smtp,
+        &clock,
+        "",
+        &[
+            ("KPIWATCH_SOURCES__SHOP__URL", shop_url),
+            ("KPIWATCH_SCHEDULER__KEEP_DETECTORS", "false".to_owned()),
+        ],
+    )
+    .await;
+    async fn pass(a: &Application, b: &Application, clock: &ManualClock) {
+        let (ra, rb) = (a.scheduler().run_due().await, b.scheduler().run_due().await);
+        assert_eq!(format!("{ra:?}"), format!("{rb:?}"), "at {}", clock_now(clock));
+    }
+    let read = |path: &'static str| {
+        let fast = &fast;
+        async move {
+            counter(
+                fast,
+                &format!("kpiwatch_detector_observations_read_total{{path=\"{path}\"}}"),
+            )
+            .await
+        }
+    };
+    pass(&fast, &slow, &clock).await;
+    let backfill = read("full").await;
+    assert!(backfill > 4000, "the backfill replays 14 days: {backfill} rows");
+    for _ in 0..6 {
+        clock.advance(Duration::minutes(5));
+        pass(&fast, &slow, &clock).await;
+    }
+    // Each run stepped its one new bucket from the kept detector, and read only that.
+    assert_eq!(detector_runs(&fast, "kept").await, 6);
+    assert_eq!(read("kept").await, 6);
+    assert_eq!(
+        (detector_runs(&fast, "full").await, read("full").await),
+        (1, backfill)
+    );
+
+    // Restate a bucket a day back in both stores.
+    let mut revs = Vec::new();
+    for app in [&fast, &slow] {
+        let store = app.store();
+        let series = store.series_of("orders").await.expect("series");
+        let (id, until) = (series[0].id, series[0].evaluated_until.expect("judged"));
+        let before = store
+            .series_revision(id, 0)
+            .await
+            .expect("revision")
+            .expect("series");
+        let old = until - 86_400;
+        let mut rows = store.observations(id, old, old + 300).await.expect("rows");
+        assert_eq!(rows.len(), 1);
+        rows[0].value += 40.0;
+        store.upsert_observations(id, &rows).await.expect("restate");
+        let after = store
+            .series_revision(id, 0)
+            .await
+            .expect("revision")
+            .expect("series");
+        revs.push((before.obs_rev, after.obs_rev));
+    }
+    assert!(revs.iter().all(|(b, a)| a > b), "{revs:?}");
+    clock.advance(Duration::minutes(5));
+    pass(&fast, &slow, &clock).await;
+    assert_eq!(
+        detector_runs(&fast, "full").await,
+        2,
+        "the restated bucket replays"
+    );
+    assert_eq!(detector_runs(&fast, "checkpoint").await, 0);
+    assert!(read("full").await > 2 * backfill - 100);
+    // Then back to the kept detector, through the drop at t0 + 1 h.
+    for _ in 0..10 {
+        clock.advance(Duration::minutes(5));
+        pass(&fast, &slow, &clock).await;
+    }
+    assert_eq!(detector_runs(&fast, "kept").await, 16);
+    assert_eq!(read("kept").await, 16);
+    assert_same_orders_verdicts(&fast, &slow).await;
+}
+
 /// `kpiwatch_detector_runs_total{path}` of an application.
 async fn detector_runs(app: &Application, path: &str) -> u64 {
     let (_, text) = crate::helpers::request(app, "GET", "/metrics", None, "").await;

@@ -710,3 +710,60 @@ async fn detector_checkpoints_are_overwritten_pruned_and_purged_on_postgres() {
     checkpoints(&db.url).await.close().await;
     db.drop_db().await;
 }
+
+/// The store time of a run's detector reads for a 1-minute KPI with 28 days of history, on
+/// PostgreSQL: the whole replayed history (what every run read before observation
+/// revisions, and what a replay still reads) against the revision check plus the buckets
+/// after a kept detector. Prints the medians; run with
+/// `cargo test --test it store::detector_reads -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "a measurement, not a check"]
+async fn detector_reads_of_a_one_minute_kpi_with_28_days_timed() {
+    init_logs();
+    let Some(admin) = server_url("TEST_POSTGRES_URL") else {
+        return;
+    };
+    let db = PgDatabase::create(&admin).await;
+    let store = Store::connect(&db.url).await.expect("connect");
+    let spec = orders_spec("");
+    store.upsert_kpi(&spec).await.expect("kpi");
+    let id = store.series_id("orders", "{}").await.expect("series");
+    let (from, end) = (T - 28 * DAY, T);
+    let rows: Vec<ObservationRow> = (from..end)
+        .step_by(60)
+        .map(|ts| ObservationRow {
+            ts,
+            value: (ts % 97) as f64,
+            denominator: None,
+        })
+        .collect();
+    store.upsert_observations(id, &rows).await.expect("history");
+    store
+        .save_evaluations(id, &[], &[], end - 60)
+        .await
+        .expect("judged");
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (mut full, mut light) = (Vec::new(), Vec::new());
+    for _ in 0..21 {
+        let t = std::time::Instant::now();
+        let series = store.series_of("orders").await.expect("series");
+        let history = store.observations(id, from, end).await.expect("history");
+        full.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!((series.len(), history.len()), (1, 40_320));
+        let t = std::time::Instant::now();
+        let revision = store.series_revision(id, from).await.expect("revision");
+        let new = store.observations(id, end - 60, end).await.expect("new");
+        light.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!((revision.map(|r| r.first), new.len()), (Some(Some(from)), 1));
+    }
+    let (full, light) = (median(full), median(light));
+    println!(
+        "detector reads of a 1-minute KPI with 28 days (40,320 rows), PostgreSQL loopback, median of 21: \
+         whole history {full:.2} ms, revision + new bucket {light:.2} ms ({:.0}x)",
+        full / light
+    );
+    assert!(light < full);
+}
