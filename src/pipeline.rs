@@ -336,7 +336,8 @@ pub async fn run_kpi(cx: &Context, spec: &KpiSpec, now: DateTime<Utc>) -> anyhow
         let t = Instant::now();
         store.upsert_observations(series_id, &rows).await?;
         took.write += t.elapsed();
-        let (fresh, live) = evaluate_series(cx, spec, series_id, dims, end, &mut took).await?;
+        let written = Written { start, rows: &rows };
+        let (fresh, live) = evaluate_series(cx, spec, series_id, dims, end, written, &mut took).await?;
         judged += fresh.len();
         live_anomalies += live;
         evaluated.push((dims.as_str(), series_id, fresh));
@@ -652,6 +653,14 @@ struct Timings {
     checkpoint: std::time::Duration,
 }
 
+/// The buckets a run has just stored for a series: its window's start and the rows, in time
+/// order.
+#[derive(Debug, Clone, Copy)]
+struct Written<'a> {
+    start: i64,
+    rows: &'a [ObservationRow],
+}
+
 /// A series' verdicts on the buckets it had not judged before: (bucket start, verdict,
 /// incident start in UTC).
 type Fresh = Vec<(i64, crate::baseline::Verdict, Option<i64>)>;
@@ -664,6 +673,7 @@ async fn evaluate_series(
     series_id: i64,
     dims: &str,
     end: i64,
+    written: Written<'_>,
     took: &mut Timings,
 ) -> anyhow::Result<(Fresh, usize)> {
     let read_started = Instant::now();
@@ -671,7 +681,23 @@ async fn evaluate_series(
     let sched = &cx.settings.scheduler;
     let grid = spec.buckets();
     let from = replay_start(sched.history, end);
-    let history = store.observations(series_id, from, end).await?;
+    // A count KPI's run stores every bucket of its window (zero-filled), so the stored window
+    // is exactly what was just written: only the history before it is read back.
+    let history = if spec.kind == Kind::Count {
+        let mut stored = store
+            .observations(series_id, from, written.start.max(from))
+            .await?;
+        stored.extend(
+            written
+                .rows
+                .iter()
+                .filter(|r| r.ts >= from && r.ts < end)
+                .copied(),
+        );
+        stored
+    } else {
+        store.observations(series_id, from, end).await?
+    };
     let judged_until = store
         .series_of(spec.id.as_str())
         .await?
