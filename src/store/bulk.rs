@@ -9,8 +9,8 @@
 //! `INSERT … SELECT … ON CONFLICT` was measured here too and was no faster than the plain
 //! `INSERT`: it pays the `ON CONFLICT` insert after the copy.
 //!
-//! The upsert semantics stay: `DELETE` of exactly the batch's keys (`ts = ANY`, within the
-//! batch's range so that it is one index range scan), then `COPY` of the whole rows — what
+//! The upsert semantics stay: `DELETE` of exactly the batch's keys (within the batch's range,
+//! so that it is one index range scan), then `COPY` of the whole rows — what
 //! `ON CONFLICT (series_id, ts) DO UPDATE SET <every column>` leaves behind, and rows of the
 //! series outside the batch are untouched. Both run in the caller's transaction, so a run
 //! still writes all or nothing. One difference under concurrency: a second transaction
@@ -114,8 +114,13 @@ async fn delete_keys(
     let (Some(lo), Some(hi)) = (keys.iter().min(), keys.iter().max()) else {
         return Ok(());
     };
+    // `IN (SELECT unnest(…))`, not `= ANY(…)`: PostgreSQL plans `= ANY` of a bound array
+    // element by element (measured: 36-47 ms of planning for 40,320 keys, more than the
+    // `COPY` of a table's rows takes on some runs); the semi-join plans in under a
+    // millisecond, and on a backfill the range scan finds no rows and never reads the keys.
     sqlx::query(&format!(
-        "DELETE FROM {table} WHERE series_id = $1 AND ts >= $2 AND ts <= $3 AND ts = ANY($4)"
+        "DELETE FROM {table} WHERE series_id = $1 AND ts >= $2 AND ts <= $3
+         AND ts IN (SELECT unnest($4::bigint[]))"
     ))
     .bind(series_id)
     .bind(*lo)
