@@ -313,10 +313,14 @@ pub async fn run_kpi(cx: &Context, spec: &KpiSpec, now: DateTime<Utc>) -> anyhow
     let source_label = SourceLabels {
         source: spec.source.clone(),
     };
+    let mut took = Timings {
+        fetch: started.elapsed(),
+        ..Timings::default()
+    };
     cx.metrics
         .query_duration
         .get_or_create(&source_label)
-        .observe(started.elapsed().as_secs_f64());
+        .observe(took.fetch.as_secs_f64());
     let known: std::collections::BTreeSet<String> = store
         .series_of(spec.id.as_str())
         .await?
@@ -393,8 +397,10 @@ pub async fn run_kpi(cx: &Context, spec: &KpiSpec, now: DateTime<Utc>) -> anyhow
     for (dims, buckets) in &series {
         let series_id = store.series_id(spec.id.as_str(), dims).await?;
         let rows: Vec<ObservationRow> = buckets.values().copied().collect();
+        let t = Instant::now();
         store.upsert_observations(series_id, &rows).await?;
-        let (fresh, live) = evaluate_series(cx, spec, series_id, dims, end).await?;
+        took.write += t.elapsed();
+        let (fresh, live) = evaluate_series(cx, spec, series_id, dims, end, &mut took).await?;
         judged += fresh.len();
         live_anomalies += live;
         evaluated.push((dims.as_str(), series_id, fresh));
@@ -465,6 +471,12 @@ pub async fn run_kpi(cx: &Context, spec: &KpiSpec, now: DateTime<Utc>) -> anyhow
         live_anomalies,
         window_start = %window.start,
         window_end = %window.end,
+        fetch_ms = took.fetch.as_millis() as u64,
+        write_ms = took.write.as_millis() as u64,
+        read_ms = took.read.as_millis() as u64,
+        replay_ms = took.replay.as_millis() as u64,
+        save_ms = took.save.as_millis() as u64,
+        checkpoint_ms = took.checkpoint.as_millis() as u64,
     );
     deliver(cx, now).await?;
     Ok(RunOutcome::Ok {
@@ -687,6 +699,23 @@ pub fn local_secs(tz: chrono_tz::Tz, utc_secs: i64) -> i64 {
     }
 }
 
+/// Where a run's time went (summed over its series), for the run's log event.
+#[derive(Debug, Default)]
+struct Timings {
+    /// The source query.
+    fetch: std::time::Duration,
+    /// `upsert_observations`.
+    write: std::time::Duration,
+    /// Reading history, progress, exclusions, feedback and a checkpoint back.
+    read: std::time::Duration,
+    /// The detector (on the blocking pool).
+    replay: std::time::Duration,
+    /// `save_evaluations`.
+    save: std::time::Duration,
+    /// `save_checkpoint`.
+    checkpoint: std::time::Duration,
+}
+
 /// A series' verdicts on the buckets it had not judged before: (bucket start, verdict,
 /// incident start in UTC).
 type Fresh = Vec<(i64, crate::baseline::Verdict, Option<i64>)>;
@@ -699,7 +728,9 @@ async fn evaluate_series(
     series_id: i64,
     dims: &str,
     end: i64,
+    took: &mut Timings,
 ) -> anyhow::Result<(Fresh, usize)> {
+    let read_started = Instant::now();
     let store = &cx.store;
     let sched = &cx.settings.scheduler;
     let grid = spec.buckets();
@@ -813,7 +844,9 @@ async fn evaluate_series(
     let checkpointed = start_from.as_ref().and_then(|c| c.checkpointed);
     let write_checkpoint = keep && every > 0 && checkpointed.is_none_or(|at| end - at >= every);
     let obs_rev = revision.obs_rev;
+    took.read += read_started.elapsed();
     // CPU-bound: replaying weeks of buckets. Keep it off the async workers.
+    let replay_started = Instant::now();
     let span = tracing::Span::current();
     let (verdicts, kept, encoded) = tokio::task::spawn_blocking(move || {
         let _entered = span.enter();
@@ -883,6 +916,7 @@ async fn evaluate_series(
     .context("Invalid detector configuration")?;
     let labels = crate::telemetry::ReplayLabels { path };
     cx.metrics.detector_runs.get_or_create(&labels).inc();
+    took.replay += replay_started.elapsed();
     cx.metrics
         .detector_observations_read
         .get_or_create(&labels)
@@ -928,10 +962,13 @@ async fn evaluate_series(
             });
         }
     }
+    let t = Instant::now();
     store
         .save_evaluations(series_id, &evaluations, &anomalies, end)
         .await
         .context("Failed to store verdicts")?;
+    took.save += t.elapsed();
+    let t = Instant::now();
     if let Some((upto, seen, bytes)) = checkpoint {
         // An optimisation only: a failed write costs the next process a replay, not the run.
         let seen = i64::try_from(seen).unwrap_or(i64::MAX);
@@ -950,6 +987,7 @@ async fn evaluate_series(
             }
         }
     }
+    took.checkpoint += t.elapsed();
 
     let mut live = 0;
     for (t, v, _) in &verdicts {

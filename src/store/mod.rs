@@ -68,6 +68,7 @@ macro_rules! run {
     };
 }
 
+mod bulk;
 mod checkpoints;
 mod events;
 mod leases;
@@ -75,6 +76,8 @@ mod retention;
 mod revisions;
 mod tokens;
 
+use bulk::BulkWrite;
+pub use bulk::COPY_MIN_ROWS;
 pub use checkpoints::CheckpointRow;
 pub use events::EventRow;
 pub use retention::{Cutoffs, Pruned};
@@ -656,13 +659,15 @@ impl Store {
         })
     }
 
-    /// Insert or update buckets (late rows and restated data overwrite; idempotent): multi-row
-    /// statements of up to `ROWS_PER_STATEMENT` rows, in one transaction.
+    /// Insert or update buckets (late rows and restated data overwrite; idempotent), in one
+    /// transaction: multi-row statements of up to `ROWS_PER_STATEMENT` rows, or on PostgreSQL
+    /// from [`COPY_MIN_ROWS`] rows on `COPY` (see `bulk`; the same rows result).
     pub async fn upsert_observations(&self, series_id: i64, rows: &[ObservationRow]) -> Result<()> {
         run!(self, |pool| {
             let now = now_secs();
             let mut tx = pool.begin().await?;
-            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let copied = tx.bulk_observations(series_id, rows, now).await?;
+            for chunk in rows.chunks(ROWS_PER_STATEMENT).filter(|_| !copied) {
                 let mut q = sqlx::QueryBuilder::new(
                     "INSERT INTO observations (series_id, ts, value, denominator, updated_at) ",
                 );
@@ -699,7 +704,8 @@ impl Store {
     }
 
     /// Store the detector's verdicts and anomalies for new buckets and move the series'
-    /// `evaluated_until`, in one transaction.
+    /// `evaluated_until`, in one transaction. Verdicts as in [`Store::upsert_observations`]
+    /// (`COPY` on PostgreSQL from [`COPY_MIN_ROWS`] rows); anomalies always as `INSERT`s.
     pub async fn save_evaluations(
         &self,
         series_id: i64,
@@ -710,7 +716,8 @@ impl Store {
         run!(self, |pool| {
             let now = now_secs();
             let mut tx = pool.begin().await?;
-            for chunk in evaluations.chunks(ROWS_PER_STATEMENT / 2) {
+            let copied = tx.bulk_evaluations(series_id, evaluations).await?;
+            for chunk in evaluations.chunks(ROWS_PER_STATEMENT / 2).filter(|_| !copied) {
                 let mut q = sqlx::QueryBuilder::new(
                     "INSERT INTO evaluations (series_id, ts, value, expected, lower, upper, score, anomaly, status, volume, flagged_by) ",
                 );

@@ -767,3 +767,125 @@ async fn detector_reads_of_a_one_minute_kpi_with_28_days_timed() {
     );
     assert!(light < full);
 }
+
+/// Rows as text: Debug prints every float's shortest round-trip digits (and -0.0 as such), so
+/// equal text is equal bits.
+fn debug_text<T: std::fmt::Debug>(rows: &[T]) -> Vec<String> {
+    rows.iter().map(|r| format!("{r:?}")).collect()
+}
+
+/// The observations and verdicts of a backfill-sized batch, with values that test exactness.
+fn bulk_rows(from: usize, to: usize, restated: bool) -> (Vec<ObservationRow>, Vec<EvaluationRow>) {
+    let odd = [1.0 / 3.0, -0.0, 1e-9, 123_456_789.125, 0.1, 7.0];
+    let (mut obs, mut evals) = (Vec::new(), Vec::new());
+    // A restatement skips every 7th bucket: those keep their earlier rows.
+    for i in (from..to).filter(|i| !restated || !i.is_multiple_of(7)) {
+        let ts = T + 60 * i as i64;
+        let v = odd[i % odd.len()] + i as f64 + if restated { 0.5 } else { 0.0 };
+        obs.push(ObservationRow {
+            ts,
+            value: v,
+            denominator: i.is_multiple_of(3).then_some(v * 2.0 + 1.0),
+        });
+        evals.push(EvaluationRow {
+            ts,
+            value: (!i.is_multiple_of(5)).then_some(v),
+            expected: (i > 100).then_some(v * 0.9),
+            lower: (i > 100).then_some(v * 0.5),
+            upper: (i > 100).then_some(v * 1.5),
+            score: odd[(i + 1) % odd.len()],
+            anomaly: i.is_multiple_of(11),
+            status: if i > 100 { "evaluated" } else { "warming_up" }.to_owned(),
+            volume: v,
+            flagged_by: i
+                .is_multiple_of(11)
+                .then(|| if restated { "a\tb\\c\nd" } else { "bucket" }.to_owned()),
+        });
+    }
+    (obs, evals)
+}
+
+#[tokio::test]
+async fn a_large_batch_written_with_copy_reads_back_as_the_multi_row_inserts_do_on_postgres() {
+    init_logs();
+    let Some(admin) = server_url("TEST_POSTGRES_URL") else {
+        return;
+    };
+    let db = PgDatabase::create(&admin).await;
+    let store = Store::connect(&db.url).await.expect("connect");
+    store.upsert_kpi(&orders_spec("")).await.expect("kpi");
+    let small = store
+        .series_id("orders", r#"{"path":"insert"}"#)
+        .await
+        .expect("series");
+    let large = store
+        .series_id("orders", r#"{"path":"copy"}"#)
+        .await
+        .expect("series");
+    let n = 3 * kpiwatch::store::COPY_MIN_ROWS + 17;
+    // The backfill, then a restatement of its second half and new buckets after it.
+    for (from, to, restated) in [(0, n, false), (n / 2, n + 2_500, true)] {
+        let (obs, evals) = bulk_rows(from, to, restated);
+        assert!(obs.len() >= kpiwatch::store::COPY_MIN_ROWS);
+        // Below the threshold: multi-row INSERTs; the whole batch at once: COPY.
+        for chunk in obs.chunks(kpiwatch::store::COPY_MIN_ROWS - 1) {
+            store.upsert_observations(small, chunk).await.expect("insert");
+        }
+        store.upsert_observations(large, &obs).await.expect("copy");
+        let until = T + 60 * to as i64;
+        for chunk in evals.chunks(kpiwatch::store::COPY_MIN_ROWS - 1) {
+            store
+                .save_evaluations(small, chunk, &[anomaly(T, 1.0, false)], until)
+                .await
+                .expect("insert");
+        }
+        store
+            .save_evaluations(large, &evals, &[anomaly(T, 1.0, false)], until)
+            .await
+            .expect("copy");
+    }
+    let (first_obs, first_evals) = bulk_rows(0, n, false);
+    let (second_obs, second_evals) = bulk_rows(n / 2, n + 2_500, true);
+    // What an upsert leaves: the restated rows over the first ones, the skipped ones kept.
+    let expected_obs: std::collections::BTreeMap<i64, ObservationRow> = first_obs
+        .into_iter()
+        .chain(second_obs)
+        .map(|r| (r.ts, r))
+        .collect();
+    let expected_evals: std::collections::BTreeMap<i64, EvaluationRow> = first_evals
+        .into_iter()
+        .chain(second_evals)
+        .map(|e| (e.ts, e))
+        .collect();
+    let expected_obs: Vec<ObservationRow> = expected_obs.into_values().collect();
+    let expected_evals: Vec<EvaluationRow> = expected_evals.into_values().collect();
+    for series in [small, large] {
+        let obs = store.observations(series, 0, i64::MAX).await.expect("read");
+        assert_eq!(obs.len(), expected_obs.len());
+        assert!(
+            debug_text(&obs) == debug_text(&expected_obs),
+            "observations of series {series} differ"
+        );
+        let evals = store.evaluations(series, 0, i64::MAX).await.expect("read");
+        assert!(
+            debug_text(&evals) == debug_text(&expected_evals),
+            "verdicts of series {series} differ"
+        );
+    }
+    let until = |id| {
+        let store = &store;
+        async move {
+            store
+                .series_of("orders")
+                .await
+                .expect("series")
+                .into_iter()
+                .find(|s| s.id == id)
+                .and_then(|s| s.evaluated_until)
+        }
+    };
+    assert_eq!(until(small).await, Some(T + 60 * (n + 2_500) as i64));
+    assert_eq!(until(large).await, until(small).await);
+    store.close().await;
+    db.drop_db().await;
+}
