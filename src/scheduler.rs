@@ -188,7 +188,7 @@ impl Scheduler {
             }
         }
         results.sort_by(|a, b| a.0.cmp(&b.0));
-        self.after_runs(now).await;
+        self.after_runs(now, true).await;
         results
     }
 
@@ -197,7 +197,15 @@ impl Scheduler {
     async fn pass(&self) {
         let now = self.clock.now();
         let _started = self.start_due(now).await;
-        self.after_runs(now).await;
+        // The digest reads what the runs stored: while a KPI's first run in this process (the
+        // backfill after a start) is still in flight, the day's digest waits for a later pass
+        // rather than report the KPI's yesterday as missing.
+        let first_runs_pending = {
+            let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+            running.iter().any(|id| !known.contains_key(id))
+        };
+        self.after_runs(now, !first_runs_pending).await;
     }
 
     /// Start a run of every due KPI that has none in flight and whose lease this process
@@ -296,8 +304,23 @@ impl Scheduler {
         (results, started)
     }
 
-    /// What follows a pass's runs: digests due, delivery, pruning.
-    async fn after_runs(&self, now: DateTime<Utc>) {
+    /// What follows a pass's runs: digests due (unless `digests_now` is false), delivery,
+    /// pruning.
+    async fn after_runs(&self, now: DateTime<Utc>, digests_now: bool) {
+        if digests_now {
+            self.digests(now).await;
+        }
+        if let Err(error) = pipeline::deliver(&self.cx, now).await {
+            error!(
+                message = "Notification delivery pass failed.",
+                error = format!("{error:#}")
+            );
+        }
+        self.prune_if_due(now).await;
+    }
+
+    /// Build and queue the daily digests that are due.
+    async fn digests(&self, now: DateTime<Utc>) {
         let specs = self.specs.all();
         let digests = crate::digest::DigestContext {
             store: &self.cx.store,
@@ -309,13 +332,6 @@ impl Scheduler {
         if let Err(error) = crate::digest::run_due(digests, now).await {
             error!(message = "Daily digest failed.", error = format!("{error:#}"));
         }
-        if let Err(error) = pipeline::deliver(&self.cx, now).await {
-            error!(
-                message = "Notification delivery pass failed.",
-                error = format!("{error:#}")
-            );
-        }
-        self.prune_if_due(now).await;
     }
 
     /// Prune the store once per `retention.every` (on one process at a time).
