@@ -7,7 +7,9 @@
 //! until the cancellation token fires, without waiting for the runs a pass started: a slow
 //! run (a source that takes longer than a tick) delays no other KPI's next run. The runs in
 //! flight are tracked per KPI, so a KPI is never run twice at once by one process (and the
-//! lease keeps other processes off it); on cancellation the runs in flight finish.
+//! lease keeps other processes off it); on cancellation the runs already running finish and
+//! those still waiting for a concurrency slot do not start (a stop during a startup backfill of
+//! many KPIs waits for at most `max_concurrent_runs` runs, not the whole pass).
 //!
 //! The pass is cheap when nothing is due: each process remembers, per KPI, up to which bucket
 //! end it has seen the KPI run (by itself, or found done by another process) and takes no
@@ -54,6 +56,9 @@ pub struct Scheduler {
     running: Arc<Mutex<HashSet<KpiId>>>,
     /// Every run in flight, so that shutdown lets them finish.
     runs: TaskTracker,
+    /// Cancelled at shutdown: runs still waiting for a concurrency slot give up (a startup
+    /// backfill of many KPIs would otherwise hold a stop for the whole pass).
+    stopping: CancellationToken,
 }
 
 /// One run's result, as a pass reports it.
@@ -157,6 +162,7 @@ impl Scheduler {
             next_prune: Arc::default(),
             running: Arc::default(),
             runs: TaskTracker::new(),
+            stopping: CancellationToken::new(),
         }
     }
 
@@ -257,6 +263,7 @@ impl Scheduler {
             let limit = Arc::clone(&self.limit);
             let source_limit = self.source_limit(&spec.source);
             let known = Arc::clone(&self.known);
+            let stopping = self.stopping.clone();
             self.running
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -269,9 +276,18 @@ impl Scheduler {
                 let _in_flight = in_flight;
                 let work = async {
                     // The source's slot first: runs waiting on a slow source hold no global slot.
-                    let _source_permit = source_limit.acquire_owned().await;
-                    let _permit = limit.acquire_owned().await;
-                    pipeline::run_kpi(&cx, &spec, now).await
+                    // A run that has not got its slots when shutdown begins does not start.
+                    let permits = async {
+                        let source_permit = source_limit.acquire_owned().await;
+                        let permit = limit.acquire_owned().await;
+                        (source_permit, permit)
+                    };
+                    let _permits = tokio::select! {
+                        biased;
+                        () = stopping.cancelled() => return None,
+                        permits = permits => permits,
+                    };
+                    Some(pipeline::run_kpi(&cx, &spec, now).await)
                 };
                 tokio::pin!(work);
                 let renew_every = std::time::Duration::from_secs(ttl.unsigned_abs() / 3);
@@ -288,6 +304,10 @@ impl Scheduler {
                 if let Err(error) = cx.store.release_lease(&lease, &cx.instance).await {
                     error!(message = "Failed to release a KPI lease.", kpi = %spec.id, %error);
                 }
+                let Some(result) = result else {
+                    // Not started: shutdown came first. The next process runs it.
+                    return (spec.id.clone(), Ok(RunOutcome::NotDue));
+                };
                 if let Err(error) = &result {
                     error!(message = "KPI run failed.", kpi = %spec.id, error = format!("{error:#}"));
                 }
@@ -398,6 +418,8 @@ impl Scheduler {
                 () = tokio::time::sleep(tick) => {}
             }
         }
+        // Runs still waiting for a slot give up; those already running finish.
+        self.stopping.cancel();
         self.runs.close();
         self.runs.wait().await;
         info!(message = "Scheduler stopped.");

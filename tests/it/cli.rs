@@ -119,3 +119,68 @@ fn detect_writes_one_row_per_input_row_in_the_contract_columns() {
         "a clean series stays quiet"
     );
 }
+
+/// `kpiwatch demo` as the README tells a newcomer to run it (with a shorter history and an
+/// earlier failure): the injected payment failure pages, and the daily digests it sends on the
+/// way (due at once with `digest.time = 00:00`) report every KPI from the backfilled history —
+/// a digest sent before the startup backfill had stored anything said "missing data" for all.
+#[test]
+fn the_demo_pages_on_the_payment_failure_and_its_digests_see_the_backfilled_history() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let demo = dir.path().join("demo");
+    let out = kpiwatch()
+        .current_dir(dir.path())
+        .env("KPIWATCH_DIGEST__TIME", "00:00")
+        .env("RUST_LOG", "warn")
+        .args(["demo", "--dir"])
+        .arg(&demo)
+        .args([
+            "--port",
+            "0",
+            "--history-days",
+            "10",
+            "--fail-after",
+            "5",
+            "--exit-after-alert",
+            "--timeout",
+            "400",
+        ])
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the demo failed ({:?}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(stdout.contains("kpiwatch caught it after"), "{stdout}");
+
+    let mut subjects = Vec::new();
+    for entry in std::fs::read_dir(demo.join("outbox")).expect("the outbox exists") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("eml") {
+            continue;
+        }
+        let raw = std::fs::read(&path).expect("read eml");
+        let subject = mail_parser::MessageParser::default()
+            .parse(&raw)
+            .and_then(|m| m.subject().map(str::to_owned))
+            .unwrap_or_default();
+        subjects.push(subject);
+    }
+    assert!(
+        subjects
+            .iter()
+            .any(|s| s.contains("Payment success rate") && !s.contains("digest")),
+        "no alert about the payment success rate in the outbox: {subjects:#?}"
+    );
+    let digests: Vec<&String> = subjects.iter().filter(|s| s.contains("daily digest")).collect();
+    assert!(!digests.is_empty(), "no digest in the outbox: {subjects:#?}");
+    for digest in digests {
+        assert!(
+            !digest.contains("missing data"),
+            "a digest reported missing data: {digest}"
+        );
+    }
+}

@@ -221,3 +221,91 @@ async fn a_slow_source_does_not_delay_the_next_pass_and_its_kpi_never_runs_twice
     slow.close().await;
     slow_db.drop_db().await;
 }
+
+/// A stop during a pass whose runs queue for the concurrency slots (a startup backfill of many
+/// KPIs) waits only for the runs already running: the queued ones do not start, and the next
+/// process runs them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_does_not_wait_for_the_runs_still_queued_for_a_slot() {
+    init_logs();
+    let Some(admin) = server_url("TEST_POSTGRES_URL") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let minute = Utc::now().duration_trunc(Duration::minutes(1)).expect("minute");
+    let db = PgDatabase::create(&admin).await;
+    let pool = PgPool::connect(&db.url).await.expect("db");
+    pool.execute("CREATE TABLE ticks (ts TIMESTAMPTZ PRIMARY KEY, n INTEGER NOT NULL)")
+        .await
+        .expect("table");
+    sqlx::query(
+        "INSERT INTO ticks SELECT t, 50 FROM generate_series($1::timestamptz, $2::timestamptz, interval '1 minute') t",
+    )
+    .bind(minute - Duration::hours(2))
+    .bind(minute)
+    .execute(&pool)
+    .await
+    .expect("rows");
+    let ids = ["q1", "q2", "q3", "q4"];
+    let specs = ids
+        .iter()
+        .map(|id| {
+            KpiSpec::parse(
+                id,
+                &model("slow"),
+                &format!(
+                    "WITH pause AS (SELECT pg_sleep({SLOW_SECS}) AS slept)
+                     SELECT t.ts, t.n AS value FROM ticks t, pause WHERE t.ts >= :start AND t.ts < :end"
+                ),
+                &Path::new("models").join(id),
+            )
+            .expect("model")
+        })
+        .collect();
+    let env = [
+        ("KPIWATCH_SOURCES__SLOW__URL", db.url.clone()),
+        ("KPIWATCH_SCHEDULER__BACKFILL", "1h".to_owned()),
+        ("KPIWATCH_SCHEDULER__HISTORY", "1h".to_owned()),
+        ("KPIWATCH_SCHEDULER__TICK", "1s".to_owned()),
+        ("KPIWATCH_SCHEDULER__MAX_CONCURRENT_RUNS", "1".to_owned()),
+    ];
+    let clock = ManualClock::new(minute + Duration::seconds(5));
+    let app = Application::build(
+        settings(dir.path(), None, &env),
+        specs,
+        BuildOptions {
+            clock: Arc::new(clock),
+            extra_sources: None,
+        },
+    )
+    .await
+    .expect("app builds");
+    let token = CancellationToken::new();
+    let scheduler = tokio::spawn(app.scheduler().clone().run_until_cancelled(token.clone()));
+    wait_for("a run in flight", StdDuration::from_secs(10), async || {
+        sqlx::query_scalar::<_, i64>(SLEEPING)
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(0)
+            == 1
+    })
+    .await;
+    token.cancel();
+    let stopped = Instant::now();
+    tokio::time::timeout(StdDuration::from_secs(3 * SLOW_SECS), scheduler)
+        .await
+        .expect("the scheduler stops once the running run ends")
+        .expect("scheduler task");
+    let mut ran = 0;
+    for id in ids {
+        ran += usize::from(fetched_until(&app, id).await.is_some());
+    }
+    assert_eq!(
+        ran,
+        1,
+        "only the run holding the one slot finished; the stop took {:?}",
+        stopped.elapsed()
+    );
+    pool.close().await;
+    db.drop_db().await;
+}
