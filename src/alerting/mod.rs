@@ -542,6 +542,7 @@ pub async fn deliver_pending(store: &Store, dispatch: Dispatch<'_>, now: i64) ->
     let pending = store
         .claim_notifications(dispatch.holder, now, claim_until, 200)
         .await?;
+    let claimed: Vec<i64> = pending.iter().map(|n| n.id).collect();
     let mut lanes: BTreeMap<String, Vec<Batch>> = BTreeMap::new();
     let mut email_groups: BTreeMap<(String, String), Vec<store::NotificationRow>> = BTreeMap::new();
     for n in pending {
@@ -635,8 +636,25 @@ pub async fn deliver_pending(store: &Store, dispatch: Dispatch<'_>, now: i64) ->
         }
         Ok::<_, Error>(report)
     });
+    // The claims last `claim_secs`; a delivery that takes longer (a slow SMTP server, many
+    // receivers timing out in one lane) renews those not yet settled every third of that, so
+    // no other process takes them over and sends them a second time.
+    let every = std::time::Duration::from_secs((dispatch.claim_secs.max(3) / 3).unsigned_abs());
+    let all = futures_util::future::join_all(work);
+    tokio::pin!(all);
+    let lanes = loop {
+        tokio::select! {
+            lanes = &mut all => break lanes,
+            () = tokio::time::sleep(every) => {
+                let until = chrono::Utc::now().timestamp() + dispatch.claim_secs;
+                if let Err(error) = store.renew_claims(dispatch.holder, &claimed, until).await {
+                    tracing::warn!(message = "Failed to renew outbox claims.", %error);
+                }
+            }
+        }
+    };
     let mut report = DeliveryReport::default();
-    for lane in futures_util::future::join_all(work).await {
+    for lane in lanes {
         let lane = lane?;
         for (channel, n) in lane.sent {
             *report.sent.entry(channel).or_default() += n;

@@ -1013,6 +1013,33 @@ impl Store {
         })
     }
 
+    /// Extend `holder`'s live claims on the notifications `ids` to `claim_until` (wall clock),
+    /// while their delivery is still under way. A claim already released (the row's outcome
+    /// recorded) or expired (another process may have taken it) is left alone. Returns how
+    /// many claims were renewed.
+    pub async fn renew_claims(&self, holder: &str, ids: &[i64], claim_until: i64) -> Result<u64> {
+        let wall = now_secs();
+        run!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let mut renewed = 0;
+            for id in ids {
+                renewed += sqlx::query(
+                    "UPDATE notifications SET claim_until = $1
+                     WHERE id = $2 AND claimed_by = $3 AND status = 'pending' AND claim_until >= $4",
+                )
+                .bind(claim_until)
+                .bind(id)
+                .bind(holder)
+                .bind(wall)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            }
+            tx.commit().await?;
+            Ok(renewed)
+        })
+    }
+
     /// Notifications due for a delivery attempt at `now`, oldest first (a read-only view:
     /// delivery goes through [`Store::claim_notifications`]).
     pub async fn pending_notifications(&self, now: i64, limit: i64) -> Result<Vec<NotificationRow>> {

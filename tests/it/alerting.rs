@@ -639,3 +639,45 @@ async fn an_accepted_email_is_marked_sent_while_a_webhook_hangs() {
     assert!(sent, "the accepted e-mail is marked sent while the webhook hangs");
     driver.abort();
 }
+
+/// Regression: a delivery that outlasts `claim_timeout` (a receiver hanging for longer) keeps
+/// renewing its claims, so another process cannot take the message over and send it again
+/// while the first attempt is still under way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_longer_than_the_claim_timeout_keeps_its_claim() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smtp = SmtpServer::start();
+    let hook = Hook::default();
+    *hook.hold.lock().expect("lock") = Some(std::time::Duration::from_secs(10));
+    let port = hook.start().await;
+    let (_shop, clock) = crate::e2e::busy_shop(dir.path()).await;
+    let mut env = hook_env(port, closed_port());
+    env.push(("KPIWATCH_SCHEDULER__CLAIM_TIMEOUT", "3s".to_owned()));
+    let app = Arc::new(build_full(dir.path(), &smtp, &clock, "", &env).await);
+    app.scheduler().run_due().await;
+    let stop = t0() + Duration::hours(1);
+    let driver = {
+        let (app, clock) = (Arc::clone(&app), clock.clone());
+        tokio::spawn(async move { drive(&app, &clock, stop + Duration::minutes(16)).await })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while hook.bodies().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the webhook got nothing");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Two claim timeouts into the hanging request, another process looks for work.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    assert!(!driver.is_finished(), "the webhook is still hanging");
+    let far = chrono::Utc::now().timestamp() + 86_400;
+    let taken = app
+        .store()
+        .claim_notifications("another-process", far, far, 200)
+        .await
+        .expect("claim");
+    assert!(
+        !taken.iter().any(|n| n.recipient == "hook"),
+        "another process took over the webhook message in flight: {taken:?}"
+    );
+    driver.abort();
+}
