@@ -502,61 +502,46 @@ async fn data_missing_alert(
     let store = &cx.store;
     let fp = alerting::fingerprint("data_missing", spec, "{}");
     let open = store.open_alert(&fp).await?;
+    let Some(write) = alerting::plan::plan_data_missing(spec, open.as_ref(), error, since, now.timestamp())
+    else {
+        return Ok(());
+    };
+    let row = write.row;
     let labels = alerting::alert_labels(spec, "{}");
     let targets = targets_for(cx, spec, &labels);
     let public_url = &cx.settings.http.public_url;
-    match (open, error) {
-        (None, Some(error)) => {
-            let row = AlertRow {
-                state: "firing".to_owned(),
-                severity: spec.severity.to_string(),
-                last_anomaly_ts: now.timestamp(),
-                notified_at: Some(now.timestamp()),
-                summary: error.to_owned(),
-                ..AlertRow::new(spec.id.as_str(), None, "data_missing", &fp, since)
-            };
-            let (subject, body) =
-                alerting::message::data_missing_message(spec, false, since, error, public_url, None);
-            let silences = load_silences(store, now).await?;
-            let suppressed =
-                alerting::suppression(&labels, &silences, &cx.settings.alerting.maintenance, now);
-            let payload = alerting::payload(spec, "{}", &row, None, false, public_url, (None, None));
-            let out = alerting::Outgoing {
-                event: "firing",
-                subject: &subject,
-                body: &body,
-                payload: &payload,
-                suppressed_by: suppressed.as_deref(),
-                group_key: &alerting::group_key(&labels, &cx.settings.alerting.grouping.by),
-                not_before: now.timestamp() + cx.settings.alerting.grouping.wait.as_secs() as i64,
-            };
-            let notify = alerting::notifications(&cx.receivers, &targets, out);
-            store.save_alert(&row, Some("firing"), &notify).await?;
-            warn!(message = "KPI data missing alert firing.", since = %ts(since)?, %error);
-        }
-        (Some(open), None) => {
-            let (subject, body) =
-                alerting::message::data_missing_message(spec, true, open.started_ts, "", public_url, None);
-            let row = AlertRow {
-                state: "resolved".to_owned(),
-                resolved_ts: Some(now.timestamp()),
-                ..open
-            };
-            let payload = alerting::payload(spec, "{}", &row, None, true, public_url, (None, None));
-            let out = alerting::Outgoing {
-                event: "resolved",
-                subject: &subject,
-                body: &body,
-                payload: &payload,
-                suppressed_by: None,
-                group_key: &alerting::group_key(&labels, &cx.settings.alerting.grouping.by),
-                not_before: now.timestamp() + cx.settings.alerting.grouping.wait.as_secs() as i64,
-            };
-            let notify = alerting::notifications(&cx.receivers, &targets, out);
-            store.save_alert(&row, Some("resolved"), &notify).await?;
-            info!(message = "KPI data missing alert resolved.");
-        }
-        _ => {}
+    let resolved = write.event == alerting::lifecycle::Event::Resolved;
+    let (subject, body) = alerting::message::data_missing_message(
+        spec,
+        resolved,
+        row.started_ts,
+        if resolved { "" } else { &row.summary },
+        public_url,
+        None,
+    );
+    let suppressed = if resolved {
+        None
+    } else {
+        let silences = load_silences(store, now).await?;
+        alerting::suppression(&labels, &silences, &cx.settings.alerting.maintenance, now)
+    };
+    let payload = alerting::payload(spec, "{}", &row, None, resolved, public_url, (None, None));
+    let event = write.event.name();
+    let out = alerting::Outgoing {
+        event: &event,
+        subject: &subject,
+        body: &body,
+        payload: &payload,
+        suppressed_by: suppressed.as_deref(),
+        group_key: &alerting::group_key(&labels, &cx.settings.alerting.grouping.by),
+        not_before: now.timestamp() + cx.settings.alerting.grouping.wait.as_secs() as i64,
+    };
+    let notify = alerting::notifications(&cx.receivers, &targets, out);
+    store.save_alert(&row, Some(&event), &notify).await?;
+    if resolved {
+        info!(message = "KPI data missing alert resolved.");
+    } else {
+        warn!(message = "KPI data missing alert firing.", since = %ts(since)?, error = %row.summary);
     }
     Ok(())
 }

@@ -135,6 +135,54 @@ pub fn plan(input: &Input<'_>) -> Vec<Write> {
     writes
 }
 
+/// What a run does to its KPI's data-missing incident (the source down or too slow for
+/// [`DATA_MISSING_AFTER_BUCKETS`](crate::pipeline) buckets): the row to store and its event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataMissingWrite {
+    /// The incident row (id 0 for a new one).
+    pub row: AlertRow,
+    /// `Firing` for a new incident, `Resolved` when the data is back.
+    pub event: Event,
+}
+
+/// Plan the data-missing incident of `spec` at `now`: `failing` is the source's error while it
+/// has been behind since `since` for long enough to page (`None` once a run got data).
+/// A new incident fires when none is open; an open one resolves when the data is back;
+/// otherwise nothing changes (one page per outage, one resolution).
+pub fn plan_data_missing(
+    spec: &KpiSpec,
+    open: Option<&AlertRow>,
+    failing: Option<&str>,
+    since: i64,
+    now: i64,
+) -> Option<DataMissingWrite> {
+    match (open, failing) {
+        (None, Some(error)) => {
+            let fp = super::fingerprint("data_missing", spec, "{}");
+            Some(DataMissingWrite {
+                row: AlertRow {
+                    state: "firing".to_owned(),
+                    severity: spec.severity.to_string(),
+                    last_anomaly_ts: now,
+                    notified_at: Some(now),
+                    summary: error.to_owned(),
+                    ..AlertRow::new(spec.id.as_str(), None, "data_missing", &fp, since)
+                },
+                event: Event::Firing,
+            })
+        }
+        (Some(open), None) => Some(DataMissingWrite {
+            row: AlertRow {
+                state: "resolved".to_owned(),
+                resolved_ts: Some(now),
+                ..open.clone()
+            },
+            event: Event::Resolved,
+        }),
+        _ => None,
+    }
+}
+
 /// The alert's explanation line for an anomalous bucket: "Orders at …: 0 (-100%) vs 120
 /// expected, far below (90 to 150)".
 fn summary(spec: &KpiSpec, j: &Judged) -> String {
@@ -496,5 +544,35 @@ mod tests {
         assert!(writes
             .iter()
             .all(|w| w.row.acknowledged_by.as_deref() == Some("ana")));
+    }
+
+    #[test]
+    fn a_data_missing_incident_fires_once_per_outage_and_resolves_when_data_is_back() {
+        let spec = spec();
+        let t0 = 1_700_000_100;
+        // The source has been down since t0: it fires, from t0, with the error as summary.
+        let fired = plan_data_missing(&spec, None, Some("connection refused"), t0, t0 + 900).expect("fires");
+        assert_eq!(fired.event, Event::Firing);
+        assert_eq!(fired.row.state, "firing");
+        assert_eq!(fired.row.kind, "data_missing");
+        assert_eq!(fired.row.started_ts, t0);
+        assert_eq!(fired.row.summary, "connection refused");
+        assert_eq!(fired.row.series_id, None);
+        // Still down a run later: nothing new (no second page).
+        let open = AlertRow {
+            id: 7,
+            ..fired.row.clone()
+        };
+        assert_eq!(
+            plan_data_missing(&spec, Some(&open), Some("connection refused"), t0, t0 + 1200),
+            None
+        );
+        // Data back: the same incident resolves, keeping its start.
+        let back = plan_data_missing(&spec, Some(&open), None, t0 + 1500, t0 + 1500).expect("resolves");
+        assert_eq!(back.event, Event::Resolved);
+        assert_eq!((back.row.id, back.row.state.as_str()), (7, "resolved"));
+        assert_eq!((back.row.started_ts, back.row.resolved_ts), (t0, Some(t0 + 1500)));
+        // Data and no incident: nothing.
+        assert_eq!(plan_data_missing(&spec, None, None, t0, t0), None);
     }
 }
