@@ -449,7 +449,7 @@ pub fn day_rows(rows: &[kpiwatch::sources::RawRow]) -> Vec<(i64, f64)> {
     out
 }
 
-/// The daily KPI buckets of `tz`, and a window of them.
+/// The buckets of a daily KPI in `tz`.
 pub fn daily(tz: &str) -> kpiwatch::kpi::Buckets {
     kpiwatch::kpi::Buckets::new(kpiwatch::kpi::Interval::DAY, tz.parse().expect("timezone"))
 }
