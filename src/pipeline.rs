@@ -307,7 +307,7 @@ pub async fn run_kpi(cx: &Context, spec: &KpiSpec, now: DateTime<Utc>) -> anyhow
 
     let started = Instant::now();
     let fetched = match cx.sources.get(&spec.source) {
-        Ok(source) => source.fetch(&spec.query, spec.kind, spec.interval, window).await,
+        Ok(source) => source.fetch(&spec.query, spec.kind, spec.buckets(), window).await,
         Err(e) => Err(e),
     };
     let source_label = SourceLabels {
@@ -1174,7 +1174,7 @@ pub async fn try_query(
     };
     let fetched = sources
         .get(&spec.source)?
-        .fetch(&spec.query, spec.kind, spec.interval, window)
+        .fetch(&spec.query, spec.kind, spec.buckets(), window)
         .await?;
     let series = bucketize(&fetched.rows, spec, start, end)?.len();
     Ok(QueryTrial {
@@ -1198,7 +1198,7 @@ pub async fn fresh_history(
         end: DateTime::from_timestamp(to, 0).unwrap_or_default(),
     };
     let fetched = source
-        .fetch(&spec.query, spec.kind, spec.interval, window)
+        .fetch(&spec.query, spec.kind, spec.buckets(), window)
         .await?;
     if let Some(warning) = warnings_text(&spec.source, &fetched.warnings) {
         warn!(message = "KPI query returned warnings.", kpi = %spec.id, %warning);

@@ -28,6 +28,7 @@ const EPOCH_DAYS_FROM_CE: i64 = 719_163;
 /// or a UTC KPI) or to the wall clock of its timezone (an hour or more). See the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Buckets {
+    interval: Interval,
     step: i64,
     /// `None`: UTC epoch multiples.
     tz: Option<Tz>,
@@ -39,6 +40,7 @@ impl Buckets {
         let step = interval.secs_i64();
         let local = step >= HOUR && tz != chrono_tz::UTC;
         Buckets {
+            interval,
             step,
             tz: local.then_some(tz),
         }
@@ -47,9 +49,20 @@ impl Buckets {
     /// The buckets of `interval` at UTC epoch multiples.
     pub fn utc(interval: Interval) -> Self {
         Buckets {
+            interval,
             step: interval.secs_i64(),
             tz: None,
         }
+    }
+
+    /// The interval these buckets are cut at (their nominal length).
+    pub fn interval(self) -> Interval {
+        self.interval
+    }
+
+    /// The timezone the boundaries follow, `None` when they are UTC epoch multiples.
+    pub fn timezone(self) -> Option<Tz> {
+        self.tz
     }
 
     /// The nominal length in seconds (the interval); a local bucket may be an hour or two

@@ -8,6 +8,14 @@
 //! is a dimension. `$__interval` is replaced by the KPI's interval (`5m`). A bucket
 //! InfluxDB fills with `null` is missing (for counts: zero, as with SQL).
 //!
+//! **Local buckets.** `GROUP BY time(…)` alone tiles UTC. For a KPI whose buckets follow its
+//! timezone ([`Buckets::is_local`]: an hour or more, not UTC) the query gets InfluxQL's
+//! `tz('Zone')` clause appended, which aligns the `time(…)` buckets to the zone's wall clock
+//! with its clock changes (a Berlin day of 25 hours in October is one bucket of 25 hours),
+//! so the `time` column is the start of the KPI's bucket ([`Buckets::floor`]). A query
+//! with a `tz(…)` clause of its own is sent as written. A row InfluxDB stamps elsewhere
+//! (e.g. an `Nd` interval aligned differently) is reported in a warning.
+//!
 //! Read-only by construction: InfluxDB 1.x executes writes sent with GET (it only warns),
 //! so every query is checked to be one `SELECT` without `INTO` before it is sent (the same
 //! check as the model loader's), and only `GET /query` is called. Give kpiwatch a user
@@ -27,7 +35,7 @@ use super::decode::{self, JsonRow};
 use super::http::{excerpt, Endpoint};
 use super::{Error, Fetched, Result, Window};
 use crate::config::SourceConfig;
-use crate::kpi::{validate_influxql, Interval, Kind, Query, INTERVAL_PLACEHOLDER};
+use crate::kpi::{validate_influxql, Buckets, Kind, Query, INTERVAL_PLACEHOLDER};
 
 const QUERY: &str = "query";
 
@@ -94,7 +102,7 @@ impl InfluxDb {
         &self,
         query: &Query,
         kind: Kind,
-        interval: Interval,
+        buckets: Buckets,
         window: Window,
     ) -> Result<Fetched> {
         let Query::InfluxQl(text) = query else {
@@ -106,7 +114,11 @@ impl InfluxDb {
             });
         };
         let text = validate_influxql(text).map_err(Error::Contract)?;
-        let text = text.replace(INTERVAL_PLACEHOLDER, &interval.literal());
+        let text = text.replace(INTERVAL_PLACEHOLDER, &buckets.interval().literal());
+        let text = match buckets.timezone() {
+            Some(tz) if !has_tz_clause(&text) => format!("{text}\ntz('{}')", tz.name()),
+            _ => text,
+        };
         let params = serde_json::json!({
             "start": nanos(window.start),
             "end": nanos(window.end),
@@ -145,6 +157,18 @@ impl InfluxDb {
                     out.rows.push(decode::decode(&row, kind)?);
                 }
             }
+        }
+        let misaligned = out
+            .rows
+            .iter()
+            .filter(|r| buckets.floor(r.ts.timestamp()) != r.ts.timestamp())
+            .count();
+        if misaligned > 0 {
+            out.warnings.push(format!(
+                "{misaligned} row(s) are not stamped at the start of one of the KPI's {} buckets{}; check GROUP BY time(…) and its offset",
+                buckets.interval(),
+                buckets.timezone().map(|tz| format!(" in {}", tz.name())).unwrap_or_default()
+            ));
         }
         Ok(out)
     }
@@ -188,6 +212,16 @@ impl InfluxDb {
     }
 }
 
+/// Whether an InfluxQL statement already names its zone with a `tz(…)` clause.
+fn has_tz_clause(text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    lower.match_indices("tz").any(|(i, _)| {
+        let before = lower[..i].chars().next_back();
+        let after = lower[i + 2..].trim_start().starts_with('(');
+        after && !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
+}
+
 fn nanos(t: chrono::DateTime<chrono::Utc>) -> i64 {
     t.timestamp().saturating_mul(1_000_000_000)
 }
@@ -195,6 +229,18 @@ fn nanos(t: chrono::DateTime<chrono::Utc>) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tz_clause_is_recognised_but_not_a_function_or_field_named_like_it() {
+        assert!(has_tz_clause(
+            "SELECT sum(n) FROM m GROUP BY time(1d) tz('Asia/Seoul')"
+        ));
+        assert!(has_tz_clause(
+            "SELECT sum(n) FROM m GROUP BY time(1d)\nTZ ('UTC')"
+        ));
+        assert!(!has_tz_clause("SELECT sum(n) FROM m GROUP BY time(1d), \"tz\""));
+        assert!(!has_tz_clause("SELECT sum(utz(n)) FROM m GROUP BY time(1d)"));
+    }
 
     #[test]
     fn a_result_with_tags_decodes_under_the_query_contract() {

@@ -37,7 +37,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor};
 
 use crate::config::{redact_url, SourceConfig, SourceKind};
-use crate::kpi::{Interval, Kind, Query};
+use crate::kpi::{Buckets, Kind, Query};
 
 pub use decode::{parse_timestamp, RawRow};
 pub use placeholders::{rewrite, Dialect, Param};
@@ -301,18 +301,22 @@ impl Source {
         }
     }
 
-    /// Run a KPI query of `kind` at buckets of `interval` over `window` and decode its rows.
+    /// Run a KPI query of `kind` at `buckets` (the KPI's [`KpiSpec::buckets`]) over `window`
+    /// and decode its rows. The SQL sources bucket in the query itself; the metric stores
+    /// are asked for exactly these buckets, local ones included.
+    ///
+    /// [`KpiSpec::buckets`]: crate::kpi::KpiSpec::buckets
     pub async fn fetch(
         &self,
         query: &Query,
         kind: Kind,
-        interval: Interval,
+        buckets: Buckets,
         window: Window,
     ) -> Result<Fetched> {
         let sql = match (&self.pool, query) {
             // The HTTP sources enforce their timeout per request (a window may take several).
-            (SourcePool::Prometheus(p), q) => return p.fetch(q, kind, interval, window).await,
-            (SourcePool::InfluxDb(i), q) => return i.fetch(q, kind, interval, window).await,
+            (SourcePool::Prometheus(p), q) => return p.fetch(q, kind, buckets, window).await,
+            (SourcePool::InfluxDb(i), q) => return i.fetch(q, kind, buckets, window).await,
             (_, Query::Sql(sql)) => sql.as_str(),
             (_, other) => {
                 return Err(Error::WrongLanguage {

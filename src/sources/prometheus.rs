@@ -1,10 +1,19 @@
 //! Prometheus as a KPI source: PromQL run as range queries over `GET /api/v1/query_range`.
 //!
-//! **Buckets.** The range query's `step` is the KPI's interval and its evaluation times are
+//! **Buckets.** The range query's `step` is the bucket length and its evaluation times are
 //! bucket *ends*: the value evaluated at `t + interval` is the bucket `[t, t + interval)`.
 //! So `increase(orders_total[$__interval])` is the orders placed in the bucket, and
 //! `avg_over_time(queue_depth[$__interval])` a gauge's mean over it (`$__interval` is
-//! replaced by the interval, e.g. `5m`). Only buckets wholly inside the window are read.
+//! replaced by the bucket length, e.g. `5m`). Only buckets wholly inside the window are read.
+//!
+//! **Local buckets.** A KPI whose buckets follow its timezone ([`Buckets::is_local`]: an
+//! hour or more, not UTC) is evaluated at *its* bucket ends, not at UTC multiples: a `1d`
+//! KPI in Asia/Seoul at 15:00 UTC. Buckets are not all one length there (a Berlin day is 23
+//! or 25 hours when the clocks change), and a range query has one `step` and one range, so
+//! the window is cut into runs of consecutive buckets of equal length ([`runs`]), one range
+//! query per run with `step` and `$__interval` set to that run's length (`23h`, `1d`,
+//! `25h`): the 25-hour day is one evaluation of `…[25h]` at its end, so it covers all 25
+//! hours. A window without a clock change stays one query (or pieces of `max_steps`).
 //!
 //! **Series.** Each result series is one series of the KPI; its labels (but `__name__`)
 //! are its dimensions. A ratio KPI runs two expressions and joins them on labels and time:
@@ -32,7 +41,7 @@ use serde::Deserialize;
 use super::http::{excerpt, Endpoint};
 use super::{Error, Fetched, RawRow, Result, Window};
 use crate::config::SourceConfig;
-use crate::kpi::{Interval, Kind, Query, INTERVAL_PLACEHOLDER};
+use crate::kpi::{Buckets, Kind, Query, INTERVAL_PLACEHOLDER};
 
 const RANGE_QUERY: &str = "api/v1/query_range";
 const INSTANT_QUERY: &str = "api/v1/query";
@@ -98,19 +107,18 @@ impl Prometheus {
         &self,
         query: &Query,
         kind: Kind,
-        interval: Interval,
+        buckets: Buckets,
         window: Window,
     ) -> Result<Fetched> {
-        let with_interval = |e: &str| e.replace(INTERVAL_PLACEHOLDER, &interval.literal());
         let (first, second) = match (query, kind) {
-            (Query::PromQl(expr), Kind::Count | Kind::Gauge) => (with_interval(expr), None),
+            (Query::PromQl(expr), Kind::Count | Kind::Gauge) => (expr, None),
             (
                 Query::PromQlRatio {
                     numerator,
                     denominator,
                 },
                 Kind::Ratio,
-            ) => (with_interval(numerator), Some(with_interval(denominator))),
+            ) => (numerator, Some(denominator)),
             (Query::PromQl(_) | Query::PromQlRatio { .. }, kind) => {
                 return Err(Error::Contract(format!(
                     "a {kind} KPI on Prometheus needs {}",
@@ -130,20 +138,22 @@ impl Prometheus {
                 })
             }
         };
-        let step = interval.secs_i64();
         let mut out = Fetched::default();
         let mut points = 0usize;
         let mut numerators = Vec::new();
         let mut denominators = Vec::new();
-        for (start, end) in chunks(window, step, self.max_steps) {
-            let (series, warnings) = self.range(&first, start, end, step).await?;
+        for run in runs(buckets, window, self.max_steps) {
+            let range = duration_literal(run.step);
+            let expr = first.replace(INTERVAL_PLACEHOLDER, &range);
+            let (series, warnings) = self.range(&expr, run).await?;
             points += series.iter().map(|s| s.1.len()).sum::<usize>();
-            numerators.extend(series);
+            numerators.extend(at_starts(series, run.step));
             add_warnings(&mut out.warnings, warnings);
             if let Some(second) = &second {
-                let (series, warnings) = self.range(second, start, end, step).await?;
+                let expr = second.replace(INTERVAL_PLACEHOLDER, &range);
+                let (series, warnings) = self.range(&expr, run).await?;
                 points += series.iter().map(|s| s.1.len()).sum::<usize>();
-                denominators.extend(series);
+                denominators.extend(at_starts(series, run.step));
                 add_warnings(&mut out.warnings, warnings);
             }
             if points > self.row_cap {
@@ -154,17 +164,17 @@ impl Prometheus {
             }
         }
         let (rows, notes) = if second.is_some() {
-            join_ratio(numerators, denominators, step)?
+            join_ratio(numerators, denominators)?
         } else {
-            single(numerators, step)
+            single(numerators)
         };
         add_warnings(&mut out.warnings, notes);
         out.rows = rows;
         Ok(out)
     }
 
-    /// One range query: evaluation times `start, start + step, …, end` (unix seconds).
-    async fn range(&self, expr: &str, start: i64, end: i64, step: i64) -> Result<(Vec<Series>, Vec<String>)> {
+    /// One range query: evaluation times `first, first + step, …, last` (unix seconds).
+    async fn range(&self, expr: &str, run: Run) -> Result<(Vec<Series>, Vec<String>)> {
         let timeout_ms = self.http.timeout.as_millis().max(1);
         let reply = self
             .http
@@ -172,9 +182,9 @@ impl Prometheus {
                 RANGE_QUERY,
                 &[
                     ("query", expr.to_owned()),
-                    ("start", start.to_string()),
-                    ("end", end.to_string()),
-                    ("step", step.to_string()),
+                    ("start", run.first.to_string()),
+                    ("end", run.last.to_string()),
+                    ("step", run.step.to_string()),
                     ("timeout", format!("{timeout_ms}ms")),
                 ],
             )
@@ -215,6 +225,80 @@ fn add_warnings(into: &mut Vec<String>, new: Vec<String>) {
             into.push(w);
         }
     }
+}
+
+/// One range query: evaluations at `first, first + step, …, last`, each the end of a bucket
+/// `step` seconds long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Run {
+    pub(super) first: i64,
+    pub(super) last: i64,
+    pub(super) step: i64,
+}
+
+/// The range queries that read every bucket of `buckets` wholly inside `window`, each
+/// bucket once: for UTC buckets [`chunks`] of the interval; for local buckets runs of
+/// consecutive buckets of one length (a DST day of 23 or 25 hours is a run of its own), at
+/// most `max_steps` evaluations each.
+pub(super) fn runs(buckets: Buckets, window: Window, max_steps: usize) -> Vec<Run> {
+    if !buckets.is_local() {
+        let step = buckets.nominal_secs();
+        return chunks(window, step, max_steps)
+            .into_iter()
+            .map(|(first, last)| Run { first, last, step })
+            .collect();
+    }
+    let (from, to) = (window.start.timestamp(), window.end.timestamp());
+    let per = max_steps.max(1);
+    let mut out: Vec<Run> = Vec::new();
+    let mut in_last = 0usize;
+    for start in buckets.starts(from, to) {
+        if start < from {
+            continue;
+        }
+        let end = buckets.end(start);
+        if end > to {
+            break;
+        }
+        match out.last_mut() {
+            Some(run) if run.step == end - start && run.last == start && in_last < per => {
+                run.last = end;
+                in_last += 1;
+            }
+            _ => {
+                out.push(Run {
+                    first: end,
+                    last: end,
+                    step: end - start,
+                });
+                in_last = 1;
+            }
+        }
+    }
+    out
+}
+
+/// `secs` as a PromQL duration in its largest whole unit: `1d`, `25h`, `1410m` (a Lord Howe
+/// day of 23 h 30 min).
+fn duration_literal(secs: i64) -> String {
+    if secs % 86_400 == 0 {
+        format!("{}d", secs / 86_400)
+    } else if secs % 3600 == 0 {
+        format!("{}h", secs / 3600)
+    } else if secs % 60 == 0 {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// Points re-stamped from evaluation time (a bucket's end) to the start of the bucket,
+/// `step` seconds earlier.
+fn at_starts(series: Vec<Series>, step: i64) -> Vec<Series> {
+    series
+        .into_iter()
+        .map(|(labels, points)| (labels, points.into_iter().map(|(t, v)| (t - step, v)).collect()))
+        .collect()
 }
 
 /// The range queries that cover every bucket `[b, b + step)` wholly inside `window`, as
@@ -275,8 +359,8 @@ fn number(v: &str) -> std::result::Result<f64, String> {
     }
 }
 
-fn ts(eval: i64, step: i64) -> Option<DateTime<chrono::Utc>> {
-    DateTime::from_timestamp(eval - step, 0)
+fn ts(start: i64) -> Option<DateTime<chrono::Utc>> {
+    DateTime::from_timestamp(start, 0)
 }
 
 fn dims(labels: &BTreeMap<String, String>) -> Vec<(String, String)> {
@@ -287,18 +371,18 @@ fn not_finite_note(n: usize) -> String {
     format!("{n} point(s) were NaN or infinite (e.g. a division by zero) and were read as missing")
 }
 
-/// Rows of a count or gauge KPI: one per point, at the start of the bucket it closes.
-/// NaN and infinite points (a division by zero) are missing data, with a note.
-pub(super) fn single(series: Vec<Series>, step: i64) -> (Vec<RawRow>, Vec<String>) {
+/// Rows of a count or gauge KPI: one per point (stamped at its bucket's start by
+/// [`at_starts`]). NaN and infinite points (a division by zero) are missing data, with a note.
+pub(super) fn single(series: Vec<Series>) -> (Vec<RawRow>, Vec<String>) {
     let mut rows = Vec::new();
     let mut not_finite = 0;
     for (labels, points) in series {
-        for (eval, v) in points {
+        for (start, v) in points {
             if !v.is_finite() {
                 not_finite += 1;
                 continue;
             }
-            if let Some(ts) = ts(eval, step) {
+            if let Some(ts) = ts(start) {
                 rows.push(RawRow {
                     ts,
                     value: Some(v),
@@ -319,7 +403,6 @@ pub(super) fn single(series: Vec<Series>, step: i64) -> (Vec<RawRow>, Vec<String
 pub(super) fn join_ratio(
     numerators: Vec<Series>,
     denominators: Vec<Series>,
-    step: i64,
 ) -> Result<(Vec<RawRow>, Vec<String>)> {
     let mut num: BTreeMap<(BTreeMap<String, String>, i64), f64> = BTreeMap::new();
     for (labels, points) in numerators {
@@ -337,7 +420,7 @@ pub(super) fn join_ratio(
                 not_finite += 1;
                 continue;
             }
-            let Some(at) = ts(eval, step) else { continue };
+            let Some(at) = ts(eval) else { continue };
             if n < 0.0 || d < 0.0 || n > d * 1.1 + 1.0 {
                 return Err(Error::Contract(format!(
                     "numerator {n} and denominator {d} at {at} ({labels:?}): need 0 <= numerator <= denominator; are numerator.promql and denominator.promql the right way round?"
@@ -401,6 +484,116 @@ mod tests {
         assert!(pieces.windows(2).all(|w| w[1].0 == w[0].1 + 60));
     }
 
+    fn utc(s: &str) -> i64 {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .expect("rfc3339")
+            .timestamp()
+    }
+
+    fn local(interval: &str, tz: &str) -> Buckets {
+        Buckets::new(
+            crate::kpi::Interval::parse(interval).expect("interval"),
+            tz.parse().expect("tz"),
+        )
+    }
+
+    #[test]
+    fn utc_buckets_keep_one_run_per_piece_at_the_interval() {
+        let hourly = Buckets::utc(crate::kpi::Interval::HOUR);
+        assert_eq!(
+            runs(hourly, window(0, 4 * 3600), 3),
+            vec![
+                Run {
+                    first: 3600,
+                    last: 3 * 3600,
+                    step: 3600
+                },
+                Run {
+                    first: 4 * 3600,
+                    last: 4 * 3600,
+                    step: 3600
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn seoul_days_are_evaluated_at_15_00_utc() {
+        let day = local("1d", "Asia/Seoul");
+        // From 2026-06-09 10:00 UTC: the first whole Seoul day starts at 15:00 UTC; the last
+        // ends at 15:00 UTC on the 12th (the hour after it is not a whole day).
+        let got = runs(
+            day,
+            window(utc("2026-06-09T10:00:00Z"), utc("2026-06-12T16:00:00Z")),
+            100,
+        );
+        assert_eq!(
+            got,
+            vec![Run {
+                first: utc("2026-06-10T15:00:00Z"),
+                last: utc("2026-06-12T15:00:00Z"),
+                step: 86_400
+            }]
+        );
+        // UTC evaluation times would have been midnights.
+        assert_ne!(got[0].first % 86_400, 0);
+    }
+
+    #[test]
+    fn a_berlin_autumn_day_is_a_25_hour_run_of_its_own() {
+        let day = local("1d", "Europe/Berlin");
+        // Local days 2026-10-23 … 2026-10-27; clocks go back on the 25th.
+        let w = window(utc("2026-10-22T22:00:00Z"), utc("2026-10-27T23:00:00Z"));
+        let got = runs(day, w, 100);
+        assert_eq!(
+            got,
+            vec![
+                Run {
+                    first: utc("2026-10-23T22:00:00Z"),
+                    last: utc("2026-10-24T22:00:00Z"),
+                    step: 86_400
+                },
+                Run {
+                    first: utc("2026-10-25T23:00:00Z"),
+                    last: utc("2026-10-25T23:00:00Z"),
+                    step: 25 * 3600
+                },
+                Run {
+                    first: utc("2026-10-26T23:00:00Z"),
+                    last: utc("2026-10-27T23:00:00Z"),
+                    step: 86_400
+                },
+            ]
+        );
+        // Every bucket of the window is read exactly once, at its start, and they tile it.
+        let mut starts: Vec<i64> = Vec::new();
+        for r in &got {
+            let mut eval = r.first;
+            while eval <= r.last {
+                starts.push(eval - r.step);
+                eval += r.step;
+            }
+        }
+        let expected: Vec<i64> = day
+            .starts(utc("2026-10-22T22:00:00Z"), utc("2026-10-27T23:00:00Z"))
+            .collect();
+        assert_eq!(starts, expected);
+        // The spring day is 23 hours; pieces of at most 2 evaluations split long runs.
+        let spring = runs(
+            day,
+            window(utc("2026-03-27T23:00:00Z"), utc("2026-04-01T22:00:00Z")),
+            2,
+        );
+        let steps: Vec<(i64, i64)> = spring
+            .iter()
+            .map(|r| (r.step / 3600, (r.last - r.first) / r.step + 1))
+            .collect();
+        assert_eq!(steps, vec![(24, 1), (23, 1), (24, 2), (24, 1)]);
+        assert_eq!(duration_literal(25 * 3600), "25h");
+        assert_eq!(duration_literal(86_400), "1d");
+        assert_eq!(duration_literal(23 * 3600 + 1800), "1410m");
+    }
+
     #[test]
     fn a_matrix_becomes_rows_at_bucket_starts_with_labels_as_dimensions() {
         let body = br#"{"status":"success","data":{"resultType":"matrix","result":[
@@ -412,7 +605,7 @@ mod tests {
             vec!["remote_read: connection refused".to_owned()]
         );
         let series = matrix(parsed.data.expect("data")).expect("matrix");
-        let (rows, notes) = single(series, 300);
+        let (rows, notes) = single(at_starts(series, 300));
         let got: Vec<_> = rows
             .into_iter()
             .map(|r| (r.ts.timestamp(), r.value, r.dims))
@@ -430,7 +623,7 @@ mod tests {
             (a("x"), vec![(300, 10.0), (600, 5.0)]),
             (a("y"), vec![(300, 4.0)]),
         ];
-        let (rows, notes) = join_ratio(num, den, 300).expect("joins");
+        let (rows, notes) = join_ratio(at_starts(num, 300), at_starts(den, 300)).expect("joins");
         let got: Vec<(i64, Option<f64>, Option<f64>)> = rows
             .iter()
             .map(|r| (r.ts.timestamp(), r.value, r.denominator))
@@ -449,7 +642,6 @@ mod tests {
         let swapped = join_ratio(
             vec![(a("x"), vec![(300, 10.0)])],
             vec![(a("x"), vec![(300, 2.0)])],
-            300,
         );
         assert!(matches!(swapped, Err(Error::Contract(m)) if m.contains("right way round")));
     }

@@ -12,8 +12,9 @@ use kpiwatch::sources::{Error, Source, Window};
 
 use crate::helpers::{init_logs, SmtpServer};
 use crate::metric_stores::{
-    after, anomaly_alerts, assert_same_buckets, build_app, check, free_port, hourly_model, known_orders,
-    outage_is_data_missing, pass, server_binary, stored, write_model, KnownOrders, Server, COUNTRIES,
+    after, anomaly_alerts, assert_local_days, assert_same_buckets, build_app, check, daily, free_port,
+    hour_value, hourly_model, known_orders, local_day_hours, outage_is_data_missing, pass, server_binary,
+    stored, window_between, write_model, KnownOrders, Server, BERLIN_WINDOW, COUNTRIES, SEOUL_WINDOW,
 };
 
 /// influxd in `dir` with the HTTP API and its RPC port on free loopback ports, nothing
@@ -138,7 +139,7 @@ async fn influxdb_points_written_over_http_become_the_known_buckets_and_the_drop
                 "SELECT * INTO \"copy\" FROM \"orders\" WHERE time >= $start AND time < $end".to_owned(),
             ),
             Kind::Count,
-            Interval::parse("1h").expect("valid"),
+            kpiwatch::kpi::Buckets::utc(Interval::parse("1h").expect("valid")),
             window,
         )
         .await
@@ -148,7 +149,7 @@ async fn influxdb_points_written_over_http_become_the_known_buckets_and_the_drop
         .fetch(
             &Query::PromQl("sum(orders)".to_owned()),
             Kind::Count,
-            Interval::parse("1h").expect("valid"),
+            kpiwatch::kpi::Buckets::utc(Interval::parse("1h").expect("valid")),
             window,
         )
         .await
@@ -277,4 +278,81 @@ async fn check_quotes_influxdb_on_a_bad_query_and_a_missing_database_and_logs_in
     for secret in ["topsecret", "adminpw", "guess"] {
         assert!(!out.contains(secret), "credentials must not leak:\n{out}");
     }
+}
+
+#[tokio::test]
+async fn influxdb_reads_a_local_kpi_at_its_own_days_and_a_25_hour_day_over_25_hours() {
+    init_logs();
+    let Some(bin) = server_binary("TEST_INFLUXD_BIN", "influxd") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let influx = start_influxd(&bin, dir.path(), false).await;
+    admin(&influx, "CREATE DATABASE shop").await;
+    let lines: String = local_day_hours()
+        .map(|h| format!("hourly_orders n={} {}\n", hour_value(h), h + 1800))
+        .collect();
+    let r = reqwest::Client::new()
+        .post(format!("{}/write?db=shop&precision=s", influx.url))
+        .body(lines)
+        .send()
+        .await
+        .expect("influxd answers");
+    assert_eq!(r.status(), 204, "{:?}", r.text().await);
+
+    let cfg: SourceConfig = toml::from_str(&format!(
+        "type = \"influxdb\"\nurl = {:?}\ndatabase = \"shop\"",
+        influx.url
+    ))
+    .expect("source config");
+    let source = Source::build("influx", &cfg).expect("source");
+    let query = Query::InfluxQl(
+        "SELECT sum(\"n\") AS value FROM \"hourly_orders\"\n\
+         WHERE time >= $start AND time < $end\n\
+         GROUP BY time($__interval)\n"
+            .to_owned(),
+    );
+    let read = |tz: &'static str, w: (&'static str, &'static str)| {
+        source.fetch(&query, Kind::Gauge, daily(tz), window_between(w.0, w.1))
+    };
+    let seoul = read("Asia/Seoul", SEOUL_WINDOW).await.expect("reads");
+    let berlin = read("Europe/Berlin", BERLIN_WINDOW).await.expect("reads");
+    assert!(
+        seoul.warnings.is_empty() && berlin.warnings.is_empty(),
+        "{:?} {:?}",
+        seoul.warnings,
+        berlin.warnings
+    );
+    assert_local_days(&seoul.rows, &berlin.rows, "InfluxDB with tz()");
+
+    // A UTC KPI keeps InfluxDB's UTC days; a query that names its own zone is sent as
+    // written, and rows off the KPI's buckets are pointed out.
+    let utc = read("UTC", ("2025-10-24T00:00:00Z", "2025-10-27T00:00:00Z"))
+        .await
+        .expect("reads");
+    assert!(
+        utc.rows.len() == 3 && utc.rows.iter().all(|r| r.ts.timestamp() % 86_400 == 0),
+        "{:?}",
+        utc.rows
+    );
+    let own_zone = Query::InfluxQl(
+        "SELECT sum(\"n\") AS value FROM \"hourly_orders\" WHERE time >= $start AND time < $end GROUP BY time(1d) tz('UTC')"
+            .to_owned(),
+    );
+    let off = source
+        .fetch(
+            &own_zone,
+            Kind::Gauge,
+            daily("Asia/Seoul"),
+            window_between(SEOUL_WINDOW.0, SEOUL_WINDOW.1),
+        )
+        .await
+        .expect("reads");
+    assert!(
+        off.warnings
+            .iter()
+            .any(|w| w.contains("not stamped at the start") && w.contains("Asia/Seoul")),
+        "{:?}",
+        off.warnings
+    );
 }

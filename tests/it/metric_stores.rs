@@ -392,3 +392,126 @@ pub fn check(dir: &Path, config: &str, models: &Path) -> (Option<i32>, String) {
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.code(), text)
 }
+
+/// The local-day scenario both metric stores are loaded with: one gauge sample per UTC hour
+/// from 2025-10-23 to 2025-10-29, stamped at half past (never on a bucket boundary), so a
+/// bucket's `sum` is the sum of the hours it spans. Berlin's clocks go back on 2025-10-26
+/// at 01:00 UTC (03:00 CEST becomes 02:00 CET): that local day lasts 25 hours.
+pub const LOCAL_DAYS_FROM: i64 = 1_761_177_600; // 2025-10-23T00:00:00Z
+/// The end of the local-day scenario's samples.
+pub const LOCAL_DAYS_TO: i64 = 1_761_696_000; // 2025-10-29T00:00:00Z
+/// The hour Berlin lives twice (its second 02:00, CET): worth 100, so a day that misses it
+/// (a 24-hour range ending at the day's end) is visibly short.
+pub const REPEATED_HOUR: i64 = 1_761_440_400; // 2025-10-26T01:00:00Z
+
+/// The value of the hour starting at `h`: 100 for [`REPEATED_HOUR`], 10 for every 14:00
+/// UTC hour, 1 otherwise.
+pub fn hour_value(h: i64) -> f64 {
+    if h == REPEATED_HOUR {
+        100.0
+    } else if h.rem_euclid(86_400) == 14 * HOUR {
+        10.0
+    } else {
+        1.0
+    }
+}
+
+/// The starts of the scenario's hours, oldest first.
+pub fn local_day_hours() -> impl Iterator<Item = i64> {
+    (LOCAL_DAYS_FROM..LOCAL_DAYS_TO).step_by(HOUR as usize)
+}
+
+/// What a source must return for the scenario at `buckets` over `[from, to)` (both bucket
+/// boundaries): one (start, sum of the hours in the bucket) per bucket.
+pub fn local_day_sums(buckets: kpiwatch::kpi::Buckets, from: i64, to: i64) -> Vec<(i64, f64)> {
+    buckets
+        .starts(from, to)
+        .map(|s| {
+            let e = buckets.end(s);
+            (
+                s,
+                local_day_hours()
+                    .filter(|h| *h >= s && *h < e)
+                    .map(hour_value)
+                    .sum(),
+            )
+        })
+        .collect()
+}
+
+/// Rows as (bucket start, value), oldest first.
+pub fn day_rows(rows: &[kpiwatch::sources::RawRow]) -> Vec<(i64, f64)> {
+    let mut out: Vec<(i64, f64)> = rows
+        .iter()
+        .map(|r| (r.ts.timestamp(), r.value.unwrap_or(f64::NAN)))
+        .collect();
+    out.sort_by_key(|r| r.0);
+    out
+}
+
+/// The buckets of a daily KPI in `tz`.
+pub fn daily(tz: &str) -> kpiwatch::kpi::Buckets {
+    kpiwatch::kpi::Buckets::new(kpiwatch::kpi::Interval::DAY, tz.parse().expect("timezone"))
+}
+
+/// The window `[from, to)` given as RFC 3339 instants.
+pub fn window_between(from: &str, to: &str) -> kpiwatch::sources::Window {
+    let at = |s: &str| {
+        DateTime::parse_from_rfc3339(s)
+            .expect("rfc3339")
+            .with_timezone(&Utc)
+    };
+    kpiwatch::sources::Window {
+        start: at(from),
+        end: at(to),
+    }
+}
+
+/// The facts both metric-store tests check on the scenario read at local days: Seoul's
+/// days start at 15:00 UTC, and Berlin's 25-hour day carries all its 25 hours, the repeated
+/// one included. `seoul` and `berlin` are the rows read over [`SEOUL_WINDOW`] and
+/// [`BERLIN_WINDOW`].
+pub fn assert_local_days(
+    seoul: &[kpiwatch::sources::RawRow],
+    berlin: &[kpiwatch::sources::RawRow],
+    context: &str,
+) {
+    let (sw, bw) = (
+        window_between(SEOUL_WINDOW.0, SEOUL_WINDOW.1),
+        window_between(BERLIN_WINDOW.0, BERLIN_WINDOW.1),
+    );
+    let seoul = day_rows(seoul);
+    assert_eq!(
+        seoul,
+        local_day_sums(daily("Asia/Seoul"), sw.start.timestamp(), sw.end.timestamp()),
+        "Seoul days: {context}"
+    );
+    assert_eq!(seoul.len(), 4, "{context}");
+    assert!(
+        seoul.iter().all(|(s, _)| s.rem_euclid(86_400) == 15 * HOUR),
+        "Seoul days start at 15:00 UTC: {seoul:?}; {context}"
+    );
+    let berlin = day_rows(berlin);
+    assert_eq!(
+        berlin,
+        local_day_sums(daily("Europe/Berlin"), bw.start.timestamp(), bw.end.timestamp()),
+        "Berlin days: {context}"
+    );
+    // 2025-10-24 … 2025-10-27 local: 24, 24, 25 and 24 hours, each with one 14:00 UTC hour.
+    let long_day = REPEATED_HOUR - 3 * HOUR; // 2025-10-26 00:00 CEST
+    assert_eq!(
+        berlin,
+        vec![
+            (long_day - 2 * 86_400, 33.0),
+            (long_day - 86_400, 33.0),
+            (long_day, 23.0 + 10.0 + 100.0),
+            (long_day + 25 * HOUR, 33.0)
+        ],
+        "the 25-hour day covers its 25 hours: {context}"
+    );
+}
+
+/// A window of four Seoul days (from 2025-10-24 00:00 KST).
+pub const SEOUL_WINDOW: (&str, &str) = ("2025-10-23T15:00:00Z", "2025-10-27T15:00:00Z");
+/// A window of four Berlin days across the autumn clock change (2025-10-24 … 2025-10-27).
+pub const BERLIN_WINDOW: (&str, &str) = ("2025-10-23T22:00:00Z", "2025-10-27T23:00:00Z");

@@ -20,9 +20,10 @@ use kpiwatch::sources::{Error, RawRow, Source, Window};
 
 use crate::helpers::{init_logs, SmtpServer};
 use crate::metric_stores::{
-    after, anomaly_alerts, assert_same_buckets, build_app, check, free_port, hourly_model, known_orders,
-    outage_is_data_missing, pass, server_binary, stored, write_model, Buckets, KnownOrders, Server,
-    COUNTRIES,
+    after, anomaly_alerts, assert_local_days, assert_same_buckets, build_app, check, daily, free_port,
+    hour_value, hourly_model, known_orders, local_day_hours, outage_is_data_missing, pass, server_binary,
+    stored, window_between, write_model, Buckets, KnownOrders, Server, BERLIN_WINDOW, COUNTRIES,
+    SEOUL_WINDOW,
 };
 
 /// What the exporter publishes: a sample Prometheus missed (`resend`) first, else sample
@@ -317,7 +318,7 @@ async fn prometheus_counters_scraped_from_an_exporter_become_the_known_buckets_a
         start: after(known.start, 0),
         end: after(known.end(), 0),
     };
-    let hourly = Interval::parse("1h").expect("valid");
+    let hourly = kpiwatch::kpi::Buckets::utc(Interval::parse("1h").expect("valid"));
     let orders = Query::PromQl(ORDERS.to_owned());
     let whole = source(&prom.url, 11_000)
         .fetch(&orders, Kind::Count, hourly, window)
@@ -329,7 +330,7 @@ async fn prometheus_counters_scraped_from_an_exporter_become_the_known_buckets_a
         .expect("14 queries");
     assert_eq!(whole.rows.len(), 2 * known.buckets);
     assert_eq!(sorted(whole.rows), sorted(pieces.rows));
-    let minute = Interval::parse("1m").expect("valid");
+    let minute = kpiwatch::kpi::Buckets::utc(Interval::parse("1m").expect("valid"));
     let gauge = Query::PromQl("sum by (country) (shop_orders_total)".to_owned());
     let eight_days = Window {
         start: after(known.end() - 8 * 86_400, 0),
@@ -502,5 +503,88 @@ async fn check_and_runs_quote_prometheus_errors_and_warnings_and_log_in_with_bas
             .is_some_and(|e| e.contains("warned: remote_read")),
         "{:?}",
         row.last_error
+    );
+}
+
+/// The local-day scenario (see `metric_stores`) as blocks in Prometheus's data directory,
+/// written by Debian's `promtool tsdb create-blocks-from openmetrics` before it starts:
+/// six days of hourly samples are history, which a scrape cannot deliver in seconds.
+fn backfill_local_days(dir: &Path) {
+    let mut om = String::from("# TYPE shop_hourly_orders gauge\n");
+    for h in local_day_hours() {
+        om.push_str(&format!("shop_hourly_orders {} {}\n", hour_value(h), h + 1800));
+    }
+    om.push_str("# EOF\n");
+    let input = dir.join("local-days.om");
+    std::fs::write(&input, om).expect("openmetrics");
+    let promtool = std::env::var_os("TEST_PROMETHEUS_BIN")
+        .map(std::path::PathBuf::from)
+        .and_then(|p| p.parent().map(|d| d.join("promtool")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| "promtool".into());
+    let out = std::process::Command::new(&promtool)
+        .args(["tsdb", "create-blocks-from", "openmetrics"])
+        .arg(&input)
+        .arg(dir.join("prometheus-data"))
+        .output()
+        .expect("promtool runs");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn prometheus_reads_a_local_kpi_at_its_own_days_and_a_25_hour_day_over_25_hours() {
+    init_logs();
+    let Some(bin) = server_binary("TEST_PROMETHEUS_BIN", "prometheus") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    backfill_local_days(dir.path());
+    let prom = start_prometheus(&bin, dir.path(), None, "", None).await;
+    let query = Query::PromQl("sum(sum_over_time(shop_hourly_orders[$__interval]))".to_owned());
+    let read = |tz: &'static str, w: (&'static str, &'static str), max_steps: usize| {
+        let query = query.clone();
+        let url = prom.url.clone();
+        async move {
+            source(&url, max_steps)
+                .fetch(&query, Kind::Gauge, daily(tz), window_between(w.0, w.1))
+                .await
+                .expect("reads")
+        }
+    };
+    let seoul = read("Asia/Seoul", SEOUL_WINDOW, 11_000).await;
+    let berlin = read("Europe/Berlin", BERLIN_WINDOW, 11_000).await;
+    assert!(
+        seoul.warnings.is_empty() && berlin.warnings.is_empty(),
+        "{:?} {:?}",
+        seoul.warnings,
+        berlin.warnings
+    );
+    assert_local_days(
+        &seoul.rows,
+        &berlin.rows,
+        &format!("Prometheus log:\n{}", prom.log_text()),
+    );
+    // In pieces of one evaluation the same days come back.
+    let pieces = read("Europe/Berlin", BERLIN_WINDOW, 2).await;
+    assert_local_days(&seoul.rows, &pieces.rows, "in pieces");
+    // The same KPI in UTC is read at UTC midnights (the buckets a non-local KPI had before).
+    let utc = source(&prom.url, 11_000)
+        .fetch(
+            &query,
+            Kind::Gauge,
+            daily("UTC"),
+            window_between("2025-10-24T00:00:00Z", "2025-10-27T00:00:00Z"),
+        )
+        .await
+        .expect("reads");
+    assert!(
+        utc.rows.len() == 3 && utc.rows.iter().all(|r| r.ts.timestamp() % 86_400 == 0),
+        "{:?}",
+        utc.rows
     );
 }

@@ -24,7 +24,7 @@ fn cfg(url: &str, timeout: Duration, row_cap: usize) -> SourceConfig {
 
 /// A SQL query through the same `Source::fetch` the pipeline uses, at 5-minute buckets.
 async fn fetch_sql(source: &Source, sql: &str, kind: Kind) -> Result<Vec<kpiwatch::sources::RawRow>, Error> {
-    let interval = Interval::parse("5m").expect("valid");
+    let interval = kpiwatch::kpi::Buckets::utc(Interval::parse("5m").expect("valid"));
     let query = Query::Sql(sql.to_owned());
     source
         .fetch(&query, kind, interval, window())
@@ -354,7 +354,7 @@ async fn a_sql_source_refuses_a_promql_or_influxql_query_by_name() {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("none.db").display());
     let source = Source::build("shop", &cfg(&url, Duration::from_secs(1), 10)).expect("builds lazily");
-    let interval = Interval::parse("5m").expect("valid");
+    let interval = kpiwatch::kpi::Buckets::utc(Interval::parse("5m").expect("valid"));
     for query in [
         Query::PromQl("sum(up)".to_owned()),
         Query::InfluxQl("SELECT n AS value FROM m WHERE time >= $start AND time < $end".to_owned()),
