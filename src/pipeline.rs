@@ -29,7 +29,7 @@ use crate::baseline::{Bucket, DetectorConfig, Feedback, OnlineDetector, Seasonal
 use crate::config::{SchedulerConfig, Settings};
 use crate::kpi::{Kind, KpiSpec, SeasonalitySetting, SliceAlerts};
 use crate::sources::{self, RawRow, SourceRegistry, Window};
-use crate::store::{AlertRow, EvaluationRow, NewAnomaly, ObservationRow, SeriesRevision, Store};
+use crate::store::{EvaluationRow, NewAnomaly, ObservationRow, SeriesRevision, Store};
 use crate::telemetry::{KpiLabels, Metrics, RunLabels, SourceLabels};
 
 mod checkpoint;
