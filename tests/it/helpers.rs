@@ -311,3 +311,15 @@ impl PgDatabase {
         pool.close().await;
     }
 }
+
+/// A 1-minute orders count from the `orders_min` table of source `shop`, paging
+/// oncall@example.com when it drops (the outage and kill tests' KPI).
+pub const ONE_MINUTE_ORDERS_MODEL: &str = r#"
+title = "Orders"
+source = "shop"
+kind = "count"
+interval = "1m"
+delay = "0s"
+direction = "down"
+recipients = ["oncall@example.com"]
+"#;

@@ -23,15 +23,8 @@ const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
 /// The KPI's interval (the shortest there is).
 const INTERVAL: Duration = Duration::from_secs(60);
 
-const MODEL: &str = r#"
-title = "Orders"
-source = "shop"
-kind = "count"
-interval = "1m"
-delay = "0s"
-direction = "down"
-recipients = ["oncall@example.com"]
-"#;
+/// The shop's 1-minute orders KPI.
+const MODEL: &str = crate::helpers::ONE_MINUTE_ORDERS_MODEL;
 /// Each run's query takes two seconds (`pg_sleep`), so a run is caught in flight.
 const QUERY: &str = "WITH pause AS (SELECT pg_sleep(2) AS slept)
 SELECT o.ts, o.n AS value FROM orders_min o, pause WHERE o.ts >= :start AND o.ts < :end";

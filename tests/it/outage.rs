@@ -14,15 +14,8 @@ use sqlx::{Executor, SqlitePool};
 
 use crate::helpers::{init_logs, SmtpServer};
 
-const MODEL: &str = r#"
-title = "Orders"
-source = "shop"
-kind = "count"
-interval = "1m"
-delay = "0s"
-direction = "down"
-recipients = ["oncall@example.com"]
-"#;
+/// The shop's 1-minute orders KPI.
+const MODEL: &str = crate::helpers::ONE_MINUTE_ORDERS_MODEL;
 const QUERY: &str = "SELECT ts, n AS value FROM orders_min WHERE ts >= :start AND ts < :end";
 
 /// Minutes of the outage.
