@@ -335,17 +335,45 @@ async fn a_restart_during_delivery_leaves_one_delivered_copy_per_idempotency_key
     let mut env = hook_env(port, closed_port());
     // The dead process's claim on the message expires after this (wall clock).
     env.push(("KPIWATCH_SCHEDULER__CLAIM_TIMEOUT", "1s".to_owned()));
-    let app = build_full(dir.path(), &smtp, &clock, "", &env).await;
-    app.scheduler().run_due().await;
-
-    // Orders stop; the receiver takes the alert but answers late, and kpiwatch dies first.
     let stop = t0() + Duration::hours(1);
-    drive(&app, &clock, stop + Duration::minutes(1)).await;
-    *hook.hold.lock().expect("lock") = Some(std::time::Duration::from_secs(30));
-    clock.advance(Duration::minutes(5));
-    let pass = tokio::time::timeout(std::time::Duration::from_secs(2), app.scheduler().run_due()).await;
-    assert!(pass.is_err(), "the pass was cut off mid-delivery");
-    drop(app);
+
+    // The first process lives on a runtime of its own, so that it can die with every task it
+    // spawned (its runs deliver too: dropping the pass alone would leave them running, still
+    // holding — and renewing — their claims, as a live process should).
+    let smtp = Arc::new(smtp);
+    let first = {
+        let (path, smtp, clock, env, hook) = (
+            dir.path().to_owned(),
+            Arc::clone(&smtp),
+            clock.clone(),
+            env.clone(),
+            hook.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let cut_off = rt.block_on(async {
+                let app = build_full(&path, &smtp, &clock, "", &env).await;
+                app.scheduler().run_due().await;
+                // Orders stop; the receiver takes the alert but answers late, and kpiwatch
+                // dies first.
+                drive(&app, &clock, stop + Duration::minutes(1)).await;
+                *hook.hold.lock().expect("lock") = Some(std::time::Duration::from_secs(30));
+                clock.advance(Duration::minutes(5));
+                tokio::time::timeout(std::time::Duration::from_secs(2), app.scheduler().run_due())
+                    .await
+                    .is_err()
+            });
+            rt.shutdown_background();
+            cut_off
+        })
+    };
+    assert!(
+        first.await.expect("first process"),
+        "the pass was cut off mid-delivery"
+    );
     assert_eq!(hook.bodies().len(), 1, "the receiver already has it");
 
     // Restart: once the dead process's claim has expired, the unconfirmed message is
