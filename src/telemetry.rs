@@ -103,6 +103,10 @@ fn query_histogram() -> Histogram {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// Held while the per-KPI gauges are replaced and while the metrics are rendered: a scrape
+    /// sees the old set or the new one, never the emptied families in between (Prometheus
+    /// would mark every KPI series stale until its next scrape).
+    kpi_series_swap: std::sync::Mutex<()>,
     /// `kpi_runs_total{kpi,status}`.
     pub kpi_runs: Family<RunLabels, Counter>,
     /// `source_query_duration_seconds{source}`.
@@ -222,6 +226,7 @@ impl Default for Metrics {
         );
         Metrics {
             registry,
+            kpi_series_swap: std::sync::Mutex::new(()),
             kpi_runs,
             query_duration,
             query_failures,
@@ -286,6 +291,12 @@ pub struct SeriesReading {
 impl Metrics {
     /// Replace the per-KPI gauges with `readings` (the caller caps them per KPI).
     pub fn set_kpi_series(&self, readings: &[SeriesReading]) {
+        // A poisoned lock only means another thread panicked mid-swap: the gauges are still
+        // usable and are replaced whole here.
+        let _swap = self
+            .kpi_series_swap
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for family in [
             &self.kpi_value,
             &self.kpi_expected,
@@ -316,7 +327,13 @@ impl Metrics {
     pub fn render(&self, format: Exposition) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        {
+            let _swap = self
+                .kpi_series_swap
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        }
         match format {
             Exposition::OpenMetrics => out,
             Exposition::Prometheus => openmetrics_to_prometheus(&out),
@@ -402,6 +419,40 @@ mod tests {
         assert_eq!(Exposition::negotiate(Some(prometheus_2)), Exposition::OpenMetrics);
         assert_eq!(Exposition::negotiate(Some("text/plain")), Exposition::Prometheus);
         assert_eq!(Exposition::negotiate(None), Exposition::Prometheus);
+    }
+
+    #[test]
+    fn a_render_during_a_gauge_update_sees_every_kpi_series() {
+        let m = std::sync::Arc::new(Metrics::default());
+        let reading = SeriesReading {
+            labels: SeriesLabels {
+                kpi: "pay".to_owned(),
+                series: String::new(),
+            },
+            ts: 60,
+            value: Some(0.5),
+            band: Some((0.9, 0.8, 1.0)),
+            anomaly: false,
+        };
+        m.set_kpi_series(std::slice::from_ref(&reading));
+        let writer = {
+            let m = m.clone();
+            std::thread::spawn(move || {
+                for _ in 0..5_000 {
+                    m.set_kpi_series(std::slice::from_ref(&reading));
+                }
+            })
+        };
+        let mut missing = 0;
+        while !writer.is_finished() {
+            let text = m.render(Exposition::Prometheus);
+            if !text.contains("kpiwatch_kpi_value{kpi=\"pay\"") {
+                missing += 1;
+            }
+        }
+        writer.join().expect("writer");
+        // A scrape that caught the families emptied would make Prometheus mark the series stale.
+        assert_eq!(missing, 0, "renders without the KPI's gauge");
     }
 
     #[test]
