@@ -18,11 +18,9 @@
 //! leases prevent) makes the `COPY` fail with a unique violation instead of waiting and
 //! updating; the run fails, rolls back and is retried (at least once, as before).
 //!
-//! The data is PostgreSQL's text format: floats are written with Rust's shortest
-//! round-tripping `Display` and read back bit for bit; text is escaped. Must not depend on
-//! anything but `store`'s row types.
-
-use std::fmt::Write as _;
+//! The data is PostgreSQL's binary `COPY` format (see [`Tuples`]): floats travel as their
+//! bits, so they read back bit for bit and neither side prints or parses digits. Must not
+//! depend on anything but `store`'s row types.
 
 use sqlx::{PgConnection, SqliteConnection};
 
@@ -32,7 +30,7 @@ use super::{EvaluationRow, ObservationRow, Result};
 /// (a steady run: a few buckets) with multi-row `INSERT … ON CONFLICT`, as on SQLite.
 pub const COPY_MIN_ROWS: usize = 2000;
 
-/// Rows per `CopyData` message (bounds the buffer: about 0.5 MiB of text).
+/// Rows per `CopyData` message (bounds the buffer: about 0.5 MiB).
 const ROWS_PER_MESSAGE: usize = 5000;
 
 /// A connection that may write a large batch in bulk. `Ok(false)`: it did not (too small a
@@ -60,14 +58,15 @@ impl BulkWrite for PgConnection {
         delete_keys(self, "observations", series_id, rows.iter().map(|r| r.ts)).await?;
         copy(
             self,
-            "COPY observations (series_id, ts, value, denominator, updated_at) FROM STDIN",
+            "COPY observations (series_id, ts, value, denominator, updated_at) FROM STDIN (FORMAT binary)",
             rows,
-            |buf, r| {
-                let _ = write!(buf, "{series_id}\t{}\t", r.ts);
-                push_f64(buf, Some(r.value));
-                buf.push('\t');
-                push_f64(buf, r.denominator);
-                let _ = writeln!(buf, "\t{now}");
+            |t, r| {
+                t.fields(5);
+                t.int8(series_id);
+                t.int8(r.ts);
+                t.float8(Some(r.value));
+                t.float8(r.denominator);
+                t.int8(now);
             },
         )
         .await?;
@@ -81,21 +80,19 @@ impl BulkWrite for PgConnection {
         delete_keys(self, "evaluations", series_id, rows.iter().map(|r| r.ts)).await?;
         copy(
             self,
-            "COPY evaluations (series_id, ts, value, expected, lower, upper, score, anomaly, status, volume, flagged_by) FROM STDIN",
+            "COPY evaluations (series_id, ts, value, expected, lower, upper, score, anomaly, status, volume, flagged_by) FROM STDIN (FORMAT binary)",
             rows,
-            |buf, e| {
-                let _ = write!(buf, "{series_id}\t{}", e.ts);
+            |t, e| {
+                t.fields(11);
+                t.int8(series_id);
+                t.int8(e.ts);
                 for x in [e.value, e.expected, e.lower, e.upper, Some(e.score)] {
-                    buf.push('\t');
-                    push_f64(buf, x);
+                    t.float8(x);
                 }
-                buf.push_str(if e.anomaly { "\tt\t" } else { "\tf\t" });
-                push_text(buf, Some(&e.status));
-                buf.push('\t');
-                push_f64(buf, Some(e.volume));
-                buf.push('\t');
-                push_text(buf, e.flagged_by.as_deref());
-                buf.push('\n');
+                t.bool(e.anomaly);
+                t.text(Some(&e.status));
+                t.float8(Some(e.volume));
+                t.text(e.flagged_by.as_deref());
             },
         )
         .await?;
@@ -131,58 +128,101 @@ async fn delete_keys(
     Ok(())
 }
 
-/// `COPY` `rows`, each written as one line of text by `line`.
+/// `COPY` `rows` in PostgreSQL's binary format, each tuple written by `tuple`.
 async fn copy<T>(
     conn: &mut PgConnection,
     statement: &str,
     rows: &[T],
-    line: impl Fn(&mut String, &T),
+    tuple: impl Fn(&mut Tuples, &T),
 ) -> Result<()> {
     let mut copy = conn.copy_in_raw(statement).await?;
-    let mut buf = String::new();
-    for chunk in rows.chunks(ROWS_PER_MESSAGE) {
-        buf.clear();
+    let mut out = Tuples::start();
+    let chunks = rows.chunks(ROWS_PER_MESSAGE);
+    let last = chunks.len().saturating_sub(1);
+    for (i, chunk) in chunks.enumerate() {
         for r in chunk {
-            line(&mut buf, r);
+            tuple(&mut out, r);
         }
-        if let Err(error) = copy.send(buf.as_bytes()).await {
+        if i == last {
+            out.finish();
+        }
+        if let Err(error) = copy.send(out.0.as_slice()).await {
             // Leave the connection usable (the transaction rolls back either way).
             let _ = copy.abort("kpiwatch: sending COPY data failed").await;
             return Err(error.into());
         }
+        out.0.clear();
+    }
+    if rows.is_empty() {
+        out.finish();
+        copy.send(out.0.as_slice()).await?;
     }
     copy.finish().await?;
     Ok(())
 }
 
-/// A float in `COPY` text: shortest round-tripping digits (`Display` never uses an
-/// exponent), PostgreSQL's spelling of the non-finite ones, `\N` for NULL.
-fn push_f64(buf: &mut String, x: Option<f64>) {
-    match x {
-        None => buf.push_str("\\N"),
-        Some(x) if x.is_nan() => buf.push_str("NaN"),
-        Some(x) if x == f64::INFINITY => buf.push_str("Infinity"),
-        Some(x) if x == f64::NEG_INFINITY => buf.push_str("-Infinity"),
-        Some(x) => {
-            let _ = write!(buf, "{x}");
+/// Tuples in `COPY … (FORMAT binary)` (PostgreSQL's documented file format, "Binary Format"
+/// of the `COPY` reference page): a signature and two zero 32-bit words, then per tuple a
+/// 16-bit field count and each field as a 32-bit byte length (-1 for NULL) and the type's
+/// binary representation, big-endian; a 16-bit -1 ends the data. PostgreSQL reads floats here
+/// as their IEEE 754 bits, so they are stored bit for bit without printing or parsing digits
+/// (the text format's `float8in` was about a third of a backfill's `COPY` of verdicts, timed in
+/// `psql`: 140-178 ms against 99-106 ms for 40,320 rows).
+struct Tuples(Vec<u8>);
+
+impl Tuples {
+    /// A buffer that begins with the header.
+    fn start() -> Self {
+        let mut buf = Vec::with_capacity(ROWS_PER_MESSAGE * 96);
+        buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.extend_from_slice(&0i32.to_be_bytes()); // flags: no OIDs
+        buf.extend_from_slice(&0i32.to_be_bytes()); // header extension length
+        Tuples(buf)
+    }
+
+    /// The trailer: no more tuples.
+    fn finish(&mut self) {
+        self.0.extend_from_slice(&(-1i16).to_be_bytes());
+    }
+
+    fn fields(&mut self, n: i16) {
+        self.0.extend_from_slice(&n.to_be_bytes());
+    }
+
+    fn field(&mut self, bytes: &[u8]) {
+        // Every field written here is a few bytes or a short status word.
+        let len = i32::try_from(bytes.len()).unwrap_or(i32::MAX);
+        self.0.extend_from_slice(&len.to_be_bytes());
+        self.0.extend_from_slice(bytes);
+    }
+
+    fn null(&mut self) {
+        self.0.extend_from_slice(&(-1i32).to_be_bytes());
+    }
+
+    /// `BIGINT`.
+    fn int8(&mut self, x: i64) {
+        self.field(&x.to_be_bytes());
+    }
+
+    /// `DOUBLE PRECISION` (NaN and the infinities included), or NULL.
+    fn float8(&mut self, x: Option<f64>) {
+        match x {
+            Some(x) => self.field(&x.to_bits().to_be_bytes()),
+            None => self.null(),
         }
     }
-}
 
-/// Text in `COPY` text format: backslash, tab, newline and carriage return escaped; `\N` for
-/// NULL.
-fn push_text(buf: &mut String, s: Option<&str>) {
-    let Some(s) = s else {
-        buf.push_str("\\N");
-        return;
-    };
-    for c in s.chars() {
-        match c {
-            '\\' => buf.push_str("\\\\"),
-            '\t' => buf.push_str("\\t"),
-            '\n' => buf.push_str("\\n"),
-            '\r' => buf.push_str("\\r"),
-            c => buf.push(c),
+    /// `BOOLEAN`.
+    fn bool(&mut self, x: bool) {
+        self.field(&[u8::from(x)]);
+    }
+
+    /// `TEXT` (UTF-8, the connection's encoding), or NULL.
+    fn text(&mut self, s: Option<&str>) {
+        match s {
+            Some(s) => self.field(s.as_bytes()),
+            None => self.null(),
         }
     }
 }
@@ -191,42 +231,24 @@ fn push_text(buf: &mut String, s: Option<&str>) {
 mod tests {
     use super::*;
 
-    fn f(x: Option<f64>) -> String {
-        let mut buf = String::new();
-        push_f64(&mut buf, x);
-        buf
-    }
-
     #[test]
-    fn floats_are_written_so_that_they_parse_back_bit_for_bit() {
-        for x in [
-            0.1,
-            -0.0,
-            1e-300,
-            1e300,
-            f64::MIN_POSITIVE,
-            123456.789,
-            1.0 / 3.0,
-            f64::MAX,
-        ] {
-            let text = f(Some(x));
-            assert!(!text.contains('e'), "{text}");
-            let back: f64 = text.parse().expect("a float");
-            assert_eq!(back.to_bits(), x.to_bits(), "{text}");
-        }
-        assert_eq!(f(None), "\\N");
-        assert_eq!(f(Some(f64::NAN)), "NaN");
-        assert_eq!(f(Some(f64::INFINITY)), "Infinity");
-        assert_eq!(f(Some(f64::NEG_INFINITY)), "-Infinity");
-    }
-
-    #[test]
-    fn text_escapes_the_characters_copy_gives_meaning_to() {
-        let mut buf = String::new();
-        push_text(&mut buf, Some("a\tb\nc\\d\re"));
-        assert_eq!(buf, "a\\tb\\nc\\\\d\\re");
-        buf.clear();
-        push_text(&mut buf, None);
-        assert_eq!(buf, "\\N");
+    fn tuples_follow_the_binary_copy_layout() {
+        let mut t = Tuples::start();
+        t.fields(5);
+        t.int8(7);
+        t.float8(Some(1.5));
+        t.float8(None);
+        t.bool(true);
+        t.text(Some("ok"));
+        t.finish();
+        let mut want: Vec<u8> = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0".to_vec();
+        want.extend_from_slice(&[0, 5]);
+        want.extend_from_slice(&[0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 7]);
+        want.extend_from_slice(&[0, 0, 0, 8, 0x3f, 0xf8, 0, 0, 0, 0, 0, 0]);
+        want.extend_from_slice(&[0xff, 0xff, 0xff, 0xff]);
+        want.extend_from_slice(&[0, 0, 0, 1, 1]);
+        want.extend_from_slice(&[0, 0, 0, 2, b'o', b'k']);
+        want.extend_from_slice(&[0xff, 0xff]);
+        assert_eq!(t.0, want);
     }
 }
