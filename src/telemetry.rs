@@ -289,14 +289,17 @@ pub struct SeriesReading {
 }
 
 impl Metrics {
+    /// The lock around the per-KPI gauges' swap. A poisoned lock only means another thread
+    /// panicked mid-swap: the gauges are still usable and the next swap replaces them whole.
+    fn kpi_series_swap(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.kpi_series_swap
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Replace the per-KPI gauges with `readings` (the caller caps them per KPI).
     pub fn set_kpi_series(&self, readings: &[SeriesReading]) {
-        // A poisoned lock only means another thread panicked mid-swap: the gauges are still
-        // usable and are replaced whole here.
-        let _swap = self
-            .kpi_series_swap
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _swap = self.kpi_series_swap();
         for family in [
             &self.kpi_value,
             &self.kpi_expected,
@@ -328,10 +331,7 @@ impl Metrics {
         let mut out = String::new();
         // Writing into a String cannot fail.
         {
-            let _swap = self
-                .kpi_series_swap
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _swap = self.kpi_series_swap();
             let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         }
         match format {

@@ -137,14 +137,9 @@ async fn copy<T>(
 ) -> Result<()> {
     let mut copy = conn.copy_in_raw(statement).await?;
     let mut out = Tuples::start();
-    let chunks = rows.chunks(ROWS_PER_MESSAGE);
-    let last = chunks.len().saturating_sub(1);
-    for (i, chunk) in chunks.enumerate() {
+    for chunk in rows.chunks(ROWS_PER_MESSAGE) {
         for r in chunk {
             tuple(&mut out, r);
-        }
-        if i == last {
-            out.finish();
         }
         if let Err(error) = copy.send(out.0.as_slice()).await {
             // Leave the connection usable (the transaction rolls back either way).
@@ -153,10 +148,9 @@ async fn copy<T>(
         }
         out.0.clear();
     }
-    if rows.is_empty() {
-        out.finish();
-        copy.send(out.0.as_slice()).await?;
-    }
+    // The trailer in a message of its own (with the header too when there were no rows).
+    out.finish();
+    copy.send(out.0.as_slice()).await?;
     copy.finish().await?;
     Ok(())
 }
