@@ -435,6 +435,10 @@ pub struct OnlineDetector {
     scale: GaugeScale,
     /// Gauges during warm-up: the buckets seen, to choose the scale and replay them on it.
     early: Vec<(i64, f64)>,
+    /// Gauges: the series' resolution on the baselines' scale (smallest step seen between
+    /// two consecutive values; 0 until one is seen), and the last value, to measure it.
+    quantum: f64,
+    last_y: f64,
 }
 
 /// What accepting a new normal did to each candidate's level, to undo it.
@@ -475,6 +479,11 @@ const ZERO_HOLD_BACK: f64 = 0.5;
 /// Smallest single-bucket |z| (and CUSUM decision interval) that can flag, whatever the budget:
 /// below it a daily series' budget would flag ordinary noise.
 const MIN_Z: f64 = 3.0;
+/// A gauge's spread is at least this many steps of its resolution (the smallest step seen
+/// between two consecutive values): on a series that moves in whole units, or that sits still
+/// for days and then ticks once, one step is never news. Without it the spread of a quiet
+/// integer gauge collapses towards zero and a tick scores |z| in the thousands.
+const RESOLUTION_SD: f64 = 1.0;
 /// A deviation at least this large that the recent history already holds this many times is
 /// the series' behaviour, not news.
 const RECURRENT: usize = 2;
@@ -586,6 +595,8 @@ impl OnlineDetector {
                 GaugeScale::Linear
             },
             early: Vec::new(),
+            quantum: 0.0,
+            last_y: f64::NAN,
         })
     }
 
@@ -709,6 +720,11 @@ impl OnlineDetector {
             Kind::Count => Some((b.value, 1.0)),
             Kind::Gauge => Some((self.to_model(b.value), 1.0)),
         }
+    }
+
+    /// `p` with its spread at least the series' resolution (gauges).
+    fn floored(&self, p: Prediction) -> Prediction {
+        floored(p, self.cfg.kind, self.quantum)
     }
 
     /// A gauge value on the baselines' scale.
@@ -923,7 +939,7 @@ impl OnlineDetector {
         for (slot, m) in preds.iter_mut().zip(self.models.iter()) {
             if let Some(m) = m {
                 if m.ready(b.ts) {
-                    *slot = Some(m.predict(kind, b.ts, weight));
+                    *slot = Some(self.floored(m.predict(kind, b.ts, weight)));
                 }
             }
         }
@@ -1350,6 +1366,20 @@ impl OnlineDetector {
             None
         };
         let kind = self.cfg.kind;
+        let quantum = self.quantum;
+        if kind == Kind::Gauge && y.is_finite() {
+            // The resolution: the smallest step between consecutive values, ignoring steps
+            // that are rounding error of the values' own representation.
+            let d = (y - self.last_y).abs();
+            if d > 1e-9 * y.abs().max(self.last_y.abs()) && d.is_finite() {
+                self.quantum = if self.quantum > 0.0 {
+                    self.quantum.min(d)
+                } else {
+                    d
+                };
+            }
+            self.last_y = y;
+        }
         // A model that has never seen this slot learns it from this bucket whatever it was:
         // the first weekend a series shows is how its weekends look, and a slot must not stay
         // unseen forever. A slot first learnt from a held-back bucket is provisional: it may
@@ -1363,20 +1393,20 @@ impl OnlineDetector {
                 match p {
                     // The level was just rescaled: learn against the new prediction.
                     Some(_) if feedback == Feedback::NewNormal => {
-                        let p = m.predict(kind, b.ts, weight);
+                        let p = floored(m.predict(kind, b.ts, weight), kind, quantum);
                         m.learn(kind, b.ts, y, weight, &p, winsor);
                         m.set_provisional(b.ts, false);
                     }
                     Some(_) if !held_back && m.is_provisional(b.ts) => {
                         m.forget_slot(b.ts);
-                        let p = m.predict(kind, b.ts, weight);
+                        let p = floored(m.predict(kind, b.ts, weight), kind, quantum);
                         m.learn(kind, b.ts, y, weight, &p, None);
                         m.set_provisional(b.ts, false);
                     }
                     Some(p) if !held_back => m.learn(kind, b.ts, y, weight, p, winsor),
                     Some(_) => {}
                     None => {
-                        let p = m.predict(kind, b.ts, weight);
+                        let p = floored(m.predict(kind, b.ts, weight), kind, quantum);
                         m.learn(kind, b.ts, y, weight, &p, None);
                         m.set_provisional(b.ts, held_back);
                     }
@@ -1409,9 +1439,12 @@ impl OnlineDetector {
                     .chosen
                     .and_then(|i| scored.preds[i])
                     .is_some_and(|p| p.spread_n >= MIN_SPREAD_FOR_CALIBRATION);
-            if calibrating && was_quiet && feedback == Feedback::None {
-                // Every judged bucket outside an incident, anomalous or not: an extreme that
-                // recurs is this series' behaviour (the fit is robust to a few incidents).
+            if calibrating && was_quiet && feedback == Feedback::None && !scored.fired {
+                // Every judged bucket outside an incident that did not fire, as SPOT does (Siffer
+                // et al. 2017: a value beyond the alarm threshold is an alarm, not a peak): one
+                // incident must not become the tail and blind the detector to anything smaller
+                // for a week. An extreme that recurs is this series' behaviour all the same: the
+                // recurrence rule (`RECURRENT` events) stops it paging again.
                 self.cal_z.push(z);
                 let [lo, hi] = scored.cusum;
                 self.cal_cusum.push(if hi >= lo { hi } else { -lo });
@@ -1463,6 +1496,16 @@ impl OnlineDetector {
             m.run_clear();
         }
     }
+}
+
+/// `p` with a gauge's spread at least `RESOLUTION_SD` steps of `quantum` (the series'
+/// resolution on the baselines' scale; 0: not known yet).
+fn floored(mut p: Prediction, kind: Kind, quantum: f64) -> Prediction {
+    if kind == Kind::Gauge && quantum > 0.0 {
+        let f = RESOLUTION_SD * quantum;
+        p.var = p.var.max(f * f);
+    }
+    p
 }
 
 fn clear_anomaly(v: &mut Verdict) {

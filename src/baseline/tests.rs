@@ -656,6 +656,71 @@ fn an_integer_gauge_is_judged_by_its_own_spread_not_as_counts() {
 }
 
 #[test]
+fn a_still_integer_gauge_that_ticks_by_one_is_not_paged_but_a_jump_is() {
+    // A queue length that sits at 5 for hours and now and then reads 4 or 6 for one bucket:
+    // its spread must not collapse to nothing between ticks (every tick a |z| in the
+    // hundreds), while a jump to 12 is still news.
+    let days = 14;
+    let at = (days - 1) * 288 + 50;
+    let series = gauge_5min(days, 35, |i, n| {
+        let u = n.uniform();
+        if (at..at + 3).contains(&i) {
+            12.0
+        } else if u < 0.004 {
+            4.0
+        } else if u < 0.008 {
+            6.0
+        } else {
+            5.0
+        }
+    });
+    let ticks = series[288..at as usize].iter().filter(|b| b.value != 5.0).count();
+    assert!(ticks > 20, "the series ticks ({ticks} times)");
+    let mut det = detector(Kind::Gauge, 300);
+    let v = run(&mut det, &series);
+    assert_eq!(
+        episodes(&v[288..at as usize]),
+        0,
+        "a tick of one is never an incident"
+    );
+    assert!(v[at as usize].anomaly, "a jump to 12 fires: {:?}", v[at as usize]);
+    assert_eq!(v[at as usize].side, Some(Side::Above));
+}
+
+#[test]
+fn one_flagged_spike_does_not_blind_the_tail_calibration_to_the_next_incident() {
+    // Heavy-tailed noise, so the thresholds come from the series' own tail. A huge spike on
+    // day 10 is an incident, not the tail: a day later a spike a tenth its size still fires
+    // (as SPOT does, a value beyond the alarm threshold does not join the peaks).
+    let days = 14;
+    let first = 10 * 288 + 100;
+    let second = 11 * 288 + 100;
+    let series = gauge_5min(days, 36, |i, n| {
+        let spike = if i == first {
+            3000.0
+        } else if i == second {
+            300.0
+        } else {
+            0.0
+        };
+        100.0 + 3.0 * student_t(n, 3) + spike
+    });
+    let mut det = detector(Kind::Gauge, 300);
+    let v = run(&mut det, &series);
+    assert!(v[first as usize].anomaly, "{:?}", v[first as usize]);
+    assert!(
+        v[second as usize].anomaly,
+        "the second, smaller spike fires too: {:?}",
+        v[second as usize]
+    );
+    assert!(
+        v[second as usize].upper < 400.0,
+        "the band is not stretched by the first spike: {:?}",
+        v[second as usize]
+    );
+}
+
+#[test]
 fn a_gauge_around_zero_with_negative_values_has_an_additive_band() {
     // A profit margin around zero with a daily swing, negative half the time.
     let days = 14;
