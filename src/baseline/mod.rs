@@ -476,6 +476,8 @@ const MAX_MAGNITUDE: f64 = 1e15;
 /// Fraction of the zero-run threshold beyond which empty count buckets are held back from
 /// learning.
 const ZERO_HOLD_BACK: f64 = 0.5;
+/// Cap of the graded score below the firing range: under 0.5 even as printed (three decimals).
+const BELOW_FIRING: f64 = 0.499;
 /// Smallest single-bucket |z| (and CUSUM decision interval) that can flag, whatever the budget:
 /// below it a daily series' budget would flag ordinary noise.
 const MIN_Z: f64 = 3.0;
@@ -824,6 +826,28 @@ impl OnlineDetector {
         s
     }
 
+    /// The sensitivity at which a z magnitude `m` on `side` would fire the single-bucket test
+    /// without its gates (|z| of at least `MIN_Z`, not recurrent): the tail probability as a
+    /// budget, for the score. Below `MIN_Z` the model's tail (the calibration is consulted only
+    /// from there, as the test does: fitting it for every quiet bucket would cost a refit every
+    /// few buckets); from there the calibrated one, capped at the model's probability at
+    /// `MIN_Z` so the score never falls as the deviation grows. Infinite for a deviation to the
+    /// other side.
+    fn graded_sens_for_z(&self, m: f64, side: Side) -> f64 {
+        if m.is_nan() || m <= 0.0 {
+            return f64::INFINITY;
+        }
+        let mut p = self.normal.cdf(-m);
+        let below = side == Side::Below;
+        if m >= MIN_Z && self.cal_z.rejected(below) {
+            if let Some(f) = self.cal_z.fit(below) {
+                // Inside the body the fit says only that the tail beyond it holds `share`.
+                p = p.max(f.sf(m).unwrap_or(f.share)).min(threshold::MAX_ALPHA);
+            }
+        }
+        threshold::sensitivity_for_budget(2.0 * p * self.buckets_per_week)
+    }
+
     /// Whether at least `RECURRENT` recent events on this side deviated at least
     /// `COMPARABLE` times as much as `dev`.
     fn recurrent(&self, dev: f64, below: bool) -> bool {
@@ -1083,6 +1107,9 @@ impl OnlineDetector {
             Kind::Gauge => false,
         };
         let mut best_sens = f64::INFINITY;
+        // The score below the firing range: how surprising the bucket alone is, without the
+        // gates that keep it from firing (|z| under 3, a recurring deviation).
+        let mut graded_sens = f64::INFINITY;
         let mut flagged: Option<(Side, Trigger, i64)> = None;
         for side in Side::BOTH {
             let i = side.index();
@@ -1098,6 +1125,14 @@ impl OnlineDetector {
                     Side::Above => vz,
                 };
                 s_bucket = s_bucket.max(self.sens_for_z(vm, dev, side));
+            }
+            let mut s_graded = self.graded_sens_for_z(m, side);
+            if let Some(vz) = veto_z {
+                let vm = match side {
+                    Side::Below => -vz,
+                    Side::Above => vz,
+                };
+                s_graded = s_graded.max(self.graded_sens_for_z(vm, side));
             }
             let s_cusum = self.sens_for_side_cusum(next.cusum[i], side);
             let s_zero = if side == Side::Below && next.zero_run > 0.0 {
@@ -1149,6 +1184,7 @@ impl OnlineDetector {
             }
             if dir.watches(side == Side::Below) {
                 best_sens = best_sens.min(s_side);
+                graded_sens = graded_sens.min(s_graded);
                 // An incident under way flags its buckets until the evidence says the level is
                 // back: one long deviation is one flagged stretch, not a flicker.
                 let ongoing = next.incident[i].is_some();
@@ -1164,7 +1200,10 @@ impl OnlineDetector {
         v.ongoing = Side::BOTH
             .iter()
             .any(|s| next.incident[s.index()].is_some() && dir.watches(*s == Side::Below));
-        v.score = score_for_sensitivity(best_sens, self.buckets_per_week);
+        // Graded below the firing range, never into it: a bucket is an anomaly at sensitivity s
+        // exactly when its score is at least 1 - s/2 > 0.5.
+        let graded = score_for_sensitivity(graded_sens, self.buckets_per_week).min(BELOW_FIRING);
+        v.score = score_for_sensitivity(best_sens, self.buckets_per_week).max(graded);
         if low_volume {
             v.status = Status::LowVolume;
             return scored;

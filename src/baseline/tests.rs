@@ -782,6 +782,28 @@ fn the_band_is_the_single_bucket_decision_and_the_score_grades_it() {
 }
 
 #[test]
+fn the_score_is_graded_below_the_firing_range_too() {
+    // Inside the band the score still says how unusual a bucket is (a threshold swept over it
+    // trades misses for false alarms smoothly), without ever reaching a firing score.
+    let counts = hourly_counts(4, 37, |ts| 150.0 * daily_shape(ts));
+    let mut det = detector(Kind::Count, 3600);
+    run(&mut det, &counts);
+    let next = counts.last().expect("buckets").ts + HOUR;
+    let v0 = det.evaluate(&Bucket::new(next, 0.0));
+    let (expected, upper) = (v0.expected, v0.upper);
+    let probe = |f: f64| det.evaluate(&Bucket::new(next, (expected + f * (upper - expected)).round()));
+    let near = probe(0.0);
+    let scores: Vec<f64> = [0.1, 0.2, 0.3, 0.4].iter().map(|&f| probe(f).score).collect();
+    assert!(
+        scores.windows(2).all(|w| w[0] < w[1]),
+        "rises with the deviation: {scores:?}"
+    );
+    assert!(scores[0] > near.score, "{scores:?} vs {near:?}");
+    assert!(scores[0] > 0.0 && scores[3] < 0.5, "{scores:?}");
+    assert!(!probe(0.4).anomaly);
+}
+
+#[test]
 fn a_moderate_shift_is_flagged_by_accumulation_with_its_start_and_side() {
     // -12 % on hourly counts of 400: each bucket is inside the band, the run is not.
     let start = 3 * 168 + 9;
