@@ -793,14 +793,14 @@ fn the_score_is_graded_below_the_firing_range_too() {
     let (expected, upper) = (v0.expected, v0.upper);
     let probe = |f: f64| det.evaluate(&Bucket::new(next, (expected + f * (upper - expected)).round()));
     let near = probe(0.0);
-    let scores: Vec<f64> = [0.1, 0.2, 0.3, 0.4].iter().map(|&f| probe(f).score).collect();
+    let scores: Vec<f64> = [0.25, 0.35, 0.45, 0.55].iter().map(|&f| probe(f).score).collect();
     assert!(
         scores.windows(2).all(|w| w[0] < w[1]),
         "rises with the deviation: {scores:?}"
     );
     assert!(scores[0] > near.score, "{scores:?} vs {near:?}");
     assert!(scores[0] > 0.0 && scores[3] < 0.5, "{scores:?}");
-    assert!(!probe(0.4).anomaly);
+    assert!(!probe(0.55).anomaly);
 }
 
 #[test]
