@@ -728,11 +728,6 @@ impl OnlineDetector {
         }
     }
 
-    /// `p` with its spread at least the series' resolution (gauges).
-    fn floored(&self, p: Prediction) -> Prediction {
-        floored(p, self.cfg.kind, self.quantum)
-    }
-
     /// A gauge value on the baselines' scale.
     fn to_model(&self, v: f64) -> f64 {
         match self.scale {
@@ -835,12 +830,9 @@ impl OnlineDetector {
     /// budget, for the score. Below `MIN_Z` the model's tail (the calibration is consulted only
     /// from there, as the test does: fitting it for every quiet bucket would cost a refit every
     /// few buckets); from there the calibrated one, capped at the model's probability at
-    /// `MIN_Z` so the score never falls as the deviation grows. Infinite for a deviation to the
-    /// other side.
+    /// `MIN_Z` so the score never falls as the deviation grows. `m` is positive (a deviation
+    /// on `side`).
     fn graded_sens_for_z(&self, m: f64, side: Side) -> f64 {
-        if m.is_nan() || m <= 0.0 {
-            return f64::INFINITY;
-        }
         let mut p = self.normal.cdf(-m);
         let below = side == Side::Below;
         if m >= MIN_Z && self.cal_z.rejected(below) {
@@ -967,7 +959,7 @@ impl OnlineDetector {
         for (slot, m) in preds.iter_mut().zip(self.models.iter()) {
             if let Some(m) = m {
                 if m.ready(b.ts) {
-                    *slot = Some(self.floored(m.predict(kind, b.ts, weight)));
+                    *slot = Some(floored(m.predict(kind, b.ts, weight), kind, self.quantum));
                 }
             }
         }
