@@ -11,13 +11,26 @@ use statrs::distribution::{Binomial, ContinuousCDF, Discrete, DiscreteCDF, Norma
 /// likelihood-ratio statistic (which tracks the probit closely in the far tail) takes over.
 const TINY_TAIL: f64 = 1e-15;
 
-/// Where the Pearson residual is accurate enough that the exact tail changes no decision:
-/// at least this much base variance and a residual inside `PEARSON_ZONE`.
-const EXACT_BELOW_VARIANCE: f64 = 50.0;
+/// Where a second-order expansion of the probit is accurate enough that the exact tail changes
+/// no decision: at least this much base variance and a residual inside `PEARSON_ZONE` (no test
+/// fires there; the CUSUM and the calibration see the body through it). Measured against the
+/// exact mid-p probit (scipy) over every count with |Pearson| < 2: the largest error is 0.024σ
+/// at a mean of 10, 0.007σ at 20 and 0.005σ at 50 (the plain Pearson residual, used here before
+/// with a threshold of 50: 0.16, 0.09 and 0.07σ); for binomials of variance 10 to 135 at
+/// p = 0.03 to 0.99, at most 0.027σ (Pearson: 0.18σ). Moving the fast zone's edge from 50 to
+/// 10 took the detector bench's fit from 1.79 s to 1.68 s and changed no flag on either dev set.
+const EXACT_BELOW_VARIANCE: f64 = 10.0;
 /// Beyond this many events the normal approximation is exact to many digits, and the special
 /// functions behind the exact tails are not asked to work at extreme arguments.
 const EXACT_MAX_EVENTS: f64 = 1e7;
 const PEARSON_ZONE: f64 = 2.0;
+
+/// The probit of an observation `pearson` standard deviations from its mean under a
+/// distribution of skewness `skew`: the Cornish–Fisher expansion to first order in the
+/// skewness, `z = r - skew/6 (r^2 - 1)`, for the body of the distribution only.
+fn cornish_fisher(pearson: f64, skew: f64) -> f64 {
+    pearson - skew / 6.0 * (pearson * pearson - 1.0)
+}
 
 /// Signed probit of a discrete observation from its mid-p tails.
 fn probit_from_tails(lower_mid: f64, upper_mid: f64, signed_root: f64, normal: &Normal) -> f64 {
@@ -42,11 +55,11 @@ pub(crate) fn count_z(y: f64, mu: f64, normal: &Normal) -> f64 {
     if !pearson.is_finite() {
         return 0.0;
     }
-    if (mu >= EXACT_BELOW_VARIANCE && pearson.abs() < PEARSON_ZONE)
-        || mu > EXACT_MAX_EVENTS
-        || y > EXACT_MAX_EVENTS
-    {
+    if mu > EXACT_MAX_EVENTS || y > EXACT_MAX_EVENTS {
         return pearson;
+    }
+    if mu >= EXACT_BELOW_VARIANCE && pearson.abs() < PEARSON_ZONE {
+        return cornish_fisher(pearson, 1.0 / mu.sqrt());
     }
     let Ok(dist) = Poisson::new(mu) else {
         return pearson;
@@ -80,8 +93,11 @@ pub(crate) fn ratio_z(k: f64, n: f64, p: f64, normal: &Normal) -> f64 {
         return 0.0;
     }
     let pearson = (k - n * p) / var.sqrt();
-    if (var >= EXACT_BELOW_VARIANCE && pearson.abs() < PEARSON_ZONE) || n > EXACT_MAX_EVENTS {
+    if n > EXACT_MAX_EVENTS {
         return pearson;
+    }
+    if var >= EXACT_BELOW_VARIANCE && pearson.abs() < PEARSON_ZONE {
+        return cornish_fisher(pearson, (1.0 - 2.0 * p) / var.sqrt());
     }
     let Ok(dist) = Binomial::new(p, n as u64) else {
         return pearson;
@@ -261,5 +277,54 @@ mod tests {
         let strong = ratio_z(1000.0, 4000.0, 0.95, &normal());
         assert!(weak > -4.0, "{weak}");
         assert!(strong < -20.0, "{strong}");
+    }
+
+    /// The exact mid-p probit, as `count_z` computes it outside its fast zone.
+    fn exact_count_z(k: u64, mu: f64) -> f64 {
+        let d = Poisson::new(mu).expect("mean");
+        let pmf = d.pmf(k);
+        if (k as f64) < mu {
+            normal().inverse_cdf(d.cdf(k) - 0.5 * pmf)
+        } else {
+            -normal().inverse_cdf(d.sf(k) + 0.5 * pmf)
+        }
+    }
+
+    fn exact_ratio_z(k: u64, n: u64, p: f64) -> f64 {
+        let d = Binomial::new(p, n).expect("binomial");
+        let pmf = d.pmf(k);
+        if (k as f64) < n as f64 * p {
+            normal().inverse_cdf(d.cdf(k) - 0.5 * pmf)
+        } else {
+            -normal().inverse_cdf(d.sf(k) + 0.5 * pmf)
+        }
+    }
+
+    #[test]
+    fn the_fast_body_of_the_count_and_ratio_tails_stays_within_three_hundredths_of_exact() {
+        // Every count within two standard deviations of means from the fast zone's edge up.
+        for mu in [10.0, 13.7, 20.0, 50.0, 200.0, 5000.0] {
+            let sd: f64 = f64::sqrt(mu);
+            let lo = (mu - 2.0 * sd).ceil() as u64;
+            let hi = (mu + 2.0 * sd).floor() as u64;
+            for k in lo..=hi {
+                let fast = count_z(k as f64, mu, &normal());
+                let exact = exact_count_z(k, mu);
+                assert!((fast - exact).abs() < 0.03, "mu {mu} k {k}: {fast} vs {exact}");
+            }
+        }
+        // Skewed ratios too: a 97 % success rate on the fewest attempts the fast zone takes.
+        for (n, p) in [(345u64, 0.97), (1011, 0.99), (345, 0.03), (40, 0.5), (5000, 0.9)] {
+            let sd = (n as f64 * p * (1.0 - p)).sqrt();
+            let mean = n as f64 * p;
+            for k in (mean - 2.0 * sd).ceil() as u64..=(mean + 2.0 * sd).floor() as u64 {
+                let fast = ratio_z(k as f64, n as f64, p, &normal());
+                let exact = exact_ratio_z(k, n, p);
+                assert!(
+                    (fast - exact).abs() < 0.03,
+                    "n {n} p {p} k {k}: {fast} vs {exact}"
+                );
+            }
+        }
     }
 }
