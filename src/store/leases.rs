@@ -1,5 +1,5 @@
-//! Leases taken in bulk: one statement per scheduler pass claims every due KPI that no live
-//! process holds. (`Store::try_lease` / `release_lease` in `mod.rs` take and give back one.)
+//! Leases: taken one by one (`try_lease`, `release_lease`: the digest, the delivery lanes) or
+//! in bulk — one statement per scheduler pass claims every due KPI that no live process holds.
 
 use super::{now_secs, Pool, Result, Store};
 
@@ -7,6 +7,38 @@ use super::{now_secs, Pool, Result, Store};
 const SQLITE_CHUNK: usize = 500;
 
 impl Store {
+    /// Take a named lease for `holder` for `ttl_secs` (wall clock) if it is free, expired or
+    /// already held by `holder`; returns whether `holder` holds it now.
+    pub async fn try_lease(&self, name: &str, holder: &str, ttl_secs: i64) -> Result<bool> {
+        let now = now_secs();
+        run!(self, |pool| {
+            let done = sqlx::query(
+                "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
+                 WHERE leases.until < $4 OR leases.holder = excluded.holder",
+            )
+            .bind(name)
+            .bind(holder)
+            .bind(now + ttl_secs)
+            .bind(now)
+            .execute(pool)
+            .await?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
+    /// Give a lease back (only if `holder` holds it).
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        run!(self, |pool| {
+            sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+                .bind(name)
+                .bind(holder)
+                .execute(pool)
+                .await?;
+            Ok(())
+        })
+    }
+
     /// Take every lease of `names` that is free, expired or already held by `holder`, for
     /// `ttl_secs` (wall clock); returns the names `holder` holds now. Leases held by another
     /// live process are skipped, never waited for.
