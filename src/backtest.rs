@@ -119,14 +119,8 @@ pub struct Flag {
     pub series: String,
     /// Bucket start.
     pub ts: DateTime<Utc>,
-    /// Observed value.
-    pub value: f64,
-    /// Expected value.
-    pub expected: f64,
-    /// Band.
-    pub lower: f64,
-    /// Band.
-    pub upper: f64,
+    /// Observed value and its band.
+    pub reading: crate::reading::Reading,
     /// Score.
     pub score: f64,
 }
@@ -217,10 +211,7 @@ pub fn run(
                 flags.push(Flag {
                     series: series.clone(),
                     ts: at(o.ts),
-                    value: v.value,
-                    expected: v.expected,
-                    lower: v.lower,
-                    upper: v.upper,
+                    reading: v.reading,
                     score: v.score,
                 });
             }
@@ -368,7 +359,7 @@ mod tests {
         let zero_hours: Vec<i64> = medium
             .flags
             .iter()
-            .filter(|f| f.value == 0.0)
+            .filter(|f| f.reading.value == 0.0)
             .map(|f| f.ts.timestamp())
             .collect();
         assert_eq!(zero_hours.len(), 2, "{:?}", medium.flags);

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::kpi::KpiSpec;
+use crate::reading::{known, Reading};
 use crate::store::Store;
 
 /// The fixed columns, in order (dimension columns follow `series`).
@@ -135,10 +136,11 @@ pub async fn table(store: &Store, spec: &KpiSpec, from: i64, to: i64) -> crate::
             );
             t.value.push(o.value);
             t.denominator.push(o.denominator);
-            t.band_value.push(e.and_then(|e| e.value));
-            t.expected.push(e.and_then(|e| e.expected));
-            t.lower.push(e.and_then(|e| e.lower));
-            t.upper.push(e.and_then(|e| e.upper));
+            let reading = e.map_or(Reading::NONE, |e| e.reading);
+            t.band_value.push(known(reading.value));
+            t.expected.push(known(reading.band.expected));
+            t.lower.push(known(reading.band.lower));
+            t.upper.push(known(reading.band.upper));
             t.score.push(e.map(|e| e.score));
             t.anomaly.push(e.map(|e| e.anomaly));
             t.flagged_by.push(e.and_then(|e| e.flagged_by.clone()));

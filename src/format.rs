@@ -13,6 +13,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::kpi::{Interval, Kind, KpiSpec};
+use crate::reading::{Band, Reading};
 
 /// The formatter for one KPI: its kind and unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,9 +80,9 @@ impl<'a> ValueFormat<'a> {
         }
     }
 
-    /// The band: `90.00% – 100.00%`.
-    pub fn band(self, lower: f64, upper: f64) -> String {
-        format!("{} – {}", self.value(lower), self.value(upper))
+    /// The band's edges: `90.00% – 100.00%`.
+    pub fn band(self, band: Band) -> String {
+        format!("{} – {}", self.value(band.lower), self.value(band.upper))
     }
 }
 
@@ -110,9 +111,17 @@ pub fn grouped(v: f64, decimals: usize) -> String {
     out
 }
 
-/// How far `value` is from the band `[lower, upper]` around `expected`, in words: `inside
-/// the band`, `just below the band`, `well above the band`, `far below the band`.
-pub fn distance(value: f64, expected: f64, lower: f64, upper: f64) -> String {
+/// How far a reading's value is from its band, in words: `inside the band`, `just below the
+/// band`, `well above the band`, `far below the band`.
+pub fn distance(reading: &Reading) -> String {
+    let Reading {
+        value,
+        band: Band {
+            expected,
+            lower,
+            upper,
+        },
+    } = *reading;
     if !(value.is_finite() && lower.is_finite() && upper.is_finite()) {
         return "no band yet".to_owned();
     }
@@ -211,7 +220,7 @@ mod tests {
         assert_eq!(RATIO.value(0.9735), "97.35%");
         assert_eq!(RATIO.value(0.25), "25.00%");
         assert_eq!(RATIO.change(0.0765, 0.9735).as_deref(), Some("-89.7 points"));
-        assert_eq!(RATIO.band(0.9, 1.0), "90.00% – 100.00%");
+        assert_eq!(RATIO.band(Band::new(f64::NAN, 0.9, 1.0)), "90.00% – 100.00%");
     }
 
     #[test]
@@ -233,12 +242,30 @@ mod tests {
 
     #[test]
     fn distances_are_words_not_scores() {
-        assert_eq!(distance(95.0, 100.0, 90.0, 110.0), "inside the band");
-        assert_eq!(distance(88.0, 100.0, 90.0, 110.0), "just below the band");
-        assert_eq!(distance(85.0, 100.0, 90.0, 110.0), "well below the band");
-        assert_eq!(distance(0.0, 150.0, 93.0, 207.0), "far below the band");
-        assert_eq!(distance(3.0, 16.0, 12.0, 20.0), "far below the band");
-        assert_eq!(distance(115.0, 100.0, 90.0, 110.0), "well above the band");
+        assert_eq!(
+            distance(&Reading::new(95.0, Band::new(100.0, 90.0, 110.0))),
+            "inside the band"
+        );
+        assert_eq!(
+            distance(&Reading::new(88.0, Band::new(100.0, 90.0, 110.0))),
+            "just below the band"
+        );
+        assert_eq!(
+            distance(&Reading::new(85.0, Band::new(100.0, 90.0, 110.0))),
+            "well below the band"
+        );
+        assert_eq!(
+            distance(&Reading::new(0.0, Band::new(150.0, 93.0, 207.0))),
+            "far below the band"
+        );
+        assert_eq!(
+            distance(&Reading::new(3.0, Band::new(16.0, 12.0, 20.0))),
+            "far below the band"
+        );
+        assert_eq!(
+            distance(&Reading::new(115.0, Band::new(100.0, 90.0, 110.0))),
+            "well above the band"
+        );
     }
 
     #[test]

@@ -660,10 +660,7 @@ pub fn since_utc(v: &crate::baseline::Verdict, local: i64, utc: i64) -> Option<i
 pub fn bucket_verdict(ts: i64, v: &crate::baseline::Verdict, since: Option<i64>) -> BucketVerdict {
     BucketVerdict {
         ts,
-        value: v.value,
-        expected: v.expected,
-        lower: v.lower,
-        upper: v.upper,
+        reading: v.reading,
         score: v.score,
         volume: v.volume,
         seasonality: v.seasonality.as_str().to_owned(),
@@ -860,10 +857,8 @@ async fn evaluate_series(
                 detector.step_with_feedback(&bucket, feedback.get(&o.ts).copied().unwrap_or_default());
             if o.ts >= judged_until {
                 let since = since_utc(&v, bucket.ts, start);
-                v.value /= per_bucket;
-                v.expected /= per_bucket;
-                v.lower /= per_bucket;
-                v.upper /= per_bucket;
+                v.reading.value /= per_bucket;
+                v.reading.band = v.reading.band.divided(per_bucket);
                 v.volume /= k as f64;
                 out.push((o.ts, v, since));
             }
@@ -915,16 +910,12 @@ async fn evaluate_series(
     }
 
     let horizon = alert_horizon(spec, sched, end);
-    let finite = |x: f64| x.is_finite().then_some(x);
     let mut evaluations = Vec::with_capacity(verdicts.len());
     let mut anomalies = Vec::new();
     for (t, v, _) in &verdicts {
         evaluations.push(EvaluationRow {
             ts: *t,
-            value: finite(v.value),
-            expected: finite(v.expected),
-            lower: finite(v.lower),
-            upper: finite(v.upper),
+            reading: v.reading,
             score: if v.score.is_finite() { v.score } else { 0.0 },
             anomaly: v.anomaly,
             status: v.status.as_str().to_owned(),
@@ -934,10 +925,7 @@ async fn evaluate_series(
         if v.anomaly {
             anomalies.push(NewAnomaly {
                 ts: *t,
-                value: v.value,
-                expected: v.expected,
-                lower: v.lower,
-                upper: v.upper,
+                reading: v.reading,
                 score: v.score,
                 volume: v.volume,
                 seasonality: v.seasonality.as_str().to_owned(),
@@ -1109,10 +1097,10 @@ async fn alert_on(
                     alert = id,
                     series = msg_dims,
                     bucket = %ts(t)?,
-                    value = v.value,
-                    expected = v.expected,
-                    lower = v.lower,
-                    upper = v.upper,
+                    value = v.reading.value,
+                    expected = v.reading.band.expected,
+                    lower = v.reading.band.lower,
+                    upper = v.reading.band.upper,
                     volume = v.volume,
                     suppressed_by = suppressed_by.as_deref().unwrap_or("-"),
                 );

@@ -32,9 +32,9 @@ pub const MIN_SHARE: f64 = 0.1;
 /// …and a dimension's candidate set is complete once it explains this much.
 pub const ENOUGH_SHARE: f64 = 0.67;
 
-/// One slice's reading at one bucket, in band units (a ratio as a fraction).
+/// One slice at one bucket: its reading, in band units (a ratio as a fraction).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Reading {
+pub struct Slice {
     /// The slice's dimension values (a JSON object, as series are keyed).
     pub dims: String,
     /// Observed value.
@@ -119,7 +119,7 @@ struct Sums {
 
 /// Explain the total's change at one bucket by its slices' readings (total excluded). `None`
 /// when the KPI's total does not decompose (max/min gauges) or no slice has a baseline yet.
-pub fn explain(kind: Kind, aggregation: Aggregation, slices: &[Reading]) -> Option<Explanation> {
+pub fn explain(kind: Kind, aggregation: Aggregation, slices: &[Slice]) -> Option<Explanation> {
     if kind == Kind::Gauge && !aggregation.additive() {
         return None;
     }
@@ -327,8 +327,8 @@ pub fn contributors_line(fmt: ValueFormat<'_>, e: &Explanation, n: usize) -> Opt
 mod tests {
     use super::*;
 
-    fn r(dims: &str, actual: f64, expected: f64, weight: f64) -> Reading {
-        Reading {
+    fn r(dims: &str, actual: f64, expected: f64, weight: f64) -> Slice {
+        Slice {
             dims: dims.to_owned(),
             actual,
             expected,
@@ -338,7 +338,7 @@ mod tests {
 
     /// The must-show shop: card success 97 % → 80 % on 30 % of attempts, the rest steady,
     /// across two countries (cells of the cross-product).
-    fn card_drop() -> Vec<Reading> {
+    fn card_drop() -> Vec<Slice> {
         let cell = |c: &str, m: &str| format!(r#"{{"country":"{c}","payment_method":"{m}"}}"#);
         vec![
             r(&cell("DE", "card"), 0.80, 0.97, 200.0),

@@ -16,6 +16,8 @@ use prometheus_client::registry::{Registry, Unit};
 use std::sync::atomic::AtomicU64;
 use tracing_subscriber::EnvFilter;
 
+use crate::reading::{known, Reading};
+
 /// Install the global tracing subscriber. `RUST_LOG` overrides the default filter; `json`
 /// switches to JSON lines.
 pub fn init(default_filter: &str, json: bool) {
@@ -280,10 +282,8 @@ pub struct SeriesReading {
     pub labels: SeriesLabels,
     /// Bucket start, unix seconds.
     pub ts: i64,
-    /// Value (band units), if defined.
-    pub value: Option<f64>,
-    /// Expected value and band, once the baseline exists.
-    pub band: Option<(f64, f64, f64)>,
+    /// Value (band units) and band; NaN where not (yet) defined.
+    pub reading: Reading,
     /// Flagged.
     pub anomaly: bool,
 }
@@ -311,10 +311,13 @@ impl Metrics {
             family.clear();
         }
         for r in readings {
-            if let Some(v) = r.value.filter(|v| v.is_finite()) {
+            if let Some(v) = known(r.reading.value) {
                 self.kpi_value.get_or_create(&r.labels).set(v);
             }
-            if let Some((e, l, u)) = r.band {
+            // The band's three gauges appear together, once all three are known.
+            let band = r.reading.band;
+            if let (Some(e), Some(l), Some(u)) = (known(band.expected), known(band.lower), known(band.upper))
+            {
                 self.kpi_expected.get_or_create(&r.labels).set(e);
                 self.kpi_lower.get_or_create(&r.labels).set(l);
                 self.kpi_upper.get_or_create(&r.labels).set(u);
@@ -430,8 +433,7 @@ mod tests {
                 series: String::new(),
             },
             ts: 60,
-            value: Some(0.5),
-            band: Some((0.9, 0.8, 1.0)),
+            reading: Reading::new(0.5, crate::reading::Band::new(0.9, 0.8, 1.0)),
             anomaly: false,
         };
         m.set_kpi_series(std::slice::from_ref(&reading));
@@ -465,15 +467,13 @@ mod tests {
         m.set_kpi_series(&[SeriesReading {
             labels: labels("country=DE"),
             ts: 60,
-            value: Some(0.5),
-            band: Some((0.9, 0.8, 1.0)),
+            reading: Reading::new(0.5, crate::reading::Band::new(0.9, 0.8, 1.0)),
             anomaly: true,
         }]);
         m.set_kpi_series(&[SeriesReading {
             labels: labels("country=FR"),
             ts: 120,
-            value: Some(0.95),
-            band: None,
+            reading: Reading::new(0.95, crate::reading::Band::NONE),
             anomaly: false,
         }]);
         let text = m.render(Exposition::Prometheus);

@@ -214,10 +214,7 @@ mod tests {
     use super::*;
 
     fn v(ts: i64, anomaly: bool) -> BucketVerdict {
-        BucketVerdict {
-            value: 0.0,
-            ..BucketVerdict::plain(ts, 0.0, 1.0, 0.5, 1.5, anomaly)
-        }
+        BucketVerdict::plain(ts, 0.0, 1.0, 0.5, 1.5, anomaly)
     }
 
     const ONE: Rule = Rule {

@@ -75,7 +75,7 @@ pub fn message(cx: &MessageContext<'_>, event: Event) -> (String, String) {
     let fmt = ValueFormat::of(spec);
     let series = series_suffix(cx.dims);
     let change = fmt
-        .change(v.value, v.expected)
+        .change(v.reading.value, v.reading.band.expected)
         .map(|c| format!(" ({c} vs expected)"))
         .unwrap_or_default();
     let volume_label = match spec.kind {
@@ -84,7 +84,7 @@ pub fn message(cx: &MessageContext<'_>, event: Event) -> (String, String) {
     };
     // The side the detector flagged: an accumulated drop can fire on a bucket that alone is
     // above its expected value.
-    let below = v.below.unwrap_or(v.value < v.expected);
+    let below = v.below.unwrap_or(v.reading.is_below_expected());
     let word = if below { "dropped" } else { "rose" };
     let evidence = match v.trigger {
         Some("accumulated") => "the evidence accumulated over the buckets since the start",
@@ -127,13 +127,13 @@ pub fn message(cx: &MessageContext<'_>, event: Event) -> (String, String) {
                 format!(
                     "{tag} {}{series} {word} to {} (expected {}){top}",
                     spec.title,
-                    fmt.value(v.value),
-                    fmt.value(v.expected)
+                    fmt.value(v.reading.value),
+                    fmt.value(v.reading.band.expected)
                 ),
                 format!(
                     "{}{series} {word} {} in the bucket starting {}.",
                     spec.title,
-                    format::distance(v.value, v.expected, v.lower, v.upper),
+                    format::distance(&v.reading),
                     fmt_ts(v.ts)
                 ),
             )
@@ -180,9 +180,9 @@ pub fn message(cx: &MessageContext<'_>, event: Event) -> (String, String) {
          Owner:       {owner}\n\n{links}",
         title = spec.title,
         id = spec.id,
-        actual = fmt.value(v.value),
-        expected = fmt.value(v.expected),
-        band = fmt.band(v.lower, v.upper),
+        actual = fmt.value(v.reading.value),
+        expected = fmt.value(v.reading.band.expected),
+        band = fmt.band(v.reading.band),
         volume = format::grouped(v.volume, 0),
         bucket = fmt_ts(v.ts),
         every = format::every(spec.interval),

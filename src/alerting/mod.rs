@@ -31,6 +31,7 @@ pub use message::MessageContext;
 
 use self::lifecycle::{Incident, Phase, Rule};
 use crate::kpi::{KpiSpec, Severity};
+use crate::reading::{Band, Reading};
 use crate::store::{self, AlertRow, NewNotification, NotificationPayload, Store};
 
 /// A delivery failure.
@@ -55,14 +56,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct BucketVerdict {
     /// Bucket start.
     pub ts: i64,
-    /// Observed value (band units).
-    pub value: f64,
-    /// Expected value.
-    pub expected: f64,
-    /// Band lower edge.
-    pub lower: f64,
-    /// Band upper edge.
-    pub upper: f64,
+    /// Observed value (band units) and its band.
+    pub reading: Reading,
     /// Score in [0, 1].
     pub score: f64,
     /// Volume behind the bucket.
@@ -91,19 +86,17 @@ impl BucketVerdict {
     /// A verdict for tests and callers that only know the numbers: flagged when `anomaly`,
     /// below when the value is under the expected value.
     pub fn plain(ts: i64, value: f64, expected: f64, lower: f64, upper: f64, anomaly: bool) -> Self {
+        let reading = Reading::new(value, Band::new(expected, lower, upper));
         BucketVerdict {
             ts,
-            value,
-            expected,
-            lower,
-            upper,
+            reading,
             score: if anomaly { 0.99 } else { 0.1 },
             volume: 100.0,
             seasonality: "daily".to_owned(),
             anomaly,
             judged: true,
             outside: anomaly,
-            below: anomaly.then_some(value < expected),
+            below: anomaly.then_some(reading.is_below_expected()),
             since: anomaly.then_some(ts),
             trigger: anomaly.then_some("bucket"),
         }
@@ -136,9 +129,7 @@ pub fn fingerprint(kind: &str, spec: &KpiSpec, dims: &str) -> String {
 /// The severity a flagged bucket warrants: the model's, raised to critical when the value is
 /// at least 50% away from what was expected.
 pub fn severity_for(spec: &KpiSpec, v: &BucketVerdict) -> Severity {
-    let big = v.expected.is_finite()
-        && v.expected.abs() > f64::EPSILON
-        && ((v.value - v.expected) / v.expected).abs() >= 0.5;
+    let big = v.reading.relative_change().is_some_and(|c| c.abs() >= 0.5);
     if v.anomaly && big {
         Severity::Critical
     } else {
@@ -295,14 +286,15 @@ pub fn payload(
             .collect(),
         _ => BTreeMap::new(),
     };
-    let nan = f64::NAN;
     let fmt = crate::format::ValueFormat::of(spec);
     let display = match verdict {
         Some(v) => store::DisplayValues {
-            value: fmt.value(v.value),
-            expected: fmt.value(v.expected),
-            band: fmt.band(v.lower, v.upper),
-            change: fmt.change(v.value, v.expected).unwrap_or_default(),
+            value: fmt.value(v.reading.value),
+            expected: fmt.value(v.reading.band.expected),
+            band: fmt.band(v.reading.band),
+            change: fmt
+                .change(v.reading.value, v.reading.band.expected)
+                .unwrap_or_default(),
             volume: crate::format::grouped(v.volume, 0),
         },
         None => store::DisplayValues::default(),
@@ -316,10 +308,7 @@ pub fn payload(
         severity: alert.severity.clone(),
         owner: spec.owner.clone(),
         labels: spec.labels.clone(),
-        value: verdict.map_or(nan, |v| v.value),
-        expected: verdict.map_or(nan, |v| v.expected),
-        lower: verdict.map_or(nan, |v| v.lower),
-        upper: verdict.map_or(nan, |v| v.upper),
+        reading: verdict.map_or(Reading::NONE, |v| v.reading),
         volume: verdict.map_or(0.0, |v| v.volume),
         started_ts: alert.started_ts,
         bucket_ts: verdict.map_or(alert.last_anomaly_ts, |v| v.ts),
@@ -359,10 +348,7 @@ fn to_notification(p: &NotificationPayload, subject: &str, body: &str) -> notifi
         labels: p.labels.clone(),
         summary: subject.to_owned(),
         text: body.to_owned(),
-        value: p.value,
-        expected: p.expected,
-        lower: p.lower,
-        upper: p.upper,
+        reading: p.reading,
         volume: p.volume,
         started_at: at(p.started_ts),
         bucket_at: at(p.bucket_ts),
@@ -745,10 +731,7 @@ mod tests {
         .expect("valid");
         let mut v = BucketVerdict {
             ts: 0,
-            value: 80.0,
-            expected: 100.0,
-            lower: 90.0,
-            upper: 110.0,
+            reading: Reading::new(80.0, Band::new(100.0, 90.0, 110.0)),
             score: 0.99,
             volume: 80.0,
             seasonality: "none".to_owned(),
@@ -760,7 +743,7 @@ mod tests {
             trigger: Some("bucket"),
         };
         assert_eq!(severity_for(&spec, &v), Severity::Info);
-        v.value = 0.0;
+        v.reading.value = 0.0;
         assert_eq!(severity_for(&spec, &v), Severity::Critical);
     }
 }

@@ -198,13 +198,13 @@ fn summary(spec: &KpiSpec, j: &Judged) -> String {
             format!(" ({series})")
         },
         super::message::fmt_ts(j.t),
-        fmt.value(v.value),
-        fmt.change(v.value, v.expected)
+        fmt.value(v.reading.value),
+        fmt.change(v.reading.value, v.reading.band.expected)
             .map(|c| format!(" ({c})"))
             .unwrap_or_default(),
-        fmt.value(v.expected),
-        crate::format::distance(v.value, v.expected, v.lower, v.upper),
-        fmt.band(v.lower, v.upper),
+        fmt.value(v.reading.band.expected),
+        crate::format::distance(&v.reading),
+        fmt.band(v.reading.band),
     );
     if let Some(cause) = &j.cause {
         out.push_str(&format!(". {cause}"));

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{dims_json, iso, parse_instant, positive_id, ApiError, ApiResult, AppState, Caller, ErrorBody};
+use crate::reading::Reading;
 use crate::store::AnomalyRow;
 
 /// Which anomalies.
@@ -38,11 +39,9 @@ pub(super) struct AnomalyDto {
     dims: BTreeMap<String, serde_json::Value>,
     /// Bucket start.
     ts: String,
-    /// Value in band units (ratios as fractions).
-    value: f64,
-    expected: f64,
-    lower: f64,
-    upper: f64,
+    /// Value in band units (ratios as fractions) and its band.
+    #[serde(flatten)]
+    reading: Reading,
     /// Anomaly likelihood in [0, 1].
     score: f64,
     /// Volume behind the bucket (a count, or a ratio's denominator).
@@ -70,10 +69,7 @@ impl From<AnomalyRow> for AnomalyDto {
                 _ => BTreeMap::new(),
             },
             ts: iso(a.ts).unwrap_or_default(),
-            value: a.value,
-            expected: a.expected,
-            lower: a.lower,
-            upper: a.upper,
+            reading: a.reading,
             score: a.score,
             volume: a.volume,
             seasonality: a.seasonality,

@@ -9,6 +9,8 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::reading::Reading;
+
 use super::{dims_json, ApiError, ApiResult, AppState, ErrorBody};
 
 /// The setting to replay (anything left out is the model's).
@@ -340,10 +342,9 @@ pub(super) struct BacktestAlertDto {
 pub(super) struct BacktestFlagDto {
     series: BTreeMap<String, serde_json::Value>,
     ts: String,
-    value: f64,
-    expected: f64,
-    lower: f64,
-    upper: f64,
+    /// The bucket's value and band.
+    #[serde(flatten)]
+    reading: Reading,
     score: f64,
 }
 
@@ -446,10 +447,7 @@ pub(super) fn backtest_dto(kpi: String, report: &crate::backtest::BacktestReport
             .map(|f| BacktestFlagDto {
                 series: dims_map(&f.series),
                 ts: f.ts.to_rfc3339(),
-                value: f.value,
-                expected: f.expected,
-                lower: f.lower,
-                upper: f.upper,
+                reading: f.reading,
                 score: f.score,
             })
             .collect(),

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{dims_json, iso, parse_instant, ApiError, ApiResult, AppState, ErrorBody};
-use crate::rootcause::{self, Reading};
+use crate::reading::{known, Band};
+use crate::rootcause::{self, Slice};
 use crate::slices::is_total;
 use crate::store::EvaluationRow;
 
@@ -30,12 +31,9 @@ pub(super) struct BreakdownQuery {
 pub(super) struct TotalDto {
     /// Observed value in band units (a ratio as a fraction); null when no data.
     actual: Option<f64>,
-    /// Expected value from the total's own baseline; null while warming up.
-    expected: Option<f64>,
-    /// Band lower edge.
-    lower: Option<f64>,
-    /// Band upper edge.
-    upper: Option<f64>,
+    /// Expected value from the total's own baseline and its band; null while warming up.
+    #[serde(flatten)]
+    band: Band,
     /// Flagged.
     anomaly: bool,
     /// The slices' actual values rolled up (Σ for counts, Σnum/Σden for ratios).
@@ -154,19 +152,18 @@ pub(super) async fn breakdown(
             iso(at).unwrap_or_default()
         )));
     }
-    let slices: Vec<Reading> = readings
+    let slices: Vec<Slice> = readings
         .iter()
         .filter(|(d, _)| !is_total(d))
-        .map(|(d, e)| Reading {
+        .map(|(d, e)| Slice {
             dims: d.clone(),
-            actual: e.value.unwrap_or(f64::NAN),
-            expected: e.expected.unwrap_or(f64::NAN),
+            actual: e.reading.value,
+            expected: e.reading.band.expected,
             weight: e.volume,
         })
         .collect();
     let explanation = rootcause::explain(spec.kind, spec.dimensions.aggregation, &slices);
     let total = readings.iter().find(|(d, _)| is_total(d)).map(|(_, e)| e);
-    let finite = |x: f64| x.is_finite().then_some(x);
     let mut out: Vec<SliceDto> = Vec::new();
     if let Some(e) = &explanation {
         for (dimension, cs) in &e.by_dimension {
@@ -203,20 +200,18 @@ pub(super) async fn breakdown(
         at: iso(at).unwrap_or_default(),
         kind: spec.kind.to_string(),
         total: TotalDto {
-            actual: total.and_then(|t| t.value),
-            expected: total.and_then(|t| t.expected),
-            lower: total.and_then(|t| t.lower),
-            upper: total.and_then(|t| t.upper),
+            actual: total.and_then(|t| known(t.reading.value)),
+            band: total.map_or(Band::NONE, |t| t.reading.band),
             anomaly: total.is_some_and(|t| t.anomaly),
-            rollup_actual: explanation.as_ref().and_then(|e| finite(e.actual)),
-            rollup_expected: explanation.as_ref().and_then(|e| finite(e.expected)),
-            deviation: explanation.as_ref().and_then(|e| finite(e.deviation())),
+            rollup_actual: explanation.as_ref().and_then(|e| known(e.actual)),
+            rollup_expected: explanation.as_ref().and_then(|e| known(e.expected)),
+            deviation: explanation.as_ref().and_then(|e| known(e.deviation())),
             deviation_by_dimension: explanation
                 .as_ref()
                 .map(|e| {
                     e.rollups
                         .iter()
-                        .filter_map(|(d, (a, x))| finite(a - x).map(|v| (d.clone(), v)))
+                        .filter_map(|(d, (a, x))| known(a - x).map(|v| (d.clone(), v)))
                         .collect()
                 })
                 .unwrap_or_default(),

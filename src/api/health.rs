@@ -53,20 +53,13 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
                     continue;
                 }
                 *n += 1;
-                let band = match (r.expected, r.lower, r.upper) {
-                    (Some(e), Some(l), Some(u)) if e.is_finite() && l.is_finite() && u.is_finite() => {
-                        Some((e, l, u))
-                    }
-                    _ => None,
-                };
                 readings.push(SeriesReading {
                     labels: SeriesLabels {
                         kpi: r.kpi_id.clone(),
                         series: crate::format::series_label(&r.dims),
                     },
                     ts: r.ts,
-                    value: r.value,
-                    band,
+                    reading: r.reading,
                     anomaly: r.anomaly,
                 });
             }

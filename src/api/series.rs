@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{dims_json, iso, parse_instant, ApiError, ApiResult, AppState, ErrorBody};
+use crate::reading::{known, Band};
 use crate::store::{EvaluationRow, ObservationRow};
 
 /// The time range: `from`/`to` as RFC 3339 or unix seconds (default: the last 24 hours);
@@ -75,12 +76,9 @@ pub(super) struct PointDto {
     denominator: Option<f64>,
     /// The value in band units (a ratio as a fraction); null when undefined (0 attempts).
     band_value: Option<f64>,
-    /// Expected value; null while warming up.
-    expected: Option<f64>,
-    /// Band lower edge.
-    lower: Option<f64>,
-    /// Band upper edge.
-    upper: Option<f64>,
+    /// Expected value and band edges; null while warming up.
+    #[serde(flatten)]
+    band: Band,
     /// Anomaly likelihood in [0, 1].
     score: Option<f64>,
     /// Flagged.
@@ -218,10 +216,8 @@ pub(super) async fn series(
                     ts: iso(o.ts).unwrap_or_default(),
                     value: o.value,
                     denominator: o.denominator,
-                    band_value: e.and_then(|e| e.value),
-                    expected: e.and_then(|e| e.expected),
-                    lower: e.and_then(|e| e.lower),
-                    upper: e.and_then(|e| e.upper),
+                    band_value: e.and_then(|e| known(e.reading.value)),
+                    band: e.map_or(Band::NONE, |e| e.reading.band),
                     score: e.map(|e| e.score),
                     anomaly: e.map(|e| e.anomaly),
                     flagged_by: e.and_then(|e| e.flagged_by.clone()),

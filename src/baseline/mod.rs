@@ -32,6 +32,7 @@ mod threshold;
 use statrs::distribution::{ContinuousCDF, Normal};
 
 use crate::kpi::{Direction, Kind, Sensitivity};
+use crate::reading::{Band, Reading};
 
 use self::calibrate::TailCalibrator;
 use self::profile::{Prediction, SeasonalModel, Shift};
@@ -262,13 +263,10 @@ impl Bucket {
 /// The detector's judgement of one bucket.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Verdict {
-    /// Expected value in the band's units; NaN while no baseline exists.
-    pub expected: f64,
-    /// Lower edge of the band: the smallest value the single-bucket test at the configured
-    /// sensitivity does not flag (NaN while no calibrated baseline exists).
-    pub lower: f64,
-    /// Upper edge of the band: the largest value the single-bucket test does not flag.
-    pub upper: f64,
+    /// The observed value in the band's units (ratio = numerator / denominator) and its band:
+    /// the expected value (NaN while no baseline exists) and the edges of the single-bucket
+    /// test at the configured sensitivity (NaN while no calibrated baseline exists).
+    pub reading: Reading,
     /// Calibrated anomaly likelihood in [0, 1]: the bucket is an anomaly at sensitivity `s`
     /// exactly when `score >= 1 - s / 2` (so 0.75 at `medium`); 0.5 is about one false alarm a
     /// week on this series, 1 at most one in 10,000 weeks. See `docs/DETECTION.md`.
@@ -281,8 +279,6 @@ pub struct Verdict {
     pub seasonality: Seasonality,
     /// Count, or denominator for ratios (the value for gauges).
     pub volume: f64,
-    /// The observed value in the band's units: ratio = numerator / denominator.
-    pub value: f64,
     /// Why an anomaly was flagged (`None` when it is not one).
     pub trigger: Option<Trigger>,
     /// The side of the baseline an anomaly is on (`None` when it is not one).
@@ -970,15 +966,19 @@ impl OnlineDetector {
         let pred = chosen.and_then(|i| preds[i]);
         let mut scored = Scored {
             verdict: Verdict {
-                expected: pred.map_or(f64::NAN, |p| self.to_value(p.rate)),
-                lower: f64::NAN,
-                upper: f64::NAN,
+                reading: Reading::new(
+                    value,
+                    Band::new(
+                        pred.map_or(f64::NAN, |p| self.to_value(p.rate)),
+                        f64::NAN,
+                        f64::NAN,
+                    ),
+                ),
                 score: 0.0,
                 anomaly: false,
                 status: Status::WarmingUp,
                 seasonality,
                 volume,
-                value,
                 trigger: None,
                 side: None,
                 since: None,
@@ -1294,8 +1294,8 @@ impl OnlineDetector {
         if self.cfg.kind == Kind::Ratio {
             hi = hi.min(1.0);
         }
-        v.lower = lo;
-        v.upper = hi;
+        v.reading.band.lower = lo;
+        v.reading.band.upper = hi;
         v
     }
 

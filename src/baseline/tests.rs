@@ -128,7 +128,11 @@ fn a_count_at_zero_when_two_hundred_are_expected_fires_on_that_bucket() {
     assert!(v[at].anomaly);
     assert_eq!(v[at].status, Status::Evaluated);
     assert!(v[at].score > 0.999);
-    assert!((v[at].expected - 200.0).abs() < 20.0, "{}", v[at].expected);
+    assert!(
+        (v[at].reading.band.expected - 200.0).abs() < 20.0,
+        "{}",
+        v[at].reading.band.expected
+    );
 }
 
 /// A 1-minute count at about 50 with `days` of history, then 15 empty minutes, then 50 again
@@ -215,7 +219,11 @@ fn a_level_shift_is_flagged_then_learned_as_the_new_normal() {
     let late = &v[s + 36..];
     assert!(flags(late) <= 1, "{} flags after a day and a half", flags(late));
     let last = v.last().expect("verdicts");
-    assert!(last.expected < 0.8 * 200.0 * 1.8, "expected {}", last.expected);
+    assert!(
+        last.reading.band.expected < 0.8 * 200.0 * 1.8,
+        "expected {}",
+        last.reading.band.expected
+    );
 }
 
 #[test]
@@ -237,7 +245,7 @@ fn a_ratio_drop_on_four_attempts_at_night_is_not_flagged_but_on_four_thousand_it
     let loud = det.evaluate(&Bucket::ratio(noon, 3000.0, 4000.0));
     assert!(!quiet.anomaly, "{quiet:?}");
     assert!(loud.anomaly, "{loud:?}");
-    assert!((loud.value - 0.75).abs() < 1e-12);
+    assert!((loud.reading.value - 0.75).abs() < 1e-12);
     assert!(loud.volume == 4000.0);
 }
 
@@ -291,11 +299,11 @@ fn warm_up_flags_nothing_and_draws_no_band() {
         .iter()
         .all(|v| !v.anomaly && v.status == Status::WarmingUp));
     assert!(
-        v[11].lower.is_nan() && v[11].upper.is_nan(),
+        v[11].reading.band.lower.is_nan() && v[11].reading.band.upper.is_nan(),
         "no calibrated band yet"
     );
     assert_eq!(v[20].status, Status::Evaluated);
-    assert!(v[20].lower.is_finite());
+    assert!(v[20].reading.band.lower.is_finite());
 }
 
 #[test]
@@ -328,7 +336,11 @@ fn evaluate_does_not_learn_and_step_does() {
     let mut stepped = det.clone();
     stepped.step(&b);
     assert_ne!(
-        stepped.evaluate(&Bucket::new(b.ts + HOUR, 230.0)).expected,
+        stepped
+            .evaluate(&Bucket::new(b.ts + HOUR, 230.0))
+            .reading
+            .band
+            .expected,
         f64::NAN
     );
 }
@@ -501,9 +513,9 @@ fn a_permanent_drop_marked_new_normal_at_its_first_bucket_is_not_flagged_afterwa
     );
     let next = &w[start + 1];
     assert!(
-        (next.expected / (120.0 * daily_shape(series[start + 1].ts)) - 1.0).abs() < 0.15,
+        (next.reading.band.expected / (120.0 * daily_shape(series[start + 1].ts)) - 1.0).abs() < 0.15,
         "the next bucket expects the new level: {}",
-        next.expected
+        next.reading.band.expected
     );
 }
 
@@ -626,7 +638,10 @@ fn a_jump_in_variance_raises_the_band_instead_of_paging_for_days() {
     assert_eq!(episodes(before), 0, "quiet before the change");
     // The band widened to the new noise.
     let last = v.last().expect("verdicts");
-    assert!(last.upper - last.expected > 3.0 * 6.0, "{last:?}");
+    assert!(
+        last.reading.band.upper - last.reading.band.expected > 3.0 * 6.0,
+        "{last:?}"
+    );
 }
 
 #[test]
@@ -652,7 +667,10 @@ fn an_integer_gauge_is_judged_by_its_own_spread_not_as_counts() {
     assert_eq!(episodes(&v[288..at as usize]), 0);
     // As counts (Poisson variance 60) the same drop would be only 2.8 sd away.
     let band = v[at as usize - 1];
-    assert!(band.expected - band.lower < 20.0, "band {band:?}");
+    assert!(
+        band.reading.band.expected - band.reading.band.lower < 20.0,
+        "band {band:?}"
+    );
 }
 
 #[test]
@@ -714,7 +732,7 @@ fn one_flagged_spike_does_not_blind_the_tail_calibration_to_the_next_incident() 
         v[second as usize]
     );
     assert!(
-        v[second as usize].upper < 400.0,
+        v[second as usize].reading.band.upper < 400.0,
         "the band is not stretched by the first spike: {:?}",
         v[second as usize]
     );
@@ -740,9 +758,12 @@ fn a_gauge_around_zero_with_negative_values_has_an_additive_band() {
         .collect();
     assert_eq!(episodes(&v[288..at as usize]), 0, "{fa:?}");
     let b = v[at as usize - 10];
-    assert!(b.lower < b.expected && b.expected < b.upper, "{b:?}");
     assert!(
-        b.upper - b.lower < 8.0,
+        b.reading.band.lower < b.reading.band.expected && b.reading.band.expected < b.reading.band.upper,
+        "{b:?}"
+    );
+    assert!(
+        b.reading.band.upper - b.reading.band.lower < 8.0,
         "an additive band, not one scaled by |expected|: {b:?}"
     );
 }
@@ -756,7 +777,7 @@ fn the_band_is_the_single_bucket_decision_and_the_score_grades_it() {
     let verdicts = run(&mut det, &counts);
     let judged = verdicts.iter().filter(|v| v.status == Status::Evaluated);
     for v in judged {
-        let outside = v.value < v.lower || v.value > v.upper;
+        let outside = v.reading.value < v.reading.band.lower || v.reading.value > v.reading.band.upper;
         if outside {
             assert!(v.anomaly, "outside the band, not flagged: {v:?}");
         }
@@ -768,7 +789,7 @@ fn the_band_is_the_single_bucket_decision_and_the_score_grades_it() {
     // Probe: the score grows with the deviation and saturates only far out.
     let probe = counts.last().expect("buckets");
     let next = probe.ts + HOUR;
-    let expected = det.evaluate(&Bucket::new(next, 0.0)).expected;
+    let expected = det.evaluate(&Bucket::new(next, 0.0)).reading.band.expected;
     let scores: Vec<f64> = [1.0, 1.3, 1.45, 1.6, 2.0, 3.0]
         .iter()
         .map(|f| det.evaluate(&Bucket::new(next, (expected * f).round())).score)
@@ -790,7 +811,7 @@ fn the_score_is_graded_below_the_firing_range_too() {
     run(&mut det, &counts);
     let next = counts.last().expect("buckets").ts + HOUR;
     let v0 = det.evaluate(&Bucket::new(next, 0.0));
-    let (expected, upper) = (v0.expected, v0.upper);
+    let (expected, upper) = (v0.reading.band.expected, v0.reading.band.upper);
     let probe = |f: f64| det.evaluate(&Bucket::new(next, (expected + f * (upper - expected)).round()));
     let near = probe(0.0);
     let scores: Vec<f64> = [0.25, 0.35, 0.45, 0.55].iter().map(|&f| probe(f).score).collect();
@@ -824,7 +845,10 @@ fn a_moderate_shift_is_flagged_by_accumulation_with_its_start_and_side() {
         .expect("the shift is flagged");
     let f = v[s + first];
     assert_eq!(f.trigger, Some(Trigger::Accumulated), "{f:?}");
-    assert!(f.value >= f.lower, "the bucket itself is inside the band: {f:?}");
+    assert!(
+        f.reading.value >= f.reading.band.lower,
+        "the bucket itself is inside the band: {f:?}"
+    );
     assert_eq!(f.side, Some(Side::Below));
     let since = f.since.expect("an incident start");
     assert!(
@@ -898,7 +922,7 @@ fn a_temporary_level_that_was_accepted_is_undone_when_the_series_comes_back() {
     assert!(after <= RETURN_AFTER as usize, "{after} flags after coming back");
     let last = v.last().expect("verdicts");
     assert!(
-        (last.expected - 50.0).abs() < 1.0,
+        (last.reading.band.expected - 50.0).abs() < 1.0,
         "back at the old level: {last:?}"
     );
 }
@@ -917,7 +941,11 @@ fn a_burst_is_not_vetoed_by_a_less_certain_profile_that_expected_less() {
     let mut det = detector(Kind::Count, 3600);
     let v = run(&mut det, &buckets);
     assert!(v[at].anomaly, "a 20x burst must fire: {:?}", v[at]);
-    assert!(v[at].upper < burst, "the band must exclude it: {:?}", v[at]);
+    assert!(
+        v[at].reading.band.upper < burst,
+        "the band must exclude it: {:?}",
+        v[at]
+    );
 }
 
 #[test]
@@ -943,7 +971,7 @@ fn a_lasting_shift_stays_one_incident_for_a_quarter_of_a_day_then_is_the_new_nor
         !v[f + 80..].iter().any(|v| v.anomaly),
         "accepted as the new normal after a quarter of a day"
     );
-    assert!((v.last().expect("verdicts").expected - 40.0).abs() < 1.0);
+    assert!((v.last().expect("verdicts").reading.band.expected - 40.0).abs() < 1.0);
 }
 
 #[test]

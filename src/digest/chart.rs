@@ -17,6 +17,7 @@ use plotters::element::{Circle, DashedPathElement, PathElement, Polygon, Rectang
 use plotters::style::{Color, RGBColor, ShapeStyle, WHITE};
 
 use super::data::{ChartPoint, KpiDigest};
+use crate::reading::known;
 
 /// Why a chart could not be drawn.
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +111,9 @@ fn draw(root: &DrawingArea<BitMapBackend<'_>, Shift>, kpi: &KpiDigest, w: u32, h
     }))?;
 
     // The expected band, one polygon per run of points that have both edges.
-    let band_runs = runs(points, |p| Some((finite(p.lower)?, finite(p.upper)?)));
+    let band_runs = runs(points, |p| {
+        Some((known(p.reading.band.lower)?, known(p.reading.band.upper)?))
+    });
     for run in &band_runs {
         if run.len() == 1 {
             let (x, (lo, hi)) = run[0];
@@ -124,7 +127,7 @@ fn draw(root: &DrawingArea<BitMapBackend<'_>, Shift>, kpi: &KpiDigest, w: u32, h
     }
 
     // The expected line, dashed.
-    for run in runs(points, |p| finite(p.expected)) {
+    for run in runs(points, |p| known(p.reading.band.expected)) {
         let style = ShapeStyle::from(EXPECTED).stroke_width(px(1.5));
         chart.draw_series(std::iter::once(DashedPathElement::new(
             run,
@@ -135,7 +138,7 @@ fn draw(root: &DrawingArea<BitMapBackend<'_>, Shift>, kpi: &KpiDigest, w: u32, h
     }
 
     // The actual line; isolated points become dots so they do not vanish.
-    for run in runs(points, |p| finite(p.value)) {
+    for run in runs(points, |p| known(p.reading.value)) {
         if run.len() == 1 {
             chart.draw_series(std::iter::once(Circle::new(run[0], px(3.0), ACTUAL.filled())))?;
         } else {
@@ -149,7 +152,7 @@ fn draw(root: &DrawingArea<BitMapBackend<'_>, Shift>, kpi: &KpiDigest, w: u32, h
         .iter()
         .enumerate()
         .filter(|(_, p)| p.anomaly)
-        .filter_map(|(i, p)| Some((x_of(i, n), finite(p.value)?)))
+        .filter_map(|(i, p)| Some((x_of(i, n), known(p.reading.value)?)))
         .collect();
     chart.draw_series(anomalies.iter().map(|&c| Circle::new(c, px(6.0), WHITE.filled())))?;
     chart.draw_series(
@@ -167,10 +170,6 @@ fn x_of(i: usize, n: usize) -> f64 {
     } else {
         i as f64
     }
-}
-
-fn finite(v: Option<f64>) -> Option<f64> {
-    v.filter(|v| v.is_finite())
 }
 
 /// Maximal runs of consecutive points for which `get` returns a value, as `(x, value)`.
@@ -199,8 +198,15 @@ pub(super) fn axis_range(kpi: &KpiDigest) -> (f64, f64) {
     let finite: Vec<f64> = kpi
         .points
         .iter()
-        .flat_map(|p| [p.value, p.expected, p.lower, p.upper])
-        .filter_map(finite)
+        .flat_map(|p| {
+            [
+                p.reading.value,
+                p.reading.band.expected,
+                p.reading.band.lower,
+                p.reading.band.upper,
+            ]
+        })
+        .filter_map(known)
         .collect();
     if finite.iter().all(|v| *v >= 0.0) {
         lo = lo.max(0.0);
@@ -219,8 +225,15 @@ pub(super) fn axis_range(kpi: &KpiDigest) -> (f64, f64) {
 fn y_range(points: &[ChartPoint]) -> (f64, f64) {
     let values = points
         .iter()
-        .flat_map(|p| [p.value, p.expected, p.lower, p.upper])
-        .filter_map(finite);
+        .flat_map(|p| {
+            [
+                p.reading.value,
+                p.reading.band.expected,
+                p.reading.band.lower,
+                p.reading.band.upper,
+            ]
+        })
+        .filter_map(known);
     let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
         (lo.min(v), hi.max(v))
     });
@@ -264,14 +277,15 @@ mod tests {
     use super::super::data::DigestStatus;
     use super::*;
     use crate::kpi::Kind;
+    use crate::reading::{Band, Reading};
 
     fn point(day: i64, value: Option<f64>, expected: f64, anomaly: bool) -> ChartPoint {
         ChartPoint {
             ts: Utc.with_ymd_and_hms(2026, 11, 10, 0, 0, 0).unwrap() + Duration::days(day),
-            value,
-            expected: Some(expected),
-            lower: Some(expected * 0.9),
-            upper: Some(expected * 1.1),
+            reading: Reading::new(
+                value.unwrap_or(f64::NAN),
+                Band::new(expected, expected * 0.9, expected * 1.1),
+            ),
             anomaly,
         }
     }
@@ -358,12 +372,12 @@ mod tests {
     #[test]
     fn odd_series_give_a_png_without_panicking() {
         let mut gappy = typical(Some(3)).points;
-        gappy[2].value = None;
-        gappy[5].lower = None;
-        gappy[6].expected = Some(f64::NAN);
-        gappy[7].value = Some(f64::INFINITY);
-        gappy[9].value = None;
-        gappy[11].value = None;
+        gappy[2].reading.value = f64::NAN;
+        gappy[5].reading.band.lower = f64::NAN;
+        gappy[6].reading.band.expected = f64::NAN;
+        gappy[7].reading.value = f64::INFINITY;
+        gappy[9].reading.value = f64::NAN;
+        gappy[11].reading.value = f64::NAN;
         let cases = vec![
             vec![],
             vec![point(0, Some(5.0), 5.0, true)],

@@ -4,6 +4,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::kpi::Kind;
+use crate::reading::Reading;
 
 /// One recipient's digest for one local day.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,14 +96,8 @@ pub struct KpiDigest {
 pub struct ChartPoint {
     /// Start of the bucket or day.
     pub ts: DateTime<Utc>,
-    /// Observed value (band units).
-    pub value: Option<f64>,
-    /// Expected value.
-    pub expected: Option<f64>,
-    /// Band lower edge.
-    pub lower: Option<f64>,
-    /// Band upper edge.
-    pub upper: Option<f64>,
+    /// Observed value (band units) and band; NaN where there is none.
+    pub reading: Reading,
     /// Flagged.
     pub anomaly: bool,
 }
@@ -133,14 +128,8 @@ pub struct NearMiss {
     pub series: String,
     /// Bucket start.
     pub ts: DateTime<Utc>,
-    /// Observed.
-    pub value: f64,
-    /// Expected.
-    pub expected: f64,
-    /// Band lower edge.
-    pub lower: f64,
-    /// Band upper edge.
-    pub upper: f64,
+    /// Observed value and its band.
+    pub reading: Reading,
     /// Score in [0, 1] (ranks near-misses; never shown).
     pub score: f64,
 }

@@ -29,6 +29,7 @@ pub use render::{rank, render, Error as RenderError};
 
 use crate::config::DigestConfig;
 use crate::kpi::{Kind, KpiSpec};
+use crate::reading::{known, Band, Reading};
 use crate::store::Store;
 
 /// A digest recipient with their KPIs and schedule.
@@ -167,7 +168,9 @@ impl Acc {
             Kind::Count => 0.0,
         };
         if let Some(e) = e {
-            if let (Some(x), Some(l), Some(h)) = (e.expected, e.lower, e.upper) {
+            let band = e.reading.band;
+            if let (Some(x), Some(l), Some(h)) = (known(band.expected), known(band.lower), known(band.upper))
+            {
                 self.exp += x * weight;
                 self.lo += l * weight;
                 self.hi += h * weight;
@@ -198,7 +201,13 @@ impl Acc {
 /// How close a judged, unflagged bucket came to its band: the share of the way from the
 /// expected value to the band edge on its side (1.0 = on the edge).
 fn closeness(e: &crate::store::EvaluationRow) -> Option<f64> {
-    let (v, x, l, h) = (e.value?, e.expected?, e.lower?, e.upper?);
+    let r = e.reading;
+    let (v, x, l, h) = (
+        known(r.value)?,
+        known(r.band.expected)?,
+        known(r.band.lower)?,
+        known(r.band.upper)?,
+    );
     let edge = if v < x { l } else { h };
     let room = (edge - x).abs();
     (room > 0.0).then(|| (v - x).abs() / room)
@@ -265,7 +274,10 @@ async fn kpi_digest(
                     day_acc.add(spec.kind, o.value, o.denominator, e);
                 }
                 // Only deviations the KPI watches: a payment rate that rises is not a near-miss.
-                let watched = |e: &&crate::store::EvaluationRow| match (e.value, e.expected) {
+                let watched = |e: &&crate::store::EvaluationRow| match (
+                    known(e.reading.value),
+                    known(e.reading.band.expected),
+                ) {
                     (Some(v), Some(x)) => spec.direction.watches(v < x),
                     _ => false,
                 };
@@ -300,7 +312,7 @@ async fn kpi_digest(
             Some(format!(
                 "The day was {} its expected band {}{change}{why}.",
                 if below { "below" } else { "above" },
-                fmt.band(l, u)
+                fmt.band(Band::new(e, l, u))
             ))
         }
         _ => None,
@@ -310,12 +322,10 @@ async fn kpi_digest(
         .iter()
         .map(|(ts, acc)| {
             let (value, expected, lower, upper) = acc.finish(spec.kind);
+            let nan = |x: Option<f64>| x.unwrap_or(f64::NAN);
             ChartPoint {
                 ts: at(*ts),
-                value,
-                expected,
-                lower,
-                upper,
+                reading: Reading::new(nan(value), Band::new(nan(expected), nan(lower), nan(upper))),
                 anomaly: acc.anomaly,
             }
         })
@@ -327,10 +337,7 @@ async fn kpi_digest(
         .map(|(_, e, series)| NearMiss {
             series,
             ts: at(e.ts),
-            value: e.value.unwrap_or(f64::NAN),
-            expected: e.expected.unwrap_or(f64::NAN),
-            lower: e.lower.unwrap_or(f64::NAN),
-            upper: e.upper.unwrap_or(f64::NAN),
+            reading: e.reading,
             score: e.score,
         })
         .collect();
@@ -349,7 +356,9 @@ async fn kpi_digest(
         };
         let end = alert.resolved_ts.unwrap_or(i64::MAX);
         let during = |a: &&crate::store::AnomalyRow| a.ts >= alert.started_ts && a.ts <= end;
-        let dev = |x: &crate::store::AnomalyRow| ((x.value - x.expected) / x.expected.abs().max(1e-9)).abs();
+        let dev = |x: &crate::store::AnomalyRow| {
+            ((x.reading.value - x.reading.band.expected) / x.reading.band.expected.abs().max(1e-9)).abs()
+        };
         let worst_of = |dims: &dyn Fn(&str) -> bool| {
             anomalies
                 .iter()
@@ -379,8 +388,8 @@ async fn kpi_digest(
             series,
             started_at: at(alert.started_ts),
             ended_at: alert.resolved_ts.map(at),
-            worst_value: worst.map_or(f64::NAN, |a| a.value),
-            expected: worst.map_or(f64::NAN, |a| a.expected),
+            worst_value: worst.map_or(f64::NAN, |a| a.reading.value),
+            expected: worst.map_or(f64::NAN, |a| a.reading.band.expected),
             acknowledged_by: alert.acknowledged_by.clone(),
             silenced: store.alert_silenced(alert.id).await?,
         });

@@ -20,6 +20,7 @@ use super::data::{
 use crate::format::ValueFormat;
 #[cfg(test)]
 use crate::kpi::Kind;
+use crate::reading::known;
 
 /// Why a digest could not be rendered.
 #[derive(Debug, thiserror::Error)]
@@ -305,7 +306,7 @@ fn counts(kpis: &[KpiDigest]) -> Vec<CountView> {
 }
 
 fn chart_for(kpi: &KpiDigest, fmt: &Formatter) -> Option<ChartView> {
-    if !kpi.points.iter().any(|p| p.value.is_some_and(f64::is_finite)) {
+    if !kpi.points.iter().any(|p| p.reading.value.is_finite()) {
         return None;
     }
     let anomalies = kpi.points.iter().filter(|p| p.anomaly).count();
@@ -322,8 +323,8 @@ fn chart_for(kpi: &KpiDigest, fmt: &Formatter) -> Option<ChartView> {
     if let Some(last) = kpi.points.last() {
         alt.push_str(&format!(
             "; latest {} vs {} expected ({})",
-            fmt_value(vf(kpi), last.value),
-            fmt_value(vf(kpi), last.expected),
+            fmt_value(vf(kpi), known(last.reading.value)),
+            fmt_value(vf(kpi), last.reading.band.expected()),
             fmt.time(last.ts),
         ));
     }
@@ -468,16 +469,16 @@ fn near_miss_lines(kpi: &KpiDigest, fmt: &Formatter) -> (Vec<String>, usize) {
             let mut line = format!(
                 "{}{slice}: {} vs {} expected",
                 fmt.time(m.ts),
-                fmt_value(vf(kpi), Some(m.value)),
-                fmt_value(vf(kpi), Some(m.expected))
+                fmt_value(vf(kpi), Some(m.reading.value)),
+                fmt_value(vf(kpi), Some(m.reading.band.expected))
             );
-            if let Some(change) = fmt_change(vf(kpi), Some(m.value), Some(m.expected)) {
+            if let Some(change) = fmt_change(vf(kpi), Some(m.reading.value), Some(m.reading.band.expected)) {
                 line.push_str(&format!(" ({change})"));
             }
-            if m.lower.is_finite() && m.upper.is_finite() {
+            if m.reading.band.has_edges() {
                 line.push_str(&format!(
                     ", just inside the band {}",
-                    vf(kpi).band(m.lower, m.upper)
+                    vf(kpi).band(m.reading.band)
                 ));
             }
             line
@@ -571,6 +572,7 @@ mod tests {
 
     use super::super::data::ChartPoint;
     use super::*;
+    use crate::reading::{Band, Reading};
 
     fn day() -> NaiveDate {
         NaiveDate::from_ymd_opt(2026, 11, 23).unwrap()
@@ -600,10 +602,10 @@ mod tests {
             points: (0..14)
                 .map(|d| ChartPoint {
                     ts: at(0, 0) - Duration::days(13 - d),
-                    value: Some(base * (1.0 + 0.01 * (d as f64).sin())),
-                    expected: Some(base),
-                    lower: Some(base * 0.95),
-                    upper: Some(base * 1.05),
+                    reading: Reading::new(
+                        base * (1.0 + 0.01 * (d as f64).sin()),
+                        Band::new(base, base * 0.95, base * 1.05),
+                    ),
                     anomaly: d == 13 && status == DigestStatus::Anomalous,
                 })
                 .collect(),
@@ -841,10 +843,7 @@ mod tests {
         k.near_misses = vec![NearMiss {
             series: "payment_method=card".to_owned(),
             ts: at(13, 0),
-            value: 0.95,
-            expected: 0.99,
-            lower: 0.94,
-            upper: 1.0,
+            reading: Reading::new(0.95, Band::new(0.99, 0.94, 1.0)),
             score: 0.82,
         }];
         k.data_health = Some("data arrived 2 h late".into());
@@ -929,10 +928,7 @@ mod tests {
             .map(|h| NearMiss {
                 series: String::new(),
                 ts: at(h, 0),
-                value: 90.0,
-                expected: 100.0,
-                lower: 88.0,
-                upper: 112.0,
+                reading: Reading::new(90.0, Band::new(100.0, 88.0, 112.0)),
                 score: f64::from(h) / 10.0,
             })
             .collect();
@@ -961,7 +957,7 @@ mod tests {
     #[test]
     fn a_kpi_without_values_gets_a_note_instead_of_a_chart() {
         let mut k = kpi("gone", Kind::Count, DigestStatus::MissingData, 0.0);
-        k.points.iter_mut().for_each(|p| p.value = None);
+        k.points.iter_mut().for_each(|p| p.reading.value = f64::NAN);
         k.value = None;
         let out = render(&digest(vec![k])).unwrap();
         assert!(out.images.is_empty());

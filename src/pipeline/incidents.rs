@@ -14,7 +14,7 @@ use crate::alerting::plan::Judged;
 use crate::alerting::BucketVerdict;
 use crate::format::{self, ValueFormat};
 use crate::kpi::KpiSpec;
-use crate::rootcause::{self, Reading};
+use crate::rootcause::{self, Slice};
 use crate::slices::{is_total, TOTAL};
 
 /// Group the fresh verdicts of a KPI's series (by bucket start, each with its series key).
@@ -59,13 +59,13 @@ fn group_bucket(spec: &KpiSpec, t: i64, vs: &[(String, BucketVerdict)]) -> Judge
         .filter_map(|(_, v)| v.since)
         .min()
         .or(verdict.since);
-    let readings: Vec<Reading> = vs
+    let readings: Vec<Slice> = vs
         .iter()
         .filter(|(d, _)| !is_total(d))
-        .map(|(d, v)| Reading {
+        .map(|(d, v)| Slice {
             dims: d.clone(),
-            actual: v.value,
-            expected: v.expected,
+            actual: v.reading.value,
+            expected: v.reading.band.expected,
             weight: v.volume,
         })
         .collect();
@@ -91,7 +91,7 @@ fn cause(
 ) -> Option<String> {
     let fmt = ValueFormat::of(spec);
     let total_change = total
-        .and_then(|v| fmt.change(v.value, v.expected))
+        .and_then(|v| fmt.change(v.reading.value, v.reading.band.expected))
         .or_else(|| fmt.change(e.actual, e.expected))
         .unwrap_or_default();
     if is_total(dims) {
@@ -190,7 +190,7 @@ mod tests {
         let out = group(&spec("count"), BTreeMap::from([(600, vs)]));
         let j = &out[0];
         assert_eq!(j.dims, r#"{"country":"LU"}"#);
-        assert_eq!(j.verdict.value, 0.0);
+        assert_eq!(j.verdict.reading.value, 0.0);
         assert!(j.verdict.anomaly);
         let cause = j.cause.as_deref().expect("a cause");
         assert!(cause.starts_with("country=LU is 2.0% of the total"), "{cause}");

@@ -25,6 +25,7 @@
 use sqlx::{PgConnection, SqliteConnection};
 
 use super::{EvaluationRow, ObservationRow, Result};
+use crate::reading::stored;
 
 /// Batches of at least this many rows are written with `COPY` on PostgreSQL; smaller ones
 /// (a steady run: a few buckets) with multi-row `INSERT … ON CONFLICT`, as on SQLite.
@@ -86,7 +87,8 @@ impl BulkWrite for PgConnection {
                 t.fields(11);
                 t.int8(series_id);
                 t.int8(e.ts);
-                for x in [e.value, e.expected, e.lower, e.upper, Some(e.score)] {
+                let (r, band) = (e.reading, e.reading.band);
+                for x in [stored(r.value), stored(band.expected), stored(band.lower), stored(band.upper), Some(e.score)] {
                     t.float8(x);
                 }
                 t.bool(e.anomaly);

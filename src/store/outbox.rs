@@ -6,6 +6,7 @@ use serde::Serialize;
 use sqlx::{FromRow, Row};
 
 use super::{now_secs, Pool, Result, Store};
+use crate::reading::{nan_if_null, Reading};
 
 /// A queued or sent notification.
 #[derive(Debug, Clone, PartialEq, FromRow, Serialize)]
@@ -75,18 +76,9 @@ pub struct NotificationPayload {
     pub owner: Option<String>,
     /// Model labels.
     pub labels: BTreeMap<String, String>,
-    /// Observed value (NaN when there is none, e.g. data missing: stored as `null`).
-    #[serde(deserialize_with = "nan_if_null")]
-    pub value: f64,
-    /// Expected value.
-    #[serde(deserialize_with = "nan_if_null")]
-    pub expected: f64,
-    /// Band lower edge.
-    #[serde(deserialize_with = "nan_if_null")]
-    pub lower: f64,
-    /// Band upper edge.
-    #[serde(deserialize_with = "nan_if_null")]
-    pub upper: f64,
+    /// Observed value and band (NaN when there is none, e.g. data missing: stored as `null`).
+    #[serde(flatten)]
+    pub reading: Reading,
     /// Volume.
     #[serde(deserialize_with = "nan_if_null")]
     pub volume: f64,
@@ -107,11 +99,6 @@ pub struct NotificationPayload {
     /// Signed silence link.
     #[serde(default)]
     pub silence_url: Option<String>,
-}
-
-/// JSON has no NaN: serde_json writes a NaN `f64` as `null`, and this reads it back as NaN.
-fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    Ok(<Option<f64> as serde::Deserialize>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// The numbers of a notification, formatted for people (see `format::ValueFormat`).

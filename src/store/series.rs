@@ -4,6 +4,28 @@ use serde::Serialize;
 use sqlx::{FromRow, Row};
 
 use super::{now_secs, BulkWrite, Pool, Result, Store, ROWS_PER_STATEMENT};
+use crate::reading::{stored, Band, Reading};
+
+/// Stored rows: the columns `value`, `expected`, `lower` and `upper`, `NULL` read as NaN.
+impl<'r, R: sqlx::Row> sqlx::FromRow<'r, R> for Reading
+where
+    &'static str: sqlx::ColumnIndex<R>,
+    Option<f64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> sqlx::Result<Self> {
+        let get = |column: &'static str| -> sqlx::Result<f64> {
+            Ok(row.try_get::<Option<f64>, _>(column)?.unwrap_or(f64::NAN))
+        };
+        Ok(Reading {
+            value: get("value")?,
+            band: Band {
+                expected: get("expected")?,
+                lower: get("lower")?,
+                upper: get("upper")?,
+            },
+        })
+    }
+}
 
 /// One bucket of one series as stored.
 #[derive(Debug, Clone, Copy, PartialEq, FromRow, Serialize)]
@@ -21,14 +43,11 @@ pub struct ObservationRow {
 pub struct EvaluationRow {
     /// Bucket start, unix seconds.
     pub ts: i64,
-    /// Observed value in band units (`None` when undefined, e.g. a ratio over 0 attempts).
-    pub value: Option<f64>,
-    /// Expected value (`None` while warming up).
-    pub expected: Option<f64>,
-    /// Band lower edge.
-    pub lower: Option<f64>,
-    /// Band upper edge.
-    pub upper: Option<f64>,
+    /// Observed value in band units and its band (NaN, stored `NULL`, when undefined: a
+    /// ratio over 0 attempts, no band while warming up).
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub reading: Reading,
     /// Anomaly score in [0, 1].
     pub score: f64,
     /// Whether flagged.
@@ -65,14 +84,10 @@ pub struct AnomalyRow {
     pub dims: String,
     /// Bucket start.
     pub ts: i64,
-    /// Observed value.
-    pub value: f64,
-    /// Expected value.
-    pub expected: f64,
-    /// Band lower edge.
-    pub lower: f64,
-    /// Band upper edge.
-    pub upper: f64,
+    /// Observed value in band units (a ratio as a fraction) and its band.
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub reading: Reading,
     /// Score in [0, 1].
     pub score: f64,
     /// Volume behind the bucket.
@@ -93,14 +108,8 @@ pub struct AnomalyRow {
 pub struct NewAnomaly {
     /// Bucket start.
     pub ts: i64,
-    /// Observed value.
-    pub value: f64,
-    /// Expected value.
-    pub expected: f64,
-    /// Band lower edge.
-    pub lower: f64,
-    /// Band upper edge.
-    pub upper: f64,
+    /// Observed value and its band.
+    pub reading: Reading,
     /// Score.
     pub score: f64,
     /// Volume.
@@ -124,14 +133,10 @@ pub struct LatestEvaluation {
     pub dims: String,
     /// Bucket start.
     pub ts: i64,
-    /// Observed value in band units.
-    pub value: Option<f64>,
-    /// Expected value.
-    pub expected: Option<f64>,
-    /// Band lower edge.
-    pub lower: Option<f64>,
-    /// Band upper edge.
-    pub upper: Option<f64>,
+    /// Observed value in band units (a ratio as a fraction) and its band.
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub reading: Reading,
     /// Flagged.
     pub anomaly: bool,
 }
@@ -242,10 +247,10 @@ impl Store {
                 q.push_values(chunk, |mut b, e| {
                     b.push_bind(series_id)
                         .push_bind(e.ts)
-                        .push_bind(e.value)
-                        .push_bind(e.expected)
-                        .push_bind(e.lower)
-                        .push_bind(e.upper)
+                        .push_bind(stored(e.reading.value))
+                        .push_bind(stored(e.reading.band.expected))
+                        .push_bind(stored(e.reading.band.lower))
+                        .push_bind(stored(e.reading.band.upper))
                         .push_bind(e.score)
                         .push_bind(e.anomaly)
                         .push_bind(&e.status)
@@ -267,10 +272,10 @@ impl Store {
                 q.push_values(chunk, |mut b, a| {
                     b.push_bind(series_id)
                         .push_bind(a.ts)
-                        .push_bind(a.value)
-                        .push_bind(a.expected)
-                        .push_bind(a.lower)
-                        .push_bind(a.upper)
+                        .push_bind(a.reading.value)
+                        .push_bind(a.reading.band.expected)
+                        .push_bind(a.reading.band.lower)
+                        .push_bind(a.reading.band.upper)
                         .push_bind(a.score)
                         .push_bind(a.volume)
                         .push_bind(&a.seasonality)

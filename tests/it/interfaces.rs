@@ -481,12 +481,16 @@ async fn a_real_prometheus_scraping_kpiwatch_answers_every_query_of_the_grafana_
                 .and_then(|v| v.parse().ok())
                 .expect("a number")
         };
-        let expect = |x: Option<f64>| x.expect("stored");
+        let expect = |x: f64| {
+            assert!(x.is_finite(), "stored: {x}");
+            x
+        };
+        let (r, band) = (latest.reading, latest.reading.band);
         let want = match expr.split('{').next().unwrap_or_default() {
-            "kpiwatch_kpi_value" => Some(expect(latest.value)),
-            "kpiwatch_kpi_expected" => Some(expect(latest.expected)),
-            "kpiwatch_kpi_lower" => Some(expect(latest.lower)),
-            "kpiwatch_kpi_upper" => Some(expect(latest.upper)),
+            "kpiwatch_kpi_value" => Some(expect(r.value)),
+            "kpiwatch_kpi_expected" => Some(expect(band.expected)),
+            "kpiwatch_kpi_lower" => Some(expect(band.lower)),
+            "kpiwatch_kpi_upper" => Some(expect(band.upper)),
             _ => None,
         };
         if let Some(want) = want {

@@ -2,6 +2,7 @@
 //! temporary SQLite file and on a fresh PostgreSQL database, with the same results.
 
 use kpiwatch::kpi::Interval;
+use kpiwatch::reading::{Band, Reading};
 use kpiwatch::store::{AlertRow, EvaluationRow, NewAnomaly, NewNotification, ObservationRow, Store};
 
 use crate::e2e::orders_spec;
@@ -13,10 +14,7 @@ const T: i64 = 1_774_872_000; // 2026-03-30T12:00:00Z
 fn evaluation(ts: i64, value: f64, anomaly: bool) -> EvaluationRow {
     EvaluationRow {
         ts,
-        value: Some(value),
-        expected: Some(100.0),
-        lower: Some(80.0),
-        upper: Some(120.0),
+        reading: Reading::new(value, Band::new(100.0, 80.0, 120.0)),
         score: if anomaly { 0.99 } else { 0.1 },
         anomaly,
         status: "evaluated".to_owned(),
@@ -28,10 +26,7 @@ fn evaluation(ts: i64, value: f64, anomaly: bool) -> EvaluationRow {
 fn anomaly(ts: i64, value: f64, alerted: bool) -> NewAnomaly {
     NewAnomaly {
         ts,
-        value,
-        expected: 100.0,
-        lower: 80.0,
-        upper: 120.0,
+        reading: Reading::new(value, Band::new(100.0, 80.0, 120.0)),
         score: 0.99,
         volume: value,
         seasonality: "daily".to_owned(),
@@ -180,7 +175,7 @@ async fn scenario(url: &str) {
     assert_eq!(all.len(), 2);
     assert_eq!(all[0].ts, T - 300);
     assert!(all[0].alerted);
-    assert_eq!(all[0].value, 10.0, "a bucket's anomaly is recorded once");
+    assert_eq!(all[0].reading.value, 10.0, "a bucket's anomaly is recorded once");
     assert_eq!(all[0].dims, "{}");
     assert!(!all[1].alerted);
     assert_eq!(all[1].dims, r#"{"country":"DE"}"#);
@@ -789,15 +784,20 @@ fn bulk_rows(from: usize, to: usize, restated: bool) -> (Vec<ObservationRow>, Ve
         });
         evals.push(EvaluationRow {
             ts,
-            value: (!i.is_multiple_of(5)).then_some(v),
-            expected: (i > 100).then_some(v * 0.9),
-            lower: (i > 100).then_some(v * 0.5),
-            // An unbounded band edge (a heavy tail's threshold out of reach) travels too.
-            upper: (i > 100).then_some(if i.is_multiple_of(13) {
-                f64::INFINITY
-            } else {
-                v * 1.5
-            }),
+            reading: Reading::new(
+                if i.is_multiple_of(5) { f64::NAN } else { v },
+                if i > 100 {
+                    // An unbounded band edge (a heavy tail's threshold out of reach) travels too.
+                    let upper = if i.is_multiple_of(13) {
+                        f64::INFINITY
+                    } else {
+                        v * 1.5
+                    };
+                    Band::new(v * 0.9, v * 0.5, upper)
+                } else {
+                    Band::NONE
+                },
+            ),
             score: odd[(i + 1) % odd.len()],
             anomaly: i.is_multiple_of(11),
             status: if i > 100 { "evaluated" } else { "warming_up" }.to_owned(),

@@ -31,6 +31,8 @@ use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::reading::Reading;
+
 pub use webhook::{verify_webhook_signature, webhook_signature, SCHEMA_VERSION};
 
 /// How long one HTTP request (connect to last body byte) may take before it counts as a
@@ -126,14 +128,8 @@ pub struct Notification {
     pub summary: String,
     /// Plain-text body with the details.
     pub text: String,
-    /// Observed value.
-    pub value: f64,
-    /// Expected value.
-    pub expected: f64,
-    /// Band lower edge.
-    pub lower: f64,
-    /// Band upper edge.
-    pub upper: f64,
+    /// Observed value and its band.
+    pub reading: Reading,
     /// Volume behind the bucket (count, or the ratio's denominator).
     pub volume: f64,
     /// When the incident started (first anomalous bucket).
@@ -661,10 +657,7 @@ mod testkit {
             labels: BTreeMap::from([("team".to_owned(), "payments".to_owned())]),
             summary: "[CRITICAL] Payment success (country=DE) dropped to 40.00% (expected 97.00%)".to_owned(),
             text: "Payment success dropped outside its expected band.\n\nActual: 40.00%".to_owned(),
-            value: 0.4,
-            expected: 0.97,
-            lower: 0.9,
-            upper: 1.0,
+            reading: Reading::new(0.4, crate::reading::Band::new(0.97, 0.9, 1.0)),
             volume: 120.0,
             started_at: t(9),
             bucket_at: t(10),

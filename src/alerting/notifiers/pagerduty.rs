@@ -93,10 +93,10 @@ fn event(n: &Notification, routing_key: &str) -> Value {
                     "custom_details": {
                         "series": n.series,
                         "labels": n.labels,
-                        "value": n.value,
-                        "expected": n.expected,
-                        "lower": n.lower,
-                        "upper": n.upper,
+                        "value": n.reading.value,
+                        "expected": n.reading.band.expected,
+                        "lower": n.reading.band.lower,
+                        "upper": n.reading.band.upper,
                         "volume": n.volume,
                         "started_at": n.started_at.to_rfc3339(),
                         "display": {

@@ -143,10 +143,10 @@ fn body(n: &Notification) -> serde_json::Value {
         "summary": n.summary,
         "text": n.text,
         "values": {
-            "value": n.value,
-            "expected": n.expected,
-            "lower": n.lower,
-            "upper": n.upper,
+            "value": n.reading.value,
+            "expected": n.reading.band.expected,
+            "lower": n.reading.band.lower,
+            "upper": n.reading.band.upper,
             "volume": n.volume,
         },
         "timestamps": {
