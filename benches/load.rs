@@ -8,7 +8,10 @@
 //! Settings (environment): `LOAD_KPIS` (default 200), `LOAD_MINUTES` of steady running after
 //! the backfill (default 3), `LOAD_SETTLE_MINUTES` between the two that are not measured (the
 //! catch-up of the minutes the backfill took; default 0), `LOAD_HISTORY_DAYS` of source history
-//! and of `scheduler.history` (default 28), `TEST_POSTGRES_URL` (default
+//! and of `scheduler.history` (default 28), `LOAD_EVALUATIONS_RETENTION` (the service's
+//! `retention.evaluations`, default its own 35 days: a shorter one keeps the backfill from
+//! writing verdicts it would prune, which is what makes 10,000 KPIs fit on a small disk),
+//! `TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`).
 //! It makes two databases, `kpiwatch_load_source` and `kpiwatch_load_state` (dropped first,
 //! kept afterwards for inspection), writes the models and config to a temporary directory,
@@ -188,6 +191,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
         })
     };
 
+    let retention = std::env::var("LOAD_EVALUATIONS_RETENTION")
+        .map(|r| format!("\n[retention]\nevaluations = \"{r}\"\n"))
+        .unwrap_or_default();
     let dir = tempfile::tempdir()?;
     let models = dir.path().join("models");
     write_models(&models, kpis)?;
@@ -197,7 +203,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         format!(
             "[http]\nbind = \"127.0.0.1:0\"\n\n[state]\nurl = \"{state_url}\"\n\n[email]\noutbox_dir = \"{}\"\n\n\
              [scheduler]\nbackfill = \"{days}d\"\nhistory = \"{days}d\"\n\n[digest]\nenabled = false\n\n\
-             [sources.load]\nurl = \"{source_url}\"\n",
+             [sources.load]\nurl = \"{source_url}\"\n{retention}",
             dir.path().join("outbox").display()
         ),
     )?;
@@ -213,7 +219,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .spawn()?;
     let child = Killed(child);
     let pid = child.0.id();
-    println!("load: {kpis} KPIs every minute, {days} days of history, kpiwatch pid {pid}");
+    println!(
+        "load: {kpis} KPIs every minute, {days} days of history, verdicts kept {}, kpiwatch pid {pid}",
+        std::env::var("LOAD_EVALUATIONS_RETENTION").unwrap_or_else(|_| "35d (default)".to_owned())
+    );
 
     let state = loop {
         match PgPoolOptions::new().max_connections(1).connect(&state_url).await {

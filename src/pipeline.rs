@@ -910,9 +910,15 @@ async fn evaluate_series(
     }
 
     let horizon = alert_horizon(spec, sched, end);
+    // Verdicts older than `retention.evaluations` would be pruned at once: a backfill does
+    // not write them (anomalies keep their own, longer retention).
+    let kept_from = end.saturating_sub(cx.settings.retention.evaluations.as_secs() as i64);
     let mut evaluations = Vec::with_capacity(verdicts.len());
     let mut anomalies = Vec::new();
     for (t, v, _) in &verdicts {
+        if *t < kept_from {
+            continue;
+        }
         evaluations.push(EvaluationRow {
             ts: *t,
             reading: v.reading,

@@ -27,21 +27,13 @@ fn start() -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-async fn count(pool: &sqlx::SqlitePool, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql)
-}
-
-#[tokio::test]
-async fn sixty_days_of_a_one_minute_kpi_stay_within_the_retention_windows() {
-    init_logs();
-    let dir = tempfile::tempdir().expect("tempdir");
-    // The shop: one row a minute for the whole span.
-    let shop_url = format!("sqlite://{}?mode=rwc", dir.path().join("shop.db").display());
+/// The shop: `shop.db` in `dir`, one row a minute for `minutes` from [`start`].
+async fn ticks_shop(dir: &Path, minutes: i64) {
+    let shop_url = format!("sqlite://{}?mode=rwc", dir.join("shop.db").display());
     let shop = sqlx::SqlitePool::connect(&shop_url).await.expect("shop");
     shop.execute("CREATE TABLE ticks (ts TEXT NOT NULL, n INTEGER NOT NULL)")
         .await
         .expect("table");
-    let minutes = (DAYS + 3) * 1440;
     sqlx::query(
         "WITH RECURSIVE m(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM m WHERE i < $1)
          INSERT INTO ticks SELECT datetime($2 + i * 60, 'unixepoch'), 100 + (i * 7919) % 23 FROM m",
@@ -51,7 +43,17 @@ async fn sixty_days_of_a_one_minute_kpi_stay_within_the_retention_windows() {
     .execute(&shop)
     .await
     .expect("rows");
+}
 
+async fn count(pool: &sqlx::SqlitePool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql)
+}
+
+#[tokio::test]
+async fn sixty_days_of_a_one_minute_kpi_stay_within_the_retention_windows() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    ticks_shop(dir.path(), (DAYS + 3) * 1440).await;
     let spec = KpiSpec::parse("ticks", MODEL, QUERY, Path::new("models/ticks")).expect("model");
     let clock = ManualClock::new(start() + Duration::days(2) + Duration::minutes(2));
     let env = [
@@ -94,6 +96,54 @@ async fn sixty_days_of_a_one_minute_kpi_stay_within_the_retention_windows() {
     assert!(now - oldest <= 4 * 86_400, "oldest bucket {} s old", now - oldest);
     let bytes = std::fs::metadata(dir.path().join("state.db")).map_or(0, |m| m.len());
     println!("state store after {DAYS} days: {observations} observations, {evaluations} evaluations, {runs} runs, {bytes} bytes");
+}
+
+/// A backfill does not write verdicts that `retention.evaluations` would prune at once: a
+/// 2-day backfill with verdicts kept 6 hours stores every observation but only the last 6
+/// hours of verdicts, and still judges (and replays) all of it.
+#[tokio::test]
+async fn a_backfill_writes_no_verdict_older_than_the_evaluations_retention() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    ticks_shop(dir.path(), 3 * 1440).await;
+    let spec = KpiSpec::parse("ticks", MODEL, QUERY, Path::new("models/ticks")).expect("model");
+    let clock = ManualClock::new(start() + Duration::days(2) + Duration::minutes(2));
+    let env = [
+        ("KPIWATCH_SCHEDULER__BACKFILL", "2d".to_owned()),
+        ("KPIWATCH_SCHEDULER__HISTORY", "2d".to_owned()),
+        ("KPIWATCH_RETENTION__EVALUATIONS", "6h".to_owned()),
+    ];
+    let app = crate::e2e::build_specs(dir.path(), None, &clock, vec![spec], &env).await;
+    // Another process holds the retention lease: nothing is pruned after the run, so what is
+    // in the store is what the run wrote.
+    assert!(app
+        .store()
+        .try_lease("retention", "elsewhere", 3600)
+        .await
+        .expect("lease"));
+    let results = app.scheduler().run_due().await;
+    assert!(
+        matches!(results[0].1, Ok(RunOutcome::Ok { judged, .. }) if judged >= 2 * 1440),
+        "the whole backfill is judged: {results:?}"
+    );
+    let state = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join("state.db").display()))
+        .await
+        .expect("state");
+    let observations = count(&state, "SELECT count(*) FROM observations").await;
+    let evaluations = count(&state, "SELECT count(*) FROM evaluations").await;
+    assert!(observations >= 2 * 1440, "{observations} observations");
+    assert!(
+        (6 * 60 - 2..=6 * 60 + 2).contains(&evaluations),
+        "{evaluations} verdicts stored"
+    );
+    let newest: i64 = count(&state, "SELECT max(ts) FROM evaluations").await;
+    let oldest: i64 = count(&state, "SELECT min(ts) FROM evaluations").await;
+    assert!(newest - oldest <= 6 * 3600, "verdicts span {} s", newest - oldest);
+    assert_eq!(
+        newest,
+        count(&state, "SELECT max(ts) FROM observations").await,
+        "the newest bucket has its verdict"
+    );
 }
 
 /// Incidents: every fourth simulated day, the 20 minutes before that day's run have no rows.
