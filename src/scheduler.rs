@@ -136,11 +136,6 @@ fn lease_secs(sched: &crate::config::SchedulerConfig) -> i64 {
     i64::try_from(sched.claim_timeout.as_secs().max(3)).unwrap_or(i64::MAX)
 }
 
-/// The lease of a KPI's runs.
-fn lease_name(id: &KpiId) -> String {
-    format!("kpi:{id}")
-}
-
 /// Seconds to wait after `failures` failed runs in a row: `tick`, doubling, at most `step`.
 fn backoff_secs(tick: std::time::Duration, step: i64, failures: u32) -> i64 {
     let tick = tick.as_secs().max(1) as i64;
@@ -194,7 +189,7 @@ impl Scheduler {
             }
         }
         results.sort_by(|a, b| a.0.cmp(&b.0));
-        self.after_runs(now, true).await;
+        self.after_runs(now).await;
         results
     }
 
@@ -203,15 +198,9 @@ impl Scheduler {
     async fn pass(&self) {
         let now = self.clock.now();
         let _started = self.start_due(now).await;
-        // The digest reads what the runs stored: while a KPI's first run in this process (the
-        // backfill after a start) is still in flight, the day's digest waits for a later pass
-        // rather than report the KPI's yesterday as missing.
-        let first_runs_pending = {
-            let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-            let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-            running.iter().any(|id| !known.contains_key(id))
-        };
-        self.after_runs(now, !first_runs_pending).await;
+        // The digest reads what the runs stored; it waits (in the store, across processes) for
+        // KPIs whose runs have not covered its day yet, a backfill after a start included.
+        self.after_runs(now).await;
     }
 
     /// Start a run of every due KPI that has none in flight and whose lease this process
@@ -240,7 +229,7 @@ impl Scheduler {
         // slot and runs, so a process that dies is replaced within that time and a slow run is
         // never taken over.
         let ttl = lease_secs(sched);
-        let names: Vec<String> = due.iter().map(|spec| lease_name(&spec.id)).collect();
+        let names: Vec<String> = due.iter().map(|spec| spec.id.run_lease()).collect();
         let held: std::collections::HashSet<String> =
             match self.cx.store.take_leases(&names, &self.cx.instance, ttl).await {
                 Ok(held) => held.into_iter().collect(),
@@ -253,7 +242,7 @@ impl Scheduler {
                 }
             };
         for spec in due {
-            let lease = lease_name(&spec.id);
+            let lease = spec.id.run_lease();
             if !held.contains(&lease) {
                 // Another live process holds it.
                 results.push((spec.id.clone(), Ok(RunOutcome::NotDue)));
@@ -324,12 +313,9 @@ impl Scheduler {
         (results, started)
     }
 
-    /// What follows a pass's runs: digests due (unless `digests_now` is false), delivery,
-    /// pruning.
-    async fn after_runs(&self, now: DateTime<Utc>, digests_now: bool) {
-        if digests_now {
-            self.digests(now).await;
-        }
+    /// What follows a pass's runs: digests due, delivery, pruning.
+    async fn after_runs(&self, now: DateTime<Utc>) {
+        self.digests(now).await;
         if let Err(error) = pipeline::deliver(&self.cx, now).await {
             error!(
                 message = "Notification delivery pass failed.",

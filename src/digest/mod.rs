@@ -552,6 +552,52 @@ pub struct DigestContext<'a> {
     pub public_url: &'a str,
 }
 
+/// The first of `r`'s KPIs whose runs have not yet covered `day` (local to `r`), if any: its
+/// `fetched_until` in the store (whichever process ran it) is before the start of its bucket
+/// holding the day's end. Such a KPI holds the digest back while a run of it is in flight in
+/// any process (its lease is held: a backfill after a start, a replica's run) or until
+/// `LATE_AFTER_MINUTES` after the later of the send time and the time its last bucket of the
+/// day was due; one whose last run failed does not (the digest reports its data health).
+async fn catching_up(
+    store: &Store,
+    specs: &[KpiSpec],
+    r: &Recipient,
+    day: NaiveDate,
+    (now, send_at): (i64, i64),
+) -> anyhow::Result<Option<String>> {
+    let Some((_, day_end)) = day_bounds(r.timezone, day) else {
+        return Ok(None);
+    };
+    // One read of every KPI's progress, not one per KPI.
+    let rows: std::collections::HashMap<String, crate::store::KpiRow> = store
+        .kpis()
+        .await?
+        .into_iter()
+        .map(|row| (row.id.clone(), row))
+        .collect();
+    for spec in specs
+        .iter()
+        .filter(|s| r.kpis.binary_search_by(|k| k.as_str().cmp(s.id.as_str())).is_ok())
+    {
+        let needed = spec.buckets().floor(day_end);
+        let behind = match rows.get(spec.id.as_str()) {
+            None => true,
+            Some(row) => {
+                let failing = row.last_status.as_deref().is_some_and(|s| s != "ok");
+                !failing && row.fetched_until.unwrap_or(i64::MIN) < needed
+            }
+        };
+        if !behind {
+            continue;
+        }
+        let due = send_at.max(needed + spec.delay.as_secs() as i64);
+        if now <= due + LATE_AFTER_MINUTES * 60 || store.lease_held(&spec.id.run_lease()).await? {
+            return Ok(Some(spec.id.to_string()));
+        }
+    }
+    Ok(None)
+}
+
 /// Queue every digest due at `now` that was not queued before; returns how many.
 pub async fn run_due(cx: DigestContext<'_>, now: DateTime<Utc>) -> anyhow::Result<usize> {
     if !cx.config.enabled {
@@ -573,6 +619,11 @@ pub async fn run_due(cx: DigestContext<'_>, now: DateTime<Utc>) -> anyhow::Resul
         let late = late && send_at.timestamp() >= first_run;
         let event = format!("digest:{day}");
         if cx.store.digest_queued(&r.address, &event).await? {
+            continue;
+        }
+        let times = (now.timestamp(), send_at.timestamp());
+        if let Some(kpi) = catching_up(cx.store, cx.specs, &r, day, times).await? {
+            tracing::debug!(message = "Daily digest waits for a KPI's runs.", recipient = %r.address, %day, %kpi);
             continue;
         }
         let data = build(cx.store, cx.specs, &r, day, now, late, cx.public_url).await?;

@@ -32,6 +32,12 @@ pub const API_ORIGIN: &str = "api";
 pub struct KpiId(String);
 
 impl KpiId {
+    /// The name of the lease a process holds while it runs this KPI (the scheduler takes it;
+    /// the digest looks at it to wait for a run in flight).
+    pub fn run_lease(&self) -> String {
+        format!("kpi:{}", self.0)
+    }
+
     /// Parse an identifier.
     pub fn parse(s: &str) -> Result<Self, String> {
         let ok_len = !s.is_empty() && s.len() <= 64;

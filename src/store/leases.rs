@@ -27,6 +27,19 @@ impl Store {
         })
     }
 
+    /// Whether a live process (any) holds the named lease now.
+    pub async fn lease_held(&self, name: &str) -> Result<bool> {
+        let now = now_secs();
+        run!(self, |pool| {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM leases WHERE name = $1 AND until >= $2")
+                .bind(name)
+                .bind(now)
+                .fetch_one(pool)
+                .await?;
+            Ok(n > 0)
+        })
+    }
+
     /// Give a lease back (only if `holder` holds it).
     pub async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
         run!(self, |pool| {

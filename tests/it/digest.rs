@@ -173,6 +173,78 @@ async fn the_digest_arrives_once_at_local_time_with_charts_and_yesterdays_incide
     assert_eq!(smtp.received().len(), before, "no second copy");
 }
 
+/// The plain-text part of a received message.
+fn text_part(m: &crate::helpers::Received) -> String {
+    let parsed = mail_parser::MessageParser::default()
+        .parse(m.data.as_bytes())
+        .expect("MIME");
+    parsed.body_text(0).expect("a text part").into_owned()
+}
+
+/// A digest waits for its KPIs' runs in the store, whichever process runs them: while another
+/// process (a replica) holds the KPIs' leases — a run in flight there, a backfill say — the
+/// digest is not sent, even past its time; it goes once the runs have covered the day, and
+/// reports every KPI from them (not "missing data").
+#[tokio::test]
+async fn a_digest_waits_for_the_runs_another_process_has_in_flight() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smtp = SmtpServer::start();
+    let mut shop = Shop::create(&dir.path().join("shop.db")).await;
+    shop.traffic(at("2026-03-16T00:00:00Z"), at("2026-03-31T06:00:00Z"))
+        .await;
+    // 06:00:30 Berlin: cfo@'s 06:00 digest of 2026-03-30 is due; nothing has run yet.
+    let clock = ManualClock::new(at("2026-03-31T04:00:30Z"));
+    let app = build_two(dir.path(), &smtp, &clock, &digest_env()).await;
+    let leases = ["kpi:a_orders_daily", "kpi:orders"];
+    for name in leases {
+        assert!(app
+            .store()
+            .try_lease(name, "replica-a", 3600)
+            .await
+            .expect("lease"));
+    }
+    let digests = || -> Vec<crate::helpers::Received> {
+        smtp.received()
+            .into_iter()
+            .filter(|m| m.subject().contains("kpiwatch daily digest"))
+            .collect()
+    };
+    for t in [
+        "2026-03-31T04:00:30Z",
+        "2026-03-31T04:20:00Z",
+        "2026-03-31T05:00:00Z",
+    ] {
+        clock.set(at(t));
+        app.scheduler().run_due().await;
+        assert!(
+            digests().is_empty(),
+            "at {t} the digest waits for the replica's runs"
+        );
+    }
+    // The replica lets go (its runs ended, or it died and its leases expired): this process
+    // runs the KPIs, and the digest follows in the same pass.
+    for name in leases {
+        app.store()
+            .release_lease(name, "replica-a")
+            .await
+            .expect("release");
+    }
+    clock.set(at("2026-03-31T05:01:00Z"));
+    app.scheduler().run_due().await;
+    let got = digests();
+    assert_eq!(
+        got.len(),
+        1,
+        "{:?}",
+        got.iter().map(|m| m.subject()).collect::<Vec<_>>()
+    );
+    assert_eq!(got[0].to, vec!["cfo@example.com".to_owned()]);
+    let text = text_part(&got[0]);
+    assert!(!text.contains("[MISSING DATA]"), "{text}");
+    assert!(text.contains("Orders per day"), "{text}");
+}
+
 #[tokio::test]
 async fn the_preview_renders_in_headless_chromium_and_is_not_blank() {
     init_logs();
