@@ -242,30 +242,17 @@ mod tests {
 
     #[test]
     fn distances_are_words_not_scores() {
-        assert_eq!(
-            distance(&Reading::new(95.0, Band::new(100.0, 90.0, 110.0))),
-            "inside the band"
-        );
-        assert_eq!(
-            distance(&Reading::new(88.0, Band::new(100.0, 90.0, 110.0))),
-            "just below the band"
-        );
-        assert_eq!(
-            distance(&Reading::new(85.0, Band::new(100.0, 90.0, 110.0))),
-            "well below the band"
-        );
-        assert_eq!(
-            distance(&Reading::new(0.0, Band::new(150.0, 93.0, 207.0))),
-            "far below the band"
-        );
-        assert_eq!(
-            distance(&Reading::new(3.0, Band::new(16.0, 12.0, 20.0))),
-            "far below the band"
-        );
-        assert_eq!(
-            distance(&Reading::new(115.0, Band::new(100.0, 90.0, 110.0))),
-            "well above the band"
-        );
+        for ((value, expected, lower, upper), words) in [
+            ((95.0, 100.0, 90.0, 110.0), "inside the band"),
+            ((88.0, 100.0, 90.0, 110.0), "just below the band"),
+            ((85.0, 100.0, 90.0, 110.0), "well below the band"),
+            ((0.0, 150.0, 93.0, 207.0), "far below the band"),
+            ((3.0, 16.0, 12.0, 20.0), "far below the band"),
+            ((115.0, 100.0, 90.0, 110.0), "well above the band"),
+        ] {
+            let reading = Reading::new(value, Band::new(expected, lower, upper));
+            assert_eq!(distance(&reading), words, "{reading:?}");
+        }
     }
 
     #[test]
