@@ -279,8 +279,18 @@ pub fn due_window(
 }
 
 /// Run one KPI now: fetch, store, judge, alert, deliver.
+///
+/// `source_slot` (the scheduler's per-source concurrency permit) is held while the source is
+/// queried and released once the rows are in, so the store work of one run overlaps the next
+/// run's query: the per-source limit bounds queries against the source (and the run slots a
+/// dead source can hold), not the runs in flight.
 #[instrument(skip_all, fields(kpi = %spec.id))]
-pub async fn run_kpi(cx: &Context, spec: &KpiSpec, now: DateTime<Utc>) -> anyhow::Result<RunOutcome> {
+pub async fn run_kpi<S>(
+    cx: &Context,
+    spec: &KpiSpec,
+    now: DateTime<Utc>,
+    source_slot: S,
+) -> anyhow::Result<RunOutcome> {
     let store = &cx.store;
     let mut state = store
         .kpi(spec.id.as_str())
@@ -310,6 +320,7 @@ pub async fn run_kpi(cx: &Context, spec: &KpiSpec, now: DateTime<Utc>) -> anyhow
         Ok(source) => source.fetch(&spec.query, spec.kind, spec.buckets(), window).await,
         Err(e) => Err(e),
     };
+    drop(source_slot);
     let source_label = SourceLabels {
         source: spec.source.clone(),
     };

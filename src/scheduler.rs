@@ -2,7 +2,8 @@
 //!
 //! [`Scheduler::run_due`] is one pass: every KPI whose next bucket has closed is run through
 //! `pipeline::run_kpi` (at most `max_concurrent_runs` at once, and at most
-//! `max_runs_per_source` against one source), then pending notifications are delivered
+//! `max_runs_per_source` querying one source: a run gives its source slot back once the
+//! query has answered), then pending notifications are delivered
 //! (retrying earlier failures). [`Scheduler::run_until_cancelled`] makes a pass every `tick`
 //! until the cancellation token fires, without waiting for the runs a pass started: a slow
 //! run (a source that takes longer than a tick) delays no other KPI's next run. The runs in
@@ -271,12 +272,13 @@ impl Scheduler {
                         let permit = limit.acquire_owned().await;
                         (source_permit, permit)
                     };
-                    let _permits = tokio::select! {
+                    let (source_permit, _permit) = tokio::select! {
                         biased;
                         () = stopping.cancelled() => return None,
                         permits = permits => permits,
                     };
-                    Some(pipeline::run_kpi(&cx, &spec, now).await)
+                    // The source's slot is given back once the query has answered.
+                    Some(pipeline::run_kpi(&cx, &spec, now, source_permit).await)
                 };
                 tokio::pin!(work);
                 let renew_every = std::time::Duration::from_secs(ttl.unsigned_abs() / 3);

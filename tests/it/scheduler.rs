@@ -309,3 +309,87 @@ async fn a_stop_does_not_wait_for_the_runs_still_queued_for_a_slot() {
     pool.close().await;
     db.drop_db().await;
 }
+
+/// `max_runs_per_source` bounds the queries in flight against one source: four KPIs on one
+/// sleeping source with two source slots (and four run slots, and connections to spare) never
+/// have more than two of its queries running at once, and all four run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_never_has_more_queries_in_flight_than_its_slots() {
+    init_logs();
+    let Some(admin) = server_url("TEST_POSTGRES_URL") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let minute = Utc::now().duration_trunc(Duration::minutes(1)).expect("minute");
+    let db = PgDatabase::create(&admin).await;
+    let pool = PgPool::connect(&db.url).await.expect("db");
+    pool.execute("CREATE TABLE ticks (ts TIMESTAMPTZ PRIMARY KEY, n INTEGER NOT NULL)")
+        .await
+        .expect("table");
+    sqlx::query(
+        "INSERT INTO ticks SELECT t, 50 FROM generate_series($1::timestamptz, $2::timestamptz, interval '1 minute') t",
+    )
+    .bind(minute - Duration::hours(2))
+    .bind(minute)
+    .execute(&pool)
+    .await
+    .expect("rows");
+    let ids = ["s1", "s2", "s3", "s4"];
+    let specs = ids
+        .iter()
+        .map(|id| {
+            KpiSpec::parse(
+                id,
+                &model("slow"),
+                "WITH pause AS (SELECT pg_sleep(1) AS slept)
+                 SELECT t.ts, t.n AS value FROM ticks t, pause WHERE t.ts >= :start AND t.ts < :end",
+                &Path::new("models").join(id),
+            )
+            .expect("model")
+        })
+        .collect();
+    let env = [
+        ("KPIWATCH_SOURCES__SLOW__URL", db.url.clone()),
+        ("KPIWATCH_SOURCES__SLOW__MAX_CONNECTIONS", "4".to_owned()),
+        ("KPIWATCH_SCHEDULER__BACKFILL", "1h".to_owned()),
+        ("KPIWATCH_SCHEDULER__HISTORY", "1h".to_owned()),
+        ("KPIWATCH_SCHEDULER__MAX_CONCURRENT_RUNS", "4".to_owned()),
+        ("KPIWATCH_SCHEDULER__MAX_RUNS_PER_SOURCE", "2".to_owned()),
+    ];
+    let clock = ManualClock::new(minute + Duration::seconds(5));
+    let app = Application::build(
+        settings(dir.path(), None, &env),
+        specs,
+        BuildOptions {
+            clock: Arc::new(clock),
+            extra_sources: None,
+        },
+    )
+    .await
+    .expect("app builds");
+    let stop = Arc::new(AtomicBool::new(false));
+    let most = Arc::new(AtomicI64::new(0));
+    let watcher = {
+        let (stop, most, pool) = (Arc::clone(&stop), Arc::clone(&most), pool.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let n: i64 = sqlx::query_scalar(SLEEPING).fetch_one(&pool).await.unwrap_or(0);
+                most.fetch_max(n, Ordering::SeqCst);
+                tokio::time::sleep(StdDuration::from_millis(50)).await;
+            }
+        })
+    };
+    app.scheduler().run_due().await;
+    stop.store(true, Ordering::SeqCst);
+    watcher.await.expect("watcher");
+    for id in ids {
+        assert!(fetched_until(&app, id).await.is_some(), "{id} ran");
+    }
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        2,
+        "queries in flight against the source at most (two slots, and they were used)"
+    );
+    pool.close().await;
+    db.drop_db().await;
+}
