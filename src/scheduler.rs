@@ -12,6 +12,10 @@
 //! those still waiting for a concurrency slot do not start (a stop during a startup backfill of
 //! many KPIs waits for at most `max_concurrent_runs` runs, not the whole pass).
 //!
+//! The loop's pass prunes the store (once per `retention.every`) in the background, one prune
+//! at a time: on a large store a prune takes minutes and would otherwise hold up every run
+//! (`run_due` waits for it).
+//!
 //! The pass is cheap when nothing is due: each process remembers, per KPI, up to which bucket
 //! end it has seen the KPI run (by itself, or found done by another process) and takes no
 //! lease and reads no state until the next bucket has closed. A KPI whose source fails is
@@ -53,6 +57,8 @@ pub struct Scheduler {
     known: Arc<Mutex<HashMap<KpiId, Progress>>>,
     /// When this process next tries to prune the store (unix seconds).
     next_prune: Arc<Mutex<i64>>,
+    /// Set while a prune started by [`Scheduler::pass`] runs in the background.
+    pruning: Arc<std::sync::atomic::AtomicBool>,
     /// KPIs with a run in flight in this process: not started again until it ends.
     running: Arc<Mutex<HashSet<KpiId>>>,
     /// Every run in flight, so that shutdown lets them finish.
@@ -156,6 +162,7 @@ impl Scheduler {
             per_source: Arc::default(),
             known: Arc::default(),
             next_prune: Arc::default(),
+            pruning: Arc::default(),
             running: Arc::default(),
             runs: TaskTracker::new(),
             stopping: CancellationToken::new(),
@@ -191,6 +198,7 @@ impl Scheduler {
         }
         results.sort_by(|a, b| a.0.cmp(&b.0));
         self.after_runs(now).await;
+        self.prune_if_due(now).await;
         results
     }
 
@@ -202,6 +210,19 @@ impl Scheduler {
         // The digest reads what the runs stored; it waits (in the store, across processes) for
         // KPIs whose runs have not covered its day yet, a backfill after a start included.
         self.after_runs(now).await;
+        // Pruning a large store takes minutes (a statement or two per series): in the
+        // background, one prune at a time, so the next pass starts on time.
+        if !self.pruning.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let stopping = this.stopping.clone();
+                tokio::select! {
+                    () = stopping.cancelled() => {}
+                    () = this.prune_if_due(now) => {}
+                }
+                this.pruning.store(false, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
     }
 
     /// Start a run of every due KPI that has none in flight and whose lease this process
@@ -315,7 +336,7 @@ impl Scheduler {
         (results, started)
     }
 
-    /// What follows a pass's runs: digests due, delivery, pruning.
+    /// What follows a pass's runs: digests due, delivery (pruning is the caller's).
     async fn after_runs(&self, now: DateTime<Utc>) {
         self.digests(now).await;
         if let Err(error) = pipeline::deliver(&self.cx, now).await {
@@ -324,7 +345,6 @@ impl Scheduler {
                 error = format!("{error:#}")
             );
         }
-        self.prune_if_due(now).await;
     }
 
     /// Build and queue the daily digests that are due.
@@ -376,7 +396,21 @@ impl Scheduler {
             runs: before(cfg.runs),
             notifications: before(cfg.notifications),
         };
-        match store.prune(cut).await {
+        // The lease is renewed while the prune runs, as a run's is.
+        let prune = store.prune(cut);
+        tokio::pin!(prune);
+        let renew_every = std::time::Duration::from_secs(ttl.unsigned_abs() / 3);
+        let pruned = loop {
+            tokio::select! {
+                pruned = &mut prune => break pruned,
+                () = tokio::time::sleep(renew_every) => {
+                    if let Err(error) = store.try_lease("retention", &self.cx.instance, ttl).await {
+                        error!(message = "Failed to renew the retention lease.", %error);
+                    }
+                }
+            }
+        };
+        match pruned {
             Ok(p) if p.total() > 0 => info!(
                 message = "Store pruned.",
                 observations = p.observations,

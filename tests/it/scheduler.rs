@@ -393,3 +393,123 @@ async fn a_source_never_has_more_queries_in_flight_than_its_slots() {
     pool.close().await;
     db.drop_db().await;
 }
+
+/// A prune that takes long (here: held up by a lock on a table it deletes from) does not hold
+/// up the scheduler loop: the KPI keeps running every minute meanwhile, and the prune finishes
+/// once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_prune_does_not_hold_up_the_runs() {
+    init_logs();
+    let Some(admin) = server_url("TEST_POSTGRES_URL") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let minute = Utc::now().duration_trunc(Duration::minutes(1)).expect("minute");
+    let shop = SqlitePool::connect(&format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("shop.db").display()
+    ))
+    .await
+    .expect("shop");
+    shop.execute("CREATE TABLE ticks (ts TEXT PRIMARY KEY, n INTEGER NOT NULL)")
+        .await
+        .expect("table");
+    let mut t = minute - Duration::hours(2);
+    while t < minute + Duration::hours(1) {
+        sqlx::query("INSERT INTO ticks VALUES (?, 50)")
+            .bind(t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .execute(&shop)
+            .await
+            .expect("row");
+        t += Duration::minutes(1);
+    }
+    let state_db = PgDatabase::create(&admin).await;
+    let specs = vec![KpiSpec::parse(
+        "ticks",
+        &model("shop"),
+        "SELECT ts, n AS value FROM ticks WHERE ts >= :start AND ts < :end",
+        Path::new("models/ticks"),
+    )
+    .expect("model")];
+    let clock = ManualClock::new(minute + Duration::seconds(5));
+    let env = [
+        (
+            "KPIWATCH_SOURCES__SHOP__URL",
+            format!("sqlite://{}", dir.path().join("shop.db").display()),
+        ),
+        ("KPIWATCH_STATE__URL", state_db.url.clone()),
+        ("KPIWATCH_SCHEDULER__BACKFILL", "1h".to_owned()),
+        ("KPIWATCH_SCHEDULER__HISTORY", "1h".to_owned()),
+        ("KPIWATCH_SCHEDULER__TICK", "1s".to_owned()),
+        // Runs never write checkpoints: only the prune touches that table.
+        ("KPIWATCH_SCHEDULER__CHECKPOINT_EVERY", "0s".to_owned()),
+    ];
+    let app = Application::build(
+        settings(dir.path(), None, &env),
+        specs,
+        BuildOptions {
+            clock: Arc::new(clock.clone()),
+            extra_sources: None,
+        },
+    )
+    .await
+    .expect("app builds");
+    // Another session holds a lock that lets readers through but stops the prune's delete.
+    let state = PgPool::connect(&state_db.url).await.expect("state");
+    let mut locker = state.begin().await.expect("transaction");
+    locker
+        .execute("LOCK TABLE detector_checkpoints IN EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+         AND wait_event_type = 'Lock' AND query LIKE 'DELETE FROM detector_checkpoints%'";
+
+    let token = CancellationToken::new();
+    let scheduler = tokio::spawn(app.scheduler().clone().run_until_cancelled(token.clone()));
+    let m = |k: i64| Some((minute + Duration::minutes(k)).timestamp());
+    wait_for("the first run", StdDuration::from_secs(20), async || {
+        fetched_until(&app, "ticks").await == m(0)
+    })
+    .await;
+    wait_for(
+        "the prune to wait on the lock",
+        StdDuration::from_secs(20),
+        async || {
+            sqlx::query_scalar::<_, i64>(waiting)
+                .fetch_one(&state)
+                .await
+                .unwrap_or(0)
+                == 1
+        },
+    )
+    .await;
+    // Two more minutes: both run while the prune still waits.
+    for k in 1..=2 {
+        clock.advance(Duration::minutes(1));
+        wait_for("the next minute's run", StdDuration::from_secs(10), async || {
+            fetched_until(&app, "ticks").await == m(k)
+        })
+        .await;
+    }
+    let still: i64 = sqlx::query_scalar(waiting)
+        .fetch_one(&state)
+        .await
+        .expect("activity");
+    assert_eq!(still, 1, "the prune was still waiting while the runs went on");
+    locker.rollback().await.expect("unlock");
+    wait_for("the prune to finish", StdDuration::from_secs(20), async || {
+        sqlx::query_scalar::<_, i64>(waiting)
+            .fetch_one(&state)
+            .await
+            .unwrap_or(1)
+            == 0
+    })
+    .await;
+    token.cancel();
+    tokio::time::timeout(StdDuration::from_secs(20), scheduler)
+        .await
+        .expect("the scheduler stops")
+        .expect("scheduler task");
+    state.close().await;
+    state_db.drop_db().await;
+}
