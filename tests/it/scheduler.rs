@@ -52,6 +52,45 @@ async fn wait_for(what: &str, limit: StdDuration, mut check: impl AsyncFnMut() -
     started.elapsed()
 }
 
+/// A PostgreSQL source with two hours of per-minute ticks up to `minute`, and one KPI per id on
+/// it (source `slow`) whose query sleeps `secs` first.
+async fn sleeping_source(
+    admin: &str,
+    minute: chrono::DateTime<Utc>,
+    ids: &[&str],
+    secs: u64,
+) -> (PgDatabase, PgPool, Vec<KpiSpec>) {
+    let db = PgDatabase::create(admin).await;
+    let pool = PgPool::connect(&db.url).await.expect("db");
+    pool.execute("CREATE TABLE ticks (ts TIMESTAMPTZ PRIMARY KEY, n INTEGER NOT NULL)")
+        .await
+        .expect("table");
+    sqlx::query(
+        "INSERT INTO ticks SELECT t, 50 FROM generate_series($1::timestamptz, $2::timestamptz, interval '1 minute') t",
+    )
+    .bind(minute - Duration::hours(2))
+    .bind(minute)
+    .execute(&pool)
+    .await
+    .expect("rows");
+    let specs = ids
+        .iter()
+        .map(|id| {
+            KpiSpec::parse(
+                id,
+                &model("slow"),
+                &format!(
+                    "WITH pause AS (SELECT pg_sleep({secs}) AS slept)
+                     SELECT t.ts, t.n AS value FROM ticks t, pause WHERE t.ts >= :start AND t.ts < :end"
+                ),
+                &Path::new("models").join(id),
+            )
+            .expect("model")
+        })
+        .collect();
+    (db, pool, specs)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_source_does_not_delay_the_next_pass_and_its_kpi_never_runs_twice_at_once() {
     init_logs();
@@ -233,35 +272,8 @@ async fn a_stop_does_not_wait_for_the_runs_still_queued_for_a_slot() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let minute = Utc::now().duration_trunc(Duration::minutes(1)).expect("minute");
-    let db = PgDatabase::create(&admin).await;
-    let pool = PgPool::connect(&db.url).await.expect("db");
-    pool.execute("CREATE TABLE ticks (ts TIMESTAMPTZ PRIMARY KEY, n INTEGER NOT NULL)")
-        .await
-        .expect("table");
-    sqlx::query(
-        "INSERT INTO ticks SELECT t, 50 FROM generate_series($1::timestamptz, $2::timestamptz, interval '1 minute') t",
-    )
-    .bind(minute - Duration::hours(2))
-    .bind(minute)
-    .execute(&pool)
-    .await
-    .expect("rows");
     let ids = ["q1", "q2", "q3", "q4"];
-    let specs = ids
-        .iter()
-        .map(|id| {
-            KpiSpec::parse(
-                id,
-                &model("slow"),
-                &format!(
-                    "WITH pause AS (SELECT pg_sleep({SLOW_SECS}) AS slept)
-                     SELECT t.ts, t.n AS value FROM ticks t, pause WHERE t.ts >= :start AND t.ts < :end"
-                ),
-                &Path::new("models").join(id),
-            )
-            .expect("model")
-        })
-        .collect();
+    let (db, pool, specs) = sleeping_source(&admin, minute, &ids, SLOW_SECS).await;
     let env = [
         ("KPIWATCH_SOURCES__SLOW__URL", db.url.clone()),
         ("KPIWATCH_SCHEDULER__BACKFILL", "1h".to_owned()),
@@ -321,33 +333,8 @@ async fn a_source_never_has_more_queries_in_flight_than_its_slots() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let minute = Utc::now().duration_trunc(Duration::minutes(1)).expect("minute");
-    let db = PgDatabase::create(&admin).await;
-    let pool = PgPool::connect(&db.url).await.expect("db");
-    pool.execute("CREATE TABLE ticks (ts TIMESTAMPTZ PRIMARY KEY, n INTEGER NOT NULL)")
-        .await
-        .expect("table");
-    sqlx::query(
-        "INSERT INTO ticks SELECT t, 50 FROM generate_series($1::timestamptz, $2::timestamptz, interval '1 minute') t",
-    )
-    .bind(minute - Duration::hours(2))
-    .bind(minute)
-    .execute(&pool)
-    .await
-    .expect("rows");
     let ids = ["s1", "s2", "s3", "s4"];
-    let specs = ids
-        .iter()
-        .map(|id| {
-            KpiSpec::parse(
-                id,
-                &model("slow"),
-                "WITH pause AS (SELECT pg_sleep(1) AS slept)
-                 SELECT t.ts, t.n AS value FROM ticks t, pause WHERE t.ts >= :start AND t.ts < :end",
-                &Path::new("models").join(id),
-            )
-            .expect("model")
-        })
-        .collect();
+    let (db, pool, specs) = sleeping_source(&admin, minute, &ids, 1).await;
     let env = [
         ("KPIWATCH_SOURCES__SLOW__URL", db.url.clone()),
         ("KPIWATCH_SOURCES__SLOW__MAX_CONNECTIONS", "4".to_owned()),
