@@ -143,6 +143,29 @@ fn lease_secs(sched: &crate::config::SchedulerConfig) -> i64 {
     i64::try_from(sched.claim_timeout.as_secs().max(3)).unwrap_or(i64::MAX)
 }
 
+/// Await `work`, renewing `lease` (held by `instance` for `ttl` seconds) every third of `ttl`
+/// until it is done, so a long run or prune is never taken over by another process.
+async fn renewing<T>(
+    store: &crate::store::Store,
+    lease: &str,
+    instance: &str,
+    ttl: i64,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    let renew_every = std::time::Duration::from_secs(ttl.unsigned_abs() / 3);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            () = tokio::time::sleep(renew_every) => {
+                if let Err(error) = store.try_lease(lease, instance, ttl).await {
+                    error!(message = "Failed to renew a lease.", lease, %error);
+                }
+            }
+        }
+    }
+}
+
 /// Seconds to wait after `failures` failed runs in a row: `tick`, doubling, at most `step`.
 fn backoff_secs(tick: std::time::Duration, step: i64, failures: u32) -> i64 {
     let tick = tick.as_secs().max(1) as i64;
@@ -301,18 +324,7 @@ impl Scheduler {
                     // The source's slot is given back once the query has answered.
                     Some(pipeline::run_kpi(&cx, &spec, now, source_permit).await)
                 };
-                tokio::pin!(work);
-                let renew_every = std::time::Duration::from_secs(ttl.unsigned_abs() / 3);
-                let result = loop {
-                    tokio::select! {
-                        result = &mut work => break result,
-                        () = tokio::time::sleep(renew_every) => {
-                            if let Err(error) = cx.store.try_lease(&lease, &cx.instance, ttl).await {
-                                error!(message = "Failed to renew a KPI lease.", kpi = %spec.id, %error);
-                            }
-                        }
-                    }
-                };
+                let result = renewing(&cx.store, &lease, &cx.instance, ttl, work).await;
                 if let Err(error) = cx.store.release_lease(&lease, &cx.instance).await {
                     error!(message = "Failed to release a KPI lease.", kpi = %spec.id, %error);
                 }
@@ -397,20 +409,7 @@ impl Scheduler {
             notifications: before(cfg.notifications),
         };
         // The lease is renewed while the prune runs, as a run's is.
-        let prune = store.prune(cut);
-        tokio::pin!(prune);
-        let renew_every = std::time::Duration::from_secs(ttl.unsigned_abs() / 3);
-        let pruned = loop {
-            tokio::select! {
-                pruned = &mut prune => break pruned,
-                () = tokio::time::sleep(renew_every) => {
-                    if let Err(error) = store.try_lease("retention", &self.cx.instance, ttl).await {
-                        error!(message = "Failed to renew the retention lease.", %error);
-                    }
-                }
-            }
-        };
-        match pruned {
+        match renewing(store, "retention", &self.cx.instance, ttl, store.prune(cut)).await {
             Ok(p) if p.total() > 0 => info!(
                 message = "Store pruned.",
                 observations = p.observations,

@@ -52,6 +52,26 @@ async fn wait_for(what: &str, limit: StdDuration, mut check: impl AsyncFnMut() -
     started.elapsed()
 }
 
+/// `shop.db` in `dir`: a SQLite source with a tick of 50 every minute from `first` to `last`.
+async fn sqlite_ticks(dir: &Path, first: chrono::DateTime<Utc>, last: chrono::DateTime<Utc>) {
+    let shop = SqlitePool::connect(&format!("sqlite://{}?mode=rwc", dir.join("shop.db").display()))
+        .await
+        .expect("shop");
+    shop.execute("CREATE TABLE ticks (ts TEXT PRIMARY KEY, n INTEGER NOT NULL)")
+        .await
+        .expect("table");
+    let mut t = first;
+    while t < last {
+        sqlx::query("INSERT INTO ticks VALUES (?, 50)")
+            .bind(t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .execute(&shop)
+            .await
+            .expect("row");
+        t += Duration::minutes(1);
+    }
+    shop.close().await;
+}
+
 /// A PostgreSQL source with two hours of per-minute ticks up to `minute`, and one KPI per id on
 /// it (source `slow`) whose query sleeps `secs` first.
 async fn sleeping_source(
@@ -103,24 +123,7 @@ async fn a_slow_source_does_not_delay_the_next_pass_and_its_kpi_never_runs_twice
     let last = minute + Duration::hours(1);
 
     // The fast KPI's rows in SQLite, the slow one's in PostgreSQL behind a sleeping query.
-    let fast = SqlitePool::connect(&format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("shop.db").display()
-    ))
-    .await
-    .expect("shop");
-    fast.execute("CREATE TABLE ticks (ts TEXT PRIMARY KEY, n INTEGER NOT NULL)")
-        .await
-        .expect("table");
-    let mut t = first;
-    while t < last {
-        sqlx::query("INSERT INTO ticks VALUES (?, 50)")
-            .bind(t.format("%Y-%m-%d %H:%M:%S").to_string())
-            .execute(&fast)
-            .await
-            .expect("row");
-        t += Duration::minutes(1);
-    }
+    sqlite_ticks(dir.path(), first, last).await;
     let slow_db = PgDatabase::create(&admin).await;
     let slow = PgPool::connect(&slow_db.url).await.expect("slow db");
     slow.execute("CREATE TABLE ticks (ts TIMESTAMPTZ PRIMARY KEY, n INTEGER NOT NULL)")
@@ -392,24 +395,12 @@ async fn a_long_prune_does_not_hold_up_the_runs() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let minute = Utc::now().duration_trunc(Duration::minutes(1)).expect("minute");
-    let shop = SqlitePool::connect(&format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("shop.db").display()
-    ))
-    .await
-    .expect("shop");
-    shop.execute("CREATE TABLE ticks (ts TEXT PRIMARY KEY, n INTEGER NOT NULL)")
-        .await
-        .expect("table");
-    let mut t = minute - Duration::hours(2);
-    while t < minute + Duration::hours(1) {
-        sqlx::query("INSERT INTO ticks VALUES (?, 50)")
-            .bind(t.format("%Y-%m-%d %H:%M:%S").to_string())
-            .execute(&shop)
-            .await
-            .expect("row");
-        t += Duration::minutes(1);
-    }
+    sqlite_ticks(
+        dir.path(),
+        minute - Duration::hours(2),
+        minute + Duration::hours(1),
+    )
+    .await;
     let state_db = PgDatabase::create(&admin).await;
     let specs = vec![KpiSpec::parse(
         "ticks",
