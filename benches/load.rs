@@ -13,16 +13,20 @@
 //! writing verdicts it would prune, which is what makes 10,000 KPIs fit on a small disk),
 //! `LOAD_REUSE=1` (start on the databases an earlier run left, with as many KPIs: no
 //! backfill, the service catches up the minutes since and the steady window is measured after
-//! `LOAD_SETTLE_MINUTES`), `TEST_POSTGRES_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/postgres`).
+//! `LOAD_SETTLE_MINUTES`), `LOAD_LOG` (a file to keep the service's log in; default a
+//! temporary one), `TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`).
 //! It makes two databases, `kpiwatch_load_source` and `kpiwatch_load_state` (dropped first,
 //! kept afterwards for inspection), writes the models and config to a temporary directory,
 //! starts the release binary, and reports:
 //!
 //! - the backfill: seconds until every KPI has completed its first run,
-//! - steady state: runs per minute, lag of each run behind its bucket's close (p50/p95/max),
-//!   CPU of kpiwatch and of every PostgreSQL process (in cores), kpiwatch's peak RSS,
-//!   the state store's size.
+//! - steady state: runs per minute, lag of each run (from when its newest bucket could first
+//!   be read — its end plus the 5 s delay — to when the run was recorded, so time spent
+//!   waiting for a slot counts; p50/p95/max), CPU of kpiwatch and of every PostgreSQL process
+//!   (in cores), kpiwatch's peak RSS, the state store's size,
+//! - how the service brought its detectors up to date (its `detector_runs_total` by path:
+//!   kept in memory, loaded from a checkpoint, replayed in full) and the mean stored
+//!   checkpoint size.
 //!
 //! The source is one table of per-minute counts; each KPI reads it through its own query
 //! (`n + <its number>`), so every run is a real indexed range query over a real connection.
@@ -226,6 +230,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
         })
     };
 
+    // A port of our own, so the figures can include the service's metrics.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let retention = std::env::var("LOAD_EVALUATIONS_RETENTION")
         .map(|r| format!("\n[retention]\nevaluations = \"{r}\"\n"))
         .unwrap_or_default();
@@ -236,13 +242,16 @@ async fn main() -> Result<(), Box<dyn Error>> {
     std::fs::write(
         &config,
         format!(
-            "[http]\nbind = \"127.0.0.1:0\"\n\n[state]\nurl = \"{state_url}\"\n\n[email]\noutbox_dir = \"{}\"\n\n\
+            "[http]\nbind = \"127.0.0.1:{port}\"\n\n[state]\nurl = \"{state_url}\"\n\n[email]\noutbox_dir = \"{}\"\n\n\
              [scheduler]\nbackfill = \"{days}d\"\nhistory = \"{days}d\"\n\n[digest]\nenabled = false\n\n\
              [sources.load]\nurl = \"{source_url}\"\n{retention}",
             dir.path().join("outbox").display()
         ),
     )?;
-    let log = std::fs::File::create(dir.path().join("kpiwatch.log"))?;
+    let log_path = std::env::var("LOAD_LOG")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| dir.path().join("kpiwatch.log"));
+    let log = std::fs::File::create(&log_path)?;
     let child = Command::new(env!("CARGO_BIN_EXE_kpiwatch"))
         .args(["--models"])
         .arg(&models)
@@ -318,16 +327,18 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
     let wall = t0.elapsed().as_secs_f64();
     let (cpu1, pg1, all1) = (cpu_secs(pid), postgres_cpu_secs(), machine_busy_secs());
-    let runs: Vec<(i64, i64)> =
-        sqlx::query_as("SELECT started_at, window_end FROM runs WHERE started_at >= $1 AND status = 'ok'")
-            .bind(since)
-            .fetch_all(&state)
-            .await?;
+    let runs: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT finished_at, window_end FROM runs WHERE finished_at >= $1 AND finished_at < $2 AND status = 'ok'",
+    )
+    .bind(since)
+    .bind(since + wall.round() as i64)
+    .fetch_all(&state)
+    .await?;
     // Lag: how long after its newest bucket could first be read (its end + the 5 s delay) a
-    // run started.
+    // run was recorded (`started_at` is the pass's time: it would hide the wait for a slot).
     let mut lags: Vec<f64> = runs
         .iter()
-        .map(|(started, end)| (started - end - 5).max(0) as f64)
+        .map(|(finished, end)| (finished - end - 5).max(0) as f64)
         .collect();
     lags.sort_by(f64::total_cmp);
     let store_bytes: i64 = sqlx::query_scalar("SELECT pg_database_size('kpiwatch_load_state')")
@@ -342,12 +353,34 @@ async fn main() -> Result<(), Box<dyn Error>> {
         lags.last().copied().unwrap_or(f64::NAN)
     );
     println!(
-        "cpu: kpiwatch {:.2} cores, postgres {:.2} cores (its live processes), the rest of the machine {:.2} cores (postgres with its exited backends, this bench); kpiwatch peak RSS {:.0} MiB; state store {:.0} MiB",
+        "cpu: kpiwatch {:.2} cores, postgres {:.2} cores (its live processes), the rest of the machine {:.2} cores (postgres with its exited backends, this bench); kpiwatch RSS peak {:.0} MiB, at the end {:.0} MiB; state store {:.0} MiB",
         (cpu1 - cpu0) / wall,
         (pg1 - pg0) / wall,
         ((all1 - all0) - (cpu1 - cpu0)) / wall,
         peak_rss,
+        rss_mib(pid),
         store_bytes as f64 / (1024.0 * 1024.0)
+    );
+    // How the detectors were brought up to date, over the whole run (the backfill's first runs
+    // are full replays).
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await?
+        .text()
+        .await?;
+    let paths: Vec<String> = metrics
+        .lines()
+        .filter(|l| l.starts_with("kpiwatch_detector_runs_total{"))
+        .map(|l| l.split_once("path=\"").map_or(l, |(_, r)| r).replace("\"}", ":"))
+        .collect();
+    let checkpoint_bytes: Option<f64> =
+        sqlx::query_scalar("SELECT avg(octet_length(state))::float8 FROM detector_checkpoints")
+            .fetch_one(&state)
+            .await?;
+    println!(
+        "detectors: runs by path (whole run) {}; mean checkpoint {:.1} KB; log {}",
+        paths.join(", "),
+        checkpoint_bytes.unwrap_or(0.0) / 1024.0,
+        log_path.display()
     );
     writer.abort();
     drop(child);

@@ -186,7 +186,33 @@ fn report_warnings(warnings: &[detect::Warning]) {
     }
 }
 
+/// glibc's allocator, tuned for a service that keeps thousands of small detectors and
+/// now and then replays weeks of history into large short-lived vectors. By default glibc
+/// raises its mmap threshold each time such a vector is freed (up to 32 MiB), so later ones
+/// come from the heap and leave it fragmented, and it makes up to 8 arenas per core: measured
+/// with the load bench (1,000 one-minute KPIs, 28-day backfill), peak RSS 220 MiB by default
+/// and 163 MiB with these two settings, the backfill as fast. An environment's own
+/// `MALLOC_*` settings are applied at startup and are overridden here only where unset.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_allocator() {
+    let unset = |name: &str| std::env::var_os(name).is_none();
+    // SAFETY: `mallopt` only changes allocator parameters; it is called before any other
+    // thread exists.
+    unsafe {
+        if unset("MALLOC_MMAP_THRESHOLD_") {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        }
+        if unset("MALLOC_ARENA_MAX") {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     match cli.command {
         Command::Detect {

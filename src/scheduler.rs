@@ -61,6 +61,10 @@ pub struct Scheduler {
     pruning: Arc<std::sync::atomic::AtomicBool>,
     /// KPIs with a run in flight in this process: not started again until it ends.
     running: Arc<Mutex<HashSet<KpiId>>>,
+    /// The run leases this process holds (its runs waiting for a slot or running), renewed
+    /// together in one statement every third of their timeout (see
+    /// [`Scheduler::renewing_runs`]).
+    leases: Arc<Mutex<HashSet<String>>>,
     /// Every run in flight, so that shutdown lets them finish.
     runs: TaskTracker,
     /// Cancelled at shutdown: runs still waiting for a concurrency slot give up (a startup
@@ -71,11 +75,14 @@ pub struct Scheduler {
 /// One run's result, as a pass reports it.
 type RunResult = (KpiId, Result<RunOutcome, String>);
 
-/// Marks a KPI's run in flight; the mark goes when the run ends, however it ends.
+/// Marks a KPI's run in flight and its lease as one to renew; both marks go when the run
+/// ends, however it ends.
 #[derive(Debug)]
 struct InFlight {
     running: Arc<Mutex<HashSet<KpiId>>>,
     id: KpiId,
+    leases: Arc<Mutex<HashSet<String>>>,
+    lease: String,
 }
 
 impl Drop for InFlight {
@@ -84,6 +91,10 @@ impl Drop for InFlight {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.id);
+        self.leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.lease);
     }
 }
 
@@ -144,7 +155,7 @@ fn lease_secs(sched: &crate::config::SchedulerConfig) -> i64 {
 }
 
 /// Await `work`, renewing `lease` (held by `instance` for `ttl` seconds) every third of `ttl`
-/// until it is done, so a long run or prune is never taken over by another process.
+/// until it is done, so a long prune is never taken over by another process.
 async fn renewing<T>(
     store: &crate::store::Store,
     lease: &str,
@@ -187,6 +198,7 @@ impl Scheduler {
             next_prune: Arc::default(),
             pruning: Arc::default(),
             running: Arc::default(),
+            leases: Arc::default(),
             runs: TaskTracker::new(),
             stopping: CancellationToken::new(),
         }
@@ -213,12 +225,15 @@ impl Scheduler {
     pub async fn run_due(&self) -> Vec<RunResult> {
         let now = self.clock.now();
         let (mut results, started) = self.start_due(now).await;
-        for handle in started {
-            match handle.await {
-                Ok(r) => results.push(r),
-                Err(e) => error!(message = "KPI run task panicked.", error = %e),
+        self.renewing_runs(async {
+            for handle in started {
+                match handle.await {
+                    Ok(r) => results.push(r),
+                    Err(e) => error!(message = "KPI run task panicked.", error = %e),
+                }
             }
-        }
+        })
+        .await;
         results.sort_by(|a, b| a.0.cmp(&b.0));
         self.after_runs(now).await;
         self.prune_if_due(now).await;
@@ -271,8 +286,8 @@ impl Scheduler {
         // With several processes on one store, one runs a KPI at a time: the leases of every
         // due KPI are taken in one statement (skipping those another live process holds). A
         // lease lasts `claim_timeout` (wall clock) and is renewed while its KPI waits for a
-        // slot and runs, so a process that dies is replaced within that time and a slow run is
-        // never taken over.
+        // slot and runs (all of this process's together, see `renewing_runs`), so a process
+        // that dies is replaced within that time and a slow run is never taken over.
         let ttl = lease_secs(sched);
         let names: Vec<String> = due.iter().map(|spec| spec.id.run_lease()).collect();
         let held: std::collections::HashSet<String> =
@@ -302,9 +317,15 @@ impl Scheduler {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(spec.id.clone());
+            self.leases
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(lease.clone());
             let in_flight = InFlight {
                 running: Arc::clone(&self.running),
                 id: spec.id.clone(),
+                leases: Arc::clone(&self.leases),
+                lease: lease.clone(),
             };
             started.push(self.runs.spawn(async move {
                 let _in_flight = in_flight;
@@ -321,10 +342,12 @@ impl Scheduler {
                         () = stopping.cancelled() => return None,
                         permits = permits => permits,
                     };
-                    // The source's slot is given back once the query has answered.
-                    Some(pipeline::run_kpi(&cx, &spec, now, source_permit).await)
+                    // The source's slot is given back once the query has answered. Boxed when
+                    // it starts: a queued run's task stays small (a pass queues every due KPI,
+                    // 10,000 at once after a start, and the run's own future is large).
+                    Some(Box::pin(pipeline::run_kpi(&cx, &spec, now, source_permit)).await)
                 };
-                let result = renewing(&cx.store, &lease, &cx.instance, ttl, work).await;
+                let result = work.await;
                 if let Err(error) = cx.store.release_lease(&lease, &cx.instance).await {
                     error!(message = "Failed to release a KPI lease.", kpi = %spec.id, %error);
                 }
@@ -346,6 +369,36 @@ impl Scheduler {
             }));
         }
         (results, started)
+    }
+
+    /// Await `work` while renewing every run lease this process holds, in one statement every
+    /// third of the lease timeout. One renewal for all of them, not one per run: at 10,000
+    /// one-minute KPIs most runs of a minute wait for a slot for tens of seconds, and a
+    /// renewal per waiting run was thousands of store writes a minute.
+    async fn renewing_runs<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        let renewer = {
+            let this = self.clone();
+            let ttl = lease_secs(&self.cx.settings.scheduler);
+            let every = std::time::Duration::from_secs(ttl.unsigned_abs() / 3);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let names: Vec<String> = this
+                        .leases
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .iter()
+                        .cloned()
+                        .collect();
+                    if let Err(error) = this.cx.store.renew_leases(&names, &this.cx.instance, ttl).await {
+                        error!(message = "Failed to renew the KPI leases.", leases = names.len(), %error);
+                    }
+                }
+            })
+        };
+        let out = work.await;
+        renewer.abort();
+        out
     }
 
     /// What follows a pass's runs: digests due, delivery (pruning is the caller's).
@@ -432,17 +485,20 @@ impl Scheduler {
     pub async fn run_until_cancelled(self, token: CancellationToken) {
         let tick = self.cx.settings.scheduler.tick;
         info!(message = "Scheduler started.", kpis = self.specs.all().len(), tick = ?tick);
-        loop {
-            self.pass().await;
-            tokio::select! {
-                () = token.cancelled() => break,
-                () = tokio::time::sleep(tick) => {}
+        self.renewing_runs(async {
+            loop {
+                self.pass().await;
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    () = tokio::time::sleep(tick) => {}
+                }
             }
-        }
-        // Runs still waiting for a slot give up; those already running finish.
-        self.stopping.cancel();
-        self.runs.close();
-        self.runs.wait().await;
+            // Runs still waiting for a slot give up; those already running finish.
+            self.stopping.cancel();
+            self.runs.close();
+            self.runs.wait().await;
+        })
+        .await;
         info!(message = "Scheduler stopped.");
     }
 }

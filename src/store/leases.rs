@@ -1,5 +1,6 @@
 //! Leases: taken one by one (`try_lease`, `release_lease`: the digest, the delivery lanes) or
-//! in bulk — one statement per scheduler pass claims every due KPI that no live process holds.
+//! in bulk — one statement per scheduler pass claims every due KPI that no live process holds,
+//! and one renews every run lease a process holds (`renew_leases`).
 
 use super::{now_secs, Pool, Result, Store};
 
@@ -107,6 +108,44 @@ impl Store {
                     taken.extend(q.build_query_scalar::<String>().fetch_all(pool).await?);
                 }
                 Ok(taken)
+            }
+        }
+    }
+
+    /// Extend, to `ttl_secs` from now, every lease of `names` that `holder` still holds (one
+    /// statement, or one per 500 names on SQLite); returns how many it extended. A released
+    /// lease is not taken again and one another holder has taken is left alone.
+    pub async fn renew_leases(&self, names: &[String], holder: &str, ttl_secs: i64) -> Result<u64> {
+        if names.is_empty() {
+            return Ok(0);
+        }
+        let until = now_secs().saturating_add(ttl_secs);
+        match &self.pool {
+            Pool::Postgres(pool) => Ok(sqlx::query(
+                "UPDATE leases SET until = $3 WHERE holder = $2 AND name = ANY($1)",
+            )
+            .bind(names)
+            .bind(holder)
+            .bind(until)
+            .execute(pool)
+            .await?
+            .rows_affected()),
+            Pool::Sqlite(pool) => {
+                let mut renewed = 0;
+                for chunk in names.chunks(SQLITE_CHUNK) {
+                    let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("UPDATE leases SET until = ");
+                    q.push_bind(until)
+                        .push(" WHERE holder = ")
+                        .push_bind(holder)
+                        .push(" AND name IN (");
+                    let mut names = q.separated(", ");
+                    for name in chunk {
+                        names.push_bind(name);
+                    }
+                    q.push(")");
+                    renewed += q.build().execute(pool).await?.rows_affected();
+                }
+                Ok(renewed)
             }
         }
     }

@@ -491,3 +491,68 @@ async fn a_long_prune_does_not_hold_up_the_runs() {
     state.close().await;
     state_db.drop_db().await;
 }
+
+/// Runs queued for a slot longer than the lease timeout keep their leases: this process renews
+/// all of its run leases together, so another process cannot take a KPI whose run is waiting
+/// here (and run it a second time). Three KPIs on one slot, each query sleeping 2 s, a 3 s
+/// lease: the last one waits about 4 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_queued_past_the_lease_timeout_keep_their_leases() {
+    init_logs();
+    let Some(admin) = server_url("TEST_POSTGRES_URL") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let minute = Utc::now().duration_trunc(Duration::minutes(1)).expect("minute");
+    let ids = ["l1", "l2", "l3"];
+    let (db, pool, specs) = sleeping_source(&admin, minute, &ids, 2).await;
+    let env = [
+        ("KPIWATCH_SOURCES__SLOW__URL", db.url.clone()),
+        ("KPIWATCH_SCHEDULER__BACKFILL", "1h".to_owned()),
+        ("KPIWATCH_SCHEDULER__HISTORY", "1h".to_owned()),
+        ("KPIWATCH_SCHEDULER__TICK", "1s".to_owned()),
+        ("KPIWATCH_SCHEDULER__CLAIM_TIMEOUT", "3s".to_owned()),
+        ("KPIWATCH_SCHEDULER__MAX_CONCURRENT_RUNS", "1".to_owned()),
+    ];
+    let clock = ManualClock::new(minute + Duration::seconds(5));
+    let app = Application::build(
+        settings(dir.path(), None, &env),
+        specs,
+        BuildOptions {
+            clock: Arc::new(clock),
+            extra_sources: None,
+        },
+    )
+    .await
+    .expect("app builds");
+    let token = CancellationToken::new();
+    let scheduler = tokio::spawn(app.scheduler().clone().run_until_cancelled(token.clone()));
+    let store = app.store();
+    let mut tries = 0;
+    wait_for("all three runs", StdDuration::from_secs(20), async || {
+        let mut done = 0;
+        for id in ids {
+            if fetched_until(&app, id).await.is_some() {
+                done += 1;
+                continue;
+            }
+            let lease = format!("kpi:{id}");
+            // Another process tries to take the KPI while its run is queued or running here.
+            if store.try_lease(&lease, "other", 3).await.expect("lease") {
+                store.release_lease(&lease, "other").await.expect("release");
+                assert!(
+                    fetched_until(&app, id).await.is_some(),
+                    "{id}'s lease expired while its run was still queued or running"
+                );
+            }
+            tries += 1;
+        }
+        done == ids.len()
+    })
+    .await;
+    assert!(tries > 50, "the lease was tried throughout ({tries} tries)");
+    token.cancel();
+    scheduler.await.expect("scheduler task");
+    pool.close().await;
+    db.drop_db().await;
+}

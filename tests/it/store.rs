@@ -593,10 +593,46 @@ async fn bulk_leases(url: &str) -> Store {
     all.sort();
     assert_eq!(all, names);
     assert!(store.take_leases(&[], "me", 60).await.expect("none").is_empty());
+    // Renewing extends only what "me" still holds: a released lease is not taken again, and
+    // one another holder has is left alone.
+    store.release_lease("kpi:c", "me").await.expect("release");
+    assert!(store.try_lease("kpi:d", "other", 60).await.expect("lease"));
+    assert!(
+        store.try_lease("kpi:e", "me", -10).await.expect("lease"),
+        "mine, lapsing"
+    );
+    let renewing: Vec<String> = ["kpi:a", "kpi:c", "kpi:d", "kpi:e"].map(str::to_owned).to_vec();
+    assert_eq!(
+        store.renew_leases(&renewing, "me", 60).await.expect("renew"),
+        2,
+        "a and e"
+    );
+    assert!(
+        !store.try_lease("kpi:e", "other", 60).await.expect("lease"),
+        "e was renewed"
+    );
+    assert!(
+        store.try_lease("kpi:c", "other", 60).await.expect("lease"),
+        "c stayed free"
+    );
+    assert!(
+        !store.try_lease("kpi:d", "me", 60).await.expect("lease"),
+        "d is still the other's"
+    );
+    assert_eq!(store.renew_leases(&[], "me", 60).await.expect("none"), 0);
+    for name in ["kpi:c", "kpi:d"] {
+        store.release_lease(name, "other").await.expect("release");
+    }
+    store.release_lease("kpi:e", "me").await.expect("release");
+    assert_eq!(store.take_leases(&names, "me", 60).await.expect("take").len(), 3);
     // More names than one SQLite statement takes.
     let many: Vec<String> = (0..1200).map(|i| format!("kpi:m{i}")).collect();
     assert_eq!(
         store.take_leases(&many, "me", 60).await.expect("many").len(),
+        1200
+    );
+    assert_eq!(
+        store.renew_leases(&many, "me", 60).await.expect("renew many"),
         1200
     );
     store
