@@ -52,6 +52,20 @@ async fn wait_for(what: &str, limit: StdDuration, mut check: impl AsyncFnMut() -
     started.elapsed()
 }
 
+/// The application on a SQLite state store in `dir`, with `specs`, `clock` and `env`.
+async fn app_at(dir: &Path, specs: Vec<KpiSpec>, clock: ManualClock, env: &[(&str, String)]) -> Application {
+    Application::build(
+        settings(dir, None, env),
+        specs,
+        BuildOptions {
+            clock: Arc::new(clock),
+            extra_sources: None,
+        },
+    )
+    .await
+    .expect("app builds")
+}
+
 /// `shop.db` in `dir`: a SQLite source with a tick of 50 every minute from `first` to `last`.
 async fn sqlite_ticks(dir: &Path, first: chrono::DateTime<Utc>, last: chrono::DateTime<Utc>) {
     let shop = SqlitePool::connect(&format!("sqlite://{}?mode=rwc", dir.join("shop.db").display()))
@@ -168,16 +182,7 @@ async fn a_slow_source_does_not_delay_the_next_pass_and_its_kpi_never_runs_twice
         ("KPIWATCH_SCHEDULER__HISTORY", "2h".to_owned()),
         ("KPIWATCH_SCHEDULER__TICK", "1s".to_owned()),
     ];
-    let app = Application::build(
-        settings(dir.path(), None, &env),
-        specs,
-        BuildOptions {
-            clock: Arc::new(clock.clone()),
-            extra_sources: None,
-        },
-    )
-    .await
-    .expect("app builds");
+    let app = app_at(dir.path(), specs, clock.clone(), &env).await;
 
     // Watch the slow source: how many of its sleeping queries run at once, at most.
     let stop = Arc::new(AtomicBool::new(false));
@@ -285,16 +290,7 @@ async fn a_stop_does_not_wait_for_the_runs_still_queued_for_a_slot() {
         ("KPIWATCH_SCHEDULER__MAX_CONCURRENT_RUNS", "1".to_owned()),
     ];
     let clock = ManualClock::new(minute + Duration::seconds(5));
-    let app = Application::build(
-        settings(dir.path(), None, &env),
-        specs,
-        BuildOptions {
-            clock: Arc::new(clock),
-            extra_sources: None,
-        },
-    )
-    .await
-    .expect("app builds");
+    let app = app_at(dir.path(), specs, clock, &env).await;
     let token = CancellationToken::new();
     let scheduler = tokio::spawn(app.scheduler().clone().run_until_cancelled(token.clone()));
     wait_for("a run in flight", StdDuration::from_secs(10), async || {
@@ -347,16 +343,7 @@ async fn a_source_never_has_more_queries_in_flight_than_its_slots() {
         ("KPIWATCH_SCHEDULER__MAX_RUNS_PER_SOURCE", "2".to_owned()),
     ];
     let clock = ManualClock::new(minute + Duration::seconds(5));
-    let app = Application::build(
-        settings(dir.path(), None, &env),
-        specs,
-        BuildOptions {
-            clock: Arc::new(clock),
-            extra_sources: None,
-        },
-    )
-    .await
-    .expect("app builds");
+    let app = app_at(dir.path(), specs, clock, &env).await;
     let stop = Arc::new(AtomicBool::new(false));
     let most = Arc::new(AtomicI64::new(0));
     let watcher = {
@@ -422,16 +409,7 @@ async fn a_long_prune_does_not_hold_up_the_runs() {
         // Runs never write checkpoints: only the prune touches that table.
         ("KPIWATCH_SCHEDULER__CHECKPOINT_EVERY", "0s".to_owned()),
     ];
-    let app = Application::build(
-        settings(dir.path(), None, &env),
-        specs,
-        BuildOptions {
-            clock: Arc::new(clock.clone()),
-            extra_sources: None,
-        },
-    )
-    .await
-    .expect("app builds");
+    let app = app_at(dir.path(), specs, clock.clone(), &env).await;
     // Another session holds a lock that lets readers through but stops the prune's delete.
     let state = PgPool::connect(&state_db.url).await.expect("state");
     let mut locker = state.begin().await.expect("transaction");
@@ -515,16 +493,7 @@ async fn runs_queued_past_the_lease_timeout_keep_their_leases() {
         ("KPIWATCH_SCHEDULER__MAX_CONCURRENT_RUNS", "1".to_owned()),
     ];
     let clock = ManualClock::new(minute + Duration::seconds(5));
-    let app = Application::build(
-        settings(dir.path(), None, &env),
-        specs,
-        BuildOptions {
-            clock: Arc::new(clock),
-            extra_sources: None,
-        },
-    )
-    .await
-    .expect("app builds");
+    let app = app_at(dir.path(), specs, clock, &env).await;
     let token = CancellationToken::new();
     let scheduler = tokio::spawn(app.scheduler().clone().run_until_cancelled(token.clone()));
     let store = app.store();
