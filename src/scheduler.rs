@@ -380,7 +380,8 @@ impl Scheduler {
             let this = self.clone();
             let ttl = lease_secs(&self.cx.settings.scheduler);
             let every = std::time::Duration::from_secs(ttl.unsigned_abs() / 3);
-            tokio::spawn(async move {
+            // Aborted when `work` is done, or when this future is dropped before it is.
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
                     let names: Vec<String> = this
@@ -394,10 +395,10 @@ impl Scheduler {
                         error!(message = "Failed to renew the KPI leases.", leases = names.len(), %error);
                     }
                 }
-            })
+            }))
         };
         let out = work.await;
-        renewer.abort();
+        drop(renewer);
         out
     }
 
