@@ -472,8 +472,7 @@ async fn a_long_prune_does_not_hold_up_the_runs() {
 
 /// Runs queued for a slot longer than the lease timeout keep their leases: this process renews
 /// all of its run leases together, so another process cannot take a KPI whose run is waiting
-/// here (and run it a second time). Three KPIs on one slot, each query sleeping 2 s, a 3 s
-/// lease: the last one waits about 4 s.
+/// here (and run it a second time).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_queued_past_the_lease_timeout_keep_their_leases() {
     init_logs();
@@ -482,14 +481,17 @@ async fn runs_queued_past_the_lease_timeout_keep_their_leases() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let minute = Utc::now().duration_trunc(Duration::minutes(1)).expect("minute");
-    let ids = ["l1", "l2", "l3"];
-    let (db, pool, specs) = sleeping_source(&admin, minute, &ids, 2).await;
+    // Four runs of 3 s on one slot: the last waits 9 s for it, longer than the 6 s lease. The
+    // margins are wide (the renewal every 2 s may be late by up to 4 s) so that a loaded
+    // machine does not fail the test.
+    let ids = ["l1", "l2", "l3", "l4"];
+    let (db, pool, specs) = sleeping_source(&admin, minute, &ids, 3).await;
     let env = [
         ("KPIWATCH_SOURCES__SLOW__URL", db.url.clone()),
         ("KPIWATCH_SCHEDULER__BACKFILL", "1h".to_owned()),
         ("KPIWATCH_SCHEDULER__HISTORY", "1h".to_owned()),
         ("KPIWATCH_SCHEDULER__TICK", "1s".to_owned()),
-        ("KPIWATCH_SCHEDULER__CLAIM_TIMEOUT", "3s".to_owned()),
+        ("KPIWATCH_SCHEDULER__CLAIM_TIMEOUT", "6s".to_owned()),
         ("KPIWATCH_SCHEDULER__MAX_CONCURRENT_RUNS", "1".to_owned()),
     ];
     let clock = ManualClock::new(minute + Duration::seconds(5));
@@ -498,7 +500,7 @@ async fn runs_queued_past_the_lease_timeout_keep_their_leases() {
     let scheduler = tokio::spawn(app.scheduler().clone().run_until_cancelled(token.clone()));
     let store = app.store();
     let mut tries = 0;
-    wait_for("all three runs", StdDuration::from_secs(20), async || {
+    wait_for("all four runs", StdDuration::from_secs(60), async || {
         let mut done = 0;
         for id in ids {
             if fetched_until(&app, id).await.is_some() {
@@ -507,7 +509,7 @@ async fn runs_queued_past_the_lease_timeout_keep_their_leases() {
             }
             let lease = format!("kpi:{id}");
             // Another process tries to take the KPI while its run is queued or running here.
-            if store.try_lease(&lease, "other", 3).await.expect("lease") {
+            if store.try_lease(&lease, "other", 6).await.expect("lease") {
                 store.release_lease(&lease, "other").await.expect("release");
                 assert!(
                     fetched_until(&app, id).await.is_some(),
