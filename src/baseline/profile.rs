@@ -341,9 +341,15 @@ impl SeasonalModel {
 
     /// The slot's profile value and the effective observations behind it.
     fn profile_n(&self, slot: usize) -> (f64, f64) {
+        self.profile_with(slot, self.smooth)
+    }
+
+    /// The slot's profile value (borrowing from its neighbours when `smooth`) and the effective
+    /// observations behind it.
+    fn profile_with(&self, slot: usize, smooth: bool) -> (f64, f64) {
         let n = self.num.len();
         let (mut sn, mut sd, mut w) = (2.0 * self.num[slot], 2.0 * self.den[slot], 2.0);
-        if self.smooth {
+        if smooth {
             // Neighbours lend their estimate while the slot's own is thin, and less as it
             // firms up, so a sharp pattern (a step at 09:00) is learnt sharp.
             let lend = 1.0 / f64::from(self.visits[slot].max(1));
@@ -392,8 +398,20 @@ impl SeasonalModel {
 
     /// Predict the bucket at `ts` holding `weight` (the denominator for ratios).
     pub(crate) fn predict(&self, kind: Kind, ts: i64, weight: f64) -> Prediction {
-        let (s, n_eff) = self.profile_n(self.slot(ts));
+        let slot = self.slot(ts);
+        let (s, n_eff) = self.profile_n(slot);
         if self.additive {
+            // What borrowing from the neighbours may have got wrong: the slot's own estimate
+            // can be the right one (a sharp step at 09:00 seen twice), so the distance between
+            // the two is uncertainty of the estimate, not noise the bucket has to beat. For
+            // gauges only: a gauge's spread can be near zero (a noiseless series), so the
+            // smoothing error alone decides; counts and ratios have their sampling noise, and
+            // widening them cost labelled windows on the real dev set (docs/DETECTION.md).
+            let lent = if self.smooth && self.visits[slot] > 0 {
+                s - self.profile_with(slot, false).0
+            } else {
+                0.0
+            };
             let mu = self.level() + s;
             // Spread: the mean absolute residual of a normal is 0.8 sd. Deviations smaller than
             // `SPREAD_FLOOR` of the series' typical magnitude are never news.
@@ -401,13 +419,14 @@ impl SeasonalModel {
                 .max(self.magnitude.max(mu.abs()) * SPREAD_FLOOR)
                 .max(1e-300);
             let var = sd * sd;
+            let bias = lent * lent;
             return Prediction {
                 profile: s,
                 rate: mu,
                 mean: mu,
                 base_var: 0.0,
-                est_var: var / n_eff,
-                var: var + var / n_eff,
+                est_var: var / n_eff + bias,
+                var: var + var / n_eff + bias,
                 spread_n: f64::from(self.disp_n).min(2.0 / self.disp_min_rate - 1.0),
             };
         }

@@ -674,6 +674,52 @@ fn an_integer_gauge_is_judged_by_its_own_spread_not_as_counts() {
 }
 
 #[test]
+fn a_noiseless_daily_step_is_learnt_without_a_page_and_a_step_on_the_wrong_hour_still_fires() {
+    // A gauge with no noise at all that moves hour by hour towards 80 from 09:00 to 18:00 and
+    // back towards 20 at night (20, 68, 77.6, 79.52, …, 32, 22.4, …: NAB's art_daily_no_noise):
+    // while a slot borrows from its neighbours (its first days) the 09:00 slot expects a blend
+    // of 20 and 68; the distance to the slot's own estimate is uncertainty of the baseline,
+    // not a surprise of the bucket (before, the step paged on the third morning).
+    let days = 14;
+    let early = (days - 1) * 288 + 7 * 12; // 07:00 on the last day
+    let hourly: Vec<f64> = (0..days * 24)
+        .scan(20.0, |v, h| {
+            let target = if (9..18).contains(&(h % 24)) { 80.0 } else { 20.0 };
+            *v = target + (*v - target) * 0.2;
+            Some(*v)
+        })
+        .collect();
+    let series = gauge_5min(days, 41, |i, _| {
+        if (early..early + 6).contains(&i) {
+            68.0
+        } else {
+            hourly[(i / 12) as usize]
+        }
+    });
+    let mut det = detector(Kind::Gauge, 300);
+    let v = run(&mut det, &series);
+    let judged = v[..early as usize]
+        .iter()
+        .filter(|v| v.status == Status::Evaluated)
+        .count();
+    assert!(judged > 10 * 288, "the days before are judged ({judged} buckets)");
+    // From the third day, once a day has been seen whole (on the first, before any daily
+    // profile, the evening's fall from 80 to 32 is news).
+    let seen = &v[2 * 288..early as usize];
+    assert_eq!(
+        episodes(seen),
+        0,
+        "the daily step is the series' pattern: {:?}",
+        seen.iter().find(|v| v.anomaly)
+    );
+    assert!(
+        v[early as usize].anomaly && v[early as usize].side == Some(Side::Above),
+        "the step two hours early fires: {:?}",
+        v[early as usize]
+    );
+}
+
+#[test]
 fn a_still_integer_gauge_that_ticks_by_one_is_not_paged_but_a_jump_is() {
     // A queue length that sits at 5 for hours and now and then reads 4 or 6 for one bucket:
     // its spread must not collapse to nothing between ticks (every tick a |z| in the
