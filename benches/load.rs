@@ -54,6 +54,22 @@ fn with_db(url: &str, db: &str) -> String {
     }
 }
 
+/// Transactions (committed and rolled back) of the state store and of the source database so
+/// far, from `pg_stat_database` (its counters are flushed about once a second: read after a
+/// window of minutes, the lag does not matter).
+async fn transactions(admin: &PgPool) -> Result<[i64; 2], Box<dyn Error>> {
+    let mut out = [0; 2];
+    for (i, db) in ["kpiwatch_load_state", "kpiwatch_load_source"].iter().enumerate() {
+        out[i] = sqlx::query_scalar(
+            "SELECT (xact_commit + xact_rollback)::int8 FROM pg_stat_database WHERE datname = $1",
+        )
+        .bind(db)
+        .fetch_one(admin)
+        .await?;
+    }
+    Ok(out)
+}
+
 /// CPU seconds (user + system) of one process, from `/proc/<pid>/stat`.
 fn cpu_secs(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -315,6 +331,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
 
     // Steady state.
     let since = chrono::Utc::now().timestamp();
+    let xacts0 = transactions(&admin).await?;
     let (cpu0, pg0, all0, t0) = (
         cpu_secs(pid),
         postgres_cpu_secs(),
@@ -327,6 +344,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
     let wall = t0.elapsed().as_secs_f64();
     let (cpu1, pg1, all1) = (cpu_secs(pid), postgres_cpu_secs(), machine_busy_secs());
+    let xacts1 = transactions(&admin).await?;
     let runs: Vec<(i64, i64)> = sqlx::query_as(
         "SELECT finished_at, window_end FROM runs WHERE finished_at >= $1 AND finished_at < $2 AND status = 'ok'",
     )
@@ -360,6 +378,13 @@ async fn main() -> Result<(), Box<dyn Error>> {
         peak_rss,
         rss_mib(pid),
         store_bytes as f64 / (1024.0 * 1024.0)
+    );
+    // Round trips: every statement outside an explicit transaction is one.
+    let per_run = |i: usize| (xacts1[i] - xacts0[i]) as f64 / runs.len().max(1) as f64;
+    println!(
+        "transactions per run (committed and rolled back, from pg_stat_database): state store {:.1}, source {:.1}",
+        per_run(0),
+        per_run(1)
     );
     // How the detectors were brought up to date, over the whole run (the backfill's first runs
     // are full replays).
