@@ -367,8 +367,11 @@ struct Scored {
     /// The level before the last accepted new normal explains this bucket and the current
     /// one does not.
     back_home: bool,
-    /// The chosen model's prediction at that old level, while it is remembered.
+    /// The chosen model's prediction at that old level, while it is remembered (of the two
+    /// remembered, the one nearer the bucket).
     home: Option<Prediction>,
+    /// `home` is the original level (`PreviousLevel::origin`), not the latest.
+    home_origin: bool,
 }
 
 /// A recent bucket that the single-bucket test found beyond its threshold (flagged or not):
@@ -442,6 +445,11 @@ pub struct OnlineDetector {
 struct PreviousLevel {
     /// Per candidate, the shift back to the old level.
     back: [Shift; 3],
+    /// Per candidate, the shift back to the level before the first of the new normals still
+    /// remembered (equal to `back` after one): a day-long plateau is accepted twice — at
+    /// night, where it reads high, and in the day, where it reads low — and the pattern it
+    /// interrupted is the way home from both.
+    origin: [Shift; 3],
     /// `learned` when the new normal was accepted.
     at: u64,
     /// Consecutive buckets the old level explains and the new one does not.
@@ -995,6 +1003,7 @@ impl OnlineDetector {
             veto: None,
             back_home: false,
             home: None,
+            home_origin: false,
         };
         if b.excluded {
             scored.verdict.status = Status::Excluded;
@@ -1045,9 +1054,21 @@ impl OnlineDetector {
                 .filter(|p| self.learned - p.at < self.recurrence_window),
             chosen,
         ) {
-            let home = prev.back[c].moved(kind, &p);
+            let latest = prev.back[c].moved(kind, &p);
+            let z_latest = self.z_score(y, weight, &latest);
+            let (home, z_home, origin) = if prev.origin == prev.back {
+                (latest, z_latest, false)
+            } else {
+                let first = prev.origin[c].moved(kind, &p);
+                let z_first = self.z_score(y, weight, &first);
+                if z_first.abs() < z_latest.abs() {
+                    (first, z_first, true)
+                } else {
+                    (latest, z_latest, false)
+                }
+            };
             scored.home = Some(home);
-            let z_home = self.z_score(y, weight, &home);
+            scored.home_origin = origin;
             scored.back_home = z_home.abs() <= RETURN_Z && z.abs() >= RUN_AWAY_Z;
             if explains(&home) {
                 veto_z = Some(match veto_z {
@@ -1341,14 +1362,30 @@ impl OnlineDetector {
             } else if scored.back_home && feedback == Feedback::None {
                 prev.agree += 1;
                 if prev.agree >= RETURN_AFTER {
-                    // Back at the old level for good: undo the new normal.
-                    let back = prev.back;
+                    // Back at the old level for good: undo the new normal (or all of those
+                    // remembered, when it is the original level the series went back to).
+                    let back = if scored.home_origin {
+                        prev.origin
+                    } else {
+                        prev.back
+                    };
                     for (m, s) in self.models.iter_mut().zip(back) {
                         if let Some(m) = m {
                             m.apply(s);
                         }
                     }
-                    self.previous = None;
+                    // Undoing only the latest leaves the first still remembered.
+                    let mut rest = prev.origin;
+                    for (r, b) in rest.iter_mut().zip(back) {
+                        *r = r.then(b.inverse());
+                    }
+                    self.previous =
+                        (!scored.home_origin && prev.origin != prev.back).then_some(PreviousLevel {
+                            back: rest,
+                            origin: rest,
+                            at: prev.at,
+                            agree: 0,
+                        });
                     self.alarm = AlarmState::quiet();
                     self.incident_len = 0;
                     self.clear_run();
@@ -1387,8 +1424,16 @@ impl OnlineDetector {
                         *b = m.run_accept().inverse();
                     }
                 }
+                // The level before the first new normal still remembered stays a way home.
+                let mut origin = back;
+                if let Some(prev) = self.previous {
+                    for (o, first) in origin.iter_mut().zip(prev.origin) {
+                        *o = o.then(first);
+                    }
+                }
                 self.previous = Some(PreviousLevel {
                     back,
+                    origin,
                     at: self.learned,
                     agree: 0,
                 });

@@ -58,6 +58,17 @@ impl Shift {
         }
     }
 
+    /// This shift followed by `next` (both kinds commute: sums and products).
+    pub(crate) fn then(self, next: Shift) -> Shift {
+        match (self, next) {
+            (Shift::None, s) | (s, Shift::None) => s,
+            (Shift::Add(a), Shift::Add(b)) => Shift::Add(a + b),
+            (Shift::Multiply(f), Shift::Multiply(g)) => Shift::Multiply(f * g),
+            // A model's shifts are all of its own kind; were they not, the newer one stands.
+            (_, s) => s,
+        }
+    }
+
     /// `pred` as it would be with the level moved by this shift (the spread scaled with a
     /// count's or a ratio's mean, as their noise is).
     pub(crate) fn moved(self, kind: Kind, pred: &Prediction) -> Prediction {

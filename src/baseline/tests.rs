@@ -720,6 +720,39 @@ fn a_noiseless_daily_step_is_learnt_without_a_page_and_a_step_on_the_wrong_hour_
 }
 
 #[test]
+fn after_a_day_long_plateau_the_return_to_the_daily_pattern_is_not_an_incident() {
+    // A gauge with a strong daily pattern (about -20 at night, 80 in the day) that sticks at
+    // 40 for a whole day and then carries on as before (NAB's art_daily_flatmiddle). The
+    // plateau is accepted as the new normal twice — at night, where it reads high, and in the
+    // day, where it reads low — and the way home is the pattern before the first acceptance,
+    // not the plateau's night level (before, the return paged for six hours as a drop).
+    let days = 16;
+    let plateau = (10 * 288)..(11 * 288);
+    let series = gauge_5min(days, 43, |i, n| {
+        if plateau.contains(&i) {
+            return 40.0;
+        }
+        let hour = i.rem_euclid(288) as f64 / 12.0;
+        let day = if (9.0..18.0).contains(&hour) { 80.0 } else { -20.0 };
+        day + 1.5 * n.normal()
+    });
+    let mut det = detector(Kind::Gauge, 300);
+    let v = run(&mut det, &series);
+    assert!(
+        v[plateau.start as usize].anomaly,
+        "the plateau's first bucket fires: {:?}",
+        v[plateau.start as usize]
+    );
+    let after = &v[plateau.end as usize..];
+    assert_eq!(
+        episodes(after),
+        0,
+        "the pattern coming back is not news: {:?}",
+        after.iter().find(|v| v.anomaly)
+    );
+}
+
+#[test]
 fn a_still_integer_gauge_that_ticks_by_one_is_not_paged_but_a_jump_is() {
     // A queue length that sits at 5 for hours and now and then reads 4 or 6 for one bucket:
     // its spread must not collapse to nothing between ticks (every tick a |z| in the
