@@ -1375,17 +1375,17 @@ impl OnlineDetector {
                         }
                     }
                     // Undoing only the latest leaves the first still remembered.
-                    let mut rest = prev.origin;
-                    for (r, b) in rest.iter_mut().zip(back) {
-                        *r = r.then(b.inverse());
-                    }
-                    self.previous =
-                        (!scored.home_origin && prev.origin != prev.back).then_some(PreviousLevel {
+                    self.previous = if scored.home_origin || prev.origin == prev.back {
+                        None
+                    } else {
+                        let rest = then_each(prev.origin, back.map(Shift::inverse));
+                        Some(PreviousLevel {
                             back: rest,
                             origin: rest,
                             at: prev.at,
                             agree: 0,
-                        });
+                        })
+                    };
                     self.alarm = AlarmState::quiet();
                     self.incident_len = 0;
                     self.clear_run();
@@ -1425,12 +1425,7 @@ impl OnlineDetector {
                     }
                 }
                 // The level before the first new normal still remembered stays a way home.
-                let mut origin = back;
-                if let Some(prev) = self.previous {
-                    for (o, first) in origin.iter_mut().zip(prev.origin) {
-                        *o = o.then(first);
-                    }
-                }
+                let origin = self.previous.map_or(back, |prev| then_each(back, prev.origin));
                 self.previous = Some(PreviousLevel {
                     back,
                     origin,
@@ -1597,6 +1592,15 @@ fn floored(mut p: Prediction, kind: Kind, quantum: f64) -> Prediction {
         p.var = p.var.max(f * f);
     }
     p
+}
+
+/// Per candidate, `first` followed by `next`.
+fn then_each(first: [Shift; 3], next: [Shift; 3]) -> [Shift; 3] {
+    let mut out = first;
+    for (o, n) in out.iter_mut().zip(next) {
+        *o = o.then(n);
+    }
+    out
 }
 
 fn clear_anomaly(v: &mut Verdict) {
