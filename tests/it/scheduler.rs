@@ -499,6 +499,22 @@ async fn runs_queued_past_the_lease_timeout_keep_their_leases() {
     let token = CancellationToken::new();
     let scheduler = tokio::spawn(app.scheduler().clone().run_until_cancelled(token.clone()));
     let store = app.store();
+    // Only once the scheduler has taken them: before its first pass, the other process would
+    // rightly get a lease nobody holds yet.
+    wait_for(
+        "the scheduler to take the leases",
+        StdDuration::from_secs(30),
+        async || {
+            for id in ids {
+                let held = store.lease_held(&format!("kpi:{id}")).await.expect("lease");
+                if !held && fetched_until(&app, id).await.is_none() {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
     let mut tries = 0;
     wait_for("all four runs", StdDuration::from_secs(60), async || {
         let mut done = 0;
