@@ -75,7 +75,12 @@ impl Application {
                 warn!(message = "Source healthcheck failed; its KPIs will report data missing until it is back.", source = source.name(), %error);
             }
         }
-        let store = Store::connect(settings.state.url.expose_secret())
+        // A connection per run slot, and a few for lease renewals, delivery and the API.
+        let pool_size = u32::try_from(settings.scheduler.max_concurrent_runs)
+            .unwrap_or(u32::MAX)
+            .saturating_add(4)
+            .max(crate::store::DEFAULT_POOL_SIZE);
+        let store = Store::connect_sized(settings.state.url.expose_secret(), pool_size)
             .await
             .context("Failed to open the state store")?;
         for spec in &specs {

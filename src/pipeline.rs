@@ -1056,12 +1056,9 @@ async fn alert_on(
     let labels = alerting::alert_labels(spec, dims);
     let targets = targets_for(cx, spec, &labels);
     let silences = load_silences(store, now).await?;
-    let inhibited = store
-        .open_alert(&alerting::fingerprint("data_missing", spec, "{}"))
-        .await?
-        .map(|_| "inhibited: data missing".to_owned());
-    let suppressed_by = inhibited
-        .or_else(|| alerting::suppression(&labels, &silences, &cx.settings.alerting.maintenance, now));
+    // No data-missing alert is open here: the run that judged these buckets fetched them and
+    // closed it first (`data_missing_alert`), holding the KPI's lease.
+    let suppressed_by = alerting::suppression(&labels, &silences, &cx.settings.alerting.maintenance, now);
     let group = alerting::group_key(&labels, &cx.settings.alerting.grouping.by);
     let input = plan::Input {
         spec,

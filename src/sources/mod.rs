@@ -192,7 +192,7 @@ impl Source {
                     .application_name("kpiwatch")
                     .log_slow_statements(log::LevelFilter::Warn, slow);
                 SourcePool::Postgres(
-                    PgPoolOptions::new()
+                    crate::store::ping_when_idle(PgPoolOptions::new())
                         .max_connections(cfg.max_connections)
                         .acquire_timeout(acquire)
                         .connect_lazy_with(opts),
@@ -203,7 +203,7 @@ impl Source {
                 let opts: MySqlConnectOptions = fixed.parse().map_err(unreachable)?;
                 let opts = opts.log_slow_statements(log::LevelFilter::Warn, slow);
                 SourcePool::MySql(
-                    MySqlPoolOptions::new()
+                    crate::store::ping_when_idle(MySqlPoolOptions::new())
                         .max_connections(cfg.max_connections)
                         .acquire_timeout(acquire)
                         // A connection goes back to the pool as it came: no transaction, no
@@ -362,18 +362,10 @@ impl Source {
     async fn fetch_postgres(&self, pool: &PgPool, sql: &str, kind: Kind, w: Window) -> Result<Vec<RawRow>> {
         let (text, params) = rewrite(sql, Dialect::Postgres);
         let mut conn = pool.acquire().await.map_err(|e| self.unreachable(e))?;
-        let mut tx = conn.begin().await.map_err(|e| self.unreachable(e))?;
+        // One round trip: a read-only transaction with its limits, before the query.
         let ms = self.statement_timeout.as_millis();
-        for setup in [
-            "SET TRANSACTION READ ONLY".to_owned(),
-            format!("SET LOCAL statement_timeout = {ms}"),
-            "SET LOCAL TIME ZONE 'UTC'".to_owned(),
-        ] {
-            (&mut *tx)
-                .execute(setup.as_str())
-                .await
-                .map_err(|e| self.db_error(e))?;
-        }
+        let begin = format!("BEGIN READ ONLY; SET LOCAL statement_timeout = {ms}; SET LOCAL TIME ZONE 'UTC'");
+        let mut tx = conn.begin_with(begin).await.map_err(|e| self.unreachable(e))?;
         let mut query = sqlx::query(&text);
         for p in &params {
             query = query.bind(match p {

@@ -130,7 +130,9 @@ impl Store {
         })
     }
 
-    /// Record a run's outcome; on success also advance `fetched_until`.
+    /// Record a run's outcome; on success also advance `fetched_until`. Atomically: on
+    /// PostgreSQL one statement (the run's row as a data-modifying `WITH` clause), one round
+    /// trip instead of four; on SQLite, which has no such clauses, a transaction.
     pub async fn record_run(
         &self,
         kpi_id: &str,
@@ -140,40 +142,42 @@ impl Store {
         rows: i64,
         error: Option<&str>,
     ) -> Result<()> {
-        run!(self, |pool| {
-            let now = now_secs();
-            let mut tx = pool.begin().await?;
-            sqlx::query(
-                "INSERT INTO runs (kpi_id, started_at, finished_at, window_start, window_end, status, rows, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(kpi_id)
-            .bind(started_at)
-            .bind(now)
-            .bind(window.0)
-            .bind(window.1)
-            .bind(status)
-            .bind(rows)
-            .bind(error)
-            .execute(&mut *tx)
-            .await?;
-            let advance = status == "ok";
-            sqlx::query(
-                "UPDATE kpis SET last_run_at = $1, last_status = $2, last_error = $3,
-               fetched_until = CASE WHEN NOT $4 THEN fetched_until
+        const INSERT: &str = "INSERT INTO runs (kpi_id, started_at, finished_at, window_start, window_end, status, rows, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+        const UPDATE: &str = "UPDATE kpis SET last_run_at = $2, last_status = $6, last_error = $8,
+               fetched_until = CASE WHEN NOT $9 THEN fetched_until
                  WHEN coalesce(fetched_until, 0) > $5 THEN coalesce(fetched_until, 0) ELSE $5 END
-             WHERE id = $6",
-            )
-            .bind(started_at)
-            .bind(status)
-            .bind(error)
-            .bind(advance)
-            .bind(window.1)
-            .bind(kpi_id)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(())
-        })
+             WHERE id = $1";
+        let now = now_secs();
+        let advance = status == "ok";
+        macro_rules! bound {
+            ($sql:expr) => {
+                sqlx::query($sql)
+                    .bind(kpi_id)
+                    .bind(started_at)
+                    .bind(now)
+                    .bind(window.0)
+                    .bind(window.1)
+                    .bind(status)
+                    .bind(rows)
+                    .bind(error)
+                    .bind(advance)
+            };
+        }
+        match &self.pool {
+            Pool::Postgres(pool) => {
+                bound!(&format!("WITH run AS ({INSERT}) {UPDATE}"))
+                    .execute(pool)
+                    .await?;
+            }
+            Pool::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                // Both take the same nine values: SQLite binds `$N` by number, unused ones too.
+                bound!(INSERT).execute(&mut *tx).await?;
+                bound!(UPDATE).execute(&mut *tx).await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(())
     }
 
     /// Active KPI definitions registered through the API: `(id, model_toml, query)`.

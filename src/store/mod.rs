@@ -103,13 +103,44 @@ pub use tokens::TokenRow;
 /// SQLite's 32,766 and PostgreSQL's 65,535).
 const ROWS_PER_STATEMENT: usize = 1000;
 
+/// PostgreSQL connections of a store opened by [`Store::connect`].
+pub const DEFAULT_POOL_SIZE: u32 = 8;
+
+/// A pooled connection idle for less than this is handed out without a ping.
+pub const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
+
+/// `opts` pinging a connection before handing it out only when it has been idle for
+/// [`PING_WHEN_IDLE_FOR`] (sqlx pings on every acquire by default: one more round trip per
+/// statement, about a third of a steady run's). A connection that broke within that second
+/// (a restarted server) fails its one statement and is dropped; the run retries on the next
+/// tick.
+pub(crate) fn ping_when_idle<DB: sqlx::Database>(
+    opts: sqlx::pool::PoolOptions<DB>,
+) -> sqlx::pool::PoolOptions<DB> {
+    opts.test_before_acquire(false).before_acquire(|conn, meta| {
+        Box::pin(async move {
+            if meta.idle_for >= PING_WHEN_IDLE_FOR {
+                sqlx::Connection::ping(conn).await?;
+            }
+            Ok(true)
+        })
+    })
+}
+
 fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
 impl Store {
-    /// Open (creating if needed) and migrate the state store.
+    /// Open (creating if needed) and migrate the state store, with
+    /// [`DEFAULT_POOL_SIZE`] PostgreSQL connections.
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_sized(url, DEFAULT_POOL_SIZE).await
+    }
+
+    /// [`Store::connect`] with at most `pool_size` connections to PostgreSQL (the service
+    /// sizes it from its concurrent runs; SQLite keeps its own small pool).
+    pub async fn connect_sized(url: &str, pool_size: u32) -> Result<Self> {
         let scheme = url.split(':').next().unwrap_or_default();
         let pool = match scheme {
             "sqlite" => {
@@ -127,8 +158,8 @@ impl Store {
                 Pool::Sqlite(pool)
             }
             "postgres" | "postgresql" => {
-                let pool = PgPoolOptions::new()
-                    .max_connections(8)
+                let pool = ping_when_idle(PgPoolOptions::new())
+                    .max_connections(pool_size.max(1))
                     .acquire_timeout(Duration::from_secs(10))
                     .connect(url)
                     .await?;
