@@ -448,10 +448,11 @@ pub fn from_row(row: &EventRow) -> Result<Event> {
 
 /// Every stored event (a row that no longer parses is skipped with a warning).
 pub async fn stored(store: &Store) -> crate::store::Result<Vec<(EventRow, Event)>> {
-    Ok(store
-        .events()
-        .await?
-        .into_iter()
+    Ok(parse_stored(store.events().await?))
+}
+
+fn parse_stored(rows: impl IntoIterator<Item = EventRow>) -> Vec<(EventRow, Event)> {
+    rows.into_iter()
         .filter_map(|row| match from_row(&row) {
             Ok(event) => Some((row, event)),
             Err(error) => {
@@ -459,7 +460,7 @@ pub async fn stored(store: &Store) -> crate::store::Result<Vec<(EventRow, Event)
                 None
             }
         })
-        .collect())
+        .collect()
 }
 
 /// The exclusions of `spec` over `[from, to)` from the stored events.
@@ -469,7 +470,9 @@ pub async fn exclusions(
     from: i64,
     to: i64,
 ) -> crate::store::Result<Exclusions> {
-    let events = stored(store).await?;
+    // Every run reads them: the rows this process's runs share (see `Store::events_shared`).
+    let rows = store.events_shared().await?;
+    let events = parse_stored(rows.iter().cloned());
     Ok(Exclusions::for_kpi(events.iter().map(|(_, e)| e), spec, from, to))
 }
 

@@ -40,6 +40,7 @@ pub mod export;
 pub mod format;
 pub mod kpi;
 pub mod pipeline;
+pub mod pool;
 pub mod reading;
 pub mod rootcause;
 pub mod scheduler;

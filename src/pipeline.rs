@@ -29,7 +29,7 @@ use crate::baseline::{Bucket, DetectorConfig, Feedback, OnlineDetector, Seasonal
 use crate::config::{SchedulerConfig, Settings};
 use crate::kpi::{Kind, KpiSpec, SeasonalitySetting, SliceAlerts};
 use crate::sources::{self, RawRow, SourceRegistry, Window};
-use crate::store::{EvaluationRow, NewAnomaly, ObservationRow, SeriesRevision, Store};
+use crate::store::{AlertRow, EvaluationRow, NewAnomaly, ObservationRow, SeriesRevision, Store};
 use crate::telemetry::{KpiLabels, Metrics, RunLabels, SourceLabels};
 
 mod checkpoint;
@@ -292,8 +292,11 @@ pub async fn run_kpi<S>(
     source_slot: S,
 ) -> anyhow::Result<RunOutcome> {
     let store = &cx.store;
+    // The KPI's state and its series with their ids: written only by this KPI's runs, and
+    // this process holds its lease, so still current below (no get-or-create per series and
+    // run).
     let mut state = store
-        .kpi(spec.id.as_str())
+        .run_start(spec.id.as_str())
         .await
         .context("Failed to read KPI state")?;
     if state.is_none() {
@@ -302,11 +305,11 @@ pub async fn run_kpi<S>(
             .await
             .context("Failed to register the KPI")?;
         state = store
-            .kpi(spec.id.as_str())
+            .run_start(spec.id.as_str())
             .await
             .context("Failed to read KPI state")?;
     }
-    let fetched_until = state.and_then(|s| s.fetched_until);
+    let (fetched_until, known_series) = state.unwrap_or_default();
     let Some((start, end)) = due_window(spec, &cx.settings.scheduler, fetched_until, now) else {
         return Ok(RunOutcome::NotDue);
     };
@@ -332,13 +335,14 @@ pub async fn run_kpi<S>(
         .query_duration
         .get_or_create(&source_label)
         .observe(took.fetch.as_secs_f64());
-    // The KPI's series and their ids: written only by this KPI's runs, and this process holds
-    // its lease, so still current below (no get-or-create per series and run).
-    let known_ids: BTreeMap<String, i64> = store
-        .series_of(spec.id.as_str())
+    let known_ids: BTreeMap<String, i64> = known_series.into_iter().map(|s| (s.dims, s.id)).collect();
+    // The KPI's open alerts (data missing, anomalies), by fingerprint: opened and closed only
+    // by this KPI's runs, each fingerprint at most once a run below.
+    let mut open_alerts: HashMap<String, AlertRow> = store
+        .open_alerts_of(spec.id.as_str())
         .await?
         .into_iter()
-        .map(|s| (s.dims, s.id))
+        .map(|a| (a.fingerprint.clone(), a))
         .collect();
     let known: std::collections::BTreeSet<String> = known_ids.keys().cloned().collect();
     let bucketed = fetched.and_then(|f| {
@@ -358,9 +362,11 @@ pub async fn run_kpi<S>(
             count_run(cx, spec, status);
             let behind_since = fetched_until.unwrap_or(start);
             if behind_since <= spec.buckets().back(end, DATA_MISSING_AFTER_BUCKETS) {
+                let open = open_alerts.remove(&alerting::fingerprint("data_missing", spec, "{}"));
                 data_missing_alert(
                     cx,
                     spec,
+                    open,
                     fetched_until.unwrap_or(start),
                     Some(&error.to_string()),
                     now,
@@ -383,7 +389,8 @@ pub async fn run_kpi<S>(
     };
 
     // Data is back: close a data-missing alert before judging, so anomalies are not inhibited.
-    data_missing_alert(cx, spec, start, None, now).await?;
+    let open = open_alerts.remove(&alerting::fingerprint("data_missing", spec, "{}"));
+    data_missing_alert(cx, spec, open, start, None, now).await?;
 
     // Store observations, zero-filling counts for every known series.
     let mut series = series;
@@ -441,19 +448,22 @@ pub async fn run_kpi<S>(
         }
         let judged = incidents::group(spec, buckets);
         let total_id = store.series_id(spec.id.as_str(), incidents::GROUP_DIMS).await?;
-        alerts_opened += alert_on(cx, spec, total_id, incidents::GROUP_DIMS, &judged, now).await?;
+        let open = open_alerts.remove(&alerting::fingerprint("anomaly", spec, incidents::GROUP_DIMS));
+        alerts_opened += alert_on(cx, spec, (total_id, incidents::GROUP_DIMS), open, &judged, now).await?;
         // A slice incident opened before grouping (or under `separate`) runs its own course
         // until it closes; no new ones open.
         for (dims, series_id, fresh) in &evaluated {
-            let fp = alerting::fingerprint("anomaly", spec, dims);
-            if crate::slices::is_total(dims) || store.open_alert(&fp).await?.is_none() {
+            if crate::slices::is_total(dims) {
                 continue;
             }
+            let Some(open) = open_alerts.remove(&alerting::fingerprint("anomaly", spec, dims)) else {
+                continue;
+            };
             let judged: Vec<Judged> = live(fresh)
                 .into_iter()
                 .map(|(t, v)| Judged::alone(t, v, dims))
                 .collect();
-            alert_on(cx, spec, *series_id, dims, &judged, now).await?;
+            alert_on(cx, spec, (*series_id, dims), Some(open), &judged, now).await?;
         }
     } else {
         for (dims, series_id, fresh) in &evaluated {
@@ -461,7 +471,8 @@ pub async fn run_kpi<S>(
                 .into_iter()
                 .map(|(t, v)| Judged::alone(t, v, dims))
                 .collect();
-            alerts_opened += alert_on(cx, spec, *series_id, dims, &judged, now).await?;
+            let open = open_alerts.remove(&alerting::fingerprint("anomaly", spec, dims));
+            alerts_opened += alert_on(cx, spec, (*series_id, dims), open, &judged, now).await?;
         }
     }
     // The source's warnings (e.g. Prometheus's) ride on the successful run's status.
@@ -513,17 +524,17 @@ pub async fn run_kpi<S>(
 /// alert (and its anomaly alerts are held back until data returns).
 pub const DATA_MISSING_AFTER_BUCKETS: i64 = 2;
 
-/// Open (with `error`) or resolve (without) the KPI's data-missing alert.
+/// Open (with `error`) or resolve (without) the KPI's data-missing alert; `open` is the one
+/// open now, if any.
 async fn data_missing_alert(
     cx: &Context,
     spec: &KpiSpec,
+    open: Option<AlertRow>,
     since: i64,
     error: Option<&str>,
     now: DateTime<Utc>,
 ) -> anyhow::Result<()> {
     let store = &cx.store;
-    let fp = alerting::fingerprint("data_missing", spec, "{}");
-    let open = store.open_alert(&fp).await?;
     let Some(write) = alerting::plan::plan_data_missing(spec, open.as_ref(), error, since, now.timestamp())
     else {
         return Ok(());
@@ -749,7 +760,11 @@ async fn evaluate_series(
     let excluded = crate::calendar::exclusions(store, spec, from, end).await?;
     // Feedback on earlier buckets is replayed into the detector: a false positive is learned
     // as normal, a new normal re-baselines there.
-    let feedback = series_feedback(store, series_id, from, end).await?;
+    let feedback = if revision.feedback > 0 {
+        series_feedback(store, series_id, from, end).await?
+    } else {
+        HashMap::new()
+    };
     let replay = Replay {
         from,
         cfg,
@@ -1035,8 +1050,8 @@ fn alert_horizon(spec: &KpiSpec, sched: &SchedulerConfig, end: i64) -> i64 {
         .back(end, 1 + i64::from(sched.alert_horizon_buckets))
 }
 
-/// Run the alert lifecycle of the incident stored under series `dims` (`series_id`) over the
-/// judged buckets; returns the number of alerts opened.
+/// Run the alert lifecycle of the incident stored under series `dims` (`series_id`), open
+/// as `open` if it is, over the judged buckets; returns the number of alerts opened.
 ///
 /// The decisions are [`alerting::plan::plan`]'s (pure, from the inputs loaded here once);
 /// this stores its writes in order, giving a new alert its id before its messages are
@@ -1044,8 +1059,8 @@ fn alert_horizon(spec: &KpiSpec, sched: &SchedulerConfig, end: i64) -> i64 {
 async fn alert_on(
     cx: &Context,
     spec: &KpiSpec,
-    series_id: i64,
-    dims: &str,
+    (series_id, dims): (i64, &str),
+    open: Option<AlertRow>,
     judged: &[Judged],
     now: DateTime<Utc>,
 ) -> anyhow::Result<usize> {
@@ -1065,9 +1080,7 @@ async fn alert_on(
         series_id,
         dims,
         judged,
-        open: store
-            .open_alert(&alerting::fingerprint("anomaly", spec, dims))
-            .await?,
+        open,
         rule: alerting::rule_for(spec, cx.settings.scheduler.recovery_buckets),
     };
     let writes = plan::plan(&input);
@@ -1331,9 +1344,9 @@ pub async fn backtest_history(
 /// Active silences at `now`, parsed.
 async fn load_silences(store: &Store, now: DateTime<Utc>) -> anyhow::Result<Vec<alerting::silence::Silence>> {
     Ok(store
-        .silences(now.timestamp())
+        .silences_shared(now.timestamp())
         .await?
-        .into_iter()
+        .iter()
         .filter_map(|row| {
             let matchers = serde_json::from_str(&row.matchers).ok()?;
             Some(alerting::silence::Silence {

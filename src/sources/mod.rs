@@ -192,7 +192,7 @@ impl Source {
                     .application_name("kpiwatch")
                     .log_slow_statements(log::LevelFilter::Warn, slow);
                 SourcePool::Postgres(
-                    crate::store::ping_when_idle(PgPoolOptions::new())
+                    crate::pool::ping_when_idle(PgPoolOptions::new())
                         .max_connections(cfg.max_connections)
                         .acquire_timeout(acquire)
                         .connect_lazy_with(opts),
@@ -203,7 +203,7 @@ impl Source {
                 let opts: MySqlConnectOptions = fixed.parse().map_err(unreachable)?;
                 let opts = opts.log_slow_statements(log::LevelFilter::Warn, slow);
                 SourcePool::MySql(
-                    crate::store::ping_when_idle(MySqlPoolOptions::new())
+                    crate::pool::ping_when_idle(MySqlPoolOptions::new())
                         .max_connections(cfg.max_connections)
                         .acquire_timeout(acquire)
                         // A connection goes back to the pool as it came: no transaction, no

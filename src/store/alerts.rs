@@ -106,6 +106,18 @@ impl Store {
         })
     }
 
+    /// Every open (pending or firing) alert of a KPI, data-missing and anomaly ones.
+    pub async fn open_alerts_of(&self, kpi_id: &str) -> Result<Vec<AlertRow>> {
+        run!(self, |pool| {
+            Ok(sqlx::query_as::<_, AlertRow>(&format!(
+                "SELECT {ALERT_COLUMNS} FROM alerts WHERE kpi_id = $1 AND state IN ('pending', 'firing') ORDER BY id"
+            ))
+            .bind(kpi_id)
+            .fetch_all(pool)
+            .await?)
+        })
+    }
+
     /// One alert.
     pub async fn alert(&self, id: i64) -> Result<Option<AlertRow>> {
         run!(self, |pool| {
@@ -252,7 +264,7 @@ impl Store {
         author: &str,
         comment: &str,
     ) -> Result<i64> {
-        run!(self, |pool| {
+        let done = run!(self, |pool| {
             let row = sqlx::query(
                 "INSERT INTO silences (matchers, starts_at, ends_at, author, comment, created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
             )
@@ -265,7 +277,11 @@ impl Store {
             .fetch_one(pool)
             .await?;
             Ok(row.try_get("id")?)
-        })
+        });
+        if done.is_ok() {
+            self.shared.forget_silences();
+        }
+        done
     }
 
     /// Silences that end after `since`, newest first.
@@ -282,7 +298,7 @@ impl Store {
 
     /// End a silence at `now` (if it ends later); returns whether it existed.
     pub async fn expire_silence(&self, id: i64, now: i64) -> Result<bool> {
-        run!(self, |pool| {
+        let done = run!(self, |pool| {
             let done = sqlx::query(
                 "UPDATE silences SET ends_at = CASE WHEN ends_at < $1 THEN ends_at ELSE $1 END WHERE id = $2",
             )
@@ -291,7 +307,11 @@ impl Store {
             .execute(pool)
             .await?;
             Ok(done.rows_affected() > 0)
-        })
+        });
+        if done.is_ok() {
+            self.shared.forget_silences();
+        }
+        done
     }
 
     /// Alerts of a KPI that were firing at some point in `[from, to)` (pending and

@@ -72,7 +72,7 @@ impl Store {
     /// calendar does not double). Returns the new ids in order.
     pub async fn create_events(&self, events: &[EventRow]) -> Result<Vec<i64>> {
         let now = now_secs();
-        run!(self, |pool| {
+        let done = run!(self, |pool| {
             let mut tx = pool.begin().await?;
             let mut ids = Vec::with_capacity(events.len());
             for e in events {
@@ -90,14 +90,18 @@ impl Store {
             }
             tx.commit().await?;
             Ok(ids)
-        })
+        });
+        if done.is_ok() {
+            self.shared.forget_events();
+        }
+        done
     }
 
     /// Replace every event of `origin` (the config's, at start) with `events`, in one
     /// transaction.
     pub async fn replace_events(&self, origin: &str, events: &[EventRow]) -> Result<()> {
         let now = now_secs();
-        run!(self, |pool| {
+        let done = run!(self, |pool| {
             let mut tx = pool.begin().await?;
             sqlx::query("DELETE FROM events WHERE origin = $1")
                 .bind(origin)
@@ -110,7 +114,11 @@ impl Store {
             }
             tx.commit().await?;
             Ok(())
-        })
+        });
+        if done.is_ok() {
+            self.shared.forget_events();
+        }
+        done
     }
 
     /// Every event, oldest first.
@@ -138,12 +146,16 @@ impl Store {
 
     /// Delete an event; returns whether it existed.
     pub async fn delete_event(&self, id: i64) -> Result<bool> {
-        run!(self, |pool| {
+        let done = run!(self, |pool| {
             let done = sqlx::query("DELETE FROM events WHERE id = $1")
                 .bind(id)
                 .execute(pool)
                 .await?;
             Ok(done.rows_affected() > 0)
-        })
+        });
+        if done.is_ok() {
+            self.shared.forget_events();
+        }
+        done
     }
 }

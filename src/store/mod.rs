@@ -17,7 +17,8 @@
 //! One `Store`, its methods split by domain: `kpis` (specs, run log, stored definitions),
 //! `series` (observations, verdicts, anomalies, feedback), `alerts` (alerts and silences),
 //! `outbox` (notifications), `audit`, `events`, `tokens`, `leases`, `checkpoints` and
-//! `revisions` (the kept detector's snapshot and what invalidates it), `retention`, and `bulk`
+//! `revisions` (the kept detector's snapshot and what invalidates it), `retention`, `shared`
+//! (events and silences read once a second for all of a process's runs), and `bulk`
 //! (binary `COPY` for large batches on PostgreSQL). This file holds the connection, the
 //! `run!` macro that picks the backend, and the `meta` table.
 
@@ -51,6 +52,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: Pool,
+    /// The events and silences this process's runs share (see `shared`).
+    shared: std::sync::Arc<shared::SharedReads>,
 }
 
 /// The connection pool of whichever backend the URL named.
@@ -82,6 +85,7 @@ mod outbox;
 mod retention;
 mod revisions;
 mod series;
+mod shared;
 mod tokens;
 
 pub use alerts::{AlertRow, SilenceRow};
@@ -97,6 +101,7 @@ pub use revisions::SeriesRevision;
 pub use series::{
     AnomalyRow, EvaluationRow, FeedbackRow, LatestEvaluation, NewAnomaly, ObservationRow, SeriesRow,
 };
+pub use shared::SHARED_READS_FOR;
 pub use tokens::TokenRow;
 
 /// Rows per multi-row `INSERT` (a statement binds at most a few thousand values: well under
@@ -105,27 +110,6 @@ const ROWS_PER_STATEMENT: usize = 1000;
 
 /// PostgreSQL connections of a store opened by [`Store::connect`].
 pub const DEFAULT_POOL_SIZE: u32 = 8;
-
-/// A pooled connection idle for less than this is handed out without a ping.
-pub const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
-
-/// `opts` pinging a connection before handing it out only when it has been idle for
-/// [`PING_WHEN_IDLE_FOR`] (sqlx pings on every acquire by default: one more round trip per
-/// statement, about a third of a steady run's). A connection that broke within that second
-/// (a restarted server) fails its one statement and is dropped; the run retries on the next
-/// tick.
-pub(crate) fn ping_when_idle<DB: sqlx::Database>(
-    opts: sqlx::pool::PoolOptions<DB>,
-) -> sqlx::pool::PoolOptions<DB> {
-    opts.test_before_acquire(false).before_acquire(|conn, meta| {
-        Box::pin(async move {
-            if meta.idle_for >= PING_WHEN_IDLE_FOR {
-                sqlx::Connection::ping(conn).await?;
-            }
-            Ok(true)
-        })
-    })
-}
 
 fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()
@@ -158,7 +142,7 @@ impl Store {
                 Pool::Sqlite(pool)
             }
             "postgres" | "postgresql" => {
-                let pool = ping_when_idle(PgPoolOptions::new())
+                let pool = crate::pool::ping_when_idle(PgPoolOptions::new())
                     .max_connections(pool_size.max(1))
                     .acquire_timeout(Duration::from_secs(10))
                     .connect(url)
@@ -168,7 +152,10 @@ impl Store {
             }
             other => return Err(Error::Unsupported(other.to_owned())),
         };
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            shared: Default::default(),
+        })
     }
 
     /// Whether the store answers.

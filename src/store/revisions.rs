@@ -22,16 +22,20 @@ pub struct SeriesRevision {
     pub obs_rev: i64,
     /// The first stored bucket at or after the asked replay start, if any.
     pub first: Option<i64>,
+    /// Feedback rows on buckets at or after the replay start (a run reads them only when
+    /// there are some).
+    pub feedback: i64,
 }
 
 impl Store {
-    /// A series' `evaluated_until`, observation revision and first bucket at or after `from`
-    /// (index look-ups only, no rows transferred). `None` when the series does not exist.
+    /// A series' `evaluated_until`, observation revision, first bucket and number of
+    /// feedback rows at or after `from` (index look-ups only, no rows transferred). `None` when the series does not exist.
     pub async fn series_revision(&self, series_id: i64, from: i64) -> Result<Option<SeriesRevision>> {
         run!(self, |pool| {
             let row = sqlx::query(
                 "SELECT s.evaluated_until, s.obs_rev,
-                   (SELECT min(o.ts) FROM observations o WHERE o.series_id = s.id AND o.ts >= $2) AS first
+                   (SELECT min(o.ts) FROM observations o WHERE o.series_id = s.id AND o.ts >= $2) AS first,
+                   (SELECT count(*) FROM anomaly_feedback f WHERE f.series_id = s.id AND f.ts >= $2) AS feedback
                  FROM series s WHERE s.id = $1",
             )
             .bind(series_id)
@@ -43,6 +47,7 @@ impl Store {
                     evaluated_until: row.try_get("evaluated_until")?,
                     obs_rev: row.try_get("obs_rev")?,
                     first: row.try_get("first")?,
+                    feedback: row.try_get("feedback")?,
                 })),
                 None => Ok(None),
             }

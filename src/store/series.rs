@@ -163,6 +163,37 @@ impl Store {
         })
     }
 
+    /// What a run of `kpi_id` starts from, in one statement: the KPI's `fetched_until` and its
+    /// series (`None` when the KPI is not registered).
+    pub async fn run_start(&self, kpi_id: &str) -> Result<Option<(Option<i64>, Vec<SeriesRow>)>> {
+        run!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT k.fetched_until, s.id, s.dims, s.evaluated_until
+                 FROM kpis k LEFT JOIN series s ON s.kpi_id = k.id WHERE k.id = $1 ORDER BY s.id",
+            )
+            .bind(kpi_id)
+            .fetch_all(pool)
+            .await?;
+            let Some(first) = rows.first() else {
+                return Ok(None);
+            };
+            let fetched_until: Option<i64> = first.try_get("fetched_until")?;
+            let mut series = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let Some(id) = row.try_get::<Option<i64>, _>("id")? else {
+                    continue;
+                };
+                series.push(SeriesRow {
+                    id,
+                    kpi_id: kpi_id.to_owned(),
+                    dims: row.try_get("dims")?,
+                    evaluated_until: row.try_get("evaluated_until")?,
+                });
+            }
+            Ok(Some((fetched_until, series)))
+        })
+    }
+
     /// Get or create the series of `kpi_id` with these dimensions (canonical JSON).
     pub async fn series_id(&self, kpi_id: &str, dims: &str) -> Result<i64> {
         run!(self, |pool| {

@@ -299,6 +299,11 @@ impl PgDatabase {
         }
     }
 
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Drop the database (also while connections to it are still open).
     pub async fn drop_db(self) {
         use sqlx::Executor;

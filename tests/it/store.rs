@@ -1,6 +1,8 @@
 //! The state store itself, on both backends: the same scenario against `Store` on a
 //! temporary SQLite file and on a fresh PostgreSQL database, with the same results.
 
+use std::time::Duration;
+
 use kpiwatch::kpi::Interval;
 use kpiwatch::reading::{Band, Reading};
 use kpiwatch::store::{AlertRow, EvaluationRow, NewAnomaly, NewNotification, ObservationRow, Store};
@@ -85,6 +87,17 @@ async fn scenario(url: &str) {
         store.series_dims(s2).await.expect("dims").as_deref(),
         Some(r#"{"country":"DE"}"#)
     );
+    // What a run starts from: the KPI's fetched_until with its series, in one read.
+    let (fetched, started) = store.run_start("orders").await.expect("run start").expect("kpi");
+    assert_eq!(fetched, None);
+    assert_eq!(
+        started
+            .iter()
+            .map(|s| (s.id, s.dims.as_str()))
+            .collect::<Vec<_>>(),
+        [(s1, "{}"), (s2, r#"{"country":"DE"}"#)]
+    );
+    assert!(store.run_start("nope").await.expect("run start").is_none());
 
     // Runs: only ok advances fetched_until, and it never moves back.
     store
@@ -208,6 +221,24 @@ async fn scenario(url: &str) {
     let fb = store.feedback(s1, T - DAY, T).await.expect("feedback");
     assert_eq!(fb.len(), 1);
     assert_eq!(fb[0].kind, "new_normal");
+    // The revision read counts the feedback at or after its start (a run reads it only then).
+    for (from, n) in [(T - DAY, 1), (T - 299, 0)] {
+        let revision = store
+            .series_revision(s1, from)
+            .await
+            .expect("revision")
+            .expect("series");
+        assert_eq!(revision.feedback, n, "feedback at or after {from}");
+    }
+    assert_eq!(
+        store
+            .series_revision(s2, 0)
+            .await
+            .expect("revision")
+            .expect("series")
+            .feedback,
+        0
+    );
 
     // An alert with its notifications in one save_alert; at most one open per fingerprint.
     let mut alert = AlertRow::new("orders", Some(s1), "anomaly", "fp-orders", T - 300);
@@ -232,6 +263,13 @@ async fn scenario(url: &str) {
     assert_eq!(open.id, alert_id);
     assert_eq!(open.hits_mask, 0b101);
     assert_eq!(open.notified_at, Some(T));
+    let of_kpi = store.open_alerts_of("orders").await.expect("open of kpi");
+    assert_eq!(of_kpi.iter().map(|a| a.id).collect::<Vec<_>>(), [alert_id]);
+    assert!(store
+        .open_alerts_of("nope")
+        .await
+        .expect("open of kpi")
+        .is_empty());
     assert!(
         store.save_alert(&alert, Some("firing"), &[]).await.is_err(),
         "a second open alert with one fingerprint is refused"
@@ -343,7 +381,9 @@ async fn scenario(url: &str) {
         .expect("after")
         .is_empty());
 
-    // Silences: create and expire (never extended).
+    // Silences: create and expire (never extended). The runs' shared read is empty and then
+    // sees a silence this process creates at once.
+    assert!(store.silences_shared(T).await.expect("shared").is_empty());
     let sid = store
         .create_silence(r#"{"kpi":"orders"}"#, T, T + 3600, "alice", "deploy")
         .await
@@ -356,6 +396,11 @@ async fn scenario(url: &str) {
     let active = store.silences(T + 100).await.expect("silences");
     assert_eq!(active.len(), 1);
     assert_eq!(active[0].id, sid);
+    let shared = store.silences_shared(T + 100).await.expect("shared");
+    assert!(
+        shared.iter().any(|s| s.id == sid),
+        "a write here is seen by the next run at once"
+    );
     assert!(store.expire_silence(sid, T + 200).await.expect("expire"));
     assert!(store.expire_silence(sid2, T + 200).await.expect("expire ended"));
     assert!(!store.expire_silence(sid + sid2 + 100, T).await.expect("missing"));
@@ -560,6 +605,113 @@ async fn the_store_scenario_on_postgres() {
     let db = PgDatabase::create(&admin).await;
     scenario(&db.url).await;
     db.drop_db().await;
+}
+
+/// Connections the server dropped (a restart, an idle timeout) are pinged when taken after
+/// [`kpiwatch::pool::PING_WHEN_IDLE_FOR`] idle, found dead and replaced: no statement fails.
+#[tokio::test]
+async fn connections_the_server_dropped_are_replaced_after_an_idle_ping_on_postgres() {
+    init_logs();
+    let Some(admin) = server_url("TEST_POSTGRES_URL") else {
+        return;
+    };
+    let db = PgDatabase::create(&admin).await;
+    let store = Store::connect(&db.url).await.expect("connect");
+    // Three connections in the pool.
+    let (a, b, c) = tokio::join!(store.kpis(), store.kpis(), store.kpis());
+    for kpis in [a, b, c] {
+        assert!(kpis.expect("kpis").is_empty());
+    }
+    let pool = sqlx::PgPool::connect(&admin).await.expect("admin");
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND pid <> pg_backend_pid()) t",
+    )
+    .bind(db.name())
+    .fetch_one(&pool)
+    .await
+    .expect("terminate the store's connections");
+    pool.close().await;
+    assert!(killed >= 1, "the store held no connection to terminate");
+    tokio::time::sleep(kpiwatch::pool::PING_WHEN_IDLE_FOR + Duration::from_millis(300)).await;
+    for _ in 0..6 {
+        store
+            .kpis()
+            .await
+            .expect("a statement after the server dropped the connections");
+    }
+    store.close().await;
+    db.drop_db().await;
+}
+
+/// The events and silences every run reads are shared by a process's runs: its own writes
+/// are seen at once, another process's within [`kpiwatch::store::SHARED_READS_FOR`].
+#[tokio::test]
+async fn runs_share_event_and_silence_reads_and_see_other_processes_writes_within_a_second() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("state.db").display());
+    let here = Store::connect(&url).await.expect("connect");
+    let other = Store::connect(&url).await.expect("connect another process");
+    let event = |name: &str| kpiwatch::store::EventRow {
+        id: 0,
+        name: name.to_owned(),
+        origin: "api".to_owned(),
+        starts_local: "2026-12-24T00:00:00".to_owned(),
+        ends_local: "2026-12-27T00:00:00".to_owned(),
+        timezone: "UTC".to_owned(),
+        yearly: true,
+        margin_before_secs: 0,
+        margin_after_secs: 0,
+        kpis: "[]".to_owned(),
+        labels: "{}".to_owned(),
+        uid: None,
+        created_by: "test".to_owned(),
+        created_at: 0,
+    };
+    assert!(here.events_shared().await.expect("events").is_empty());
+    assert!(here.silences_shared(T).await.expect("silences").is_empty());
+
+    // Another process's writes: not seen while the read is fresh, seen once it is not.
+    other.create_events(&[event("other")]).await.expect("event");
+    other
+        .create_silence(r#"{"kpi":"orders"}"#, T, T + 3600, "bob", "other")
+        .await
+        .expect("silence");
+    let cached_at = std::time::Instant::now();
+    let events = here.events_shared().await.expect("events");
+    let silences = here.silences_shared(T).await.expect("silences");
+    if cached_at.elapsed() < kpiwatch::store::SHARED_READS_FOR / 2 {
+        assert!(events.is_empty(), "read within the second: the shared rows");
+        assert!(silences.is_empty());
+    }
+    tokio::time::sleep(kpiwatch::store::SHARED_READS_FOR + Duration::from_millis(100)).await;
+    assert_eq!(here.events_shared().await.expect("events").len(), 1);
+    assert_eq!(here.silences_shared(T).await.expect("silences").len(), 1);
+
+    // This process's writes: seen by the next read at once.
+    let ids = here.create_events(&[event("here")]).await.expect("event");
+    assert_eq!(here.events_shared().await.expect("events").len(), 2);
+    assert!(here.delete_event(ids[0]).await.expect("delete"));
+    assert_eq!(here.events_shared().await.expect("events").len(), 1);
+    let sid = here
+        .create_silence(r#"{"kpi":"orders"}"#, T, T + 60, "alice", "here")
+        .await
+        .expect("silence");
+    assert_eq!(here.silences_shared(T).await.expect("silences").len(), 2);
+    assert!(here.expire_silence(sid, T + 10).await.expect("expire"));
+    assert!(
+        here.silences_shared(T + 20)
+            .await
+            .expect("silences")
+            .iter()
+            .all(|s| s.id != sid),
+        "an expired silence is gone from the next read"
+    );
+    // A later time asks nothing the shared rows lack; an earlier one reads again.
+    assert_eq!(here.silences_shared(T - 100).await.expect("silences").len(), 2);
+    here.close().await;
+    other.close().await;
 }
 
 #[tokio::test]
