@@ -344,6 +344,7 @@ pub async fn run_kpi<S>(
         .into_iter()
         .map(|a| (a.fingerprint.clone(), a))
         .collect();
+    let missing_fp = alerting::fingerprint("data_missing", spec, "{}");
     let known: std::collections::BTreeSet<String> = known_ids.keys().cloned().collect();
     let bucketed = fetched.and_then(|f| {
         let n = f.rows.len();
@@ -362,7 +363,7 @@ pub async fn run_kpi<S>(
             count_run(cx, spec, status);
             let behind_since = fetched_until.unwrap_or(start);
             if behind_since <= spec.buckets().back(end, DATA_MISSING_AFTER_BUCKETS) {
-                let open = open_alerts.remove(&alerting::fingerprint("data_missing", spec, "{}"));
+                let open = open_alerts.remove(&missing_fp);
                 data_missing_alert(
                     cx,
                     spec,
@@ -389,7 +390,7 @@ pub async fn run_kpi<S>(
     };
 
     // Data is back: close a data-missing alert before judging, so anomalies are not inhibited.
-    let open = open_alerts.remove(&alerting::fingerprint("data_missing", spec, "{}"));
+    let open = open_alerts.remove(&missing_fp);
     data_missing_alert(cx, spec, open, start, None, now).await?;
 
     // Store observations, zero-filling counts for every known series.

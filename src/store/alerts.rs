@@ -278,9 +278,7 @@ impl Store {
             .await?;
             Ok(row.try_get("id")?)
         });
-        if done.is_ok() {
-            self.shared.forget_silences();
-        }
+        self.shared.silences.forget();
         done
     }
 
@@ -308,9 +306,7 @@ impl Store {
             .await?;
             Ok(done.rows_affected() > 0)
         });
-        if done.is_ok() {
-            self.shared.forget_silences();
-        }
+        self.shared.silences.forget();
         done
     }
 

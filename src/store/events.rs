@@ -91,9 +91,7 @@ impl Store {
             tx.commit().await?;
             Ok(ids)
         });
-        if done.is_ok() {
-            self.shared.forget_events();
-        }
+        self.shared.events.forget();
         done
     }
 
@@ -115,9 +113,7 @@ impl Store {
             tx.commit().await?;
             Ok(())
         });
-        if done.is_ok() {
-            self.shared.forget_events();
-        }
+        self.shared.events.forget();
         done
     }
 
@@ -153,9 +149,7 @@ impl Store {
                 .await?;
             Ok(done.rows_affected() > 0)
         });
-        if done.is_ok() {
-            self.shared.forget_events();
-        }
+        self.shared.events.forget();
         done
     }
 }
