@@ -497,6 +497,9 @@ const RESOLUTION_SD: f64 = 1.0;
 /// A deviation at least this large that the recent history already holds this many times is
 /// the series' behaviour, not news.
 const RECURRENT: usize = 2;
+/// Events this few buckets apart on one side are one episode (the scorer's and the pager's
+/// notion: a burst with a quiet bucket inside it is still one burst).
+const EPISODE_GAP: u64 = 3;
 /// Effective buckets behind a gauge's spread before its z-scores calibrate the tails.
 const MIN_SPREAD_FOR_CALIBRATION: f64 = 30.0;
 /// After a new normal, a bucket within this |z| of the old level ...
@@ -1505,15 +1508,28 @@ impl OnlineDetector {
             let side = if z < 0.0 { Side::Below } else { Side::Above };
             if scored.judged && z.abs() >= MIN_Z && z.abs() >= self.z_threshold(side) {
                 let dev = scored.dev;
+                let below = side == Side::Below;
+                let learned = self.learned;
+                // The buckets of one burst are one event, at its largest deviation: the rule
+                // counts episodes, not buckets.
                 if dev.is_finite() {
-                    if self.events.len() >= EVENTS {
-                        self.events.remove(0);
+                    if let Some(e) = self
+                        .events
+                        .last_mut()
+                        .filter(|e| e.below == below && learned - e.at <= EPISODE_GAP)
+                    {
+                        e.at = learned;
+                        e.dev = e.dev.max(dev as f32);
+                    } else {
+                        if self.events.len() >= EVENTS {
+                            self.events.remove(0);
+                        }
+                        self.events.push(Event {
+                            at: learned,
+                            below,
+                            dev: dev as f32,
+                        });
                     }
-                    self.events.push(Event {
-                        at: self.learned,
-                        below: side == Side::Below,
-                        dev: dev as f32,
-                    });
                 }
             }
         }

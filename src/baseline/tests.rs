@@ -1103,6 +1103,22 @@ fn a_spike_the_last_weeks_already_held_twice_is_not_news() {
 }
 
 #[test]
+fn the_buckets_of_one_burst_are_one_event_for_the_recurrence_rule() {
+    // As above, but the first burst lasts three hours (03:00 to 05:00 on day 9): one episode,
+    // not three. A burst of the same size on day 11 has happened once before, so it is news.
+    let first = (9 * 24 + 3) as usize;
+    let second = (11 * 24 + 3) as usize;
+    let mut buckets = hourly_counts(2, 57, |ts| 100.0 * daily_shape(ts));
+    for i in [first, first + 1, first + 2, second] {
+        buckets[i] = Bucket::new(buckets[i].ts, (5.0 * 100.0 * daily_shape(buckets[i].ts)).round());
+    }
+    let mut det = detector(Kind::Count, 3600);
+    let v = run(&mut det, &buckets);
+    assert!(v[first].anomaly, "first burst: {:?}", v[first]);
+    assert!(v[second].anomaly, "second burst: {:?}", v[second]);
+}
+
+#[test]
 fn a_slot_first_seen_in_an_outage_is_not_expected_empty_a_week_later() {
     // A 1-minute count at about 50: a 15-minute outage on day 3 (weekly slots not yet seen),
     // then the same minutes a week later are ordinary. The weekly profile learnt those slots
