@@ -617,7 +617,8 @@ impl OnlineDetector {
     pub fn warm(cfg: DetectorConfig, history: &[Bucket]) -> Result<Self> {
         let mut det = OnlineDetector::new(cfg)?;
         for b in history {
-            let scored = det.score(b, Feedback::None);
+            // Nobody reads these verdicts: the score below the firing range is not graded.
+            let scored = det.score_raw(b, false);
             det.learn(b, &scored, Feedback::None);
         }
         Ok(det)
@@ -920,7 +921,7 @@ impl OnlineDetector {
 
     /// Score `b`, then apply `feedback` to the verdict and to the state it would leave.
     fn score(&self, b: &Bucket, feedback: Feedback) -> Scored {
-        let mut scored = self.score_raw(b);
+        let mut scored = self.score_raw(b, true);
         if matches!(scored.verdict.status, Status::Excluded | Status::Missing) {
             return scored;
         }
@@ -941,7 +942,9 @@ impl OnlineDetector {
         scored
     }
 
-    fn score_raw(&self, b: &Bucket) -> Scored {
+    /// The verdict on `b` and the state it would leave; `graded`: whether a score below the
+    /// firing range is graded (only a verdict someone reads needs it; learning does not).
+    fn score_raw(&self, b: &Bucket, graded: bool) -> Scored {
         let kind = self.cfg.kind;
         let obs = self.observation(b);
         let (y, weight) = obs.unwrap_or((f64::NAN, 0.0));
@@ -1221,7 +1224,7 @@ impl OnlineDetector {
             .iter()
             .any(|s| next.incident[s.index()].is_some() && dir.watches(*s == Side::Below));
         v.score = score_for_sensitivity(best_sens, self.buckets_per_week);
-        if v.score < BELOW_FIRING {
+        if graded && v.score < BELOW_FIRING {
             // Graded below the firing range, never into it: a bucket is an anomaly at
             // sensitivity s exactly when its score is at least 1 - s/2 > 0.5. Only the side the
             // deviation is on has one (one tail probability per bucket).

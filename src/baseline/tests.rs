@@ -327,6 +327,29 @@ fn direction_is_honoured() {
 }
 
 #[test]
+fn warm_learns_what_stepping_learns() {
+    // `warm` skips grading the verdicts nobody reads; the state must not notice.
+    let series = hourly_counts(3, 17, |ts| {
+        if (200..206).contains(&((ts - T0) / HOUR)) {
+            20.0
+        } else {
+            200.0
+        }
+    });
+    let cfg = DetectorConfig::new(Kind::Count, 3600);
+    let warmed = OnlineDetector::warm(cfg, &series).expect("valid config");
+    let mut stepped = OnlineDetector::new(cfg).expect("valid config");
+    for b in &series {
+        stepped.step(b);
+    }
+    for (i, value) in [200.0, 230.0, 120.0, 600.0].into_iter().enumerate() {
+        let b = Bucket::new(T0 + 3 * 7 * DAY + i as i64 * HOUR, value);
+        assert_eq!(warmed.evaluate(&b), stepped.evaluate(&b), "{value}");
+    }
+    assert_eq!(warmed.state_bytes(), stepped.state_bytes());
+}
+
+#[test]
 fn evaluate_does_not_learn_and_step_does() {
     let series = hourly_counts(3, 13, |_| 200.0);
     let det = OnlineDetector::warm(DetectorConfig::new(Kind::Count, 3600), &series).expect("valid config");
