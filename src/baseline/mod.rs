@@ -1040,8 +1040,14 @@ impl OnlineDetector {
         let mut next = prev;
         // A more specific candidate that has already seen this slot (the weekly profile in its
         // first days, before it has proven itself) may explain what the chosen one cannot:
-        // "it was like this at this time last week" vetoes a single-bucket alarm.
-        let veto = chosen.and_then(|c| (c + 1..3).rev().find(|&i| preds[i].is_some()));
+        // "it was like this at this time last week" vetoes a single-bucket alarm. Not one whose
+        // spread stands on a handful of buckets: a Student t with 2 degrees of freedom explains
+        // anything, and its band's edge was 10^187 or infinite.
+        let veto = chosen.and_then(|c| {
+            (c + 1..3)
+                .rev()
+                .find(|&i| preds[i].is_some_and(|q| q.spread_n >= f64::from(profile::MIN_SPREAD_SAMPLES)))
+        });
         scored.veto = veto;
         // A vetoing prediction explains a deviation only when it lies on the deviation's side
         // of the chosen one ("it was higher at this time last week" explains a rise, not a

@@ -33,7 +33,7 @@ const EARLY: usize = 15;
 /// A gauge's spread is at least this share of its typical magnitude.
 const SPREAD_FLOOR: f64 = 1e-3;
 /// Residuals a gauge's spread must have seen before it is used to winsorise.
-const MIN_SPREAD_SAMPLES: u32 = 20;
+pub(crate) const MIN_SPREAD_SAMPLES: u32 = 20;
 /// A gauge's level learns each residual up to this many spreads (Huber's constant for 95 %
 /// efficiency under normal noise: the textbook value, not fitted to any data).
 const HUBER_SD: f64 = 1.345;

@@ -1170,3 +1170,31 @@ fn a_slot_first_seen_in_an_outage_is_not_expected_empty_a_week_later() {
     let later: Vec<_> = v[week - 5..week + 20].iter().filter(|v| v.anomaly).collect();
     assert!(later.is_empty(), "a week later: {later:?}");
 }
+
+#[test]
+fn a_candidate_whose_spread_stands_on_a_handful_of_buckets_does_not_widen_the_band_without_end() {
+    // An hourly gauge: on its second morning the daily candidate has seen each slot once and
+    // its spread stands on a few buckets. Through a Student t with that many degrees of
+    // freedom it "explained" anything: the band's upper edge was infinite (NAB's
+    // `iio_us-east-1_i-a2eb1cd9_NetworkIn`) or 10^187 (`exchange-2_cpc_results`).
+    let mut noise = Noise(41);
+    let mut det = detector(Kind::Gauge, 3600);
+    let mut verdicts = Vec::new();
+    for i in 0..30 {
+        let shape = if (8..18).contains(&(i % 24)) { 20.0 } else { 0.0 };
+        let b = Bucket::new(T0 + i * HOUR, 100.0 + shape + 2.0 * noise.normal());
+        verdicts.push(det.step(&b));
+    }
+    let judged: Vec<&Verdict> = verdicts
+        .iter()
+        .filter(|v| v.status == Status::Evaluated)
+        .collect();
+    assert!(judged.len() >= 10, "{} judged", judged.len());
+    for v in judged {
+        let band = v.reading.band;
+        assert!(
+            band.upper.is_finite() && band.upper < 1_000.0 && band.lower > -1_000.0,
+            "{band:?} for a gauge of about 100 with a spread of 2"
+        );
+    }
+}
