@@ -24,6 +24,14 @@ const EXACT_BELOW_VARIANCE: f64 = 10.0;
 /// functions behind the exact tails are not asked to work at extreme arguments.
 const EXACT_MAX_EVENTS: f64 = 1e7;
 const PEARSON_ZONE: f64 = 2.0;
+/// From this mean on, a count's mid-p probit out to `WILSON_HILFERTY_ZONE` is the
+/// Wilson–Hilferty cube-root transform of the gamma tail behind it (P(X <= k) = P(G(k + 1) > mu),
+/// taken at k + 1/2 for the mid-p) instead of the exact tail: measured against the exact mid-p
+/// probit (scipy) over every count with a probit within ±7.5, the largest error is 0.021σ at a
+/// mean of 200, 0.007σ at 500 and 0.0003σ at 10,000 (unit test against `statrs` too). The
+/// exact Poisson tails were a sixth of the detector bench's fit.
+const WILSON_HILFERTY_MIN_MEAN: f64 = 200.0;
+const WILSON_HILFERTY_ZONE: f64 = 7.5;
 
 /// The probit of an observation `pearson` standard deviations from its mean under a
 /// distribution of skewness `skew`: the Cornish–Fisher expansion to first order in the
@@ -61,6 +69,19 @@ pub(crate) fn count_z(y: f64, mu: f64, normal: &Normal) -> f64 {
     if mu >= EXACT_BELOW_VARIANCE && pearson.abs() < PEARSON_ZONE {
         return cornish_fisher(pearson, 1.0 / mu.sqrt());
     }
+    if mu >= WILSON_HILFERTY_MIN_MEAN {
+        let a = y.round() + 0.5;
+        let z = 3.0 * a.sqrt() * (1.0 - 1.0 / (9.0 * a) - (mu / a).cbrt());
+        if z.abs() <= WILSON_HILFERTY_ZONE {
+            return z;
+        }
+    }
+    count_z_exact(y, mu, normal, pearson)
+}
+
+/// [`count_z`] from the exact Poisson tails (`statrs`), for `y >= 0`, `mu > 0` and finite
+/// `pearson`.
+fn count_z_exact(y: f64, mu: f64, normal: &Normal, pearson: f64) -> f64 {
     let Ok(dist) = Poisson::new(mu) else {
         return pearson;
     };
@@ -325,6 +346,30 @@ mod tests {
                     "n {n} p {p} k {k}: {fast} vs {exact}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn large_counts_beyond_the_body_stay_within_three_hundredths_of_exact_out_to_seven_and_a_half() {
+        // Every count whose probit lies between 2 and 7.5 standard deviations out, on either
+        // side, for means from the Wilson–Hilferty zone's edge up; and the far tail is exact.
+        for mu in [200.0, 333.3, 1000.0, 20_000.0, 1e6] {
+            let sd: f64 = f64::sqrt(mu);
+            let lo = (mu - 9.0 * sd).max(0.0) as u64;
+            let hi = (mu + 9.0 * sd) as u64;
+            let mut checked = 0;
+            for k in (lo..=hi).step_by((sd / 8.0).max(1.0) as usize) {
+                let exact = exact_count_z(k, mu);
+                if !(2.0..=7.5).contains(&exact.abs()) {
+                    continue;
+                }
+                let fast = count_z(k as f64, mu, &normal());
+                assert!((fast - exact).abs() < 0.03, "mu {mu} k {k}: {fast} vs {exact}");
+                checked += 1;
+            }
+            assert!(checked > 50, "mu {mu}: {checked} counts checked");
+            let zero = count_z(0.0, mu, &normal());
+            assert!(zero < -19.0, "mu {mu}: nothing at all is {zero}");
         }
     }
 }

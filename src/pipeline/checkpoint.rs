@@ -23,7 +23,7 @@ use super::KeptDetector;
 use crate::baseline::{DetectorConfig, OnlineDetector};
 
 /// Version of the checkpoint encoding and of the detector behind it.
-pub const FORMAT: i32 = 10;
+pub const FORMAT: i32 = 11;
 
 /// What is stored: the validity inputs of a [`KeptDetector`] and the detector.
 #[derive(Serialize, Deserialize)]
@@ -277,8 +277,8 @@ mod tests {
         assert_eq!(
             pins,
             [
-                (10, 56_720, "0407a4c478ade0c0".to_owned()),
-                (10, 56_681, "9d967f8f3a23c52b".to_owned()),
+                (11, 56_720, "c5fbda1806160fb7".to_owned()),
+                (11, 56_681, "0cc1a831e3f1b771".to_owned()),
             ],
             "detector state or maths changed: bump checkpoint::FORMAT and pin the new digests"
         );
