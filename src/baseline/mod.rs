@@ -26,6 +26,7 @@
 mod calibrate;
 mod noise;
 mod profile;
+mod records;
 mod snapshot;
 mod threshold;
 
@@ -438,6 +439,8 @@ pub struct OnlineDetector {
     /// two consecutive values; 0 until one is seen), and the last value, to measure it.
     quantum: f64,
     last_y: f64,
+    /// Counts and gauges: the last four weeks' extremes, for the record test.
+    records: records::Records,
 }
 
 /// What accepting a new normal did to each candidate's level, to undo it.
@@ -513,6 +516,13 @@ const BOX_COX_MARGIN: f64 = 2.0;
 /// On the log scale, values at or below zero count as this share of the warm-up's geometric
 /// mean: a drop to zero is a deep drop, not an error.
 const LOG_FLOOR: f64 = 1e-3;
+/// The record test's tail: a value whose distance beyond the median day is `r` times the
+/// largest of the last four weeks' has a chance of `r^(-1 / RECORD_TAIL_INDEX) / n` per bucket
+/// (n the buckets remembered): at `medium` over four weeks of buckets, `r` at least 1.48 fires
+/// (`low` 1.86, `high` 1.17).
+const RECORD_TAIL_INDEX: f64 = 0.1;
+/// Buckets learned, and remembered in the last four weeks, before the record test judges.
+const RECORD_AFTER: u64 = 288;
 /// Deviations at least this share of the current one count as comparable.
 const COMPARABLE: f64 = 0.8;
 /// Evidence (nats) that the level is back at the baseline before an incident ends, at least:
@@ -610,6 +620,7 @@ impl OnlineDetector {
             early: Vec::new(),
             quantum: 0.0,
             last_y: f64::NAN,
+            records: records::Records::default(),
         })
     }
 
@@ -895,6 +906,65 @@ impl OnlineDetector {
         s
     }
 
+    /// The last four weeks' extremes when the record test may judge (counts and gauges, after
+    /// `RECORD_AFTER` buckets learned and remembered), for the bucket at `ts`.
+    fn record_extremes(&self, ts: i64) -> Option<records::Extremes> {
+        if self.cfg.kind == Kind::Ratio || self.learned < RECORD_AFTER {
+            return None;
+        }
+        self.records
+            .extremes(ts)
+            .filter(|e| u64::from(e.n) >= RECORD_AFTER)
+    }
+
+    /// The sensitivity at which value `x` fires the record test on `side`: how far beyond the
+    /// median day it lies, as a multiple of the farthest of the last four weeks, under a tail
+    /// of index `RECORD_TAIL_INDEX`. Infinite unless `x` is beyond every remembered value.
+    fn sens_for_record(&self, ts: i64, x: f64, e: &records::Extremes, side: Side) -> f64 {
+        let beyond_all = match side {
+            Side::Above => x > e.max,
+            Side::Below => x < e.min,
+        };
+        if !beyond_all {
+            return f64::INFINITY;
+        }
+        let Some(center) = self.records.center(ts) else {
+            return f64::INFINITY;
+        };
+        let (dist, farthest) = match side {
+            Side::Above => (x - center, e.max - center),
+            Side::Below => (center - x, center - e.min),
+        };
+        // A series that never left its median day (or NaNs) has no range to measure against.
+        if farthest.is_nan() || farthest <= 0.0 {
+            return f64::INFINITY;
+        }
+        let p = (dist / farthest).powf(-1.0 / RECORD_TAIL_INDEX) / f64::from(e.n);
+        self.sens_for_tail(p)
+    }
+
+    /// The values the record test does not flag at the configured sensitivity, for the bucket
+    /// at `ts`: `(lower, upper)`, infinite where it cannot fire.
+    fn record_band(&self, ts: i64) -> (f64, f64) {
+        let open = (f64::NEG_INFINITY, f64::INFINITY);
+        let (Some(e), Some(center)) = (self.record_extremes(ts), self.records.center(ts)) else {
+            return open;
+        };
+        let alpha = self.thresholds.alpha.min(threshold::MAX_ALPHA);
+        let r = (alpha * f64::from(e.n)).powf(-RECORD_TAIL_INDEX).max(1.0);
+        let upper = if e.max > center {
+            center + r * (e.max - center)
+        } else {
+            f64::INFINITY
+        };
+        let lower = if e.min < center {
+            center - r * (center - e.min)
+        } else {
+            f64::NEG_INFINITY
+        };
+        (lower, upper)
+    }
+
     /// The single-bucket |z| threshold on `side` at the configured sensitivity.
     fn z_threshold(&self, side: Side) -> f64 {
         let mut t = self.thresholds.z_bucket;
@@ -1135,6 +1205,8 @@ impl OnlineDetector {
             Kind::Ratio => weight < self.cfg.min_volume,
             Kind::Gauge => false,
         };
+        // The record test: beyond everything of the last four weeks, by a margin.
+        let record = self.record_extremes(ts);
         let mut best_sens = f64::INFINITY;
         // Per watched side, the deviation the score below the firing range is graded on (the
         // smaller of the bucket's and a vetoing prediction's, as for the single-bucket test).
@@ -1154,6 +1226,10 @@ impl OnlineDetector {
                     Side::Above => vz,
                 };
                 s_bucket = s_bucket.max(self.sens_for_z(vm, dev, side));
+            }
+            if let Some(e) = &record {
+                // A single-bucket test of its own: neither a veto nor recurrence stops it.
+                s_bucket = s_bucket.min(self.sens_for_record(ts, value, e, side));
             }
             let mut m_graded = m;
             if let Some(vz) = veto_z {
@@ -1321,6 +1397,10 @@ impl OnlineDetector {
         if rec_hi > 0.0 {
             hi = hi.max(self.to_value(p.rate + rec_hi));
         }
+        // Beyond the record test's edges a bucket is flagged whatever the others say.
+        let (rec_lo, rec_hi) = self.record_band(b.ts);
+        lo = lo.max(rec_lo);
+        hi = hi.min(rec_hi);
         if self.cfg.kind != Kind::Gauge {
             lo = lo.max(0.0);
         }
@@ -1366,6 +1446,9 @@ impl OnlineDetector {
         let Some((y, weight)) = self.observation(b) else {
             return;
         };
+        if self.cfg.kind != Kind::Ratio {
+            self.records.push(b.ts, b.value);
+        }
         let was_quiet = !self.alarm.in_incident();
         self.alarm = scored.next;
         if let Some(prev) = self.previous.as_mut() {

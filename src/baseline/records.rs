@@ -1,0 +1,193 @@
+//! The record test's memory: per calendar day (UTC) of the last four weeks, the largest and
+//! smallest value seen and the day's mean. Pure arithmetic: no IO.
+//!
+//! A bucket whose value lies further beyond the median day than anything of the last four
+//! weeks, by a margin, is news whatever the baseline expected: the per-bucket z-score of a
+//! heavy-tailed series is judged against tails fitted to a week of its own bursts, and the
+//! biggest thing in a month can sit inside them (see docs/DETECTION.md §3).
+
+/// Days remembered.
+pub(crate) const DAYS: usize = 28;
+const DAY: i64 = 86_400;
+
+/// One day's values.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Day {
+    /// Days since 1970-01-01 (UTC); `i64::MIN` for an empty entry.
+    day: i64,
+    max: f64,
+    min: f64,
+    sum: f64,
+    n: u32,
+}
+
+const EMPTY: Day = Day {
+    day: i64::MIN,
+    max: f64::NEG_INFINITY,
+    min: f64::INFINITY,
+    sum: 0.0,
+    n: 0,
+};
+
+/// The last `DAYS` days' extremes and means, as a ring indexed by the day, with the
+/// extremes of the days before the current one kept aside (a bucket asks for them every time,
+/// the days change once a day).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Records {
+    days: [Day; DAYS],
+    /// The day of the last value pushed, and the extremes and count of the `DAYS - 1` days
+    /// before it, and the median of their daily means (NaN: none).
+    current: i64,
+    before: (f64, f64, u32),
+    center_before: f64,
+    /// The extremes and count of the window ending with the last value pushed.
+    all: (f64, f64, u32),
+}
+
+/// What the last four weeks held: the largest and smallest value, and how many values stand
+/// behind them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Extremes {
+    pub(crate) max: f64,
+    pub(crate) min: f64,
+    pub(crate) n: u32,
+}
+
+impl Default for Records {
+    fn default() -> Self {
+        Records {
+            days: [EMPTY; DAYS],
+            current: i64::MIN,
+            before: (f64::NEG_INFINITY, f64::INFINITY, 0),
+            center_before: f64::NAN,
+            all: (f64::NEG_INFINITY, f64::INFINITY, 0),
+        }
+    }
+}
+
+impl Records {
+    /// Remember value `x` of the bucket at `ts`.
+    pub(crate) fn push(&mut self, ts: i64, x: f64) {
+        if !x.is_finite() {
+            return;
+        }
+        let day = ts.div_euclid(DAY);
+        if day != self.current {
+            self.current = day;
+            self.before = self.fold(day, |d| d.day < day);
+            self.center_before = self.median_mean_before(day);
+            self.all = self.before;
+            let slot = &mut self.days[day.rem_euclid(DAYS as i64) as usize];
+            if slot.day != day {
+                *slot = Day { day, ..EMPTY };
+            } else {
+                // Back on a day already under way (a timestamp that stepped back).
+                self.all = (
+                    self.all.0.max(slot.max),
+                    self.all.1.min(slot.min),
+                    self.all.2 + slot.n,
+                );
+            }
+        }
+        let slot = &mut self.days[day.rem_euclid(DAYS as i64) as usize];
+        slot.max = slot.max.max(x);
+        slot.min = slot.min.min(x);
+        slot.sum += x;
+        slot.n = slot.n.saturating_add(1);
+        let (max, min, n) = self.all;
+        self.all = (max.max(x), min.min(x), n.saturating_add(1));
+    }
+
+    /// Max, min and count over the remembered days of the window ending on `day` that `keep`
+    /// accepts.
+    fn fold(&self, day: i64, keep: impl Fn(&Day) -> bool) -> (f64, f64, u32) {
+        self.window(day)
+            .filter(|d| keep(d))
+            .fold((f64::NEG_INFINITY, f64::INFINITY, 0), |(max, min, n), d| {
+                (max.max(d.max), min.min(d.min), n.saturating_add(d.n))
+            })
+    }
+
+    /// The remembered days of the `DAYS` ending on `day`.
+    fn window(&self, day: i64) -> impl Iterator<Item = &Day> {
+        self.days
+            .iter()
+            .filter(move |d| d.n > 0 && d.day <= day && d.day > day - DAYS as i64)
+    }
+
+    /// The extremes of the values remembered before the bucket at `ts` (its own day's earlier
+    /// buckets included, days older than `DAYS` left out); `None` when there are none.
+    pub(crate) fn extremes(&self, ts: i64) -> Option<Extremes> {
+        let day = ts.div_euclid(DAY);
+        let (max, min, n) = if day == self.current {
+            self.all
+        } else {
+            self.fold(day, |_| true)
+        };
+        (n > 0).then_some(Extremes { max, min, n })
+    }
+
+    /// The centre records are measured from, for the bucket at `ts`: the median of the daily
+    /// means of the remembered days before its own (one burst day does not move it, nor does
+    /// the bucket's own day), or its day's mean so far when there are none.
+    pub(crate) fn center(&self, ts: i64) -> Option<f64> {
+        let day = ts.div_euclid(DAY);
+        let before = if day == self.current {
+            self.center_before
+        } else {
+            self.median_mean_before(day)
+        };
+        if before.is_finite() {
+            return Some(before);
+        }
+        let today = &self.days[day.rem_euclid(DAYS as i64) as usize];
+        (today.day == day && today.n > 0).then(|| today.sum / f64::from(today.n))
+    }
+
+    /// The median of the daily means of the remembered days before `day` (NaN: none).
+    fn median_mean_before(&self, day: i64) -> f64 {
+        let mut means = [0.0f64; DAYS];
+        let mut m = 0;
+        for d in self.window(day).filter(|d| d.day < day) {
+            means[m] = d.sum / f64::from(d.n);
+            m += 1;
+        }
+        let means = &mut means[..m];
+        if means.is_empty() {
+            return f64::NAN;
+        }
+        let mid = means.len() / 2;
+        let (_, &mut center, _) = means.select_nth_unstable_by(mid, f64::total_cmp);
+        center
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extremes_cover_four_weeks_and_forget_older_days() {
+        let mut r = Records::default();
+        // Day 0 holds a burst of 50; days 1..=30 hold values 10 and 12.
+        r.push(3_600, 50.0);
+        for day in 1..=30 {
+            r.push(day * DAY, 10.0);
+            r.push(day * DAY + 3_600, 12.0);
+        }
+        let e = r.extremes(30 * DAY + 7_200).expect("days remembered");
+        assert_eq!((e.max, e.min, e.n), (12.0, 10.0, 2 * DAYS as u32));
+        assert_eq!(r.center(30 * DAY + 7_200), Some(11.0));
+        // The first bucket of a new day, before it is pushed, sees the same four weeks less
+        // the oldest day.
+        let e = r.extremes(31 * DAY).expect("days remembered");
+        assert_eq!(e.n, 2 * (DAYS as u32 - 1));
+        // On day 27 the burst of day 0 is still remembered.
+        let mut early = Records::default();
+        early.push(3_600, 50.0);
+        early.push(27 * DAY, 10.0);
+        let e = early.extremes(27 * DAY + 60).expect("days remembered");
+        assert_eq!(e.max, 50.0);
+        assert_eq!(early.extremes(28 * DAY).map(|e| e.max), Some(10.0));
+    }
+}
