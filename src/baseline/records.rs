@@ -36,10 +36,13 @@ const EMPTY: Day = Day {
 pub(crate) struct Records {
     days: [Day; DAYS],
     /// The day of the last value pushed, and the extremes and count of the `DAYS - 1` days
-    /// before it, and the median of their daily means (NaN: none).
+    /// before it.
     current: i64,
     before: (f64, f64, u32),
-    center_before: f64,
+    /// The median of the daily means of the days before `current` once asked for (NaN:
+    /// none): a pure cache, recomputed after decoding.
+    #[serde(skip)]
+    center_before: std::cell::Cell<Option<f64>>,
     /// The extremes and count of the window ending with the last value pushed.
     all: (f64, f64, u32),
 }
@@ -59,7 +62,7 @@ impl Default for Records {
             days: [EMPTY; DAYS],
             current: i64::MIN,
             before: (f64::NEG_INFINITY, f64::INFINITY, 0),
-            center_before: f64::NAN,
+            center_before: std::cell::Cell::new(None),
             all: (f64::NEG_INFINITY, f64::INFINITY, 0),
         }
     }
@@ -75,7 +78,7 @@ impl Records {
         if day != self.current {
             self.current = day;
             self.before = self.fold(day, |d| d.day < day);
-            self.center_before = self.median_mean_before(day);
+            self.center_before.set(None);
             self.all = self.before;
             let slot = &mut self.days[day.rem_euclid(DAYS as i64) as usize];
             if slot.day != day {
@@ -133,7 +136,14 @@ impl Records {
     pub(crate) fn center(&self, ts: i64) -> Option<f64> {
         let day = ts.div_euclid(DAY);
         let before = if day == self.current {
-            self.center_before
+            match self.center_before.get() {
+                Some(c) => c,
+                None => {
+                    let c = self.median_mean_before(day);
+                    self.center_before.set(Some(c));
+                    c
+                }
+            }
         } else {
             self.median_mean_before(day)
         };

@@ -277,8 +277,8 @@ mod tests {
         assert_eq!(
             pins,
             [
-                (12, 57_673, "533e49cd18a7993c".to_owned()),
-                (12, 57_634, "7da2e1f8c72a7a7f".to_owned()),
+                (12, 57_665, "4c60a766b6f06128".to_owned()),
+                (12, 57_626, "4a8bf8a5be863e40".to_owned()),
             ],
             "detector state or maths changed: bump checkpoint::FORMAT and pin the new digests"
         );
