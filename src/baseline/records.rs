@@ -7,7 +7,7 @@
 //! biggest thing in a month can sit inside them (see docs/DETECTION.md §3).
 
 /// Days remembered.
-pub(crate) const DAYS: usize = 28;
+const DAYS: usize = 28;
 const DAY: i64 = 86_400;
 
 /// One day's values.
@@ -29,18 +29,16 @@ const EMPTY: Day = Day {
     n: 0,
 };
 
-/// The last `DAYS` days' extremes and means, as a ring indexed by the day, with the
-/// extremes of the days before the current one kept aside (a bucket asks for them every time,
-/// the days change once a day).
+/// The last `DAYS` days' extremes and means, as a ring indexed by the day, with the extremes
+/// of the window ending with the last value kept up to date (a bucket asks for them every
+/// time, the window moves once a day).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Records {
     days: [Day; DAYS],
-    /// The day of the last value pushed, and the extremes and count of the `DAYS - 1` days
-    /// before it.
+    /// The day of the last value pushed.
     current: i64,
-    before: (f64, f64, u32),
-    /// The median of the daily means of the days before `current` once asked for (NaN:
-    /// none): a pure cache, recomputed after decoding.
+    /// The median of the daily means of the days before `current` once asked for (NaN: there
+    /// are none): a pure cache, recomputed after decoding.
     #[serde(skip)]
     center_before: std::cell::Cell<Option<f64>>,
     /// The extremes and count of the window ending with the last value pushed.
@@ -61,7 +59,6 @@ impl Default for Records {
         Records {
             days: [EMPTY; DAYS],
             current: i64::MIN,
-            before: (f64::NEG_INFINITY, f64::INFINITY, 0),
             center_before: std::cell::Cell::new(None),
             all: (f64::NEG_INFINITY, f64::INFINITY, 0),
         }
@@ -77,20 +74,13 @@ impl Records {
         let day = ts.div_euclid(DAY);
         if day != self.current {
             self.current = day;
-            self.before = self.fold(day, |d| d.day < day);
             self.center_before.set(None);
-            self.all = self.before;
+            // A new day, or back on one already under way (a timestamp that stepped back).
             let slot = &mut self.days[day.rem_euclid(DAYS as i64) as usize];
             if slot.day != day {
                 *slot = Day { day, ..EMPTY };
-            } else {
-                // Back on a day already under way (a timestamp that stepped back).
-                self.all = (
-                    self.all.0.max(slot.max),
-                    self.all.1.min(slot.min),
-                    self.all.2 + slot.n,
-                );
             }
+            self.all = self.fold(day);
         }
         let slot = &mut self.days[day.rem_euclid(DAYS as i64) as usize];
         slot.max = slot.max.max(x);
@@ -101,11 +91,9 @@ impl Records {
         self.all = (max.max(x), min.min(x), n.saturating_add(1));
     }
 
-    /// Max, min and count over the remembered days of the window ending on `day` that `keep`
-    /// accepts.
-    fn fold(&self, day: i64, keep: impl Fn(&Day) -> bool) -> (f64, f64, u32) {
+    /// Max, min and count over the remembered days of the window ending on `day`.
+    fn fold(&self, day: i64) -> (f64, f64, u32) {
         self.window(day)
-            .filter(|d| keep(d))
             .fold((f64::NEG_INFINITY, f64::INFINITY, 0), |(max, min, n), d| {
                 (max.max(d.max), min.min(d.min), n.saturating_add(d.n))
             })
@@ -125,7 +113,7 @@ impl Records {
         let (max, min, n) = if day == self.current {
             self.all
         } else {
-            self.fold(day, |_| true)
+            self.fold(day)
         };
         (n > 0).then_some(Extremes { max, min, n })
     }

@@ -277,8 +277,8 @@ mod tests {
         assert_eq!(
             pins,
             [
-                (12, 57_665, "4c60a766b6f06128".to_owned()),
-                (12, 57_626, "4a8bf8a5be863e40".to_owned()),
+                (12, 57_647, "157eb406b950d9f7".to_owned()),
+                (12, 57_608, "f18561bb5ba5cf15".to_owned()),
             ],
             "detector state or maths changed: bump checkpoint::FORMAT and pin the new digests"
         );
