@@ -449,13 +449,16 @@ impl SeasonalModel {
         match kind {
             Kind::Count => {
                 let mu = rate_raw.max(1e-6);
+                // The slot's estimate stands on `n_eff` buckets of the same overdispersed
+                // noise: its error has their variance over `n_eff`, not the Poisson part's.
+                let noise = mu + phi * mu * mu;
                 Prediction {
                     profile: s,
                     rate: mu,
                     mean: mu,
                     base_var: mu,
-                    est_var: mu / n_eff,
-                    var: mu + mu / n_eff + phi * mu * mu,
+                    est_var: noise / n_eff,
+                    var: noise + noise / n_eff,
                     spread_n: f64::INFINITY,
                 }
             }
@@ -463,13 +466,14 @@ impl SeasonalModel {
                 let p = rate_raw.clamp(RATIO_EDGE, 1.0 - RATIO_EDGE);
                 let n = weight.max(0.0);
                 let base = n * p * (1.0 - p);
+                let noise = base + phi * n * (n - 1.0).max(0.0) * p * (1.0 - p);
                 Prediction {
                     profile: s,
                     rate: p,
                     mean: n * p,
                     base_var: base,
-                    est_var: base / n_eff,
-                    var: base + base / n_eff + phi * n * (n - 1.0).max(0.0) * p * (1.0 - p),
+                    est_var: noise / n_eff,
+                    var: noise + noise / n_eff,
                     spread_n: f64::INFINITY,
                 }
             }
@@ -736,5 +740,52 @@ impl SeasonalModel {
             }
             Shift::None => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, Gamma, Poisson};
+
+    use super::*;
+
+    /// Hourly gamma-Poisson counts of mean `mu` and dispersion `phi` (variance mu + phi mu²),
+    /// learnt by one model for `days`; the model's dispersion at the end.
+    fn dispersion_after(seasonality: Seasonality, days: i64, mu: f64, phi: f64) -> f64 {
+        let mut rng = StdRng::seed_from_u64(42);
+        let rate = Gamma::new(1.0 / phi, mu * phi).expect("valid gamma");
+        let mut m = SeasonalModel::new(Kind::Count, seasonality, 3600).expect("hourly fits");
+        for h in 0..days * 24 {
+            let ts = 1_772_409_600 + h * 3600;
+            let y = Poisson::new(rate.sample(&mut rng))
+                .expect("positive rate")
+                .sample(&mut rng);
+            let pred = m.predict(Kind::Count, ts, 1.0);
+            m.learn(Kind::Count, ts, y, 1.0, &pred, None);
+        }
+        m.dispersion()
+    }
+
+    #[test]
+    fn a_young_profile_does_not_mistake_its_own_estimation_error_for_dispersion() {
+        // In its second week a weekly profile predicts each hour from one earlier bucket of
+        // the same noise, so its residuals have twice the noise's variance. Were the
+        // estimate's error taken as Poisson only, the rest would be read as dispersion
+        // (1.65 phi here) and every band of the series drawn too wide, or, once
+        // the slots firm up, a mature profile judged with a young one's spread.
+        let (mu, phi) = (100.0, 0.05);
+        let young = dispersion_after(Seasonality::Weekly, 14, mu, phi);
+        assert!(
+            (0.7 * phi..1.3 * phi).contains(&young),
+            "second week: dispersion {young}"
+        );
+        // And a mature profile still finds the same dispersion.
+        let mature = dispersion_after(Seasonality::Daily, 28, mu, phi);
+        assert!(
+            (0.7 * phi..1.3 * phi).contains(&mature),
+            "four weeks: dispersion {mature}"
+        );
     }
 }
