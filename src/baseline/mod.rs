@@ -1520,6 +1520,7 @@ impl OnlineDetector {
                     }
                 }
                 // The level before the first new normal still remembered stays a way home.
+                self.records.merge_run();
                 let origin = self.previous.map_or(back, |prev| then_each(back, prev.origin));
                 self.previous = Some(PreviousLevel {
                     back,
@@ -1681,6 +1682,7 @@ impl OnlineDetector {
             }
         }
         self.clear_run();
+        self.records.merge_run();
         self.incident_len = 0;
         self.alarm = AlarmState::quiet();
     }

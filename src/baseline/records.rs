@@ -30,8 +30,10 @@ const EMPTY: Day = Day {
 };
 
 /// The last `DAYS` days' extremes and means, as a ring indexed by the day, with the extremes
-/// of the window ending with the last value kept up to date (a bucket asks for them every
-/// time, the window moves once a day).
+/// a bucket of the current day is judged against kept up to date (a bucket asks for them
+/// every time, the window moves once a day): the `DAYS` days before it, and its own day's
+/// earlier buckets except a run still beyond all of those (a burst climbing in steps is
+/// judged against what came before it, not against its own first step).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Records {
     days: [Day; DAYS],
@@ -41,8 +43,10 @@ pub(crate) struct Records {
     /// are none): a pure cache, recomputed after decoding.
     #[serde(skip)]
     center_before: std::cell::Cell<Option<f64>>,
-    /// The extremes and count of the window ending with the last value pushed.
+    /// The extremes a bucket of the current day is judged against, and the count behind them.
     all: (f64, f64, u32),
+    /// The current day's run of values beyond `all` (max, min), not yet part of it.
+    run: (f64, f64),
 }
 
 /// What the last four weeks held: the largest and smallest value, and how many values stand
@@ -61,6 +65,7 @@ impl Default for Records {
             current: i64::MIN,
             center_before: std::cell::Cell::new(None),
             all: (f64::NEG_INFINITY, f64::INFINITY, 0),
+            run: (f64::NEG_INFINITY, f64::INFINITY),
         }
     }
 }
@@ -80,7 +85,8 @@ impl Records {
             if slot.day != day {
                 *slot = Day { day, ..EMPTY };
             }
-            self.all = self.fold(day);
+            self.all = self.fold(day - 1);
+            self.run = (f64::NEG_INFINITY, f64::INFINITY);
         }
         let slot = &mut self.days[day.rem_euclid(DAYS as i64) as usize];
         slot.max = slot.max.max(x);
@@ -88,7 +94,23 @@ impl Records {
         slot.sum += x;
         slot.n = slot.n.saturating_add(1);
         let (max, min, n) = self.all;
-        self.all = (max.max(x), min.min(x), n.saturating_add(1));
+        if x > max || x < min {
+            // Beyond everything remembered: part of a run that is judged against what came
+            // before it, not against its own earlier buckets.
+            self.run = (self.run.0.max(x), self.run.1.min(x));
+            self.all = (max, min, n.saturating_add(1));
+        } else {
+            self.all = (max, min, n.saturating_add(1));
+            self.merge_run();
+        }
+    }
+
+    /// Take the current run beyond the extremes into them: the detector accepted its level
+    /// as the new normal, so it is no longer a burst to judge against what came before.
+    pub(crate) fn merge_run(&mut self) {
+        let (rmax, rmin) = std::mem::replace(&mut self.run, (f64::NEG_INFINITY, f64::INFINITY));
+        let (max, min, n) = self.all;
+        self.all = (max.max(rmax), min.min(rmin), n);
     }
 
     /// Max, min and count over the remembered days of the window ending on `day`.
@@ -106,14 +128,15 @@ impl Records {
             .filter(move |d| d.n > 0 && d.day <= day && d.day > day - DAYS as i64)
     }
 
-    /// The extremes of the values remembered before the bucket at `ts` (its own day's earlier
-    /// buckets included, days older than `DAYS` left out); `None` when there are none.
+    /// The extremes a bucket at `ts` is judged against: the `DAYS` days before its own, and,
+    /// on the current day, its earlier buckets but a run still beyond all the rest; `None`
+    /// when there are none.
     pub(crate) fn extremes(&self, ts: i64) -> Option<Extremes> {
         let day = ts.div_euclid(DAY);
         let (max, min, n) = if day == self.current {
             self.all
         } else {
-            self.fold(day)
+            self.fold(day - 1)
         };
         (n > 0).then_some(Extremes { max, min, n })
     }
@@ -176,16 +199,38 @@ mod tests {
         let e = r.extremes(30 * DAY + 7_200).expect("days remembered");
         assert_eq!((e.max, e.min, e.n), (12.0, 10.0, 2 * DAYS as u32));
         assert_eq!(r.center(30 * DAY + 7_200), Some(11.0));
-        // The first bucket of a new day, before it is pushed, sees the same four weeks less
-        // the oldest day.
+        // The first bucket of a new day sees the four weeks before it.
         let e = r.extremes(31 * DAY).expect("days remembered");
-        assert_eq!(e.n, 2 * (DAYS as u32 - 1));
-        // On day 27 the burst of day 0 is still remembered.
+        assert_eq!(e.n, 2 * DAYS as u32);
+        // On day 28 the burst of day 0 is still one of the 28 days before; on day 29 it is not.
         let mut early = Records::default();
         early.push(3_600, 50.0);
         early.push(27 * DAY, 10.0);
-        let e = early.extremes(27 * DAY + 60).expect("days remembered");
+        let e = early.extremes(28 * DAY).expect("days remembered");
         assert_eq!(e.max, 50.0);
-        assert_eq!(early.extremes(28 * DAY).map(|e| e.max), Some(10.0));
+        assert_eq!(early.extremes(29 * DAY).map(|e| e.max), Some(10.0));
+    }
+
+    #[test]
+    fn a_burst_is_judged_against_what_came_before_it_not_against_its_own_first_buckets() {
+        let mut r = Records::default();
+        for day in 0..28 {
+            r.push(day * DAY, 10.0);
+            r.push(day * DAY + 3_600, 84.0);
+        }
+        // Day 28: a burst climbs 98, then 125. The 125 is judged against the 84 of the weeks
+        // before, not against the burst's own 98.
+        let t = 28 * DAY;
+        r.push(t, 10.0);
+        r.push(t + 300, 98.0);
+        assert_eq!(r.extremes(t + 600).map(|e| e.max), Some(84.0));
+        r.push(t + 600, 125.0);
+        // Once the burst is over, it is part of what later buckets are judged against.
+        r.push(t + 900, 12.0);
+        assert_eq!(r.extremes(t + 1_200).map(|e| e.max), Some(125.0));
+        // A run the detector accepted as the new normal joins at once.
+        r.push(t + 1_200, 5_000.0);
+        r.merge_run();
+        assert_eq!(r.extremes(t + 1_500).map(|e| e.max), Some(5_000.0));
     }
 }
