@@ -50,12 +50,9 @@ impl utoipa::PartialSchema for DimensionFilters {
             ))
             .additional_properties(Some(AdditionalProperties::RefOr(
                 ObjectBuilder::new()
-                    .schema_type(SchemaType::Array(vec![
-                        Type::String,
-                        Type::Number,
-                        Type::Boolean,
-                        Type::Null,
-                    ]))
+                    .schema_type(SchemaType::Array(vec![Type::String, Type::Number, Type::Boolean]))
+                    // `country=` filters on nothing: refused.
+                    .min_length(Some(1))
                     .into(),
             )))
             .into()
@@ -123,7 +120,7 @@ const MAX_POINTS: i64 = 50_000;
             (Vec<SeriesDto> = "application/json"),
             (String = "text/csv"),
         )),
-        (status = 400, description = "`from` or `to` is neither RFC 3339 nor unix seconds, `format` is not json or csv, a parameter is given twice, or a filter is not a dimension name", body = ErrorBody),
+        (status = 400, description = "`from` or `to` is neither RFC 3339 nor unix seconds, `format` is not json or csv, a parameter is given twice, or a filter is not a dimension name or has no value", body = ErrorBody),
         (status = 401, description = "A token is needed", body = ErrorBody),
         (status = 404, description = "No such KPI", body = ErrorBody),
         (status = 422, description = "`from` is not before `to`, the range holds more than 50,000 buckets, or a date that does not exist", body = ErrorBody),
@@ -141,7 +138,7 @@ pub(super) async fn series(
     let Query(range) = query?;
     // A dimension has one value per filter: `country=DE&country=FR` is not a filter.
     let mut seen = std::collections::BTreeSet::new();
-    for (key, _) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+    for (key, value) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         // A dimension is a result column's name: a word, never empty.
         let word = key
             .chars()
@@ -155,6 +152,12 @@ pub(super) async fn series(
         }
         if !seen.insert(key.clone()) {
             return Err(ApiError::BadRequest(format!("`{key}` is given more than once")));
+        }
+        // `country=` names no value to filter on (and is how a null filter object is written).
+        if value.is_empty() && !matches!(key.as_ref(), "from" | "to" | "format") {
+            return Err(ApiError::BadRequest(format!(
+                "the filter `{key}` has no value: write `{key}=<value>`"
+            )));
         }
     }
     let csv = match range.format.as_deref() {

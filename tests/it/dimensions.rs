@@ -459,8 +459,9 @@ async fn a_small_countrys_orders_going_to_zero_is_a_slice_incident_naming_its_sh
     )
     .await;
     assert_eq!(status, 400, "one value per dimension: {twice}");
-    // A filter names a dimension: an empty or odd key is refused, not silently ignored.
-    for bad in ["=null", "coun%20try=LU", "1country=LU"] {
+    // A filter names a dimension and a value: an empty or odd key, or no value (how a null
+    // filter object is written), is refused, not silently ignored.
+    for bad in ["=null", "coun%20try=LU", "1country=LU", "country=", "dimensions="] {
         let (status, body) = request_json(
             &app,
             "GET",
