@@ -1519,8 +1519,9 @@ impl OnlineDetector {
                         *b = m.run_accept().inverse();
                     }
                 }
-                // The level before the first new normal still remembered stays a way home.
+                // The accepted level is no longer a burst for the record test.
                 self.records.merge_run();
+                // The level before the first new normal still remembered stays a way home.
                 let origin = self.previous.map_or(back, |prev| then_each(back, prev.origin));
                 self.previous = Some(PreviousLevel {
                     back,

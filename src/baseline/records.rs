@@ -29,6 +29,9 @@ const EMPTY: Day = Day {
     n: 0,
 };
 
+/// No run beyond the extremes: (max, min) of nothing.
+const NO_RUN: (f64, f64) = (f64::NEG_INFINITY, f64::INFINITY);
+
 /// The last `DAYS` days' extremes and means, as a ring indexed by the day, with the extremes
 /// a bucket of the current day is judged against kept up to date (a bucket asks for them
 /// every time, the window moves once a day): the `DAYS` days before it, and its own day's
@@ -65,7 +68,7 @@ impl Default for Records {
             current: i64::MIN,
             center_before: std::cell::Cell::new(None),
             all: (f64::NEG_INFINITY, f64::INFINITY, 0),
-            run: (f64::NEG_INFINITY, f64::INFINITY),
+            run: NO_RUN,
         }
     }
 }
@@ -86,7 +89,7 @@ impl Records {
                 *slot = Day { day, ..EMPTY };
             }
             self.all = self.fold(day - 1);
-            self.run = (f64::NEG_INFINITY, f64::INFINITY);
+            self.run = NO_RUN;
         }
         let slot = &mut self.days[day.rem_euclid(DAYS as i64) as usize];
         slot.max = slot.max.max(x);
@@ -94,13 +97,12 @@ impl Records {
         slot.sum += x;
         slot.n = slot.n.saturating_add(1);
         let (max, min, n) = self.all;
+        self.all = (max, min, n.saturating_add(1));
         if x > max || x < min {
             // Beyond everything remembered: part of a run that is judged against what came
             // before it, not against its own earlier buckets.
             self.run = (self.run.0.max(x), self.run.1.min(x));
-            self.all = (max, min, n.saturating_add(1));
         } else {
-            self.all = (max, min, n.saturating_add(1));
             self.merge_run();
         }
     }
@@ -108,7 +110,7 @@ impl Records {
     /// Take the current run beyond the extremes into them: the detector accepted its level
     /// as the new normal, so it is no longer a burst to judge against what came before.
     pub(crate) fn merge_run(&mut self) {
-        let (rmax, rmin) = std::mem::replace(&mut self.run, (f64::NEG_INFINITY, f64::INFINITY));
+        let (rmax, rmin) = std::mem::replace(&mut self.run, NO_RUN);
         let (max, min, n) = self.all;
         self.all = (max.max(rmax), min.min(rmin), n);
     }
