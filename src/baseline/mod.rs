@@ -1697,6 +1697,7 @@ impl OnlineDetector {
 
 /// `p` with a gauge's spread at least `RESOLUTION_SD` steps of `quantum` (the series'
 /// resolution on the baselines' scale; 0: not known yet).
+#[inline]
 fn floored(mut p: Prediction, kind: Kind, quantum: f64) -> Prediction {
     if kind == Kind::Gauge && quantum > 0.0 {
         let f = RESOLUTION_SD * quantum;

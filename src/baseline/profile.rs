@@ -276,6 +276,7 @@ impl SeasonalModel {
             + self.visits.capacity() * std::mem::size_of::<u16>()
     }
 
+    #[inline]
     fn slot(&self, ts: i64) -> usize {
         // A bucket asks for its slot a dozen times (predict, learn, fit tracking): the last
         // answer is kept, as the division is the costliest step of a cheap model.
@@ -289,16 +290,19 @@ impl SeasonalModel {
     }
 
     /// Whether the model has seen this bucket's slot and a level.
+    #[inline]
     pub(crate) fn ready(&self, ts: i64) -> bool {
         self.level_n > 0 && self.visits[self.slot(ts)] > 0
     }
 
     /// Whether the model may judge this bucket: ready, and its slot not provisional.
+    #[inline]
     pub(crate) fn trusted(&self, ts: i64) -> bool {
         self.ready(ts) && !self.is_provisional(ts)
     }
 
     /// Whether this bucket's slot was learnt only from a held-back bucket.
+    #[inline]
     pub(crate) fn is_provisional(&self, ts: i64) -> bool {
         let slot = self.slot(ts);
         self.provisional
@@ -331,6 +335,7 @@ impl SeasonalModel {
         self.den[slot] = 0.0;
     }
 
+    #[inline]
     fn level(&self) -> f64 {
         if self.additive {
             return self.level_num;
@@ -343,6 +348,7 @@ impl SeasonalModel {
     }
 
     /// Effective number of observations behind a slot's estimate (after smoothing).
+    #[inline]
     fn slot_n_eff(&self, slot: usize, w: f64) -> f64 {
         let visits = f64::from(self.visits[slot]);
         let cap = if self.slot_min_rate > 0.0 {
@@ -354,6 +360,7 @@ impl SeasonalModel {
     }
 
     /// The slot's profile value and the effective observations behind it.
+    #[inline]
     fn profile_n(&self, slot: usize) -> (f64, f64) {
         self.profile_with(slot, self.smooth)
     }
@@ -411,6 +418,7 @@ impl SeasonalModel {
     }
 
     /// Predict the bucket at `ts` holding `weight` (the denominator for ratios).
+    #[inline]
     pub(crate) fn predict(&self, kind: Kind, ts: i64, weight: f64) -> Prediction {
         let slot = self.slot(ts);
         let (s, n_eff) = self.profile_n(slot);
