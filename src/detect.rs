@@ -6,9 +6,10 @@
 //! anomaly` or, with `explain`, one JSON object per row. This is the only module here that
 //! touches files; the detector stays pure.
 //!
-//! Real exports are untidy. A timestamp that repeats or steps back, a gap, a negative value
-//! or a value that is not a whole number under `--kind auto` is data: the row is judged in
-//! order as the next bucket and a [`Warning`] names its line. Only input that cannot be read
+//! Real exports are untidy. A timestamp that repeats or steps back, a gap, a missing value
+//! (empty, or `NaN`, `NA`, `null`, `inf`…), a negative value or a value that is not a whole
+//! number under `--kind auto` is data: the row is judged in order as the next bucket and a
+//! [`Warning`] names its line. Only input that cannot be read
 //! as data — a value that is not a number, a timestamp that does not parse, a numerator above
 //! its denominator, a row with the wrong number of fields — is an [`Error`] naming the line.
 
@@ -371,7 +372,8 @@ impl AutoDetector {
         let row = &rows[i];
         let mut bucket = row.bucket();
         if self.auto {
-            let whole = row.value >= 0.0 && row.value.fract() == 0.0;
+            // A missing value says nothing about the kind.
+            let whole = row.value.is_nan() || (row.value >= 0.0 && row.value.fract() == 0.0);
             let tight = whole && i + 1 == DISPERSION_CHECK_ROWS && underdispersed(&rows[..=i]);
             if !whole || tight {
                 let message = if tight {
@@ -381,7 +383,7 @@ impl AutoDetector {
                 } else {
                     format!(
                         "value {} is not a whole number at least 0, so not a count: judged as a gauge from here on, the earlier rows replayed as one",
-                        row.value
+                        show(row.value)
                     )
                 };
                 warnings.push(Warning {
@@ -403,7 +405,7 @@ impl AutoDetector {
                 kind: WarningKind::NegativeCount,
                 message: format!(
                     "value {} is negative under --kind count: judged as missing (use --kind gauge or auto for signed values)",
-                    row.value
+                    show(row.value)
                 ),
             });
             bucket.value = f64::NAN;
@@ -415,7 +417,10 @@ impl AutoDetector {
 /// Whether whole numbers vary much less than event counts would: the variance of successive
 /// differences (halved, so a level or a slow pattern does not count) against the mean.
 fn underdispersed(rows: &[Row]) -> bool {
-    let values: Vec<f64> = rows.iter().map(|r| r.value).collect();
+    let values: Vec<f64> = rows.iter().map(|r| r.value).filter(|v| !v.is_nan()).collect();
+    if values.len() < 2 {
+        return false;
+    }
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
     if mean < 5.0 {
@@ -566,12 +571,62 @@ fn parse_ts(s: &str) -> Option<i64> {
             return Some(t.naive_local().and_utc().timestamp());
         }
     }
+    if let Some(t) = parse_epoch(s) {
+        return Some(t);
+    }
     if let Some(date) = s.strip_suffix(" 00:00:00").or(Some(s)) {
         if let Ok(d) = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d") {
             return d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp());
         }
     }
     None
+}
+
+/// Unix time, as exports without a calendar write it: 9 or 10 digits of seconds (1973 to 2286,
+/// with or without a fraction) or 12 or 13 of milliseconds; UTC, which is then the wall clock.
+/// Other runs of digits (`20240101`) are not taken for times.
+fn parse_epoch(s: &str) -> Option<i64> {
+    let (whole, fraction) = s.split_once('.').unwrap_or((s, ""));
+    let digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || !digits(fraction) {
+        return None;
+    }
+    let n: i64 = whole.parse().ok()?;
+    match (whole.len(), fraction.is_empty()) {
+        (9 | 10, _) => Some(n),
+        (12 | 13, true) => Some(n.div_euclid(1000)),
+        _ => None,
+    }
+}
+
+/// Whether a field says "no value": empty, or a marker exports write for one (pandas `NaN`,
+/// R `NA`, SQL `NULL`, Python `None`) or a value that is not finite (`inf`).
+fn no_value(field: &str) -> bool {
+    const MARKERS: [&str; 11] = [
+        "nan",
+        "na",
+        "n/a",
+        "null",
+        "none",
+        "inf",
+        "+inf",
+        "-inf",
+        "infinity",
+        "+infinity",
+        "-infinity",
+    ];
+    let t = field.trim();
+    t.is_empty() || MARKERS.iter().any(|m| t.eq_ignore_ascii_case(m))
+}
+
+/// A value for a warning: in full, or in scientific notation when it is very large or small
+/// (`-1e308` would otherwise fill the screen).
+fn show(v: f64) -> String {
+    if v != 0.0 && (v.abs() >= 1e15 || v.abs() < 1e-6) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
 }
 
 fn parse_number(line: usize, column: &'static str, field: &str) -> Result<f64> {
@@ -672,11 +727,14 @@ fn parse(
             return Err(Error::BadTimestamp { line, got: raw_ts });
         };
         let (value, denominator) = if is_ratio {
-            if record[1].is_empty() || record[2].is_empty() {
+            if no_value(&record[1]) || no_value(&record[2]) {
                 warnings.push(Warning {
                     line,
                     kind: WarningKind::MissingValue,
-                    message: "no numerator or denominator: judged as missing".to_owned(),
+                    message: format!(
+                        "no numerator or denominator ({:?}, {:?}): judged as missing",
+                        &record[1], &record[2]
+                    ),
                 });
                 (f64::NAN, Some(f64::NAN))
             } else {
@@ -696,11 +754,16 @@ fn parse(
                 }
                 (n, Some(d))
             }
-        } else if record[1].is_empty() {
+        } else if no_value(&record[1]) {
+            let message = if record[1].trim().is_empty() {
+                "no value: judged as missing".to_owned()
+            } else {
+                format!("value {:?} says there is none: judged as missing", &record[1])
+            };
             warnings.push(Warning {
                 line,
                 kind: WarningKind::MissingValue,
-                message: "no value: judged as missing".to_owned(),
+                message,
             });
             (f64::NAN, None)
         } else {

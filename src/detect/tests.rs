@@ -65,7 +65,8 @@ fn input_that_cannot_be_data_is_an_error_naming_its_line() {
         ),
         ("timestamp,value\n2026-01-01 00:00:00,1,4\n", 2),
         ("timestamp,value\nyesterday,1\n", 2),
-        ("timestamp,value\n2026-01-01 00:00:00,nan\n", 2),
+        ("timestamp,value\n2026-01-01 00:00:00,1.2.3\n", 2),
+        ("timestamp,value\n2026-01-01 00:00:00,#DIV/0!\n", 2),
         ("timestamp,numerator,denominator\n2026-01-01 00:00:00,1,-2\n", 2),
         (
             "timestamp,numerator,denominator\n2026-01-01 00:00:00,1,2\n2026-01-01 00:05:00,5,2\n",
@@ -180,6 +181,76 @@ fn auto_kind_judges_whole_numbers_as_counts_and_switches_to_a_gauge_at_the_first
     let (fixed, _) = detect(&dir, "fixed", &csv, KindChoice::Fixed(Kind::Count));
     assert_eq!(fixed.kind, Kind::Count);
     assert_eq!(fixed.warnings[0].kind, WarningKind::NegativeCount);
+}
+
+#[test]
+fn a_value_an_export_marks_as_none_is_missing_with_a_warning_and_leaves_a_count_a_count() {
+    let dir = TempDir::new("markers");
+    let mut csv = String::from("timestamp,value\n");
+    let markers = ["", "NaN", "NA", "null", "None", "inf", "-Infinity"];
+    for i in 0..48usize {
+        let value = match markers.get(i.wrapping_sub(10)) {
+            Some(m) => (*m).to_owned(),
+            None => (100 + i % 7).to_string(),
+        };
+        csv.push_str(&format!(
+            "2026-01-{:02} {:02}:00:00,{value}\n",
+            1 + i / 24,
+            i % 24
+        ));
+    }
+    let (summary, out) = detect(&dir, "markers", &csv, KindChoice::Auto);
+    // Before, an empty value switched `--kind auto` to a gauge ("value NaN is not a whole
+    // number"), and `NaN` was an error.
+    assert_eq!(summary.kind, Kind::Count, "{:?}", summary.warnings);
+    assert_eq!(out.len(), 49);
+    let missing: Vec<usize> = summary
+        .warnings
+        .iter()
+        .filter(|w| w.kind == WarningKind::MissingValue)
+        .map(|w| w.line)
+        .collect();
+    assert_eq!(missing, (12..19).collect::<Vec<_>>(), "{:?}", summary.warnings);
+    assert_eq!(summary.warnings.len(), markers.len(), "{:?}", summary.warnings);
+    assert!(
+        summary.warnings[1].message.contains("\"NaN\""),
+        "{}",
+        summary.warnings[1]
+    );
+    // A ratio's numerator or denominator too.
+    let (_, rows, warnings) = parse_str(
+        "timestamp,numerator,denominator\n2026-01-01 00:00:00,NULL,10\n2026-01-01 01:00:00,9,10\n",
+        KindChoice::Auto,
+    )
+    .expect("parses");
+    assert!(rows[0].value.is_nan() && rows[1].value == 9.0);
+    assert_eq!((warnings.len(), warnings[0].line), (1, 2));
+}
+
+#[test]
+fn unix_seconds_and_milliseconds_are_timestamps_but_other_digit_runs_are_not() {
+    let base = parse_ts("2024-01-01 00:00:00").expect("plain");
+    assert_eq!(parse_ts("1704067200"), Some(base));
+    assert_eq!(parse_ts("1704067200.75"), Some(base));
+    assert_eq!(parse_ts("1704067200000"), Some(base));
+    assert_eq!(parse_ts("1704067200999"), Some(base));
+    for s in [
+        "20240101",
+        "17040672",
+        "170406720000000",
+        "1704067200000.5",
+        "1704067200.x",
+        "-1704067200",
+    ] {
+        assert_eq!(parse_ts(s), None, "{s}");
+    }
+}
+
+#[test]
+fn a_huge_value_in_a_warning_is_written_short() {
+    assert_eq!(show(-1e308), "-1e308");
+    assert_eq!(show(2.5), "2.5");
+    assert_eq!(show(0.0), "0");
 }
 
 #[test]
