@@ -9,9 +9,9 @@
 //! Real exports are untidy. A timestamp that repeats or steps back, a gap, a missing value
 //! (empty, or `NaN`, `NA`, `null`, `inf`…), a negative value or a value that is not a whole
 //! number under `--kind auto` is data: the row is judged in order as the next bucket and a
-//! [`Warning`] names its line. Only input that cannot be read
-//! as data — a value that is not a number, a timestamp that does not parse, a numerator above
-//! its denominator, a row with the wrong number of fields — is an [`Error`] naming the line.
+//! [`Warning`] names its line. Only input that cannot be read as data — a value that is not a
+//! number, a timestamp that does not parse, a numerator above its denominator, a row with the
+//! wrong number of fields — is an [`Error`] naming the line.
 
 use std::fmt;
 use std::fs::File;
