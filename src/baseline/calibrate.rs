@@ -33,6 +33,8 @@ pub(crate) const RECORD: f64 = 2.0;
 const BODY: f32 = 1.0;
 /// Smallest peak threshold for the power-law fit.
 const MIN_U: f64 = 0.5;
+/// Most recent alarms kept as evidence against the model's tail (three suffice to refute it).
+const ALARMS_KEPT: usize = 8;
 
 /// A power-law tail fitted to one side's largest magnitudes beyond `u` (Hill's estimator,
 /// with Weissman's quantiles): `P(X > x) = share * (x / u)^(-1 / gamma)` for `x > u`.
@@ -105,6 +107,14 @@ pub(crate) struct TailCalibrator {
     /// to exceeding it.
     #[serde(with = "super::snapshot::reference")]
     reference: &'static [(f64, f64)],
+    /// The most recent alarms (at most `ALARMS_KEPT`): the pushes made before each and its
+    /// value. They never enter the fit — an alarm is not a peak, as in SPOT — but they are
+    /// exceedances all the same when the history is asked whether it refutes the model's tail:
+    /// left out, a series whose tail is heavier than the model's would look like the model
+    /// wherever it matters, because every value beyond the model's threshold is an alarm.
+    alarms: Vec<(u64, f32)>,
+    /// Alarms recorded so far: with the version, the key of the cached fits.
+    alarms_seen: u64,
     /// The fits as of a boundary: a pure cache.
     cache: std::cell::Cell<Option<Fitted>>,
 }
@@ -114,6 +124,8 @@ pub(crate) struct TailCalibrator {
 struct Fitted {
     /// `pushes / REFIT_EVERY` at the boundary.
     version: u64,
+    /// `alarms_seen` when the fits were made.
+    alarms_seen: u64,
     /// Fits for deviations below (index 0) and above (index 1) the baseline.
     fits: [Option<TailFit>; 2],
     /// Whether the history refutes the model's tail, per side.
@@ -135,6 +147,8 @@ impl TailCalibrator {
             decluster: None,
             cluster: (0, 0, 0),
             reference,
+            alarms: Vec::new(),
+            alarms_seen: 0,
             cache: std::cell::Cell::new(None),
         }
     }
@@ -151,6 +165,7 @@ impl TailCalibrator {
     /// Heap bytes held.
     pub(crate) fn heap_bytes(&self) -> usize {
         self.buf.capacity() * std::mem::size_of::<f32>()
+            + self.alarms.capacity() * std::mem::size_of::<(u64, f32)>()
     }
 
     /// Whether the model's tail is refuted by the history on one side.
@@ -181,6 +196,22 @@ impl TailCalibrator {
             was = is;
         }
         count
+    }
+
+    /// Record a value that raised an alarm: evidence for the goodness-of-fit gate only (see
+    /// `alarms`). It counts there while it is within the last `capacity` pushes.
+    pub(crate) fn push_alarm(&mut self, z: f64) {
+        if !z.is_finite() {
+            return;
+        }
+        if self.alarms.len() >= ALARMS_KEPT {
+            self.alarms.remove(0);
+        }
+        if self.alarms.capacity() == 0 {
+            self.alarms.reserve_exact(ALARMS_KEPT);
+        }
+        self.alarms.push((self.pushes, z.clamp(-1e6, 1e6) as f32));
+        self.alarms_seen += 1;
     }
 
     /// Record one value.
@@ -265,7 +296,11 @@ impl TailCalibrator {
     /// The fits as of the last boundary, computed now if not cached.
     fn fitted(&self) -> Fitted {
         let version = self.pushes / u64::from(REFIT_EVERY);
-        if let Some(f) = self.cache.get().filter(|f| f.version == version) {
+        if let Some(f) = self
+            .cache
+            .get()
+            .filter(|f| f.version == version && f.alarms_seen == self.alarms_seen)
+        {
             return f;
         }
         // The values as they stood at the boundary: undo the pushes since, newest first.
@@ -287,9 +322,24 @@ impl TailCalibrator {
         f
     }
 
+    /// Alarms beyond `level` on one side (`below`: negative ones) within the last `capacity`
+    /// pushes before the boundary of `version` (or after it): fixed for a given state, so
+    /// every caller sees the same fit.
+    fn alarms_beyond(&self, version: u64, level: f64, below: bool) -> usize {
+        let boundary = version * u64::from(REFIT_EVERY);
+        self.alarms
+            .iter()
+            .filter(|&&(at, z)| {
+                let m = f64::from(if below { -z } else { z });
+                boundary.saturating_sub(at) < self.capacity as u64 && m > level
+            })
+            .count()
+    }
+
     fn fit_values(&self, version: u64, scratch: &mut [f32]) -> Fitted {
         let mut out = Fitted {
             version,
+            alarms_seen: self.alarms_seen,
             fits: [None, None],
             rejected: [false, false],
         };
@@ -329,7 +379,8 @@ impl TailCalibrator {
                     top.iter().filter(|&&x| f64::from(x) > level).count()
                 } else {
                     sample.iter().filter(|&&x| f64::from(x) > level).count()
-                } as f64;
+                } as f64
+                    + self.alarms_beyond(version, level, side == 0) as f64;
                 let lambda = n as f64 * p;
                 e >= MIN_EXCEEDANCES && e > lambda && poisson_sf(e, lambda) < REJECT_P / tests
             });
@@ -527,5 +578,39 @@ mod tests {
         let fit = c.fit(false).expect("fitted");
         assert!(fit.gamma > 0.2, "{fit:?}");
         assert!(fit.quantile(1e-5) > 20.0, "{fit:?}");
+    }
+
+    #[test]
+    fn alarms_refute_the_models_tail_without_entering_the_fit() {
+        let mut rng = Lcg(29);
+        let mut normal = || {
+            let (u, v) = (rng.uniform(), rng.uniform());
+            (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+        };
+        let reference = super::super::Z_REFERENCE;
+        let mut c = TailCalibrator::new(reference, CAPACITY).declustered(3.0);
+        for _ in 0..CAPACITY {
+            c.push(normal());
+        }
+        assert!(!c.rejected(false), "a normal week follows the normal model");
+        // Three alarms beyond 5 within a week: a normal model makes that a once-in-10^10 event.
+        for z in [5.5, 6.0, 7.0] {
+            c.push_alarm(z);
+            for _ in 0..100 {
+                c.push(normal());
+            }
+        }
+        assert!(
+            c.rejected(false),
+            "three alarms beyond z = 5 in a week refute the model"
+        );
+        assert!(!c.rejected(true), "on their own side only");
+        let fit = c.fit(false).expect("fitted");
+        assert!(fit.max < 5.5, "alarms are not peaks: {fit:?}");
+        // A week later they are history.
+        for _ in 0..CAPACITY {
+            c.push(normal());
+        }
+        assert!(!c.rejected(false), "alarms older than the window still count");
     }
 }

@@ -1644,6 +1644,10 @@ impl OnlineDetector {
                 self.cal_z.push(z);
                 let [lo, hi] = scored.cusum;
                 self.cal_cusum.push(if hi >= lo { hi } else { -lo });
+            } else if calibrating && was_quiet && feedback == Feedback::None {
+                // An alarm is not a peak, but it is evidence that the model's tail is too
+                // light: the goodness-of-fit gate counts it.
+                self.cal_z.push_alarm(z);
             }
         }
         if held_back {
