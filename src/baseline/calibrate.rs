@@ -117,6 +117,9 @@ pub(crate) struct TailCalibrator {
     alarms_seen: u64,
     /// The fits as of a boundary: a pure cache.
     cache: std::cell::Cell<Option<Fitted>>,
+    /// Whether a tail index beyond the standard normal's also refutes the model: for a
+    /// continuous statistic that is normal under the model (a gauge's z-score).
+    index_gate: bool,
 }
 
 /// The tails as of one refit boundary.
@@ -150,7 +153,19 @@ impl TailCalibrator {
             alarms: Vec::new(),
             alarms_seen: 0,
             cache: std::cell::Cell::new(None),
+            index_gate: false,
         }
+    }
+
+    /// Also refutes the model's tail when Hill's estimate of the tail index lies more than
+    /// `INDEX_GATE_SE` standard errors beyond what it is on a standard normal's tail of the
+    /// same share. For a statistic that is continuous and standard normal under the model: a
+    /// heavy tail such as a Student t with 5 degrees of freedom exceeds the reference levels
+    /// of a week of values about as often as a normal does (its excess lies beyond them), but
+    /// its tail index gives it away.
+    pub(crate) fn with_index_gate(mut self) -> Self {
+        self.index_gate = true;
+        self
     }
 
     /// Keeps each run of consecutive values beyond `level` (on one side) as one value, its
@@ -383,11 +398,41 @@ impl TailCalibrator {
                     + self.alarms_beyond(version, level, side == 0) as f64;
                 let lambda = n as f64 * p;
                 e >= MIN_EXCEEDANCES && e > lambda && poisson_sf(e, lambda) < REJECT_P / tests
-            });
+            }) || (self.index_gate && fit.is_some_and(|f| heavier_than_normal(&f, k)));
             out.fits[side] = fit;
         }
         out
     }
+}
+
+/// Standard errors (Hill's, `gamma / sqrt(k)` for `k` peaks) by which a tail index must exceed
+/// the standard normal's for the index gate to refute a normal model.
+const INDEX_GATE_SE: f64 = 3.0;
+
+/// Whether `fit`, made from `k` peaks, has a tail index beyond the standard normal's at the
+/// same share by more than `INDEX_GATE_SE` standard errors.
+fn heavier_than_normal(fit: &TailFit, k: usize) -> bool {
+    let reference = normal_hill(fit.share);
+    fit.gamma > reference * (1.0 + INDEX_GATE_SE / (k.max(1) as f64).sqrt())
+}
+
+/// What Hill's estimator converges to on a standard normal's tail beyond its `1 - share`
+/// quantile u: `E[ln(Z / u) | Z > u]`, which is `∫_u^∞ P(Z > z) / z dz / share` (by parts),
+/// integrated by Simpson's rule over ten standard deviations (beyond them the integrand is
+/// below 10⁻²³). About 0.195 at a share of 4 %.
+fn normal_hill(share: f64) -> f64 {
+    use statrs::function::erf::{erfc, erfc_inv};
+    let share = share.clamp(1e-9, 0.5);
+    let u = std::f64::consts::SQRT_2 * erfc_inv(2.0 * share);
+    let integrand = |z: f64| 0.5 * erfc(z / std::f64::consts::SQRT_2) / z;
+    const STEPS: usize = 200;
+    let h = 10.0 / STEPS as f64;
+    let mut sum = integrand(u) + integrand(u + 10.0);
+    for i in 1..STEPS {
+        let weight = if i % 2 == 1 { 4.0 } else { 2.0 };
+        sum += weight * integrand(u + h * i as f64);
+    }
+    sum * h / 3.0 / share
 }
 
 /// Significance at which the model's tail is refuted by the history (over all levels).
@@ -578,6 +623,67 @@ mod tests {
         let fit = c.fit(false).expect("fitted");
         assert!(fit.gamma > 0.2, "{fit:?}");
         assert!(fit.quantile(1e-5) > 20.0, "{fit:?}");
+    }
+
+    impl Lcg {
+        fn normal(&mut self) -> f64 {
+            let (u, v) = (self.uniform(), self.uniform());
+            (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+        }
+    }
+
+    #[test]
+    fn the_normal_reference_of_hills_estimator_is_right() {
+        // scipy: quad(lambda z: norm.sf(z) / z, norm.isf(s), inf)[0] / s.
+        for (share, want) in [(0.04, 0.194_973_164_6), (0.02, 0.155_941_183_3)] {
+            let got = normal_hill(share);
+            assert!((got - want).abs() < 1e-6, "{share}: {got} vs {want}");
+        }
+    }
+
+    /// Whether the upper tail of a week of `draw`s, over `inflate` times their spread (the
+    /// mean absolute value times 1.2533, as a gauge's), is refuted without and with the index
+    /// gate.
+    fn refuted(rng: &mut Lcg, inflate: f64, draw: impl Fn(&mut Lcg) -> f64) -> (bool, bool) {
+        let values: Vec<f64> = (0..CAPACITY).map(|_| draw(rng)).collect();
+        let spread = values.iter().map(|x| x.abs()).sum::<f64>() / values.len() as f64 * 1.2533;
+        let mut plain = TailCalibrator::new(super::super::Z_REFERENCE, CAPACITY).declustered(3.0);
+        let mut gated = plain.clone().with_index_gate();
+        for &x in &values {
+            plain.push(x / spread / inflate);
+            gated.push(x / spread / inflate);
+        }
+        (plain.rejected(false), gated.rejected(false))
+    }
+
+    #[test]
+    fn a_heavy_tail_is_refuted_by_its_index_where_exceedance_counts_miss_it() {
+        let mut rng = Lcg(23);
+        let (mut t_counts, mut t_gated, mut n_gated) = (0, 0, 0);
+        for _ in 0..10 {
+            // Student t with 4 degrees of freedom, its z-scores over a spread 1.4 times its
+            // own (a gauge's band also carries the estimate's error): z = 3 and 4 are exceeded
+            // not much more often than under the normal model, but its 2.5e-6 quantile is
+            // several times the normal's, and its tail index gives it away.
+            let (counts, gated) = refuted(&mut rng, 1.4, |r| {
+                let chi2: f64 = (0..4).map(|_| r.normal().powi(2)).sum();
+                r.normal() / (chi2 / 4.0).sqrt()
+            });
+            t_counts += usize::from(counts);
+            t_gated += usize::from(gated);
+            let (counts, gated) = refuted(&mut rng, 1.0, Lcg::normal);
+            assert!(!counts, "a normal week refuted by exceedance counts");
+            n_gated += usize::from(gated);
+        }
+        assert!(
+            t_counts <= 6,
+            "exceedance counts alone refuted {t_counts} of 10 t(4) weeks"
+        );
+        assert!(
+            t_gated >= 9,
+            "with the index gate only {t_gated} of 10 t(4) weeks refuted"
+        );
+        assert_eq!(n_gated, 0, "normal weeks refuted by the index gate");
     }
 
     #[test]

@@ -608,7 +608,16 @@ impl OnlineDetector {
             alarm: AlarmState::quiet(),
             incident_len: 0,
             ac: Autocorrelation::default(),
-            cal_z: TailCalibrator::new(Z_REFERENCE, calibration_window(per_day)).declustered(MIN_Z),
+            cal_z: {
+                let z = TailCalibrator::new(Z_REFERENCE, calibration_window(per_day)).declustered(MIN_Z);
+                // A gauge's z-score is continuous and normal under its model; a count's or a
+                // ratio's is discrete, and their exact tails stand until exceedances refute them.
+                if cfg.kind == Kind::Gauge {
+                    z.with_index_gate()
+                } else {
+                    z
+                }
+            },
             cal_cusum: TailCalibrator::new(CUSUM_REFERENCE, calibration_window(per_day)),
             events: Vec::new(),
             previous: None,
