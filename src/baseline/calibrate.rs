@@ -163,8 +163,8 @@ impl TailCalibrator {
     /// heavy tail such as a Student t with 5 degrees of freedom exceeds the reference levels
     /// of a week of values about as often as a normal does (its excess lies beyond them), but
     /// its tail index gives it away.
-    pub(crate) fn with_index_gate(mut self) -> Self {
-        self.index_gate = true;
+    pub(crate) fn with_index_gate(mut self, on: bool) -> Self {
+        self.index_gate = on;
         self
     }
 
@@ -648,7 +648,7 @@ mod tests {
         let values: Vec<f64> = (0..CAPACITY).map(|_| draw(rng)).collect();
         let spread = values.iter().map(|x| x.abs()).sum::<f64>() / values.len() as f64 * 1.2533;
         let mut plain = TailCalibrator::new(super::super::Z_REFERENCE, CAPACITY).declustered(3.0);
-        let mut gated = plain.clone().with_index_gate();
+        let mut gated = plain.clone().with_index_gate(true);
         for &x in &values {
             plain.push(x / spread / inflate);
             gated.push(x / spread / inflate);
@@ -689,21 +689,16 @@ mod tests {
     #[test]
     fn alarms_refute_the_models_tail_without_entering_the_fit() {
         let mut rng = Lcg(29);
-        let mut normal = || {
-            let (u, v) = (rng.uniform(), rng.uniform());
-            (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-        };
-        let reference = super::super::Z_REFERENCE;
-        let mut c = TailCalibrator::new(reference, CAPACITY).declustered(3.0);
+        let mut c = TailCalibrator::new(super::super::Z_REFERENCE, CAPACITY).declustered(3.0);
         for _ in 0..CAPACITY {
-            c.push(normal());
+            c.push(rng.normal());
         }
         assert!(!c.rejected(false), "a normal week follows the normal model");
         // Three alarms beyond 5 within a week: a normal model makes that a once-in-10^10 event.
         for z in [5.5, 6.0, 7.0] {
             c.push_alarm(z);
             for _ in 0..100 {
-                c.push(normal());
+                c.push(rng.normal());
             }
         }
         assert!(
@@ -715,8 +710,11 @@ mod tests {
         assert!(fit.max < 5.5, "alarms are not peaks: {fit:?}");
         // A week later they are history.
         for _ in 0..CAPACITY {
-            c.push(normal());
+            c.push(rng.normal());
         }
-        assert!(!c.rejected(false), "alarms older than the window still count");
+        assert!(
+            !c.rejected(false),
+            "alarms older than the window are no longer evidence"
+        );
     }
 }

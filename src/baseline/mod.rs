@@ -608,16 +608,11 @@ impl OnlineDetector {
             alarm: AlarmState::quiet(),
             incident_len: 0,
             ac: Autocorrelation::default(),
-            cal_z: {
-                let z = TailCalibrator::new(Z_REFERENCE, calibration_window(per_day)).declustered(MIN_Z);
-                // A gauge's z-score is continuous and normal under its model; a count's or a
-                // ratio's is discrete, and their exact tails stand until exceedances refute them.
-                if cfg.kind == Kind::Gauge {
-                    z.with_index_gate()
-                } else {
-                    z
-                }
-            },
+            // A gauge's z-score is continuous and normal under its model; a count's or a ratio's
+            // is discrete, and their exact tails stand until exceedances refute them.
+            cal_z: TailCalibrator::new(Z_REFERENCE, calibration_window(per_day))
+                .declustered(MIN_Z)
+                .with_index_gate(cfg.kind == Kind::Gauge),
             cal_cusum: TailCalibrator::new(CUSUM_REFERENCE, calibration_window(per_day)),
             events: Vec::new(),
             previous: None,
