@@ -373,6 +373,9 @@ struct Scored {
     home: Option<Prediction>,
     /// `home` is the original level (`PreviousLevel::origin`), not the latest.
     home_origin: bool,
+    /// The weekly profile's prediction from the days of this bucket's type, when it vetoes
+    /// in place of a slot it has not seen (see `SeasonalModel::predict_day_type`).
+    day_type: Option<Prediction>,
 }
 
 /// A recent bucket that the single-bucket test found beyond its threshold (flagged or not):
@@ -1084,6 +1087,7 @@ impl OnlineDetector {
             back_home: false,
             home: None,
             home_origin: false,
+            day_type: None,
         };
         if b.excluded {
             scored.verdict.status = Status::Excluded;
@@ -1133,6 +1137,23 @@ impl OnlineDetector {
             .and_then(|i| preds[i])
             .filter(|q| explains(q))
             .map(|q| self.z_score(y, weight, &q));
+        // Before a weekday has come round, the weekly profile still knows what the days of its
+        // type (working days, or the weekend) looked like at this time: the first Monday after
+        // a weekend is not a surge, nor the first Saturday a drop, when that is what they say.
+        if veto.is_none() {
+            let day_type = self.models[2]
+                .as_ref()
+                .filter(|_| chosen.is_some_and(|c| c < 2))
+                .and_then(|m| m.predict_day_type(kind, b.ts, weight))
+                .map(|q| floored(q, kind, self.quantum))
+                .filter(|q| q.spread_n >= f64::from(profile::MIN_SPREAD_SAMPLES));
+            if let Some(q) = day_type {
+                scored.day_type = Some(q);
+                if explains(&q) {
+                    veto_z = Some(self.z_score(y, weight, &q));
+                }
+            }
+        }
         // For a while after a new normal was accepted, the old level vetoes too: a series
         // coming back to where it was is not breaking out again.
         if let (Some(prev), Some(c)) = (
@@ -1380,9 +1401,13 @@ impl OnlineDetector {
         // A newer, more specific profile vetoes what it explains: its band counts too, on the
         // side its prediction lies (see `score_raw`). So does the level before the last new
         // normal, while it is remembered.
-        for q in [scored.veto.and_then(|i| scored.preds[i]), scored.home]
-            .into_iter()
-            .flatten()
+        for q in [
+            scored.veto.and_then(|i| scored.preds[i]),
+            scored.home,
+            scored.day_type,
+        ]
+        .into_iter()
+        .flatten()
         {
             let (vlo, vhi) = self.band_of(b, &q, thresholds);
             if q.rate < p.rate {

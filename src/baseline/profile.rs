@@ -422,18 +422,55 @@ impl SeasonalModel {
     pub(crate) fn predict(&self, kind: Kind, ts: i64, weight: f64) -> Prediction {
         let slot = self.slot(ts);
         let (s, n_eff) = self.profile_n(slot);
+        // What borrowing from the neighbours may have got wrong: the slot's own estimate
+        // can be the right one (a sharp step at 09:00 seen twice), so the distance between
+        // the two is uncertainty of the estimate, not noise the bucket has to beat. For
+        // gauges only: a gauge's spread can be near zero (a noiseless series), so the
+        // smoothing error alone decides; counts and ratios have their sampling noise, and
+        // widening them cost labelled windows on the real dev set (docs/DETECTION.md).
+        let lent = if self.additive && self.smooth && self.visits[slot] > 0 {
+            s - self.profile_with(slot, false).0
+        } else {
+            0.0
+        };
+        self.predict_from(kind, s, n_eff, lent, weight)
+    }
+
+    /// A weekly model's prediction for a bucket whose slot it has not seen, from the slots at
+    /// the same time of day on the days of the same type (Monday to Friday, or Saturday and
+    /// Sunday) that it has: what the week has taught so far about a working day or a weekend,
+    /// before this weekday has come round. `None` for other models, for a slot already seen,
+    /// and when no day of the type has been seen at that time.
+    pub(crate) fn predict_day_type(&self, kind: Kind, ts: i64, weight: f64) -> Option<Prediction> {
+        if self.seasonality != Seasonality::Weekly || self.level_n == 0 {
+            return None;
+        }
+        let n = self.num.len();
+        let per_day = (DAY / self.width) as usize;
+        if per_day == 0 || per_day * 7 != n {
+            return None;
+        }
+        let slot = self.slot(ts);
+        if self.visits[slot] > 0 {
+            return None;
+        }
+        let weekend = |s: usize| matches!(s / per_day, 2 | 3);
+        let (mut sum, mut n_eff) = (0.0, 0.0);
+        for k in 1..7 {
+            let other = (slot + k * per_day) % n;
+            if weekend(other) == weekend(slot) && self.visits[other] > 0 {
+                let (s, m) = self.profile_n(other);
+                sum += s * m;
+                n_eff += m;
+            }
+        }
+        (n_eff > 0.0).then(|| self.predict_from(kind, sum / n_eff, n_eff, 0.0, weight))
+    }
+
+    /// The prediction from a slot's profile value `s`, the observations `n_eff` behind it and
+    /// (gauges) what smoothing may have got wrong, `lent`.
+    fn predict_from(&self, kind: Kind, s: f64, n_eff: f64, lent: f64, weight: f64) -> Prediction {
         if self.additive {
-            // What borrowing from the neighbours may have got wrong: the slot's own estimate
-            // can be the right one (a sharp step at 09:00 seen twice), so the distance between
-            // the two is uncertainty of the estimate, not noise the bucket has to beat. For
-            // gauges only: a gauge's spread can be near zero (a noiseless series), so the
-            // smoothing error alone decides; counts and ratios have their sampling noise, and
-            // widening them cost labelled windows on the real dev set (docs/DETECTION.md).
-            let lent = if self.smooth && self.visits[slot] > 0 {
-                s - self.profile_with(slot, false).0
-            } else {
-                0.0
-            };
             let mu = self.level() + s;
             // Spread: the mean absolute residual of a normal is 0.8 sd. Deviations smaller than
             // `SPREAD_FLOOR` of the series' typical magnitude are never news.
