@@ -1141,9 +1141,12 @@ impl OnlineDetector {
         // type (working days, or the weekend) looked like at this time: the first Monday after
         // a weekend is not a surge, nor the first Saturday a drop, when that is what they say.
         if veto.is_none() {
-            let day_type = self.models[2]
-                .as_ref()
-                .filter(|_| chosen.is_some_and(|c| c < 2))
+            let day_type = self
+                .models
+                .iter()
+                .flatten()
+                .find(|m| m.seasonality == Seasonality::Weekly)
+                .filter(|_| seasonality != Seasonality::Weekly)
                 .and_then(|m| m.predict_day_type(kind, b.ts, weight))
                 .map(|q| floored(q, kind, self.quantum))
                 .filter(|q| q.spread_n >= f64::from(profile::MIN_SPREAD_SAMPLES));

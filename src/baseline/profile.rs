@@ -454,6 +454,7 @@ impl SeasonalModel {
         if self.visits[slot] > 0 {
             return None;
         }
+        // Days counted from the epoch's weekday, a Thursday: 2 and 3 are Saturday and Sunday.
         let weekend = |s: usize| matches!(s / per_day, 2 | 3);
         let (mut sum, mut n_eff) = (0.0, 0.0);
         for k in 1..7 {

@@ -1262,7 +1262,7 @@ fn working_days_to_first_monday(seed: u64, monday: impl Fn(i64) -> f64) -> Vec<B
             let ts = T0 + i * 300;
             let mean = match weekday(ts) {
                 0 => monday(ts),
-                5 | 6 => 1.0 * daily_shape(ts),
+                5 | 6 => daily_shape(ts),
                 _ => 4.0 * daily_shape(ts),
             };
             Bucket::new(ts, noise.poisson(mean))
