@@ -444,6 +444,11 @@ pub struct OnlineDetector {
     last_y: f64,
     /// Counts and gauges: the last four weeks' extremes, for the record test.
     records: records::Records,
+    /// Counts and gauges: the mean of the last few hours and the last four weeks' extremes of
+    /// such means, for the sustained record test.
+    sustained: records::Sustained,
+    /// Per side, `learned` at the last bucket an incident was open.
+    incident_last: [Option<u64>; 2],
 }
 
 /// What accepting a new normal did to each candidate's level, to undo it.
@@ -526,6 +531,11 @@ const LOG_FLOOR: f64 = 1e-3;
 const RECORD_TAIL_INDEX: f64 = 0.1;
 /// Buckets learned, and remembered in the last four weeks, before the record test judges.
 const RECORD_AFTER: u64 = 288;
+/// The sustained record test's window: a little longer than the level's memory (about two
+/// hours), so a shift the level is absorbing is still measured whole; at least 2 buckets,
+/// at most 180 (a 1-minute KPI's three hours).
+const SUSTAINED_SECS: u32 = 3 * 3600;
+const SUSTAINED_MAX_BUCKETS: u32 = 180;
 /// Deviations at least this share of the current one count as comparable.
 const COMPARABLE: f64 = 0.8;
 /// Evidence (nats) that the level is back at the baseline before an incident ends, at least:
@@ -628,6 +638,10 @@ impl OnlineDetector {
             quantum: 0.0,
             last_y: f64::NAN,
             records: records::Records::default(),
+            sustained: records::Sustained::new(
+                (SUSTAINED_SECS / cfg.interval_secs).clamp(2, SUSTAINED_MAX_BUCKETS) as usize,
+            ),
+            incident_last: [None, None],
         })
     }
 
@@ -660,6 +674,7 @@ impl OnlineDetector {
             + self.cal_cusum.heap_bytes()
             + self.events.capacity() * std::mem::size_of::<Event>()
             + self.early.capacity() * std::mem::size_of::<(i64, f64)>()
+            + self.sustained.heap_bytes()
     }
 
     /// The noise model's single-bucket |z| threshold at the configured sensitivity (the band's
@@ -928,6 +943,52 @@ impl OnlineDetector {
     /// median day it lies, as a multiple of the farthest of the last four weeks, under a tail
     /// of index `RECORD_TAIL_INDEX`. Infinite unless `x` is beyond every remembered value.
     fn sens_for_record(&self, ts: i64, x: f64, e: &records::Extremes, side: Side) -> f64 {
+        self.sens_beyond(ts, x, e, side, 0.0)
+    }
+
+    /// What the sustained record test judges the bucket at `ts` of value `x` by: the mean of
+    /// the window ending with it and the last four weeks' extremes of such means (windows that
+    /// share no bucket with this one). `None` for ratios and until the detector has learned
+    /// `RECORD_AFTER` buckets and remembers as many means.
+    fn sustained_window(&self, ts: i64, x: f64) -> Option<(f64, records::Extremes)> {
+        if self.cfg.kind == Kind::Ratio || self.learned < RECORD_AFTER {
+            return None;
+        }
+        let mean = self.sustained.mean_with(x)?;
+        let e = self
+            .sustained
+            .extremes(ts)
+            .filter(|e| u64::from(e.n) >= RECORD_AFTER)?;
+        Some((mean, e))
+    }
+
+    /// The sensitivity at which the sustained record test fires on `side`: the record test's
+    /// rule applied to the mean of the last few hours (`window`, from [`Self::sustained_window`]).
+    /// It opens incidents and no more: not while one is open on that side, nor until a window
+    /// has passed since one was (how long an incident lasts is the recovery test's business,
+    /// and a window that overlaps one is no news; without this, the mean of a window holding a
+    /// burst stayed a record for hours after the burst and held its incident open).
+    fn sens_for_sustained(&self, ts: i64, window: Option<&(f64, records::Extremes)>, side: Side) -> f64 {
+        let i = side.index();
+        let recent_incident = self.alarm.incident[i].is_some()
+            || self.incident_last[i].is_some_and(|at| self.learned < at + self.sustained.len() as u64);
+        match window {
+            Some((mean, e)) if !recent_incident => {
+                self.sens_beyond(ts, *mean, e, side, self.sustained.resolution())
+            }
+            _ => f64::INFINITY,
+        }
+    }
+
+    /// The record rule: how far beyond the record test's centre for the bucket at `ts` the
+    /// value `x` lies on `side`, as a multiple of the farthest of the `e.n` remembered, under a
+    /// tail of index `RECORD_TAIL_INDEX`. Infinite unless `x` is beyond every remembered value.
+    ///
+    /// The farthest counts as at least `step`: the three-hour mean of a 5-minute gauge that
+    /// sits still and now and then ticks by one moves by a thirty-sixth, and two ticks in one
+    /// window would be twice the farthest of the month. A mean that moved less than one step
+    /// of the values' resolution is no record.
+    fn sens_beyond(&self, ts: i64, x: f64, e: &records::Extremes, side: Side, step: f64) -> f64 {
         let beyond_all = match side {
             Side::Above => x > e.max,
             Side::Below => x < e.min,
@@ -943,7 +1004,11 @@ impl OnlineDetector {
             Side::Below => (center - x, center - e.min),
         };
         // A series that never left its median day (or NaNs) has no range to measure against.
-        if farthest.is_nan() || farthest <= 0.0 {
+        if farthest.is_nan() {
+            return f64::INFINITY;
+        }
+        let farthest = farthest.max(step);
+        if farthest <= 0.0 {
             return f64::INFINITY;
         }
         let p = (dist / farthest).powf(-1.0 / RECORD_TAIL_INDEX) / f64::from(e.n);
@@ -1235,6 +1300,8 @@ impl OnlineDetector {
         };
         // The record test: beyond everything of the last four weeks, by a margin.
         let record = self.record_extremes(ts);
+        // The sustained record test: the mean of the last few hours, likewise.
+        let sustained = self.sustained_window(ts, value);
         let mut best_sens = f64::INFINITY;
         // Per watched side, the deviation the score below the firing range is graded on (the
         // smaller of the bucket's and a vetoing prediction's, as for the single-bucket test).
@@ -1267,7 +1334,11 @@ impl OnlineDetector {
                 };
                 m_graded = m_graded.min(vm);
             }
+            // The mean of the last few hours, a record: accumulated evidence too.
+            let s_sustained = self.sens_for_sustained(ts, sustained.as_ref(), side);
             let s_cusum = self.sens_for_side_cusum(next.cusum[i], side);
+            let sustained_decides = s_sustained < s_cusum;
+            let s_cusum = s_cusum.min(s_sustained);
             let s_zero = if side == Side::Below && next.zero_run > 0.0 {
                 self.sens_for_tail((-next.zero_run).exp())
             } else {
@@ -1285,6 +1356,10 @@ impl OnlineDetector {
             let since = match trigger {
                 Trigger::Bucket => ts,
                 Trigger::EmptyRun => next.zero_since,
+                _ if sustained_decides => {
+                    // The sustained record decided: the shift is as old as its window.
+                    ts - (self.sustained.len() as i64 - 1) * i64::from(self.cfg.interval_secs)
+                }
                 _ => next.cusum_since[i],
             };
             if fires {
@@ -1480,9 +1555,15 @@ impl OnlineDetector {
         };
         if self.cfg.kind != Kind::Ratio {
             self.records.push(b.ts, b.value);
+            self.sustained.push(b.ts, b.value);
         }
         let was_quiet = !self.alarm.in_incident();
         self.alarm = scored.next;
+        for side in Side::BOTH {
+            if self.alarm.incident[side.index()].is_some() {
+                self.incident_last[side.index()] = Some(self.learned);
+            }
+        }
         if let Some(prev) = self.previous.as_mut() {
             if self.learned - prev.at >= self.recurrence_window {
                 self.previous = None;

@@ -185,6 +185,217 @@ impl Records {
     }
 }
 
+/// Add (`sign` 1) or take away (-1) a value from a window's sum and count of finite values.
+fn add(window: &mut (f64, u32), v: f32, sign: f64) {
+    if v.is_finite() {
+        window.0 += sign * f64::from(v);
+        window.1 = if sign > 0.0 {
+            window.1 + 1
+        } else {
+            window.1.saturating_sub(1)
+        };
+    }
+}
+
+/// One day's range of window means.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Range {
+    /// Days since 1970-01-01 (UTC); `i64::MIN` for an empty entry.
+    day: i64,
+    max: f64,
+    min: f64,
+    n: u32,
+}
+
+const NO_RANGE: Range = Range {
+    day: i64::MIN,
+    max: f64::NEG_INFINITY,
+    min: f64::INFINITY,
+    n: 0,
+};
+
+/// The sustained record test's memory: the mean of the last few hours of buckets, and per
+/// calendar day (UTC) of the last four weeks the largest and smallest such mean. A mean joins
+/// the days only once the window after it has passed, so a bucket's window is judged against
+/// windows that share none of its buckets: a shift is a record for about two windows, and
+/// then part of what later ones are judged against.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Sustained {
+    /// Buckets in a window.
+    len: usize,
+    /// The last `2 * len` values, NaN where missing, as a ring: `at` is the oldest (and the
+    /// next to be overwritten). `f32`: a record of a mean needs no more, and a 1-minute
+    /// KPI's 360 values stay within the state budget.
+    ring: Vec<f32>,
+    at: usize,
+    /// Values pushed (finite or not).
+    pushed: u64,
+    /// Sum and count of the finite values among the newest `len - 1` (the window of the next
+    /// bucket, without it) and among the oldest `len` (the window that ended `len` buckets
+    /// ago): kept in step with the ring, recomputed from it once per turn so rounding cannot
+    /// drift.
+    recent: (f64, u32),
+    aged: (f64, u32),
+    /// The values' resolution: the smallest step seen between two consecutive finite values
+    /// (0 until one is seen), and the last finite value, to measure it.
+    resolution: f64,
+    last: f64,
+    days: [Range; DAYS],
+    /// The day of the last mean remembered, and the days before it folded (a pure cache of
+    /// `days`, kept in step).
+    current: i64,
+    before: (f64, f64, u32),
+}
+
+impl Sustained {
+    /// A memory of windows of `len` buckets (at least 2).
+    pub(crate) fn new(len: usize) -> Self {
+        let len = len.max(2);
+        Sustained {
+            len,
+            ring: vec![f32::NAN; 2 * len],
+            at: 0,
+            pushed: 0,
+            recent: (0.0, 0),
+            aged: (0.0, 0),
+            resolution: 0.0,
+            last: f64::NAN,
+            days: [NO_RANGE; DAYS],
+            current: i64::MIN,
+            before: (f64::NEG_INFINITY, f64::INFINITY, 0),
+        }
+    }
+
+    /// Buckets in a window.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The smallest step seen between two consecutive values (0: none yet).
+    pub(crate) fn resolution(&self) -> f64 {
+        self.resolution
+    }
+
+    /// Bytes held on the heap (the ring).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.ring.capacity() * std::mem::size_of::<f32>()
+    }
+
+    /// Remember value `x` of the bucket at `ts` (NaN: missing); the window that ended
+    /// `len` buckets ago joins the day of `ts`.
+    pub(crate) fn push(&mut self, ts: i64, x: f64) {
+        let v = if x.is_finite() { x as f32 } else { f32::NAN };
+        if x.is_finite() {
+            // Steps that are rounding error of the values' own representation are not steps.
+            let d = (x - self.last).abs();
+            if d > 1e-9 * x.abs().max(self.last.abs()) && d.is_finite() {
+                self.resolution = if self.resolution > 0.0 {
+                    self.resolution.min(d)
+                } else {
+                    d
+                };
+            }
+            self.last = x;
+        }
+        // Before the write, the ring holds the `2 len` values before this one, oldest at `at`.
+        let n = self.ring.len();
+        let at = self.at;
+        let wrap = |k: usize| if k >= n { k - n } else { k };
+        add(&mut self.recent, v, 1.0);
+        add(&mut self.recent, self.ring[wrap(at + self.len + 1)], -1.0);
+        add(&mut self.aged, self.ring[wrap(at + self.len)], 1.0);
+        add(&mut self.aged, self.ring[at], -1.0);
+        self.ring[at] = v;
+        self.at = wrap(at + 1);
+        if self.at == 0 {
+            self.resum();
+        }
+        self.pushed += 1;
+        if self.pushed < n as u64 {
+            return;
+        }
+        // The oldest `len` values now in the ring: the window that ended `len` buckets ago.
+        let Some(mean) = self.mean_of(self.aged) else {
+            return;
+        };
+        if !self.on_current_day(ts) {
+            let day = ts.div_euclid(DAY);
+            self.current = day;
+            let slot = &mut self.days[day.rem_euclid(DAYS as i64) as usize];
+            if slot.day != day {
+                *slot = Range { day, ..NO_RANGE };
+            }
+            self.before = self.fold(day, |d| d.day < day);
+        }
+        let slot = &mut self.days[self.current.rem_euclid(DAYS as i64) as usize];
+        slot.max = slot.max.max(mean);
+        slot.min = slot.min.min(mean);
+        slot.n = slot.n.saturating_add(1);
+    }
+
+    /// The mean of the window ending with a bucket of value `x` (the last `len - 1` values and
+    /// `x`): `None` before `len - 1` values were pushed or when half of them are missing.
+    pub(crate) fn mean_with(&self, x: f64) -> Option<f64> {
+        if self.pushed + 1 < self.len as u64 || !x.is_finite() {
+            return None;
+        }
+        let mut window = self.recent;
+        add(&mut window, x as f32, 1.0);
+        self.mean_of(window)
+    }
+
+    /// The mean of a window's finite values, when they are at least half of `len`.
+    fn mean_of(&self, (sum, k): (f64, u32)) -> Option<f64> {
+        (2 * k as usize >= self.len).then(|| sum / f64::from(k))
+    }
+
+    /// Whether `ts` falls on the day of the last mean remembered (without a division: a
+    /// bucket asks on every step).
+    fn on_current_day(&self, ts: i64) -> bool {
+        self.current
+            .checked_mul(DAY)
+            .is_some_and(|start| ts >= start && ts - start < DAY)
+    }
+
+    /// Both sums afresh from the ring, once per turn (when the oldest value is at 0).
+    fn resum(&mut self) {
+        debug_assert_eq!(self.at, 0);
+        let (mut recent, mut aged) = ((0.0, 0), (0.0, 0));
+        for (k, &v) in self.ring.iter().enumerate() {
+            if k < self.len {
+                add(&mut aged, v, 1.0);
+            } else if k > self.len {
+                add(&mut recent, v, 1.0);
+            }
+        }
+        (self.recent, self.aged) = (recent, aged);
+    }
+
+    /// The largest and smallest window mean of the last four weeks (the days before `ts`'s and
+    /// the means of its own that have joined), and how many: `None` when there are none.
+    pub(crate) fn extremes(&self, ts: i64) -> Option<Extremes> {
+        let (max, min, n) = if self.on_current_day(ts) {
+            let today = &self.days[self.current.rem_euclid(DAYS as i64) as usize];
+            let (max, min, n) = self.before;
+            (max.max(today.max), min.min(today.min), n.saturating_add(today.n))
+        } else {
+            let day = ts.div_euclid(DAY);
+            self.fold(day, |d| d.day <= day)
+        };
+        (n > 0).then_some(Extremes { max, min, n })
+    }
+
+    /// Max, min and count over the remembered days of the `DAYS` ending on `day` that `keep`.
+    fn fold(&self, day: i64, keep: impl Fn(&Range) -> bool) -> (f64, f64, u32) {
+        self.days
+            .iter()
+            .filter(|d| d.n > 0 && d.day <= day && d.day > day - DAYS as i64 && keep(d))
+            .fold((f64::NEG_INFINITY, f64::INFINITY, 0), |(max, min, n), d| {
+                (max.max(d.max), min.min(d.min), n.saturating_add(d.n))
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +445,41 @@ mod tests {
         r.push(t + 1_200, 5_000.0);
         r.merge_run();
         assert_eq!(r.extremes(t + 1_500).map(|e| e.max), Some(5_000.0));
+    }
+    #[test]
+    fn a_window_mean_joins_the_record_only_once_the_next_window_has_passed() {
+        let mut w = Sustained::new(3);
+        // Nine values of 10 at 5-minute steps, then the window of the bucket to come.
+        for k in 0..9 {
+            w.push(k * 300, 10.0);
+        }
+        // Means of windows ending up to three buckets ago have joined: all 10.
+        let e = w.extremes(9 * 300).expect("means remembered");
+        assert_eq!((e.max, e.min), (10.0, 10.0));
+        assert_eq!(e.n, 4, "windows ending at buckets 2..=5");
+        // The window of a bucket of 40 holds two 10s and the 40.
+        assert_eq!(w.mean_with(40.0), Some(20.0));
+        // Three 40s: the first window holding them joins three buckets after it ended, so the
+        // bucket after them is still judged against the 10s.
+        for k in 9..12 {
+            w.push(k * 300, 40.0);
+        }
+        assert_eq!(w.extremes(12 * 300).map(|e| e.max), Some(10.0));
+        for k in 12..15 {
+            w.push(k * 300, 40.0);
+        }
+        assert_eq!(w.extremes(15 * 300).map(|e| e.max), Some(40.0));
+        // Missing values are left out of a mean, which needs half of its window.
+        let mut gaps = Sustained::new(4);
+        for k in 0..3 {
+            gaps.push(k * 300, if k == 1 { f64::NAN } else { 6.0 });
+        }
+        assert_eq!(gaps.mean_with(9.0), Some(7.0));
+        gaps.push(3 * 300, f64::NAN);
+        gaps.push(4 * 300, f64::NAN);
+        assert_eq!(gaps.mean_with(f64::NAN), None);
+        assert_eq!(gaps.mean_with(3.0), Some(4.5), "two values of four");
+        gaps.push(5 * 300, f64::NAN);
+        assert_eq!(gaps.mean_with(3.0), None, "one value of four");
     }
 }
