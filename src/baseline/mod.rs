@@ -1664,16 +1664,8 @@ impl OnlineDetector {
         let kind = self.cfg.kind;
         let quantum = self.quantum;
         if kind == Kind::Gauge && y.is_finite() {
-            // The resolution: the smallest step between consecutive values, ignoring steps
-            // that are rounding error of the values' own representation.
-            let d = (y - self.last_y).abs();
-            if d > 1e-9 * y.abs().max(self.last_y.abs()) && d.is_finite() {
-                self.quantum = if self.quantum > 0.0 {
-                    self.quantum.min(d)
-                } else {
-                    d
-                };
-            }
+            // The resolution on the baselines' scale.
+            self.quantum = records::finer_resolution(self.quantum, self.last_y, y);
             self.last_y = y;
         }
         // A model that has never seen this slot learns it from this bucket whatever it was:

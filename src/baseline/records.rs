@@ -185,6 +185,20 @@ impl Records {
     }
 }
 
+/// The resolution of a series (the smallest step seen between consecutive values; 0 until
+/// one is seen) after the step from `last` to `x`, ignoring steps that are rounding error of
+/// the values' own representation.
+pub(crate) fn finer_resolution(resolution: f64, last: f64, x: f64) -> f64 {
+    let d = (x - last).abs();
+    if !(d > 1e-9 * x.abs().max(last.abs()) && d.is_finite()) {
+        resolution
+    } else if resolution > 0.0 {
+        resolution.min(d)
+    } else {
+        d
+    }
+}
+
 /// Add (`sign` 1) or take away (-1) a value from a window's sum and count of finite values.
 fn add(window: &mut (f64, u32), v: f32, sign: f64) {
     if v.is_finite() {
@@ -286,15 +300,7 @@ impl Sustained {
     pub(crate) fn push(&mut self, ts: i64, x: f64) {
         let v = if x.is_finite() { x as f32 } else { f32::NAN };
         if x.is_finite() {
-            // Steps that are rounding error of the values' own representation are not steps.
-            let d = (x - self.last).abs();
-            if d > 1e-9 * x.abs().max(self.last.abs()) && d.is_finite() {
-                self.resolution = if self.resolution > 0.0 {
-                    self.resolution.min(d)
-                } else {
-                    d
-                };
-            }
+            self.resolution = finer_resolution(self.resolution, self.last, x);
             self.last = x;
         }
         // Before the write, the ring holds the `2 len` values before this one, oldest at `at`.
