@@ -531,9 +531,9 @@ const LOG_FLOOR: f64 = 1e-3;
 const RECORD_TAIL_INDEX: f64 = 0.1;
 /// Buckets learned, and remembered in the last four weeks, before the record test judges.
 const RECORD_AFTER: u64 = 288;
-/// The sustained record test's window: a little longer than the level's memory (about two
-/// hours), so a shift the level is absorbing is still measured whole; at least 2 buckets,
-/// at most 180 (a 1-minute KPI's three hours).
+/// The sustained record test's window: for buckets of five minutes and finer a little longer
+/// than the level's memory (about two hours), so a shift the level is absorbing is still
+/// measured whole; at least 2 buckets, at most 180 (a 1-minute KPI's three hours).
 const SUSTAINED_SECS: u32 = 3 * 3600;
 const SUSTAINED_MAX_BUCKETS: u32 = 180;
 /// Deviations at least this share of the current one count as comparable.
