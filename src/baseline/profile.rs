@@ -638,8 +638,16 @@ impl SeasonalModel {
         }
         if self.level_n == 1 || (self.level_num == 0.0 && obs != 0.0) {
             // The first observation that is not zero sets the units: slots seen before it
-            // hold zeros, which are zero in any units.
-            self.level_num = obs;
+            // hold zeros, which are zero in any units. A count's level starts at the mean of
+            // the buckets so far (the zeros before it too): the slots' prior and the level's
+            // least events are in the level's units, and one event after a hundred empty
+            // buckets taken as one per bucket made a series of three events a day expect a
+            // fifth of one in every bucket, and page on its ordinary empty hours.
+            let buckets = match kind {
+                Kind::Count => f64::from(self.level_n),
+                _ => 1.0,
+            };
+            self.level_num = obs / buckets;
             self.level_den = weight;
         } else if s > 0.0 {
             // The level follows about two hours of buckets, but never fewer than

@@ -1365,3 +1365,31 @@ fn the_mean_of_a_window_holding_a_burst_does_not_hold_its_incident_open() {
         assert_eq!(after, 0, "seed {seed}: flagged {after} buckets after the burst");
     }
 }
+
+#[test]
+fn a_count_of_three_events_a_day_does_not_page_on_its_empty_hours() {
+    // 5-minute counts of about 0.01 (a daily cycle between 0.002 and 0.018): a bucket holds an
+    // event three times a day. When the first event set the level at one per bucket, the
+    // detector expected a fifth of an event in every bucket on the second day, and ordinary
+    // runs of empty buckets paged as outages: 34 episodes in these six 4-week series.
+    let mut episodes_after_day_two = 0;
+    for seed in 0..6 {
+        let mut noise = Noise(900 + seed);
+        let series: Vec<Bucket> = (0..28 * 288)
+            .map(|i| {
+                let ts = T0 + i * 300;
+                Bucket::new(ts, noise.poisson(0.01 * daily_shape(ts)))
+            })
+            .collect();
+        let mut det = detector(Kind::Count, 300);
+        let v = run(&mut det, &series);
+        episodes_after_day_two += episodes(&v[2 * 288..]);
+        // Twenty events in one bucket still page.
+        let burst = det.evaluate(&Bucket::new(T0 + 28 * 288 * 300, 20.0));
+        assert!(burst.anomaly, "seed {seed}: {burst:?}");
+    }
+    assert!(
+        episodes_after_day_two <= 2,
+        "{episodes_after_day_two} episodes in six 4-week series"
+    );
+}
