@@ -199,15 +199,19 @@ pub(crate) fn finer_resolution(resolution: f64, last: f64, x: f64) -> f64 {
     }
 }
 
-/// Add (`sign` 1) or take away (-1) a value from a window's sum and count of finite values.
-fn add(window: &mut (f64, u32), v: f32, sign: f64) {
+/// Add a value to a window's sum and count of finite values (a missing one changes nothing).
+fn add(window: &mut (f64, u32), v: f32) {
     if v.is_finite() {
-        window.0 += sign * f64::from(v);
-        window.1 = if sign > 0.0 {
-            window.1 + 1
-        } else {
-            window.1.saturating_sub(1)
-        };
+        window.0 += f64::from(v);
+        window.1 += 1;
+    }
+}
+
+/// Take a value away from a window's sum and count of finite values.
+fn remove(window: &mut (f64, u32), v: f32) {
+    if v.is_finite() {
+        window.0 -= f64::from(v);
+        window.1 = window.1.saturating_sub(1);
     }
 }
 
@@ -307,10 +311,10 @@ impl Sustained {
         let n = self.ring.len();
         let at = self.at;
         let wrap = |k: usize| if k >= n { k - n } else { k };
-        add(&mut self.recent, v, 1.0);
-        add(&mut self.recent, self.ring[wrap(at + self.len + 1)], -1.0);
-        add(&mut self.aged, self.ring[wrap(at + self.len)], 1.0);
-        add(&mut self.aged, self.ring[at], -1.0);
+        add(&mut self.recent, v);
+        remove(&mut self.recent, self.ring[wrap(at + self.len + 1)]);
+        add(&mut self.aged, self.ring[wrap(at + self.len)]);
+        remove(&mut self.aged, self.ring[at]);
         self.ring[at] = v;
         self.at = wrap(at + 1);
         if self.at == 0 {
@@ -346,7 +350,7 @@ impl Sustained {
             return None;
         }
         let mut window = self.recent;
-        add(&mut window, x as f32, 1.0);
+        add(&mut window, x as f32);
         self.mean_of(window)
     }
 
@@ -369,9 +373,9 @@ impl Sustained {
         let (mut recent, mut aged) = ((0.0, 0), (0.0, 0));
         for (k, &v) in self.ring.iter().enumerate() {
             if k < self.len {
-                add(&mut aged, v, 1.0);
+                add(&mut aged, v);
             } else if k > self.len {
-                add(&mut recent, v, 1.0);
+                add(&mut recent, v);
             }
         }
         (self.recent, self.aged) = (recent, aged);
