@@ -445,8 +445,9 @@ pub struct OnlineDetector {
     /// Counts and gauges: the last four weeks' extremes, for the record test.
     records: records::Records,
     /// Counts and gauges: the mean of the last few hours and the last four weeks' extremes of
-    /// such means, for the sustained record test.
-    sustained: records::Sustained,
+    /// such means, for the sustained record test; `None` where the window would be shorter
+    /// than `SUSTAINED_MIN_BUCKETS`.
+    sustained: Option<records::Sustained>,
     /// Per side, `learned` at the last bucket an incident was open.
     incident_last: [Option<u64>; 2],
 }
@@ -536,6 +537,13 @@ const RECORD_AFTER: u64 = 288;
 /// measured whole; at least 2 buckets, at most 180 (a 1-minute KPI's three hours).
 const SUSTAINED_SECS: u32 = 3 * 3600;
 const SUSTAINED_MAX_BUCKETS: u32 = 180;
+/// The fewest buckets the sustained record test's window holds, or the test does not run: a
+/// quarter of the level's shortest memory (24 buckets). The level takes in about
+/// `window / memory` of a shift while the window passes, so a shorter window sees what the
+/// CUSUM already sees nearly whole: for 40-minute buckets and coarser (a three-hour window of
+/// 2–4 buckets) the test is a short-run mean, which on the dev sets' hourly series flagged
+/// nothing at `medium` and only false alarms at `high` (docs/DETECTION.md §3, test 5).
+const SUSTAINED_MIN_BUCKETS: u32 = 6;
 /// Deviations at least this share of the current one count as comparable.
 const COMPARABLE: f64 = 0.8;
 /// Evidence (nats) that the level is back at the baseline before an incident ends, at least:
@@ -638,9 +646,10 @@ impl OnlineDetector {
             quantum: 0.0,
             last_y: f64::NAN,
             records: records::Records::default(),
-            sustained: records::Sustained::new(
-                (SUSTAINED_SECS / cfg.interval_secs).clamp(2, SUSTAINED_MAX_BUCKETS) as usize,
-            ),
+            sustained: {
+                let len = (SUSTAINED_SECS / cfg.interval_secs).min(SUSTAINED_MAX_BUCKETS);
+                (len >= SUSTAINED_MIN_BUCKETS).then(|| records::Sustained::new(len as usize))
+            },
             incident_last: [None, None],
         })
     }
@@ -674,7 +683,7 @@ impl OnlineDetector {
             + self.cal_cusum.heap_bytes()
             + self.events.capacity() * std::mem::size_of::<Event>()
             + self.early.capacity() * std::mem::size_of::<(i64, f64)>()
-            + self.sustained.heap_bytes()
+            + self.sustained.as_ref().map_or(0, records::Sustained::heap_bytes)
     }
 
     /// The noise model's single-bucket |z| threshold at the configured sensitivity (the band's
@@ -948,15 +957,15 @@ impl OnlineDetector {
 
     /// What the sustained record test judges the bucket at `ts` of value `x` by: the mean of
     /// the window ending with it and the last four weeks' extremes of such means (windows that
-    /// share no bucket with this one). `None` for ratios and until the detector has learned
-    /// `RECORD_AFTER` buckets and remembers as many means.
+    /// share no bucket with this one). `None` for ratios, where the test does not run, and
+    /// until the detector has learned `RECORD_AFTER` buckets and remembers as many means.
     fn sustained_window(&self, ts: i64, x: f64) -> Option<(f64, records::Extremes)> {
         if self.cfg.kind == Kind::Ratio || self.learned < RECORD_AFTER {
             return None;
         }
-        let mean = self.sustained.mean_with(x)?;
-        let e = self
-            .sustained
+        let sustained = self.sustained.as_ref()?;
+        let mean = sustained.mean_with(x)?;
+        let e = sustained
             .extremes(ts)
             .filter(|e| u64::from(e.n) >= RECORD_AFTER)?;
         Some((mean, e))
@@ -969,15 +978,16 @@ impl OnlineDetector {
     /// and a window that overlaps one is no news; without this, the mean of a window holding a
     /// burst stayed a record for hours after the burst and held its incident open).
     fn sens_for_sustained(&self, ts: i64, window: Option<&(f64, records::Extremes)>, side: Side) -> f64 {
+        let (Some((mean, e)), Some(sustained)) = (window, self.sustained.as_ref()) else {
+            return f64::INFINITY;
+        };
         let i = side.index();
         let recent_incident = self.alarm.incident[i].is_some()
-            || self.incident_last[i].is_some_and(|at| self.learned < at + self.sustained.len() as u64);
-        match window {
-            Some((mean, e)) if !recent_incident => {
-                self.sens_beyond(ts, *mean, e, side, self.sustained.resolution())
-            }
-            _ => f64::INFINITY,
+            || self.incident_last[i].is_some_and(|at| self.learned < at + sustained.len() as u64);
+        if recent_incident {
+            return f64::INFINITY;
         }
+        self.sens_beyond(ts, *mean, e, side, sustained.resolution())
     }
 
     /// The record rule: how far beyond the record test's centre for the bucket at `ts` the
@@ -1358,7 +1368,8 @@ impl OnlineDetector {
                 Trigger::EmptyRun => next.zero_since,
                 _ if sustained_decides => {
                     // The sustained record decided: the shift is as old as its window.
-                    ts - (self.sustained.len() as i64 - 1) * i64::from(self.cfg.interval_secs)
+                    let len = self.sustained.as_ref().map_or(1, records::Sustained::len);
+                    ts - (len as i64 - 1) * i64::from(self.cfg.interval_secs)
                 }
                 _ => next.cusum_since[i],
             };
@@ -1555,7 +1566,9 @@ impl OnlineDetector {
         };
         if self.cfg.kind != Kind::Ratio {
             self.records.push(b.ts, b.value);
-            self.sustained.push(b.ts, b.value);
+            if let Some(sustained) = self.sustained.as_mut() {
+                sustained.push(b.ts, b.value);
+            }
         }
         let was_quiet = !self.alarm.in_incident();
         self.alarm = scored.next;
