@@ -13,15 +13,20 @@
 //!   with overdispersion estimated from residuals; gauges by relative spread). One bucket
 //!   beyond the single-bucket threshold fires at once; a two-sided CUSUM on the z-scores
 //!   (corrected for their autocorrelation) fires on moderate sustained deviations; for counts,
-//!   a run of empty buckets fires once its exact probability of being all zero is too small.
+//!   a run of empty buckets fires once its exact probability of being all zero is too small;
+//!   for counts and gauges, a value beyond everything of the last four weeks by a margin fires
+//!   (the record test, `records`), and so does the mean of the last three hours beyond every
+//!   such mean of the four weeks (the sustained record test; buckets of 30 minutes and finer).
+//! - Every threshold is the stricter of the noise model's and what the series' own history
+//!   allows (`calibrate`: extreme-value tails of past z-scores and CUSUM values).
 //! - Anomalous and excluded buckets are not learned. A deviation that persists for a quarter
 //!   of a day (at least 3 buckets) is accepted as the new level: a level shift is alerted, then learned.
 //! - User feedback replayed with a bucket ([`Feedback`]): `NotAnomaly` learns it as normal
 //!   (the band widens) without feeding the alarm statistics; `NewNormal` rescales every level
 //!   to it at once and restarts the CUSUM.
-//! - Nothing is flagged during warm-up: 8 days with automatic seasonality (a week to see each
-//!   slot of the week, a day to compare weekly against daily), else 2 days; at least 14
-//!   buckets.
+//! - Nothing is flagged during warm-up: half a day of buckets (at least 14, at most 288;
+//!   eight days with a forced weekly seasonality); a slot the chosen baseline has never seen
+//!   is not judged.
 
 mod calibrate;
 mod noise;
