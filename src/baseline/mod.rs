@@ -512,8 +512,9 @@ const MIN_Z: f64 = 3.0;
 /// integer gauge collapses towards zero and a tick scores |z| in the thousands.
 const RESOLUTION_SD: f64 = 1.0;
 /// A deviation at least this large that the recent history already holds this many times is
-/// the series' behaviour, not news.
-const RECURRENT: usize = 2;
+/// the series' behaviour, not news. Three, not two: two incidents in four weeks do not make a
+/// third one of their size normal.
+const RECURRENT: usize = 3;
 /// Events this few buckets apart on one side are one episode (the scorer's and the pager's
 /// notion: a burst with a quiet bucket inside it is still one burst).
 const EPISODE_GAP: u64 = 3;
