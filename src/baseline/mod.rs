@@ -540,14 +540,14 @@ const RECORD_TAIL_INDEX: f64 = 0.1;
 const RECORD_AFTER: u64 = 288;
 /// The sustained record test's window: for buckets of five minutes and finer a little longer
 /// than the level's memory (about two hours), so a shift the level is absorbing is still
-/// measured whole; at least 2 buckets, at most 180 (a 1-minute KPI's three hours).
+/// measured whole; at most 180 buckets (a 1-minute KPI's three hours).
 const SUSTAINED_SECS: u32 = 3 * 3600;
 const SUSTAINED_MAX_BUCKETS: u32 = 180;
 /// The fewest buckets the sustained record test's window holds, or the test does not run: a
 /// quarter of the level's shortest memory (24 buckets). The level takes in about
 /// `window / memory` of a shift while the window passes, so a shorter window sees what the
-/// CUSUM already sees nearly whole: for 40-minute buckets and coarser (a three-hour window of
-/// 2–4 buckets) the test is a short-run mean, which on the dev sets' hourly series flagged
+/// CUSUM already sees nearly whole: for buckets coarser than 30 minutes (a three-hour window
+/// of 1–5 buckets) the test is a short-run mean, which on the dev sets' hourly series flagged
 /// nothing at `medium` and only false alarms at `high` (docs/DETECTION.md §3, test 5).
 const SUSTAINED_MIN_BUCKETS: u32 = 6;
 /// Deviations at least this share of the current one count as comparable.
