@@ -587,10 +587,20 @@ fn student_t(noise: &mut Noise, nu: u32) -> f64 {
 }
 
 /// Five-minute gauge buckets of `days` days, `value(i, noise)` for bucket `i`.
-fn gauge_5min(days: i64, seed: u64, mut value: impl FnMut(i64, &mut Noise) -> f64) -> Vec<Bucket> {
+fn gauge_5min(days: i64, seed: u64, value: impl FnMut(i64, &mut Noise) -> f64) -> Vec<Bucket> {
+    gauge_every(300, days, seed, value)
+}
+
+/// A gauge of `days` days, a bucket every `interval` seconds, its `i`-th value from `value`.
+fn gauge_every(
+    interval: i64,
+    days: i64,
+    seed: u64,
+    mut value: impl FnMut(i64, &mut Noise) -> f64,
+) -> Vec<Bucket> {
     let mut noise = Noise(seed);
-    (0..days * 288)
-        .map(|i| Bucket::new(T0 + i * 300, value(i, &mut noise)))
+    (0..days * 86_400 / interval)
+        .map(|i| Bucket::new(T0 + i * interval, value(i, &mut noise)))
         .collect()
 }
 
@@ -1408,17 +1418,14 @@ fn on_hourly_buckets_a_rise_of_a_few_hours_is_caught_by_the_cusum_alone() {
     for seed in 0..6 {
         let days = 28;
         let rise_at = (days - 1) * 24 + 10;
-        let mut noise = Noise(70 + seed);
-        let series: Vec<Bucket> = (0..days * 24)
-            .map(|i| {
-                let level = if (rise_at..rise_at + 6).contains(&i) {
-                    115.0
-                } else {
-                    100.0
-                };
-                Bucket::new(T0 + i * 3600, level + 3.0 * student_t(&mut noise, 3))
-            })
-            .collect();
+        let series = gauge_every(3600, days, 70 + seed, |i, n| {
+            let level = if (rise_at..rise_at + 6).contains(&i) {
+                115.0
+            } else {
+                100.0
+            };
+            level + 3.0 * student_t(n, 3)
+        });
         let mut det = detector(Kind::Gauge, 3600);
         let v = run(&mut det, &series);
         let rise = &v[rise_at as usize..rise_at as usize + 6];
