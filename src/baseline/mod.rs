@@ -1462,11 +1462,11 @@ impl OnlineDetector {
         let z = match self.cfg.kind {
             Kind::Count => {
                 let z = noise::count_z(y, p.mean, &self.normal);
-                z / (p.var / p.base_var.max(1e-12)).max(1.0).sqrt()
+                self.small_sample(z / (p.var / p.base_var.max(1e-12)).max(1.0).sqrt(), p.spread_n)
             }
             Kind::Ratio => {
                 let z = noise::ratio_z(y, weight, p.rate, &self.normal);
-                z / (p.var / p.base_var.max(1e-12)).max(1.0).sqrt()
+                self.small_sample(z / (p.var / p.base_var.max(1e-12)).max(1.0).sqrt(), p.spread_n)
             }
             Kind::Gauge => {
                 // A spread of zero makes any deviation infinitely surprising: keep it finite.
@@ -1480,6 +1480,29 @@ impl OnlineDetector {
         } else {
             z.clamp(-1e6, 1e6)
         }
+    }
+
+    /// A count's or ratio's z-score `t` whose overdispersion stands on few residuals (`nu`
+    /// degrees of freedom, see `SeasonalModel::satterthwaite`) as a standard normal score, as
+    /// a gauge's is (`noise::t_to_z`): a daily profile judging its second day from a dispersion
+    /// learnt from a dozen residuals paged on ordinary noise. Only where a test can fire (|t|
+    /// of at least `MIN_Z`) and only while the model's own tail stands on that side: once the
+    /// history has refuted it, the series' calibrated tail is the judge, and correcting the
+    /// score it is compared with as well moved flags on mature heavy-tailed series.
+    fn small_sample(&self, t: f64, nu: f64) -> f64 {
+        if !nu.is_finite() || t.abs() < MIN_Z || self.cal_z.rejected(t < 0.0) {
+            return t;
+        }
+        noise::t_to_z(t, nu)
+    }
+
+    /// The inverse of [`Self::small_sample`] for a threshold `z` on one side (`below`): the
+    /// band's edge in the model's units.
+    fn small_sample_threshold(&self, z: f64, nu: f64, below: bool) -> f64 {
+        if !nu.is_finite() || self.cal_z.rejected(below) {
+            return z;
+        }
+        noise::z_to_t(z, nu)
     }
 
     /// The verdict with its band: the values the single-bucket test would not flag.
@@ -1541,10 +1564,20 @@ impl OnlineDetector {
     fn band_of(&self, b: &Bucket, p: &Prediction, [t_lo, t_hi]: [f64; 2]) -> (f64, f64) {
         let d = (p.var / p.base_var.max(1e-12)).max(1.0);
         match self.cfg.kind {
-            Kind::Count => noise::count_band(p.mean, d, t_lo, t_hi, &self.normal),
+            Kind::Count => noise::count_band(
+                p.mean,
+                d,
+                self.small_sample_threshold(t_lo, p.spread_n, true),
+                self.small_sample_threshold(t_hi, p.spread_n, false),
+                &self.normal,
+            ),
             Kind::Ratio => {
                 let n = b.denominator.unwrap_or(0.0).round();
                 if n > 0.0 {
+                    let (t_lo, t_hi) = (
+                        self.small_sample_threshold(t_lo, p.spread_n, true),
+                        self.small_sample_threshold(t_hi, p.spread_n, false),
+                    );
                     let (lo, hi) = noise::ratio_band(n, p.rate, d, t_lo, t_hi, &self.normal);
                     (lo / n, hi / n)
                 } else {

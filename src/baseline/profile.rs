@@ -131,7 +131,9 @@ pub(crate) struct Prediction {
     pub(crate) est_var: f64,
     /// Total variance of the observation including overdispersion and profile error.
     pub(crate) var: f64,
-    /// Effective observations behind the spread estimate (gauges; infinite otherwise).
+    /// Degrees of freedom of the spread: for gauges the effective observations behind it, for
+    /// counts and ratios those of the variance whose overdispersion is estimated
+    /// (Welch–Satterthwaite); infinite where nothing is estimated.
     pub(crate) spread_n: f64,
 }
 
@@ -409,6 +411,22 @@ impl SeasonalModel {
         }
     }
 
+    /// The degrees of freedom of a count's or ratio's variance `total`, of which `estimated`
+    /// (the overdispersion's share) stands on the residuals this model has learnt it from and
+    /// the rest (Poisson or binomial) is exact: Welch–Satterthwaite, `n (total / estimated)²`
+    /// with `n` the residuals behind the dispersion (capped at the effective number of its
+    /// exponential weighting, as a gauge's spread is). Infinite without overdispersion.
+    fn satterthwaite(&self, total: f64, estimated: f64) -> f64 {
+        // NaN or none: nothing estimated.
+        if estimated.is_nan() || estimated <= 0.0 {
+            return f64::INFINITY;
+        }
+        let n = f64::from(self.disp_n)
+            .min(2.0 / self.disp_min_rate - 1.0)
+            .max(1.0);
+        n * (total / estimated).powi(2)
+    }
+
     fn dispersion(&self) -> f64 {
         if self.disp_b > 0.0 {
             (self.disp_a / self.disp_b).max(0.0)
@@ -507,7 +525,7 @@ impl SeasonalModel {
                     base_var: mu,
                     est_var: noise / n_eff,
                     var: noise + noise / n_eff,
-                    spread_n: f64::INFINITY,
+                    spread_n: self.satterthwaite(noise, phi * mu * mu),
                 }
             }
             Kind::Ratio => {
@@ -522,7 +540,7 @@ impl SeasonalModel {
                     base_var: base,
                     est_var: noise / n_eff,
                     var: noise + noise / n_eff,
-                    spread_n: f64::INFINITY,
+                    spread_n: self.satterthwaite(noise, noise - base),
                 }
             }
             // Gauges are additive: predicted above.
