@@ -1460,13 +1460,16 @@ impl OnlineDetector {
     /// The bucket's signed z-score under the chosen model's noise.
     fn z_score(&self, y: f64, weight: f64, p: &Prediction) -> f64 {
         let z = match self.cfg.kind {
-            Kind::Count => {
-                let z = noise::count_z(y, p.mean, &self.normal);
-                self.small_sample(z / (p.var / p.base_var.max(1e-12)).max(1.0).sqrt(), p.spread_n)
-            }
-            Kind::Ratio => {
-                let z = noise::ratio_z(y, weight, p.rate, &self.normal);
-                self.small_sample(z / (p.var / p.base_var.max(1e-12)).max(1.0).sqrt(), p.spread_n)
+            kind @ (Kind::Count | Kind::Ratio) => {
+                let exact = if kind == Kind::Count {
+                    noise::count_z(y, p.mean, &self.normal)
+                } else {
+                    noise::ratio_z(y, weight, p.rate, &self.normal)
+                };
+                // Overdispersion and the slot's estimation error widen the exact tail; a
+                // dispersion learnt from few residuals widens it further.
+                let t = exact / (p.var / p.base_var.max(1e-12)).max(1.0).sqrt();
+                self.small_sample(t, p.spread_n)
             }
             Kind::Gauge => {
                 // A spread of zero makes any deviation infinitely surprising: keep it finite.
@@ -1497,7 +1500,8 @@ impl OnlineDetector {
     }
 
     /// The inverse of [`Self::small_sample`] for a threshold `z` on one side (`below`): the
-    /// band's edge in the model's units.
+    /// band's edge in the model's units (thresholds are at least `MIN_Z`, where
+    /// `small_sample` corrects).
     fn small_sample_threshold(&self, z: f64, nu: f64, below: bool) -> f64 {
         if !nu.is_finite() || self.cal_z.rejected(below) {
             return z;
