@@ -801,14 +801,16 @@ impl OnlineDetector {
     }
 
     /// Gauges at the end of warm-up: work on the log scale when every value so far was
-    /// positive and the logarithm fits them better (Box-Cox likelihood of lambda 0 against
-    /// 1, by a clear margin), replaying the warm-up on the chosen scale.
+    /// positive and the noise is multiplicative: the Box-Cox likelihood of lambda 0 against 1,
+    /// by a clear margin, of the changes from one bucket to the next. Not of the values
+    /// themselves: their spread over the warm-up is mostly the seasonal cycle, and a daily
+    /// sine from 10 to 90 under additive noise looked "logarithmic" (its troughs were then
+    /// judged with a ninth of their spread). The warm-up is replayed on the chosen scale.
     fn choose_scale(&mut self) {
         let values: Vec<f64> = self.early.iter().map(|&(_, v)| v).collect();
         let positive = values.iter().all(|&v| v > 0.0 && v.is_finite());
         let mut scale = GaugeScale::Linear;
-        if positive && values.len() >= 8 {
-            let n = values.len() as f64;
+        if positive && values.len() >= 9 {
             let var = |xs: &mut dyn Iterator<Item = f64>| {
                 let (mut s, mut s2, mut k) = (0.0, 0.0, 0.0);
                 for x in xs {
@@ -818,11 +820,14 @@ impl OnlineDetector {
                 }
                 ((s2 - s * s / k) / k).max(1e-300)
             };
-            let sum_log: f64 = values.iter().map(|v| v.ln()).sum();
-            let ll_linear = -n / 2.0 * var(&mut values.iter().copied()).ln();
-            let ll_log = -n / 2.0 * var(&mut values.iter().map(|v| v.ln())).ln() - sum_log;
+            let n = (values.len() - 1) as f64;
+            let steps = values.windows(2);
+            // The Jacobian of the log for each change's later value.
+            let sum_log: f64 = values[1..].iter().map(|v| v.ln()).sum();
+            let ll_linear = -n / 2.0 * var(&mut steps.clone().map(|w| w[1] - w[0])).ln();
+            let ll_log = -n / 2.0 * var(&mut steps.map(|w| w[1].ln() - w[0].ln())).ln() - sum_log;
             if ll_log > ll_linear + BOX_COX_MARGIN {
-                let geo = (sum_log / n).exp();
+                let geo = (values.iter().map(|v| v.ln()).sum::<f64>() / (n + 1.0)).exp();
                 scale = GaugeScale::Log {
                     floor: geo * LOG_FLOOR,
                 };

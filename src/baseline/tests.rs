@@ -703,6 +703,39 @@ fn a_jump_in_variance_raises_the_band_instead_of_paging_for_days() {
 }
 
 #[test]
+fn a_daily_cycle_under_additive_noise_stays_linear_and_under_multiplicative_noise_goes_log() {
+    // A gauge swinging between 10 and 90 each day. Its values over the warm-up are spread by
+    // the cycle, not by the noise: the scale is chosen from the changes between buckets.
+    let cycle = |i: i64, phase: f64| 50.0 + 40.0 * ((i as f64 / 288.0 + phase) * std::f64::consts::TAU).sin();
+    let (mut additive_alarms, mut additive_log, mut multiplicative_log) = (0, 0, 0);
+    for seed in 0..6 {
+        let phase = Noise(seed + 100).uniform();
+        let additive = gauge_5min(14, seed + 1, |i, n| cycle(i, phase) + n.normal());
+        let mut det = detector(Kind::Gauge, 300);
+        let v = run(&mut det, &additive);
+        // From the third day on: the first two are the profile's own warm-up.
+        additive_alarms += episodes(&v[2 * 288..]);
+        additive_log += usize::from(matches!(det.scale, GaugeScale::Log { .. }));
+        let multiplicative = gauge_5min(14, seed + 1, |i, n| cycle(i, phase) * (0.2 * n.normal()).exp());
+        let mut det = detector(Kind::Gauge, 300);
+        run(&mut det, &multiplicative);
+        multiplicative_log += usize::from(matches!(det.scale, GaugeScale::Log { .. }));
+    }
+    // Chosen from the values themselves, the scale was the log for one of these six additive
+    // series (where the troughs have a ninth of the peaks' spread) and for only two of the
+    // six multiplicative ones.
+    assert_eq!(additive_log, 0, "additive noise judged on the log scale");
+    assert!(
+        additive_alarms <= 1,
+        "{additive_alarms} false-alarm episodes in 6 x 12 days"
+    );
+    assert_eq!(
+        multiplicative_log, 6,
+        "multiplicative noise judged on the linear scale"
+    );
+}
+
+#[test]
 fn an_integer_gauge_is_judged_by_its_own_spread_not_as_counts() {
     // A speed of about 60 km/h read as whole numbers: far tighter than Poisson counts.
     let days = 14;
