@@ -1300,11 +1300,27 @@ impl OnlineDetector {
         }
         scored.cusum = next.cusum;
         // A run of empty buckets where events were expected: the chance that all of them are
-        // zero, exact under the (overdispersed) Poisson, against the one-bucket budget.
+        // zero, exact under the (overdispersed) Poisson, against the one-bucket budget. Only
+        // the events a slot's own observations expect count: a slot that has seen nothing but
+        // zeros expects a little by its prior, not by evidence. And a more specific candidate
+        // that has seen the slot vetoes here as it does a single bucket ("it was empty at
+        // this time yesterday"): the run takes the smaller of the two. Without both, a count
+        // that is empty every night had its nights paged as outages by the level (the daily
+        // profile's night slots, held back while the run built, never came to judge).
         next.zero_run = if kind == Kind::Count && y < 0.5 {
-            let mu = p.mean.max(1e-12);
-            let phi = ((p.var - mu) / (mu * mu)).max(0.0);
-            let nll = if phi > 1e-9 { (phi * mu).ln_1p() / phi } else { mu };
+            let nll_of = |p: &Prediction| {
+                let mean = p.mean.max(1e-12);
+                let phi = ((p.var - mean) / (mean * mean)).max(0.0);
+                let mu = (p.mean * (1.0 - p.prior)).max(1e-12);
+                if phi > 1e-9 {
+                    (phi * mu).ln_1p() / phi
+                } else {
+                    mu
+                }
+            };
+            let nll = veto
+                .and_then(|i| preds[i])
+                .map_or(nll_of(&p), |q| nll_of(&p).min(nll_of(&q)));
             if prev.zero_run <= 0.0 {
                 next.zero_since = ts;
             }

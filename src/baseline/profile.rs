@@ -135,6 +135,9 @@ pub(crate) struct Prediction {
     /// counts and ratios those of the variance whose overdispersion is estimated
     /// (Welch–Satterthwaite); infinite where nothing is estimated.
     pub(crate) spread_n: f64,
+    /// The share of `rate` that a count's prior supplies rather than the slot's own
+    /// observations (1 for a slot that has seen only zeros; 0 for gauges and ratios).
+    pub(crate) prior: f64,
 }
 
 /// A level-times-profile model with one seasonality.
@@ -363,13 +366,13 @@ impl SeasonalModel {
 
     /// The slot's profile value and the effective observations behind it.
     #[inline]
-    fn profile_n(&self, slot: usize) -> (f64, f64) {
+    fn profile_n(&self, slot: usize) -> (f64, f64, f64) {
         self.profile_with(slot, self.smooth)
     }
 
     /// The slot's profile value (borrowing from its neighbours when `smooth`) and the effective
     /// observations behind it.
-    fn profile_with(&self, slot: usize, smooth: bool) -> (f64, f64) {
+    fn profile_with(&self, slot: usize, smooth: bool) -> (f64, f64, f64) {
         let n = self.num.len();
         let (mut sn, mut sd, mut w) = (2.0 * self.num[slot], 2.0 * self.den[slot], 2.0);
         if smooth {
@@ -386,7 +389,11 @@ impl SeasonalModel {
         }
         let n_eff = self.slot_n_eff(slot, w);
         if self.additive {
-            return if sd > 0.0 { (sn / sd, n_eff) } else { (0.0, n_eff) };
+            return if sd > 0.0 {
+                (sn / sd, n_eff, 0.0)
+            } else {
+                (0.0, n_eff, 0.0)
+            };
         }
         if self.prior_weight > 0.0 {
             // Shrink towards the level (s = 1) by a prior worth `prior_weight` trials, against
@@ -401,13 +408,14 @@ impl SeasonalModel {
             let level = self.level();
             if level > 0.0 {
                 let c = COUNT_PRIOR_EVENTS / level / n_eff;
-                return ((sn / sd + c) / (1.0 + c), n_eff);
+                let own = (sn / sd).max(0.0);
+                return ((own + c) / (1.0 + c), n_eff, c / (own + c));
             }
         }
         if sd > 0.0 {
-            (sn / sd, n_eff)
+            (sn / sd, n_eff, 0.0)
         } else {
-            (0.0, n_eff)
+            (0.0, n_eff, 0.0)
         }
     }
 
@@ -441,7 +449,7 @@ impl SeasonalModel {
     #[inline(always)]
     pub(crate) fn predict(&self, kind: Kind, ts: i64, weight: f64) -> Prediction {
         let slot = self.slot(ts);
-        let (s, n_eff) = self.profile_n(slot);
+        let (s, n_eff, prior) = self.profile_n(slot);
         // What borrowing from the neighbours may have got wrong: the slot's own estimate
         // can be the right one (a sharp step at 09:00 seen twice), so the distance between
         // the two is uncertainty of the estimate, not noise the bucket has to beat. For
@@ -453,7 +461,7 @@ impl SeasonalModel {
         } else {
             0.0
         };
-        self.predict_from(kind, s, n_eff, lent, weight)
+        self.predict_from(kind, s, n_eff, lent, weight, prior)
     }
 
     /// A weekly model's prediction for a bucket whose slot it has not seen, from the slots at
@@ -476,21 +484,23 @@ impl SeasonalModel {
         }
         // Days counted from the epoch's weekday, a Thursday: 2 and 3 are Saturday and Sunday.
         let weekend = |s: usize| matches!(s / per_day, 2 | 3);
-        let (mut sum, mut n_eff) = (0.0, 0.0);
+        let (mut sum, mut n_eff, mut prior_sum) = (0.0, 0.0, 0.0);
         for k in 1..7 {
             let other = (slot + k * per_day) % n;
             if weekend(other) == weekend(slot) && self.visits[other] > 0 {
-                let (s, m) = self.profile_n(other);
+                let (s, m, from_prior) = self.profile_n(other);
                 sum += s * m;
+                prior_sum += from_prior * s * m;
                 n_eff += m;
             }
         }
-        (n_eff > 0.0).then(|| self.predict_from(kind, sum / n_eff, n_eff, 0.0, weight))
+        let prior = if sum > 0.0 { prior_sum / sum } else { 0.0 };
+        (n_eff > 0.0).then(|| self.predict_from(kind, sum / n_eff, n_eff, 0.0, weight, prior))
     }
 
     /// The prediction from a slot's profile value `s`, the observations `n_eff` behind it and
     /// (gauges) what smoothing may have got wrong, `lent`.
-    fn predict_from(&self, kind: Kind, s: f64, n_eff: f64, lent: f64, weight: f64) -> Prediction {
+    fn predict_from(&self, kind: Kind, s: f64, n_eff: f64, lent: f64, weight: f64, prior: f64) -> Prediction {
         if self.additive {
             let mu = self.level() + s;
             // Spread: the mean absolute residual of a normal is 0.8 sd. Deviations smaller than
@@ -508,6 +518,7 @@ impl SeasonalModel {
                 est_var: var / n_eff + bias,
                 var: var + var / n_eff + bias,
                 spread_n: f64::from(self.disp_n).min(2.0 / self.disp_min_rate - 1.0),
+                prior: 0.0,
             };
         }
         let rate_raw = self.level() * s;
@@ -526,6 +537,7 @@ impl SeasonalModel {
                     est_var: noise / n_eff,
                     var: noise + noise / n_eff,
                     spread_n: self.satterthwaite(noise, phi * mu * mu),
+                    prior,
                 }
             }
             Kind::Ratio => {
@@ -541,6 +553,7 @@ impl SeasonalModel {
                     est_var: noise / n_eff,
                     var: noise + noise / n_eff,
                     spread_n: self.satterthwaite(noise, noise - base),
+                    prior: 0.0,
                 }
             }
             // Gauges are additive: predicted above.
@@ -552,6 +565,7 @@ impl SeasonalModel {
                 est_var: 0.0,
                 var: 1e-300,
                 spread_n: f64::INFINITY,
+                prior: 0.0,
             },
         }
     }

@@ -1494,3 +1494,42 @@ fn on_hourly_buckets_a_rise_of_a_few_hours_is_caught_by_the_cusum_alone() {
     }
     assert!(caught >= 5, "caught {caught} of 6");
 }
+
+#[test]
+fn a_count_that_is_empty_every_night_is_not_paged_at_night_but_an_outage_by_day_is() {
+    // Five-minute counts of up to three events in the day, none at all from noon to
+    // midnight (a shop open half the day), three weeks; on the last day, two busy hours
+    // without an event.
+    let (days, outage) = (21_i64, 20 * 288 + 36..20 * 288 + 60);
+    let (mut false_alarms, mut outages_flagged) = (0, 0);
+    for seed in 0..6 {
+        let mut noise = Noise(seed + 40);
+        let series: Vec<Bucket> = (0..days * 288)
+            .map(|i| {
+                let day = ((i as f64) / 288.0 * std::f64::consts::TAU).sin().max(0.0);
+                let value = if outage.contains(&i) {
+                    0.0
+                } else {
+                    noise.poisson(3.0 * day * day)
+                };
+                Bucket::new(T0 + i * 300, value)
+            })
+            .collect();
+        let mut det = detector(Kind::Count, 300);
+        let v = run(&mut det, &series);
+        // From the third day on: the first two are the daily profile's own warm-up.
+        false_alarms += episodes(&v[2 * 288..outage.start as usize]);
+        outages_flagged += usize::from(
+            v[outage.start as usize..outage.end as usize]
+                .iter()
+                .any(|v| v.anomaly),
+        );
+    }
+    // Before the empty run read its expectation from the slots' own events and let the daily
+    // profile veto it, the level paged the nights: 134 episodes here (0 now).
+    assert!(
+        false_alarms <= 3,
+        "{false_alarms} false-alarm episodes in 6 x 18 days"
+    );
+    assert_eq!(outages_flagged, 6, "two busy hours without an event");
+}
