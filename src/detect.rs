@@ -32,6 +32,8 @@ const DISPERSION_CHECK_ROWS: usize = 288;
 /// Below this ratio of the variance of successive differences (halved) to the mean, whole
 /// numbers are readings (a speed of 60 ± 5), not event counts (Poisson: about 1).
 const UNDERDISPERSED: f64 = 0.5;
+/// Log-likelihood units by which additive changes must beat count-like ones.
+const ADDITIVE_MARGIN: f64 = 2.0;
 
 /// What `kpiwatch detect` failed on.
 #[derive(Debug, thiserror::Error)]
@@ -374,11 +376,17 @@ impl AutoDetector {
         if self.auto {
             // A missing value says nothing about the kind.
             let whole = row.value.is_nan() || (row.value >= 0.0 && row.value.fract() == 0.0);
-            let tight = whole && i + 1 == DISPERSION_CHECK_ROWS && underdispersed(&rows[..=i]);
-            if !whole || tight {
+            let checked = whole && i + 1 == DISPERSION_CHECK_ROWS;
+            let tight = checked && underdispersed(&rows[..=i]);
+            let even = checked && !tight && additive(&rows[..=i]);
+            if !whole || tight || even {
                 let message = if tight {
                     format!(
                         "the first {DISPERSION_CHECK_ROWS} values are whole numbers that vary much less than event counts do: judged as a gauge from here on, the earlier rows replayed as one"
+                    )
+                } else if even {
+                    format!(
+                        "the first {DISPERSION_CHECK_ROWS} values are whole numbers whose changes are as large where they are small as where they are large, unlike event counts: judged as a gauge from here on, the earlier rows replayed as one"
                     )
                 } else {
                     format!(
@@ -430,6 +438,41 @@ fn underdispersed(rows: &[Row]) -> bool {
     let diffs = values.windows(2).map(|w| (w[1] - w[0]).powi(2)).sum::<f64>();
     let var = diffs / (2.0 * (n - 1.0).max(1.0));
     var < UNDERDISPERSED * mean
+}
+
+/// Whether whole numbers change from one row to the next by about as much at every level, as a
+/// gauge's additive noise does, rather than by more where they are larger, as counts do: the
+/// Box-Cox likelihood of the changes (values started at 1) for lambda 1 against 1/2 (Poisson)
+/// and 0 (overdispersed counts), by a clear margin.
+fn additive(rows: &[Row]) -> bool {
+    let values: Vec<f64> = rows
+        .iter()
+        .map(|r| r.value + 1.0)
+        .filter(|v| v.is_finite())
+        .collect();
+    if values.len() < 3 {
+        return false;
+    }
+    let n = (values.len() - 1) as f64;
+    let log_sum: f64 = values[1..].iter().map(|v| v.ln()).sum();
+    let ll = |lambda: f64| {
+        let t = |x: f64| {
+            if lambda == 0.0 {
+                x.ln()
+            } else {
+                (x.powf(lambda) - 1.0) / lambda
+            }
+        };
+        let (mut s, mut s2) = (0.0, 0.0);
+        for w in values.windows(2) {
+            let d = t(w[1]) - t(w[0]);
+            s += d;
+            s2 += d * d;
+        }
+        let var = ((s2 - s * s / n) / n).max(1e-300);
+        -n / 2.0 * var.ln() + (lambda - 1.0) * log_sum
+    };
+    ll(1.0) > ll(0.5).max(ll(0.0)) + ADDITIVE_MARGIN
 }
 
 /// Warn about timestamps that repeat, step back or leave a gap; the rows are judged in order.

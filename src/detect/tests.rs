@@ -273,6 +273,56 @@ fn whole_numbers_much_tighter_than_event_counts_are_judged_as_a_gauge() {
 }
 
 #[test]
+fn whole_numbers_with_additive_noise_are_a_gauge_and_counts_that_grow_noisier_stay_counts() {
+    // splitmix64 normals: enough for a test series.
+    let mut state = 7_u64;
+    let mut normal = move || {
+        let mut uniform = || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64 + 1e-12
+        };
+        let (u, v) = (uniform(), uniform());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    };
+    let day = |i: usize| (i as f64 / 288.0 * std::f64::consts::TAU).sin();
+    let series = |value: &mut dyn FnMut(usize) -> f64| {
+        let mut csv = String::from("timestamp,value\n");
+        for i in 0..400 {
+            csv.push_str(&format!(
+                "2026-01-{:02} {:02}:{:02}:00,{}\n",
+                1 + i / 288,
+                (i % 288) / 12,
+                (i % 12) * 5,
+                value(i).round().max(0.0)
+            ));
+        }
+        csv
+    };
+    let dir = TempDir::new("additive");
+    // A travel time in seconds: a daily cycle from 200 to 1,800 under noise of 60 at every level.
+    let travel = series(&mut |i| 1000.0 + 800.0 * day(i) + 60.0 * normal());
+    let (summary, _) = detect(&dir, "travel", &travel, KindChoice::Auto);
+    assert_eq!(summary.kind, Kind::Gauge);
+    assert_eq!(summary.warnings[0].line, DISPERSION_CHECK_ROWS + 1);
+    // Poisson counts from 5 to 50 an interval, and busy counts with 5 % extra noise.
+    let poisson = series(&mut |i| {
+        let mean = 27.5 + 22.5 * day(i);
+        mean + mean.sqrt() * normal()
+    });
+    let (summary, _) = detect(&dir, "poisson", &poisson, KindChoice::Auto);
+    assert_eq!(summary.kind, Kind::Count, "{:?}", summary.warnings);
+    let busy = series(&mut |i| {
+        let mean = 15_000.0 * (1.0 + 0.7 * day(i)) * (0.05 * normal()).exp();
+        mean + mean.sqrt() * normal()
+    });
+    let (summary, _) = detect(&dir, "busy", &busy, KindChoice::Auto);
+    assert_eq!(summary.kind, Kind::Count, "{:?}", summary.warnings);
+}
+
+#[test]
 fn odd_input_is_an_error_or_a_result_never_a_panic() {
     let inputs = [
         "timestamp,value\n,\n",
