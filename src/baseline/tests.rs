@@ -1533,3 +1533,34 @@ fn a_count_that_is_empty_every_night_is_not_paged_at_night_but_an_outage_by_day_
     );
     assert_eq!(outages_flagged, 6, "two busy hours without an event");
 }
+
+#[test]
+fn a_business_hours_count_is_not_paged_at_nights_and_weekends_but_a_dead_working_morning_is() {
+    // Hourly counts of about 20 on working days from 08:00 to 18:00, none otherwise, six
+    // weeks; in the last week, Wednesday from 09:00 to 13:00 without an event.
+    let outage_day = 5 * 7 + 2;
+    let outage =
+        |ts: i64| (ts - T0).div_euclid(DAY) == outage_day && (9..13).contains(&(ts.rem_euclid(DAY) / HOUR));
+    let (mut false_alarms, mut outages_flagged) = (0, 0);
+    for seed in 0..6 {
+        let series = hourly_counts(6, seed + 60, |ts| {
+            let hour = ts.rem_euclid(DAY) / HOUR;
+            if weekday(ts) >= 5 || !(8..18).contains(&hour) || outage(ts) {
+                0.0
+            } else {
+                20.0
+            }
+        });
+        let mut det = detector(Kind::Count, 3600);
+        let v = run(&mut det, &series);
+        let start = (outage_day * 24 + 9) as usize;
+        // After the first week: the weekly profile has seen one of each day by then.
+        false_alarms += episodes(&v[168..start]);
+        outages_flagged += usize::from(v[start..start + 4].iter().any(|v| v.anomaly));
+    }
+    assert!(
+        false_alarms <= 2,
+        "{false_alarms} false-alarm episodes in 6 x 34 days"
+    );
+    assert_eq!(outages_flagged, 6, "a working morning without an event");
+}
