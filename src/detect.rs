@@ -453,25 +453,7 @@ fn additive(rows: &[Row]) -> bool {
     if values.len() < 3 {
         return false;
     }
-    let n = (values.len() - 1) as f64;
-    let log_sum: f64 = values[1..].iter().map(|v| v.ln()).sum();
-    let ll = |lambda: f64| {
-        let t = |x: f64| {
-            if lambda == 0.0 {
-                x.ln()
-            } else {
-                (x.powf(lambda) - 1.0) / lambda
-            }
-        };
-        let (mut s, mut s2) = (0.0, 0.0);
-        for w in values.windows(2) {
-            let d = t(w[1]) - t(w[0]);
-            s += d;
-            s2 += d * d;
-        }
-        let var = ((s2 - s * s / n) / n).max(1e-300);
-        -n / 2.0 * var.ln() + (lambda - 1.0) * log_sum
-    };
+    let ll = |lambda| baseline::box_cox_of_changes(&values, lambda);
     ll(1.0) > ll(0.5).max(ll(0.0)) + ADDITIVE_MARGIN
 }
 

@@ -41,6 +41,7 @@ use crate::kpi::{Direction, Kind, Sensitivity};
 use crate::reading::{Band, Reading};
 
 use self::calibrate::TailCalibrator;
+pub(crate) use self::noise::box_cox_of_changes;
 use self::profile::{Prediction, SeasonalModel, Shift};
 use self::threshold::{Thresholds, CUSUM_K};
 
@@ -811,23 +812,10 @@ impl OnlineDetector {
         let positive = values.iter().all(|&v| v > 0.0 && v.is_finite());
         let mut scale = GaugeScale::Linear;
         if positive && values.len() >= 9 {
-            let var = |xs: &mut dyn Iterator<Item = f64>| {
-                let (mut s, mut s2, mut k) = (0.0, 0.0, 0.0);
-                for x in xs {
-                    s += x;
-                    s2 += x * x;
-                    k += 1.0;
-                }
-                ((s2 - s * s / k) / k).max(1e-300)
-            };
-            let n = (values.len() - 1) as f64;
-            let steps = values.windows(2);
-            // The Jacobian of the log for each change's later value.
-            let sum_log: f64 = values[1..].iter().map(|v| v.ln()).sum();
-            let ll_linear = -n / 2.0 * var(&mut steps.clone().map(|w| w[1] - w[0])).ln();
-            let ll_log = -n / 2.0 * var(&mut steps.map(|w| w[1].ln() - w[0].ln())).ln() - sum_log;
+            let ll_linear = noise::box_cox_of_changes(&values, 1.0);
+            let ll_log = noise::box_cox_of_changes(&values, 0.0);
             if ll_log > ll_linear + BOX_COX_MARGIN {
-                let geo = (values.iter().map(|v| v.ln()).sum::<f64>() / (n + 1.0)).exp();
+                let geo = (values.iter().map(|v| v.ln()).sum::<f64>() / values.len() as f64).exp();
                 scale = GaugeScale::Log {
                     floor: geo * LOG_FLOOR,
                 };
@@ -1318,9 +1306,8 @@ impl OnlineDetector {
                     mu
                 }
             };
-            let nll = veto
-                .and_then(|i| preds[i])
-                .map_or(nll_of(&p), |q| nll_of(&p).min(nll_of(&q)));
+            let own = nll_of(&p);
+            let nll = veto.and_then(|i| preds[i]).map_or(own, |q| own.min(nll_of(&q)));
             if prev.zero_run <= 0.0 {
                 next.zero_since = ts;
             }

@@ -144,6 +144,30 @@ pub(crate) fn ratio_z(k: f64, n: f64, p: f64, normal: &Normal) -> f64 {
     probit_from_tails(lower_mid, upper_mid, root, normal)
 }
 
+/// The Box-Cox profile log-likelihood of `lambda` for the changes from one value to the next
+/// of positive `values` (the Jacobian taken for each change's later value): how well the
+/// transform makes the noise the same size at every level, whatever the level's own pattern.
+/// Compare it between lambdas on the same values; at least two values.
+pub(crate) fn box_cox_of_changes(values: &[f64], lambda: f64) -> f64 {
+    let transform = |x: f64| {
+        if lambda == 0.0 {
+            x.ln()
+        } else {
+            (x.powf(lambda) - 1.0) / lambda
+        }
+    };
+    let n = values.len().saturating_sub(1).max(1) as f64;
+    let (mut s, mut s2) = (0.0, 0.0);
+    for w in values.windows(2) {
+        let d = transform(w[1]) - transform(w[0]);
+        s += d;
+        s2 += d * d;
+    }
+    let var = ((s2 - s * s / n) / n).max(1e-300);
+    let log_sum: f64 = values.iter().skip(1).map(|v| v.ln()).sum();
+    -n / 2.0 * var.ln() + (lambda - 1.0) * log_sum
+}
+
 /// A t statistic with `nu` degrees of freedom as a standard normal score (Wallace 1959):
 /// a spread estimated from few buckets makes a deviation less surprising than a known one.
 pub(crate) fn t_to_z(t: f64, nu: f64) -> f64 {
