@@ -450,10 +450,11 @@ pub struct OnlineDetector {
     last_y: f64,
     /// Counts and gauges: the last four weeks' extremes, for the record test.
     records: records::Records,
-    /// Counts and gauges: the mean of the last few hours and the last four weeks' extremes of
-    /// such means, for the sustained record test; `None` where the window would be shorter
-    /// than `SUSTAINED_MIN_BUCKETS`.
-    sustained: Option<records::Sustained>,
+    /// Counts and gauges: per window of `SUSTAINED_SECS`, the mean of the last few hours and
+    /// the last four weeks' extremes of such means, for the sustained record test; `None`
+    /// where the window would be shorter than `SUSTAINED_MIN_BUCKETS` or no longer than the
+    /// one before it.
+    sustained: [Option<Box<records::Sustained>>; 2],
     /// Per side, `learned` at the last bucket an incident was open.
     incident_last: [Option<u64>; 2],
 }
@@ -539,10 +540,12 @@ const LOG_FLOOR: f64 = 1e-3;
 const RECORD_TAIL_INDEX: f64 = 0.1;
 /// Buckets learned, and remembered in the last four weeks, before the record test judges.
 const RECORD_AFTER: u64 = 288;
-/// The sustained record test's window: for buckets of five minutes and finer a little longer
-/// than the level's memory (about two hours), so a shift the level is absorbing is still
-/// measured whole; at most 180 buckets (a 1-minute KPI's three hours).
-const SUSTAINED_SECS: u32 = 3 * 3600;
+/// The sustained record test's windows. The short one: for buckets of five minutes and finer a
+/// little longer than the level's memory (about two hours), so a shift the level is absorbing
+/// is still measured whole. The long one, half a day: a shift too small for three hours'
+/// mean, or slow to build, stands out in the mean of twelve. Each at most 180 buckets (a
+/// 1-minute KPI's three hours: there the long window is not kept).
+const SUSTAINED_SECS: [u32; 2] = [3 * 3600, 12 * 3600];
 const SUSTAINED_MAX_BUCKETS: u32 = 180;
 /// The fewest buckets the sustained record test's window holds, or the test does not run: a
 /// quarter of the level's shortest memory (24 buckets). The level takes in about
@@ -550,7 +553,27 @@ const SUSTAINED_MAX_BUCKETS: u32 = 180;
 /// CUSUM already sees nearly whole: for buckets coarser than 30 minutes (a three-hour window
 /// of 1–5 buckets) the test is a short-run mean, which on the dev sets' hourly series flagged
 /// nothing at `medium` and only false alarms at `high` (docs/DETECTION.md §3, test 5).
-const SUSTAINED_MIN_BUCKETS: u32 = 6;
+///
+/// The long window needs at least the level's shortest memory (24 buckets, half an hour's
+/// buckets and finer): on hourly buckets half a day is half the level's memory, a shift's
+/// mean there is what the CUSUM already weighs, and the window cost the hourly fit a sixth
+/// of its time.
+const SUSTAINED_MIN_BUCKETS: [u32; 2] = [6, 24];
+/// On how many days the sustained record test remembers window means before it judges, per
+/// window (and at least `RECORD_AFTER` means, a day of them at five minutes): the long
+/// window's means need eight, a whole week besides the first, partial one. The farthest of a few windows says little about
+/// the farthest of a month: on a wandering series (an AR(1) or random-walk gauge) the range
+/// of half-day means keeps growing for weeks, and five days of them were taken for the
+/// month's.
+const SUSTAINED_AFTER_DAYS: [u32; 2] = [1, 8];
+/// Windows after an incident on a side before the sustained record test opens another there.
+/// The short window: one (a window overlapping the incident is no news; two cost a
+/// heavy-tailed rise of a few hours its alarm when an earlier incident of the tail was six
+/// hours before it). The long window: two, since a window after the incident is judged
+/// against windows that overlapped it until those have joined the memory: a level shift
+/// alerted and accepted as the new normal stays a record of half-day means for a day, and
+/// fired a second time half a day after the first.
+const SUSTAINED_QUIET_WINDOWS: [u64; 2] = [1, 2];
 /// Deviations at least this share of the current one count as comparable.
 const COMPARABLE: f64 = 0.8;
 /// Evidence (nats) that the level is back at the baseline before an incident ends, at least:
@@ -654,8 +677,16 @@ impl OnlineDetector {
             last_y: f64::NAN,
             records: records::Records::default(),
             sustained: {
-                let len = (SUSTAINED_SECS / cfg.interval_secs).min(SUSTAINED_MAX_BUCKETS);
-                (len >= SUSTAINED_MIN_BUCKETS).then(|| records::Sustained::new(len as usize))
+                let len = |i: usize| {
+                    let len = (SUSTAINED_SECS[i] / cfg.interval_secs).min(SUSTAINED_MAX_BUCKETS);
+                    (cfg.kind != Kind::Ratio && len >= SUSTAINED_MIN_BUCKETS[i]).then_some(len)
+                };
+                let (short, long) = (len(0), len(1));
+                let new = |n: u32| Box::new(records::Sustained::new(n as usize));
+                [
+                    short.map(new),
+                    long.filter(|&n| short.is_none_or(|s| n > s)).map(new),
+                ]
             },
             incident_last: [None, None],
         })
@@ -690,7 +721,12 @@ impl OnlineDetector {
             + self.cal_cusum.heap_bytes()
             + self.events.capacity() * std::mem::size_of::<Event>()
             + self.early.capacity() * std::mem::size_of::<(i64, f64)>()
-            + self.sustained.as_ref().map_or(0, records::Sustained::heap_bytes)
+            + self
+                .sustained
+                .iter()
+                .flatten()
+                .map(|s| std::mem::size_of::<records::Sustained>() + s.heap_bytes())
+                .sum::<usize>()
     }
 
     /// The noise model's single-bucket |z| threshold at the configured sensitivity (the band's
@@ -954,39 +990,64 @@ impl OnlineDetector {
         self.sens_beyond(ts, x, e, side, 0.0)
     }
 
-    /// What the sustained record test judges the bucket at `ts` of value `x` by: the mean of
-    /// the window ending with it and the last four weeks' extremes of such means (windows that
-    /// share no bucket with this one). `None` for ratios, where the test does not run, and
-    /// until the detector has learned `RECORD_AFTER` buckets and remembers as many means.
-    fn sustained_window(&self, ts: i64, x: f64) -> Option<(f64, records::Extremes)> {
+    /// What the sustained record test judges the bucket at `ts` of value `x` by, per window:
+    /// the mean of the window ending with it and the last four weeks' extremes of such means
+    /// (windows that share no bucket with this one). `None` for ratios, where the test does not
+    /// run, until the detector has learned `RECORD_AFTER` buckets, and until it remembers as
+    /// many means on `SUSTAINED_AFTER_DAYS` days.
+    fn sustained_windows(&self, ts: i64, x: f64) -> [Option<(f64, records::Extremes)>; 2] {
         if self.cfg.kind == Kind::Ratio || self.learned < RECORD_AFTER {
-            return None;
+            return [None, None];
         }
-        let sustained = self.sustained.as_ref()?;
-        let mean = sustained.mean_with(x)?;
-        let e = sustained
-            .extremes(ts)
-            .filter(|e| u64::from(e.n) >= RECORD_AFTER)?;
-        Some((mean, e))
+        let mut windows = [None, None];
+        let each = windows.iter_mut().zip(&self.sustained).zip(SUSTAINED_AFTER_DAYS);
+        for ((window, sustained), after_days) in each {
+            let Some(sustained) = sustained else { continue };
+            let Some(mean) = sustained.mean_with(x) else {
+                continue;
+            };
+            *window = sustained
+                .extremes(ts)
+                .filter(|e| u64::from(e.n) >= RECORD_AFTER)
+                .filter(|_| after_days <= 1 || sustained.days_remembered(ts) >= after_days)
+                .map(|e| (mean, e));
+        }
+        windows
     }
 
-    /// The sensitivity at which the sustained record test fires on `side`: the record test's
-    /// rule applied to the mean of the last few hours (`window`, from [`Self::sustained_window`]).
-    /// It opens incidents and no more: not while one is open on that side, nor until a window
-    /// has passed since one was (how long an incident lasts is the recovery test's business,
-    /// and a window that overlaps one is no news; without this, the mean of a window holding a
-    /// burst stayed a record for hours after the burst and held its incident open).
-    fn sens_for_sustained(&self, ts: i64, window: Option<&(f64, records::Extremes)>, side: Side) -> f64 {
-        let (Some((mean, e)), Some(sustained)) = (window, self.sustained.as_ref()) else {
-            return f64::INFINITY;
-        };
+    /// The sensitivity at which the sustained record test fires on `side`, and the length of
+    /// the window that decides: the record test's rule applied to the mean of the last few
+    /// hours (`windows`, from [`Self::sustained_windows`]), the lower over both windows.
+    /// It opens incidents and no more: not while one is open on that side, nor until
+    /// `SUSTAINED_QUIET_WINDOWS` windows have passed since one was. How long an incident lasts
+    /// is the recovery test's business, and a window that overlaps one is no news. Without
+    /// this, the mean of a window holding a burst stayed a record for hours after the burst
+    /// and held its incident open.
+    fn sens_for_sustained(
+        &self,
+        ts: i64,
+        windows: &[Option<(f64, records::Extremes)>; 2],
+        side: Side,
+    ) -> (f64, usize) {
         let i = side.index();
-        let recent_incident = self.alarm.incident[i].is_some()
-            || self.incident_last[i].is_some_and(|at| self.learned < at + sustained.len() as u64);
-        if recent_incident {
-            return f64::INFINITY;
+        let mut best = (f64::INFINITY, 1);
+        let each = windows.iter().zip(&self.sustained).zip(SUSTAINED_QUIET_WINDOWS);
+        for ((window, sustained), quiet_windows) in each {
+            let (Some((mean, e)), Some(sustained)) = (window, sustained) else {
+                continue;
+            };
+            let quiet_for = quiet_windows * sustained.len() as u64;
+            let recent_incident = self.alarm.incident[i].is_some()
+                || self.incident_last[i].is_some_and(|at| self.learned < at + quiet_for);
+            if recent_incident {
+                continue;
+            }
+            let sens = self.sens_beyond(ts, *mean, e, side, sustained.resolution());
+            if sens < best.0 {
+                best = (sens, sustained.len());
+            }
         }
-        self.sens_beyond(ts, *mean, e, side, sustained.resolution())
+        best
     }
 
     /// The record rule: how far beyond the record test's centre for the bucket at `ts` the
@@ -1325,7 +1386,7 @@ impl OnlineDetector {
         // The record test: beyond everything of the last four weeks, by a margin.
         let record = self.record_extremes(ts);
         // The sustained record test: the mean of the last few hours, likewise.
-        let sustained = self.sustained_window(ts, value);
+        let sustained = self.sustained_windows(ts, value);
         let mut best_sens = f64::INFINITY;
         // Per watched side, the deviation the score below the firing range is graded on (the
         // smaller of the bucket's and a vetoing prediction's, as for the single-bucket test).
@@ -1359,7 +1420,7 @@ impl OnlineDetector {
                 m_graded = m_graded.min(vm);
             }
             // The mean of the last few hours, a record: accumulated evidence too.
-            let s_sustained = self.sens_for_sustained(ts, sustained.as_ref(), side);
+            let (s_sustained, sustained_len) = self.sens_for_sustained(ts, &sustained, side);
             let s_cusum = self.sens_for_side_cusum(next.cusum[i], side);
             let sustained_decides = s_sustained < s_cusum;
             let s_cusum = s_cusum.min(s_sustained);
@@ -1382,8 +1443,7 @@ impl OnlineDetector {
                 Trigger::EmptyRun => next.zero_since,
                 _ if sustained_decides => {
                     // The sustained record decided: the shift is as old as its window.
-                    let len = self.sustained.as_ref().map_or(1, records::Sustained::len);
-                    ts - (len as i64 - 1) * i64::from(self.cfg.interval_secs)
+                    ts - (sustained_len as i64 - 1) * i64::from(self.cfg.interval_secs)
                 }
                 _ => next.cusum_since[i],
             };
@@ -1617,7 +1677,7 @@ impl OnlineDetector {
         };
         if self.cfg.kind != Kind::Ratio {
             self.records.push(b.ts, b.value);
-            if let Some(sustained) = self.sustained.as_mut() {
+            for sustained in self.sustained.iter_mut().flatten() {
                 sustained.push(b.ts, b.value);
             }
         }

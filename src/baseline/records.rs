@@ -225,6 +225,9 @@ struct Range {
     n: u32,
 }
 
+/// The fold of no days' means: (max, min, means, days).
+const NO_MEANS: (f64, f64, u32, u32) = (f64::NEG_INFINITY, f64::INFINITY, 0, 0);
+
 const NO_RANGE: Range = Range {
     day: i64::MIN,
     max: f64::NEG_INFINITY,
@@ -262,7 +265,7 @@ pub(crate) struct Sustained {
     /// The day of the last mean remembered, and the days before it folded (a pure cache of
     /// `days`, kept in step).
     current: i64,
-    before: (f64, f64, u32),
+    before: (f64, f64, u32, u32),
 }
 
 impl Sustained {
@@ -280,7 +283,7 @@ impl Sustained {
             last: f64::NAN,
             days: [NO_RANGE; DAYS],
             current: i64::MIN,
-            before: (f64::NEG_INFINITY, f64::INFINITY, 0),
+            before: NO_MEANS,
         }
     }
 
@@ -386,22 +389,34 @@ impl Sustained {
     pub(crate) fn extremes(&self, ts: i64) -> Option<Extremes> {
         let (max, min, n) = if self.on_current_day(ts) {
             let today = &self.days[self.current.rem_euclid(DAYS as i64) as usize];
-            let (max, min, n) = self.before;
+            let (max, min, n, _) = self.before;
             (max.max(today.max), min.min(today.min), n.saturating_add(today.n))
         } else {
             let day = ts.div_euclid(DAY);
-            self.fold(day, |d| d.day <= day)
+            let (max, min, n, _) = self.fold(day, |d| d.day <= day);
+            (max, min, n)
         };
         (n > 0).then_some(Extremes { max, min, n })
     }
 
-    /// Max, min and count over the remembered days of the `DAYS` ending on `day` that `keep`.
-    fn fold(&self, day: i64, keep: impl Fn(&Range) -> bool) -> (f64, f64, u32) {
+    /// On how many of the `DAYS` days ending on `ts`'s a window mean joined.
+    pub(crate) fn days_remembered(&self, ts: i64) -> u32 {
+        if self.on_current_day(ts) {
+            let today = &self.days[self.current.rem_euclid(DAYS as i64) as usize];
+            self.before.3 + u32::from(today.n > 0)
+        } else {
+            self.fold(ts.div_euclid(DAY), |d| d.day <= ts.div_euclid(DAY)).3
+        }
+    }
+
+    /// Max, min and count of means over the remembered days of the `DAYS` ending on `day`
+    /// that `keep`, and how many such days there are.
+    fn fold(&self, day: i64, keep: impl Fn(&Range) -> bool) -> (f64, f64, u32, u32) {
         self.days
             .iter()
             .filter(|d| d.n > 0 && d.day <= day && d.day > day - DAYS as i64 && keep(d))
-            .fold((f64::NEG_INFINITY, f64::INFINITY, 0), |(max, min, n), d| {
-                (max.max(d.max), min.min(d.min), n.saturating_add(d.n))
+            .fold(NO_MEANS, |(max, min, n, days), d| {
+                (max.max(d.max), min.min(d.min), n.saturating_add(d.n), days + 1)
             })
     }
 }

@@ -687,8 +687,11 @@ fn a_jump_in_variance_raises_the_band_instead_of_paging_for_days() {
     let mut det = detector(Kind::Gauge, 300);
     let v = run(&mut det, &series);
     let after = &v[shift as usize..];
+    // Three without the sustained record test's twelve-hour window: the first half-day means
+    // after the tripling are records of the calm fortnight's, one episode more (a cost of the
+    // long window, docs/DETECTION.md Known weaknesses).
     assert!(
-        episodes(after) <= 3,
+        episodes(after) <= 4,
         "{} episodes after the noise tripled",
         episodes(after)
     );
@@ -1404,6 +1407,38 @@ fn a_rise_of_a_few_hours_on_a_heavy_tailed_gauge_is_caught_by_the_mean_of_its_wi
                 "seed {seed}: dated {:?}, fired at {ts}",
                 f.since
             );
+            caught += 1;
+        }
+    }
+    assert!(caught >= 5, "caught {caught} of 6");
+}
+
+#[test]
+fn a_small_rise_for_half_a_day_on_a_heavy_tailed_gauge_is_caught_by_the_long_window() {
+    // Student-t(3) noise (scale 3, sd 5.2) and a rise of 2.5 for twelve hours after two weeks:
+    // half a standard deviation, inside the band bucket by bucket, and three hours' mean moves
+    // by less than the farthest of the fortnight's. The mean of twelve hours moves by six of
+    // its own standard deviations: the long window's record opens the incident, dated from
+    // the window's start.
+    let mut caught = 0;
+    for seed in 0..6 {
+        let days = 16;
+        let rise_at = (days - 2) * 288 + 60;
+        let series = gauge_5min(days, 90 + seed, |i, n| {
+            let level = if (rise_at..rise_at + 144).contains(&i) {
+                102.5
+            } else {
+                100.0
+            };
+            level + 3.0 * student_t(n, 3)
+        });
+        let mut det = detector(Kind::Gauge, 300);
+        let v = run(&mut det, &series);
+        let rise = &v[rise_at as usize..rise_at as usize + 144];
+        if let Some((k, f)) = rise.iter().enumerate().find(|(_, v)| v.anomaly) {
+            let ts = series[rise_at as usize + k].ts;
+            assert_eq!(f.trigger, Some(Trigger::Accumulated), "seed {seed}: {f:?}");
+            assert_eq!(f.since, Some(ts - 143 * 300), "seed {seed}: {f:?}");
             caught += 1;
         }
     }
