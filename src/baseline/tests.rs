@@ -1369,27 +1369,43 @@ fn the_first_monday_after_the_first_weekend_is_judged_as_a_working_day() {
     }
 }
 
+/// A 5-minute gauge of 100 with Student-t(3) noise (scale 3, sd 5.2) over `days`, `rise`
+/// higher for `len` buckets from `rise_at`: the buckets, the verdicts, and the first flag
+/// inside the rise with its bucket's timestamp.
+fn heavy_tailed_rise(
+    days: i64,
+    seed: u64,
+    (rise_at, len, rise): (i64, i64, f64),
+) -> (Vec<Verdict>, Option<(i64, Verdict)>) {
+    let series = gauge_5min(days, seed, |i, n| {
+        let level = if (rise_at..rise_at + len).contains(&i) {
+            100.0 + rise
+        } else {
+            100.0
+        };
+        level + 3.0 * student_t(n, 3)
+    });
+    let mut det = detector(Kind::Gauge, 300);
+    let v = run(&mut det, &series);
+    let (from, to) = (rise_at as usize, (rise_at + len) as usize);
+    let first = (from..to)
+        .find(|&k| v[k].anomaly)
+        .map(|k| (series[k].ts, v[k].clone()));
+    (v, first)
+}
+
 #[test]
 fn a_rise_of_a_few_hours_on_a_heavy_tailed_gauge_is_caught_by_the_mean_of_its_window() {
-    // A gauge with Student-t(3) noise (scale 3, sd 5.2): its tails put the single-bucket
-    // threshold far out, and a rise of 5 for four hours sits inside the band bucket by bucket
-    // while the two-hour level absorbs it (without the sustained record test: none of six
-    // seeds flagged). The mean of the last three hours is a record of the weeks before all
-    // the same: the sustained record test opens an incident, dated from its window's start.
+    // Student-t(3) noise: its tails put the single-bucket threshold far out, and a rise of 5
+    // for four hours sits inside the band bucket by bucket while the two-hour level absorbs it
+    // (without the sustained record test: none of six seeds flagged). The mean of the last
+    // three hours is a record of the weeks before all the same: the sustained record test
+    // opens an incident, dated from its window's start.
     let mut caught = 0;
     for seed in 0..6 {
         let days = 15;
         let rise_at = (days - 1) * 288 + 120;
-        let series = gauge_5min(days, 40 + seed, |i, n| {
-            let level = if (rise_at..rise_at + 48).contains(&i) {
-                105.0
-            } else {
-                100.0
-            };
-            level + 3.0 * student_t(n, 3)
-        });
-        let mut det = detector(Kind::Gauge, 300);
-        let v = run(&mut det, &series);
+        let (v, first) = heavy_tailed_rise(days, 40 + seed, (rise_at, 48, 5.0));
         // The test adds no page on the noise itself (these seeds' episodes are the
         // heavy tail's, the same without it).
         let quiet = &v[3 * 288..rise_at as usize];
@@ -1398,9 +1414,7 @@ fn a_rise_of_a_few_hours_on_a_heavy_tailed_gauge_is_caught_by_the_mean_of_its_wi
             "seed {seed}: {} false-alarm episodes before the rise",
             episodes(quiet)
         );
-        let rise = &v[rise_at as usize..rise_at as usize + 48];
-        if let Some((k, f)) = rise.iter().enumerate().find(|(_, v)| v.anomaly) {
-            let ts = series[rise_at as usize + k].ts;
+        if let Some((ts, f)) = first {
             assert_eq!(f.trigger, Some(Trigger::Accumulated), "seed {seed}: {f:?}");
             assert!(
                 f.since.is_some_and(|s| s <= ts - 35 * 300),
@@ -1415,28 +1429,17 @@ fn a_rise_of_a_few_hours_on_a_heavy_tailed_gauge_is_caught_by_the_mean_of_its_wi
 
 #[test]
 fn a_small_rise_for_half_a_day_on_a_heavy_tailed_gauge_is_caught_by_the_long_window() {
-    // Student-t(3) noise (scale 3, sd 5.2) and a rise of 2.5 for twelve hours after two weeks:
-    // half a standard deviation, inside the band bucket by bucket, and three hours' mean moves
-    // by less than the farthest of the fortnight's. The mean of twelve hours moves by six of
-    // its own standard deviations: the long window's record opens the incident, dated from
-    // the window's start.
+    // The same noise and a rise of 2.5 for twelve hours after two weeks: half a standard
+    // deviation, inside the band bucket by bucket, and three hours' mean moves by less than
+    // the farthest of the fortnight's. The mean of twelve hours moves by six of its own
+    // standard deviations: the long window's record opens the incident, dated from the
+    // window's start.
     let mut caught = 0;
     for seed in 0..6 {
         let days = 16;
         let rise_at = (days - 2) * 288 + 60;
-        let series = gauge_5min(days, 90 + seed, |i, n| {
-            let level = if (rise_at..rise_at + 144).contains(&i) {
-                102.5
-            } else {
-                100.0
-            };
-            level + 3.0 * student_t(n, 3)
-        });
-        let mut det = detector(Kind::Gauge, 300);
-        let v = run(&mut det, &series);
-        let rise = &v[rise_at as usize..rise_at as usize + 144];
-        if let Some((k, f)) = rise.iter().enumerate().find(|(_, v)| v.anomaly) {
-            let ts = series[rise_at as usize + k].ts;
+        let (_, first) = heavy_tailed_rise(days, 90 + seed, (rise_at, 144, 2.5));
+        if let Some((ts, f)) = first {
             assert_eq!(f.trigger, Some(Trigger::Accumulated), "seed {seed}: {f:?}");
             assert_eq!(f.since, Some(ts - 143 * 300), "seed {seed}: {f:?}");
             caught += 1;
