@@ -996,7 +996,7 @@ impl OnlineDetector {
     /// run, until the detector has learned `RECORD_AFTER` buckets, and until it remembers as
     /// many means on `SUSTAINED_AFTER_DAYS` days.
     fn sustained_windows(&self, ts: i64, x: f64) -> [Option<(f64, records::Extremes)>; 2] {
-        if self.cfg.kind == Kind::Ratio || self.learned < RECORD_AFTER {
+        if self.sustained.iter().all(Option::is_none) || self.learned < RECORD_AFTER {
             return [None, None];
         }
         let mut windows = [None, None];
@@ -1029,8 +1029,11 @@ impl OnlineDetector {
         windows: &[Option<(f64, records::Extremes)>; 2],
         side: Side,
     ) -> (f64, usize) {
-        let i = side.index();
         let mut best = (f64::INFINITY, 1);
+        if windows.iter().all(Option::is_none) {
+            return best;
+        }
+        let i = side.index();
         let each = windows.iter().zip(&self.sustained).zip(SUSTAINED_QUIET_WINDOWS);
         for ((window, sustained), quiet_windows) in each {
             let (Some((mean, e)), Some(sustained)) = (window, sustained) else {

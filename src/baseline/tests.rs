@@ -1388,9 +1388,7 @@ fn heavy_tailed_rise(
     let mut det = detector(Kind::Gauge, 300);
     let v = run(&mut det, &series);
     let (from, to) = (rise_at as usize, (rise_at + len) as usize);
-    let first = (from..to)
-        .find(|&k| v[k].anomaly)
-        .map(|k| (series[k].ts, v[k].clone()));
+    let first = (from..to).find(|&k| v[k].anomaly).map(|k| (series[k].ts, v[k]));
     (v, first)
 }
 
