@@ -561,10 +561,10 @@ const SUSTAINED_MAX_BUCKETS: u32 = 180;
 const SUSTAINED_MIN_BUCKETS: [u32; 2] = [6, 24];
 /// On how many days the sustained record test remembers window means before it judges, per
 /// window (and at least `RECORD_AFTER` means, a day of them at five minutes): the long
-/// window's means need eight, a whole week besides the first, partial one. The farthest of a few windows says little about
-/// the farthest of a month: on a wandering series (an AR(1) or random-walk gauge) the range
-/// of half-day means keeps growing for weeks, and five days of them were taken for the
-/// month's.
+/// window's means need eight, a whole week besides the first, partial one. The farthest of a
+/// few windows says little about the farthest of a month: on a wandering series (an AR(1) or
+/// random-walk gauge) the range of half-day means keeps growing for weeks, and five days of
+/// them were taken for the month's.
 const SUSTAINED_AFTER_DAYS: [u32; 2] = [1, 8];
 /// Windows after an incident on a side before the sustained record test opens another there.
 /// The short window: one (a window overlapping the incident is no news; two cost a
@@ -1009,7 +1009,7 @@ impl OnlineDetector {
             *window = sustained
                 .extremes(ts)
                 .filter(|e| u64::from(e.n) >= RECORD_AFTER)
-                .filter(|_| after_days <= 1 || sustained.days_remembered(ts) >= after_days)
+                .filter(|_| sustained.days_remembered(ts) >= after_days)
                 .map(|e| (mean, e));
         }
         windows

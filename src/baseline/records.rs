@@ -405,7 +405,8 @@ impl Sustained {
             let today = &self.days[self.current.rem_euclid(DAYS as i64) as usize];
             self.before.3 + u32::from(today.n > 0)
         } else {
-            self.fold(ts.div_euclid(DAY), |d| d.day <= ts.div_euclid(DAY)).3
+            let day = ts.div_euclid(DAY);
+            self.fold(day, |d| d.day <= day).3
         }
     }
 
