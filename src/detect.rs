@@ -34,6 +34,10 @@ const DISPERSION_CHECK_ROWS: usize = 288;
 const UNDERDISPERSED: f64 = 0.5;
 /// Log-likelihood units by which additive changes must beat count-like ones.
 const ADDITIVE_MARGIN: f64 = 2.0;
+/// Above this ratio of the variance of successive differences (halved) to the mean, where the
+/// variance grows like the mean, whole numbers are sums of sizeable amounts (revenue in cents,
+/// bytes, counts reported in thousands), not counts of single events.
+const CLUMPED: f64 = 100.0;
 
 /// What `kpiwatch detect` failed on.
 #[derive(Debug, thiserror::Error)]
@@ -379,10 +383,15 @@ impl AutoDetector {
             let checked = whole && i + 1 == DISPERSION_CHECK_ROWS;
             let tight = checked && underdispersed(&rows[..=i]);
             let even = checked && !tight && additive(&rows[..=i]);
-            if !whole || tight || even {
+            let clumps = checked && !tight && !even && clumped(&rows[..=i]);
+            if !whole || tight || even || clumps {
                 let message = if tight {
                     format!(
                         "the first {DISPERSION_CHECK_ROWS} values are whole numbers that vary much less than event counts do: judged as a gauge from here on, the earlier rows replayed as one"
+                    )
+                } else if clumps {
+                    format!(
+                        "the first {DISPERSION_CHECK_ROWS} values are whole numbers that vary like sums of amounts of a hundred or more (revenue in cents, bytes), not like counts of single events: judged as a gauge from here on, the earlier rows replayed as one"
                     )
                 } else if even {
                     format!(
@@ -422,22 +431,46 @@ impl AutoDetector {
     }
 }
 
-/// Whether whole numbers vary much less than event counts would: the variance of successive
-/// differences (halved, so a level or a slow pattern does not count) against the mean.
-fn underdispersed(rows: &[Row]) -> bool {
+/// The non-missing values, their mean and the variance of their successive differences,
+/// halved (so a level or a slow pattern does not count): `None` for fewer than two values or a
+/// mean under 5 (sparse counts: too few events to tell).
+fn changes(rows: &[Row]) -> Option<(Vec<f64>, f64, f64)> {
     let values: Vec<f64> = rows.iter().map(|r| r.value).filter(|v| !v.is_nan()).collect();
     if values.len() < 2 {
-        return false;
+        return None;
     }
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
     if mean < 5.0 {
-        // Sparse counts: too few events to tell.
-        return false;
+        return None;
     }
     let diffs = values.windows(2).map(|w| (w[1] - w[0]).powi(2)).sum::<f64>();
-    let var = diffs / (2.0 * (n - 1.0).max(1.0));
-    var < UNDERDISPERSED * mean
+    let var = diffs / (2.0 * (n - 1.0));
+    Some((values, mean, var))
+}
+
+/// Whether whole numbers vary much less than event counts would (Poisson: the variance of
+/// [`changes`] about the mean).
+fn underdispersed(rows: &[Row]) -> bool {
+    changes(rows).is_some_and(|(_, mean, var)| var < UNDERDISPERSED * mean)
+}
+
+/// Whether whole numbers vary as sums of sizeable amounts do: at least `CLUMPED` times as much
+/// as counts of single events would, and in proportion to the level (the Box-Cox likelihood of
+/// the changes for lambda 1/2, a variance growing like the mean, at least that of lambda 0, one
+/// growing like its square). The count model's variance, the mean plus a multiple of its
+/// square, fits such a series at one level only: revenue in cents judged as a count was paged
+/// on at its quiet hours (docs/DETECTION.md, section 7).
+fn clumped(rows: &[Row]) -> bool {
+    let Some((values, mean, var)) = changes(rows) else {
+        return false;
+    };
+    if var <= CLUMPED * mean {
+        return false;
+    }
+    let shifted: Vec<f64> = values.iter().map(|v| v + 1.0).collect();
+    let ll = |lambda| baseline::box_cox_of_changes(&shifted, lambda);
+    ll(0.5) >= ll(0.0)
 }
 
 /// Whether whole numbers change from one row to the next by about as much at every level, as a

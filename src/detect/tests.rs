@@ -273,7 +273,7 @@ fn whole_numbers_much_tighter_than_event_counts_are_judged_as_a_gauge() {
 }
 
 #[test]
-fn whole_numbers_with_additive_noise_are_a_gauge_and_counts_that_grow_noisier_stay_counts() {
+fn additive_or_summed_whole_numbers_are_gauges_and_noisier_counts_stay_counts() {
     // splitmix64 normals: enough for a test series.
     let mut state = 7_u64;
     let mut normal = move || {
@@ -320,6 +320,23 @@ fn whole_numbers_with_additive_noise_are_a_gauge_and_counts_that_grow_noisier_st
     });
     let (summary, _) = detect(&dir, "busy", &busy, KindChoice::Auto);
     assert_eq!(summary.kind, Kind::Count, "{:?}", summary.warnings);
+    // Revenue in cents: a Poisson number of orders (4 to 36 an interval) of about 50 ± 20
+    // dollars each. Its variance grows like its mean, as a count's does, but thousands of times
+    // over: judged as a count, its quiet nights were paged on (93 flagged rows in 24 weeks of
+    // such series without an incident, 3 as a gauge).
+    let revenue = series(&mut |i| {
+        let mean = 20.0 + 16.0 * day(i);
+        let orders = (mean + mean.sqrt() * normal()).round().max(0.0) as usize;
+        (0..orders).map(|_| (5000.0 + 2000.0 * normal()).max(100.0)).sum()
+    });
+    let (summary, _) = detect(&dir, "revenue", &revenue, KindChoice::Auto);
+    assert_eq!(summary.kind, Kind::Gauge, "{:?}", summary.warnings);
+    assert_eq!(summary.warnings[0].line, DISPERSION_CHECK_ROWS + 1);
+    assert!(
+        summary.warnings[0].message.contains("sums of amounts"),
+        "{:?}",
+        summary.warnings
+    );
 }
 
 #[test]
