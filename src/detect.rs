@@ -380,29 +380,32 @@ impl AutoDetector {
         if self.auto {
             // A missing value says nothing about the kind.
             let whole = row.value.is_nan() || (row.value >= 0.0 && row.value.fract() == 0.0);
-            let checked = whole && i + 1 == DISPERSION_CHECK_ROWS;
-            let tight = checked && underdispersed(&rows[..=i]);
-            let even = checked && !tight && additive(&rows[..=i]);
-            let clumps = checked && !tight && !even && clumped(&rows[..=i]);
-            if !whole || tight || even || clumps {
-                let message = if tight {
-                    format!(
-                        "the first {DISPERSION_CHECK_ROWS} values are whole numbers that vary much less than event counts do: judged as a gauge from here on, the earlier rows replayed as one"
-                    )
-                } else if clumps {
-                    format!(
-                        "the first {DISPERSION_CHECK_ROWS} values are whole numbers that vary like sums of amounts of a hundred or more (revenue in cents, bytes), not like counts of single events: judged as a gauge from here on, the earlier rows replayed as one"
-                    )
-                } else if even {
-                    format!(
-                        "the first {DISPERSION_CHECK_ROWS} values are whole numbers whose changes are as large where they are small as where they are large, unlike event counts: judged as a gauge from here on, the earlier rows replayed as one"
-                    )
-                } else {
-                    format!(
-                        "value {} is not a whole number at least 0, so not a count: judged as a gauge from here on, the earlier rows replayed as one",
-                        show(row.value)
-                    )
-                };
+            let seen = &rows[..=i];
+            let reason = if !whole {
+                Some(format!(
+                    "value {} is not a whole number at least 0, so not a count",
+                    show(row.value)
+                ))
+            } else if i + 1 != DISPERSION_CHECK_ROWS {
+                None
+            } else if underdispersed(seen) {
+                Some(format!(
+                    "the first {DISPERSION_CHECK_ROWS} values are whole numbers that vary much less than event counts do"
+                ))
+            } else if additive(seen) {
+                Some(format!(
+                    "the first {DISPERSION_CHECK_ROWS} values are whole numbers whose changes are as large where they are small as where they are large, unlike event counts"
+                ))
+            } else if clumped(seen) {
+                Some(format!(
+                    "the first {DISPERSION_CHECK_ROWS} values are whole numbers that vary like sums of amounts of a hundred or more (revenue in cents, bytes), not like counts of single events"
+                ))
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                let message =
+                    format!("{reason}: judged as a gauge from here on, the earlier rows replayed as one");
                 warnings.push(Warning {
                     line: row.line,
                     kind: WarningKind::NotACount,
